@@ -9,6 +9,7 @@
 //! ```
 
 pub mod error;
+pub mod math;
 
 pub use error::Error;
 

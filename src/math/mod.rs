@@ -1,0 +1,13 @@
+//! Layer 0: modular arithmetic, NTT (tfhe-ntt), RNS bases and polynomials, samplers.
+//! Nothing here knows about CKKS.
+
+pub mod modulus;
+pub mod ntt;
+pub mod poly;
+pub mod rns;
+pub mod sample;
+
+pub use modulus::Modulus;
+pub use ntt::NttTable;
+pub use poly::{Coeff, Eval, RnsPoly};
+pub use rns::{BasisConverter, CrtReconstructor, RingContext};
