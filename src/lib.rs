@@ -9,6 +9,7 @@
 //! ```
 
 pub mod error;
+pub mod ckks;
 pub mod math;
 
 pub use error::Error;

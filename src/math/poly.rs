@@ -195,6 +195,16 @@ impl<R: Representation> RnsPoly<R> {
         self.level = level;
     }
 
+    /// A copy of an extended polynomial restricted to `level`, keeping the special limbs.
+    pub fn at_level_extended(&self, level: usize) -> Self {
+        debug_assert!(self.num_special > 0 && level <= self.level);
+        let n = self.n;
+        let mut data = Vec::with_capacity((level + 1 + self.num_special) * n);
+        data.extend_from_slice(&self.data[..(level + 1) * n]);
+        data.extend_from_slice(&self.data[(self.level + 1) * n..]);
+        RnsPoly { n, level, num_special: self.num_special, data, _repr: PhantomData }
+    }
+
     /// A copy restricted to `level` (and without special limbs).
     pub fn at_level(&self, level: usize) -> Self {
         let mut data = self.data[..(level + 1) * self.n].to_vec();

@@ -1,0 +1,488 @@
+//! The homomorphic evaluator: additions, multiplications, rescaling, level management and
+//! rotations (plain and hoisted).
+//!
+//! Conventions: `op(&self, ..) -> Result<Ciphertext>` allocates; `op_assign(&self, &mut ct, ..)`
+//! works in place. Operands at different levels are brought to the lower one; operands at
+//! different scales are an error ([`Error::ScaleMismatch`]) unless they agree to within
+//! [`SCALE_TOLERANCE`], never a silently wrong result.
+
+use super::ciphertext::{Ciphertext, Plaintext};
+use super::keygen::{galois_element_for_conjugation, galois_element_for_rotation};
+use super::keys::{EvaluationKeys, SwitchingKey};
+use super::keyswitch::{self, Decomposition};
+use super::params::CkksParams;
+use crate::math::poly::{Eval, RnsPoly};
+use crate::{Error, Result};
+use std::sync::Arc;
+
+/// Relative difference under which two scales count as equal (the error this admits is far
+/// below CKKS noise).
+pub const SCALE_TOLERANCE: f64 = 1e-9;
+
+/// Evaluates homomorphic operations; holds the evaluation keys it may need.
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    params: CkksParams,
+    keys: Option<Arc<EvaluationKeys>>,
+}
+
+/// A ciphertext prepared for many rotations: its `c_1` decomposed once (hoisting).
+#[derive(Debug, Clone)]
+pub struct HoistedCiphertext {
+    ct: Ciphertext,
+    dec: Decomposition,
+}
+
+impl HoistedCiphertext {
+    /// The ciphertext it was made from.
+    pub fn ciphertext(&self) -> &Ciphertext {
+        &self.ct
+    }
+}
+
+impl Evaluator {
+    /// An evaluator without keys (additions, plaintext products, rescaling).
+    pub fn new(params: &CkksParams) -> Self {
+        Evaluator { params: params.clone(), keys: None }
+    }
+
+    /// An evaluator holding evaluation keys (needed for `mul_relin`, rotations, conjugation).
+    pub fn with_keys(params: &CkksParams, keys: Arc<EvaluationKeys>) -> Result<Self> {
+        params.check_digest("evaluation keys", &keys.params_digest())?;
+        Ok(Evaluator { params: params.clone(), keys: Some(keys) })
+    }
+
+    /// The parameter set.
+    pub fn params(&self) -> &CkksParams {
+        &self.params
+    }
+
+    fn check_ct(&self, ct: &Ciphertext) -> Result<()> {
+        self.params.check_digest("ciphertext", &ct.params_digest())
+    }
+
+    fn check_pt(&self, pt: &Plaintext) -> Result<()> {
+        self.params.check_digest("plaintext", &pt.params_digest())
+    }
+
+    fn check_scales(a: f64, b: f64) -> Result<()> {
+        let rel = (a - b).abs() / a.abs().max(b.abs());
+        if rel <= SCALE_TOLERANCE {
+            Ok(())
+        } else {
+            Err(Error::ScaleMismatch { left: a, right: b, rel })
+        }
+    }
+
+    // ---------------------------------------------------------------- levels
+
+    /// Drops `ct` to `level` (no rescaling: the scale is unchanged). Cost: none.
+    pub fn drop_to_level_assign(&self, ct: &mut Ciphertext, level: usize) -> Result<()> {
+        self.check_ct(ct)?;
+        if level > ct.level() {
+            return Err(Error::InvalidLevel { level, max: ct.level() });
+        }
+        for p in ct.parts_mut().iter_mut() {
+            p.truncate_level(level);
+        }
+        Ok(())
+    }
+
+    /// Allocating form of [`Evaluator::drop_to_level_assign`].
+    pub fn drop_to_level(&self, ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.drop_to_level_assign(&mut out, level)?;
+        Ok(out)
+    }
+
+    /// Divides by the last prime `q_l` with rounding: level `l -> l-1`, scale `Δ -> Δ/q_l`.
+    /// Cost per part: one inverse NTT and `l` NTTs.
+    pub fn rescale_assign(&self, ct: &mut Ciphertext) -> Result<()> {
+        self.check_ct(ct)?;
+        let level = ct.level();
+        if level == 0 {
+            return Err(Error::LevelExhausted { op: "rescale".into(), needed: 1, available: 0 });
+        }
+        let ring = self.params.ring();
+        let q_last = *ring.table(level, level).modulus();
+        let q_inv = self.params.q_inv(level);
+        let n = ring.n();
+        for part in ct.parts_mut().iter_mut() {
+            let mut last = part.limb(level).to_vec();
+            ring.table(level, level).inverse(&mut last);
+            let centered: Vec<i64> = last.iter().map(|&v| q_last.center(v)).collect();
+            let body = |i: usize, limb: &mut [u64]| {
+                let t = ring.table(level, i);
+                let m = t.modulus();
+                let mut tmp: Vec<u64> = centered.iter().map(|&v| m.reduce_i64(v)).collect();
+                t.forward(&mut tmp);
+                let w = q_inv[i];
+                let ws = m.shoup(w);
+                for (x, &y) in limb.iter_mut().zip(&tmp) {
+                    *x = m.mul_shoup(m.sub(*x, y), w, ws);
+                }
+            };
+            part.truncate_level(level);
+            let words = &mut part_words(part)[..level * n];
+            if level * n >= 1 << 15 {
+                use rayon::prelude::*;
+                words.par_chunks_exact_mut(n).enumerate().for_each(|(i, l)| body(i, l));
+            } else {
+                for (i, l) in words.chunks_exact_mut(n).enumerate() {
+                    body(i, l);
+                }
+            }
+            part.truncate_level(level - 1);
+        }
+        let s = ct.scale() / q_last.value() as f64;
+        ct.set_scale(s);
+        Ok(())
+    }
+
+    /// Allocating form of [`Evaluator::rescale_assign`].
+    pub fn rescale(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.rescale_assign(&mut out)?;
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- additions
+
+    fn align(&self, a: &mut Ciphertext, b_level: usize) -> Result<()> {
+        if a.level() > b_level {
+            self.drop_to_level_assign(a, b_level)?;
+        }
+        Ok(())
+    }
+
+    fn add_sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext, sub: bool) -> Result<()> {
+        self.check_ct(a)?;
+        self.check_ct(b)?;
+        Self::check_scales(a.scale(), b.scale())?;
+        self.align(a, b.level())?;
+        let level = a.level();
+        let ring = self.params.ring();
+        let b_parts: Vec<RnsPoly<Eval>> = b.parts().iter().map(|p| if p.level() > level { p.at_level(level) } else { p.clone() }).collect();
+        let parts = a.parts_mut();
+        while parts.len() < b_parts.len() {
+            parts.push(RnsPoly::zero(ring, level, false));
+        }
+        for (x, y) in parts.iter_mut().zip(&b_parts) {
+            if sub {
+                x.sub_assign(ring, y);
+            } else {
+                x.add_assign(ring, y);
+            }
+        }
+        Ok(())
+    }
+
+    /// `a += b`.
+    pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.add_sub_assign(a, b, false)
+    }
+    /// `a + b`.
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.add_assign(&mut out, b)?;
+        Ok(out)
+    }
+    /// `a -= b`.
+    pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.add_sub_assign(a, b, true)
+    }
+    /// `a - b`.
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.sub_assign(&mut out, b)?;
+        Ok(out)
+    }
+    /// `a = -a`.
+    pub fn neg_assign(&self, a: &mut Ciphertext) -> Result<()> {
+        self.check_ct(a)?;
+        let ring = self.params.ring();
+        for p in a.parts_mut().iter_mut() {
+            p.neg_assign(ring);
+        }
+        Ok(())
+    }
+
+    fn plain_at(&self, pt: &Plaintext, level: usize) -> Result<RnsPoly<Eval>> {
+        self.check_pt(pt)?;
+        if pt.level() < level {
+            return Err(Error::LevelExhausted { op: "plaintext operand".into(), needed: level, available: pt.level() });
+        }
+        Ok(if pt.level() == level { pt.poly().clone() } else { pt.poly().at_level(level) })
+    }
+
+    /// `a += pt` (pt at the same scale, at a level >= a's).
+    pub fn add_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        self.check_ct(a)?;
+        Self::check_scales(a.scale(), pt.scale())?;
+        let p = self.plain_at(pt, a.level())?;
+        a.parts_mut()[0].add_assign(self.params.ring(), &p);
+        Ok(())
+    }
+    /// `a + pt`.
+    pub fn add_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.add_plain_assign(&mut out, pt)?;
+        Ok(out)
+    }
+    /// `a -= pt`.
+    pub fn sub_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        self.check_ct(a)?;
+        Self::check_scales(a.scale(), pt.scale())?;
+        let p = self.plain_at(pt, a.level())?;
+        a.parts_mut()[0].sub_assign(self.params.ring(), &p);
+        Ok(())
+    }
+
+    fn scalar_residues(&self, value: f64, level: usize, context: &str) -> Result<Vec<u64>> {
+        if !value.is_finite() || value.abs() >= 2f64.powi(120) {
+            return Err(Error::InvalidValue { context: context.into(), reason: format!("constant {value} is not finite or too large") });
+        }
+        let k = value.round() as i128;
+        let ring = self.params.ring();
+        Ok((0..=level).map(|i| ring.table(level, i).modulus().reduce_i128(k)).collect())
+    }
+
+    /// `a += c` in every slot (c encoded at a's scale). Cost: N per limb.
+    pub fn add_const_assign(&self, a: &mut Ciphertext, c: f64) -> Result<()> {
+        self.check_ct(a)?;
+        let level = a.level();
+        let r = self.scalar_residues(c * a.scale(), level, "add_const")?;
+        let ring = self.params.ring();
+        let c0 = &mut a.parts_mut()[0];
+        c0.for_each_limb(ring, |t, i, limb| {
+            let m = t.modulus();
+            for x in limb.iter_mut() {
+                *x = m.add(*x, r[i]);
+            }
+        });
+        Ok(())
+    }
+    /// `a + c`.
+    pub fn add_const(&self, a: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.add_const_assign(&mut out, c)?;
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- products
+
+    /// `a *= pt` slot-wise; the scale becomes `a.scale · pt.scale` (rescale afterwards).
+    /// Cost: (degree+1)·(l+1) pointwise products.
+    pub fn mul_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        self.check_ct(a)?;
+        let p = self.plain_at(pt, a.level())?;
+        let ring = self.params.ring();
+        for part in a.parts_mut().iter_mut() {
+            part.mul_assign(ring, &p);
+        }
+        let s = a.scale() * pt.scale();
+        a.set_scale(s);
+        Ok(())
+    }
+    /// `a * pt`.
+    pub fn mul_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.mul_plain_assign(&mut out, pt)?;
+        Ok(out)
+    }
+
+    /// `a *= c` for a real constant, encoded as the integer `round(c · const_scale)`; the scale
+    /// becomes `a.scale · const_scale` (rescale afterwards). Cost: N Shoup products per limb.
+    pub fn mul_const_assign(&self, a: &mut Ciphertext, c: f64, const_scale: f64) -> Result<()> {
+        self.check_ct(a)?;
+        let r = self.scalar_residues(c * const_scale, a.level(), "mul_const")?;
+        let ring = self.params.ring();
+        for part in a.parts_mut().iter_mut() {
+            part.mul_scalar_assign(ring, &r);
+        }
+        let s = a.scale() * const_scale;
+        a.set_scale(s);
+        Ok(())
+    }
+    /// `a * c` (see [`Evaluator::mul_const_assign`]).
+    pub fn mul_const(&self, a: &Ciphertext, c: f64, const_scale: f64) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.mul_const_assign(&mut out, c, const_scale)?;
+        Ok(out)
+    }
+
+    /// `a *= k` for an integer: the scale is unchanged and no level is used.
+    pub fn mul_int_assign(&self, a: &mut Ciphertext, k: i64) -> Result<()> {
+        self.check_ct(a)?;
+        let r = self.scalar_residues(k as f64, a.level(), "mul_int")?;
+        let ring = self.params.ring();
+        for part in a.parts_mut().iter_mut() {
+            part.mul_scalar_assign(ring, &r);
+        }
+        Ok(())
+    }
+
+    /// Tensor product without relinearization: a 3-part ciphertext at scale `a.scale·b.scale`.
+    /// Cost: 4·(l+1) pointwise products.
+    pub fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        self.check_ct(a)?;
+        self.check_ct(b)?;
+        if a.degree_plus_one() != 2 || b.degree_plus_one() != 2 {
+            return Err(Error::InvalidValue { context: "mul".into(), reason: "operands must be relinearized (2 parts)".into() });
+        }
+        let level = a.level().min(b.level());
+        let ring = self.params.ring();
+        let at = |c: &Ciphertext, i: usize| if c.level() > level { c.parts()[i].at_level(level) } else { c.parts()[i].clone() };
+        let (a0, a1, b0, b1) = (at(a, 0), at(a, 1), at(b, 0), at(b, 1));
+        let mut d0 = RnsPoly::<Eval>::zero(ring, level, false);
+        let mut d1 = RnsPoly::<Eval>::zero(ring, level, false);
+        let mut d2 = RnsPoly::<Eval>::zero(ring, level, false);
+        d0.mul_accumulate(ring, &a0, &b0);
+        d1.mul_accumulate(ring, &a0, &b1);
+        d1.mul_accumulate(ring, &a1, &b0);
+        d2.mul_accumulate(ring, &a1, &b1);
+        Ok(Ciphertext::new(vec![d0, d1, d2], a.scale() * b.scale(), self.params.digest()))
+    }
+
+    fn keys(&self) -> Result<&EvaluationKeys> {
+        self.keys.as_deref().ok_or_else(|| Error::MissingKey { what: "this evaluator holds no evaluation keys".into() })
+    }
+
+    /// Relinearizes a 3-part ciphertext back to 2 parts. Cost: one key switch.
+    pub fn relinearize_assign(&self, ct: &mut Ciphertext) -> Result<()> {
+        self.check_ct(ct)?;
+        if ct.degree_plus_one() == 2 {
+            return Ok(());
+        }
+        let rlk = self.keys()?.relin().ok_or_else(|| Error::MissingKey { what: "relinearization key".into() })?;
+        let ring = self.params.ring();
+        let parts = ct.parts_mut();
+        let c2 = parts.pop().ok_or_else(|| Error::format("ciphertext", "no parts"))?;
+        let (d0, d1) = keyswitch::switch_key(&self.params, &c2, &rlk.0);
+        parts[0].add_assign(ring, &d0);
+        parts[1].add_assign(ring, &d1);
+        Ok(())
+    }
+
+    /// `a * b`, relinearized (not rescaled). Cost: 4·(l+1) products and one key switch.
+    pub fn mul_relin(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = self.mul(a, b)?;
+        self.relinearize_assign(&mut out)?;
+        Ok(out)
+    }
+    /// `a *= b`, relinearized.
+    pub fn mul_relin_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        *a = self.mul_relin(a, b)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- automorphisms
+
+    fn galois_key(&self, element: u64) -> Result<&SwitchingKey> {
+        self.keys()?
+            .galois(element)
+            .map(|g| &g.key)
+            .ok_or_else(|| Error::MissingKey { what: format!("Galois key for element {element}") })
+    }
+
+    /// Applies `X -> X^element` and switches the key back to `s`. Cost: one key switch.
+    pub fn apply_galois(&self, ct: &Ciphertext, element: u64) -> Result<Ciphertext> {
+        self.check_ct(ct)?;
+        if ct.degree_plus_one() != 2 {
+            return Err(Error::InvalidValue { context: "rotation".into(), reason: "relinearize first".into() });
+        }
+        if element == 1 {
+            return Ok(ct.clone());
+        }
+        let key = self.galois_key(element)?;
+        let ring = self.params.ring();
+        let perm = ring.galois_permutation(element);
+        let c1 = ct.parts()[1].permuted(&perm);
+        let (d0, d1) = keyswitch::switch_key(&self.params, &c1, key);
+        let mut c0 = ct.parts()[0].permuted(&perm);
+        c0.add_assign(ring, &d0);
+        Ok(Ciphertext::new(vec![c0, d1], ct.scale(), self.params.digest()))
+    }
+
+    /// Rotates slots left by `steps` (negative: right). Needs the Galois key of
+    /// [`galois_element_for_rotation`]. Cost: one key switch.
+    pub fn rotate(&self, ct: &Ciphertext, steps: i64) -> Result<Ciphertext> {
+        self.apply_galois(ct, galois_element_for_rotation(&self.params, steps))
+    }
+    /// In-place rotation.
+    pub fn rotate_assign(&self, ct: &mut Ciphertext, steps: i64) -> Result<()> {
+        *ct = self.rotate(ct, steps)?;
+        Ok(())
+    }
+    /// Complex conjugation of every slot. Cost: one key switch.
+    pub fn conjugate(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        self.apply_galois(ct, galois_element_for_conjugation(&self.params))
+    }
+
+    /// Decomposes `c_1` once for many rotations (hoisting). Cost: the ModUp part of a key
+    /// switch.
+    pub fn hoist(&self, ct: &Ciphertext) -> Result<HoistedCiphertext> {
+        self.check_ct(ct)?;
+        if ct.degree_plus_one() != 2 {
+            return Err(Error::InvalidValue { context: "hoisting".into(), reason: "relinearize first".into() });
+        }
+        let dec = keyswitch::decompose(&self.params, &ct.parts()[1]);
+        Ok(HoistedCiphertext { ct: ct.clone(), dec })
+    }
+
+    /// Rotation of a hoisted ciphertext, in the extended basis `Q_l·P` before ModDown:
+    /// returns `(u0, u1)` with `c_0` already folded in (multiplied by `P`). Accumulate several
+    /// of these and call [`Evaluator::mod_down_pair`] once (double hoisting).
+    pub(crate) fn rotate_hoisted_extended(&self, h: &HoistedCiphertext, element: u64) -> Result<(RnsPoly<Eval>, RnsPoly<Eval>)> {
+        let key = self.galois_key(element)?;
+        let ring = self.params.ring();
+        let perm = ring.galois_permutation(element);
+        let (mut u0, u1) = keyswitch::inner_product(&self.params, &h.dec, key, Some(&perm));
+        // add P·σ(c0) on the Q limbs (P·x ≡ 0 on the special limbs)
+        let c0 = h.ct.parts()[0].permuted(&perm);
+        let level = h.ct.level();
+        let p_mod_q = self.params.p_mod_q();
+        for i in 0..=level {
+            let m = *ring.table(level, i).modulus();
+            let w = p_mod_q[i];
+            let ws = m.shoup(w);
+            for (x, &y) in u0.limb_mut(i).iter_mut().zip(c0.limb(i)) {
+                *x = m.add(*x, m.mul_shoup(y, w, ws));
+            }
+        }
+        Ok((u0, u1))
+    }
+
+    /// ModDown of an extended pair into a ciphertext at `scale`.
+    pub(crate) fn mod_down_pair(&self, u0: &RnsPoly<Eval>, u1: &RnsPoly<Eval>, scale: f64) -> Ciphertext {
+        let (d0, d1) = rayon::join(|| keyswitch::mod_down(&self.params, u0), || keyswitch::mod_down(&self.params, u1));
+        Ciphertext::new(vec![d0, d1], scale, self.params.digest())
+    }
+
+    /// Rotation of a hoisted ciphertext by `steps`. Cost: the inner product and ModDown of a
+    /// key switch (the ModUp was paid once by [`Evaluator::hoist`]).
+    pub fn rotate_hoisted(&self, h: &HoistedCiphertext, steps: i64) -> Result<Ciphertext> {
+        let element = galois_element_for_rotation(&self.params, steps);
+        if element == 1 {
+            return Ok(h.ct.clone());
+        }
+        let key = self.galois_key(element)?;
+        let ring = self.params.ring();
+        let perm = ring.galois_permutation(element);
+        let (u0, u1) = keyswitch::inner_product(&self.params, &h.dec, key, Some(&perm));
+        let mut out = self.mod_down_pair(&u0, &u1, h.ct.scale());
+        let c0 = h.ct.parts()[0].permuted(&perm);
+        out.parts_mut()[0].add_assign(ring, &c0);
+        Ok(out)
+    }
+
+    /// Many rotations of one ciphertext sharing one decomposition.
+    pub fn rotate_many(&self, ct: &Ciphertext, steps: &[i64]) -> Result<Vec<Ciphertext>> {
+        let h = self.hoist(ct)?;
+        steps.iter().map(|&s| self.rotate_hoisted(&h, s)).collect()
+    }
+}
+
+fn part_words(p: &mut RnsPoly<Eval>) -> &mut [u64] {
+    p.as_words_mut()
+}

@@ -1,0 +1,182 @@
+//! Hybrid key switching (Han-Ki): decompose into digits, raise each to `Q_l·P` (ModUp),
+//! multiply by the key, and divide by `P` (ModDown). The decomposition can be hoisted: computed
+//! once and reused by many rotations of the same ciphertext.
+
+use super::keys::SwitchingKey;
+use super::params::CkksParams;
+use crate::math::poly::{Coeff, Eval, RnsPoly};
+use rayon::prelude::*;
+
+/// The digits of one polynomial, each raised to the extended basis `Q_l·P`, in evaluation form.
+/// Computing it costs `(l+1)` inverse NTTs plus, per digit, one NTT per limb outside the digit.
+#[derive(Clone, Debug)]
+pub struct Decomposition {
+    pub(crate) digits: Vec<RnsPoly<Eval>>,
+    pub(crate) level: usize,
+}
+
+/// ModUp of every digit of `c` (evaluation form, level `l`, not extended).
+pub(crate) fn decompose(params: &CkksParams, c: &RnsPoly<Eval>) -> Decomposition {
+    let ring = params.ring();
+    let level = c.level();
+    let coeff: RnsPoly<Coeff> = c.clone().into_coeff(ring);
+    let ranges = params.digits(level);
+    let digits = ranges
+        .par_iter()
+        .enumerate()
+        .map(|(j, range)| {
+            let mut out = RnsPoly::<Eval>::zero(ring, level, true);
+            let mu = params.mod_up(level, j);
+            // [x + h]_{Q_j} on the digit primes
+            let shifted: Vec<Vec<u64>> = range
+                .clone()
+                .zip(&mu.src_half)
+                .map(|(i, &h)| {
+                    let m = ring.table(level, i).modulus();
+                    coeff.limb(i).iter().map(|&x| m.add(x, h)).collect()
+                })
+                .collect();
+            let src: Vec<&[u64]> = shifted.iter().map(|v| v.as_slice()).collect();
+            // Target limb indices: q limbs outside the digit, then every special limb.
+            let targets: Vec<usize> = (0..out.num_limbs()).filter(|i| !range.contains(i)).collect();
+            let n = ring.n();
+            let mut converted = vec![0u64; targets.len() * n];
+            {
+                let mut outs: Vec<&mut [u64]> = converted.chunks_exact_mut(n).collect();
+                mu.converter.convert(&src, &mut outs);
+            }
+            for ((t, limb), &h) in targets.iter().zip(converted.chunks_exact_mut(n)).zip(&mu.dst_half) {
+                let table = ring.table(level, *t);
+                let m = table.modulus();
+                for x in limb.iter_mut() {
+                    *x = m.sub(*x, h);
+                }
+                table.forward(limb);
+                out.limb_mut(*t).copy_from_slice(limb);
+            }
+            for i in range.clone() {
+                out.limb_mut(i).copy_from_slice(c.limb(i));
+            }
+            out
+        })
+        .collect();
+    Decomposition { digits, level }
+}
+
+/// `sum_j perm(digit_j) · (b_j, a_j)` over `Q_l·P`, where `perm` optionally applies an
+/// automorphism to the digits first (hoisted rotations). Cost: `2·dnum·(l+1+K)` vectorised
+/// multiply-accumulates of N words.
+pub(crate) fn inner_product(
+    params: &CkksParams,
+    dec: &Decomposition,
+    key: &SwitchingKey,
+    perm: Option<&[u32]>,
+) -> (RnsPoly<Eval>, RnsPoly<Eval>) {
+    let ring = params.ring();
+    let level = dec.level;
+    let top = params.max_level();
+    let mut acc0 = RnsPoly::<Eval>::zero(ring, level, true);
+    let mut acc1 = RnsPoly::<Eval>::zero(ring, level, true);
+    let limbs = acc0.num_limbs();
+    // key limb index for each extended limb index at this level
+    let key_limb = |i: usize| if i <= level { i } else { top + 1 + (i - level - 1) };
+    let n = ring.n();
+    let work = |i: usize, a0: &mut [u64], a1: &mut [u64]| {
+        let table = ring.table(level, i);
+        let mut tmp = if perm.is_some() { vec![0u64; n] } else { Vec::new() };
+        for (j, d) in dec.digits.iter().enumerate() {
+            let dl = d.limb(i);
+            let dl: &[u64] = match perm {
+                Some(p) => {
+                    for (x, &k) in tmp.iter_mut().zip(p) {
+                        *x = dl[k as usize];
+                    }
+                    &tmp
+                }
+                None => dl,
+            };
+            table.mul_accumulate(a0, dl, key.b[j].limb(key_limb(i)));
+            table.mul_accumulate(a1, dl, key.a[j].limb(key_limb(i)));
+        }
+    };
+    let words0 = acc0.as_words_mut();
+    let words1 = acc1.as_words_mut();
+    if limbs * n >= 1 << 15 {
+        words0
+            .par_chunks_exact_mut(n)
+            .zip(words1.par_chunks_exact_mut(n))
+            .enumerate()
+            .for_each(|(i, (a0, a1))| work(i, a0, a1));
+    } else {
+        for (i, (a0, a1)) in words0.chunks_exact_mut(n).zip(words1.chunks_exact_mut(n)).enumerate() {
+            work(i, a0, a1);
+        }
+    }
+    (acc0, acc1)
+}
+
+/// ModDown: `round(x / P)` from `Q_l·P` to `Q_l`, in evaluation form, computed as
+/// `(x + h - [x + h]_P) / P` with `h = (P-1)/2` so the division rounds instead of flooring
+/// (a floor would add a bias of 1/2 to every coefficient, which concentrates in the slots
+/// near the root 1). Cost: K inverse NTTs, (l+1) NTTs, `N·K·(l+2)` word products.
+pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> {
+    let ring = params.ring();
+    let level = x.level();
+    let n = ring.n();
+    let k = ring.p_tables().len();
+    let half_p = params.half_p();
+    let p_coeff: Vec<Vec<u64>> = (0..k)
+        .map(|j| {
+            let t = ring.table(level, level + 1 + j);
+            let mut limb = x.limb(level + 1 + j).to_vec();
+            t.inverse(&mut limb);
+            let m = t.modulus();
+            let h = half_p.1[j];
+            for c in limb.iter_mut() {
+                *c = m.add(*c, h);
+            }
+            limb
+        })
+        .collect();
+    let src: Vec<&[u64]> = p_coeff.iter().map(|v| v.as_slice()).collect();
+    let mut out = x.at_level(level);
+    let mut conv = vec![0u64; (level + 1) * n];
+    {
+        let mut outs: Vec<&mut [u64]> = conv.chunks_exact_mut(n).collect();
+        params.p_to_q(level).convert(&src, &mut outs);
+    }
+    let p_inv = params.p_inv_mod_q();
+    let body = |i: usize, o: &mut [u64], c: &mut [u64]| {
+        let t = ring.table(level, i);
+        let m = t.modulus();
+        // h - [x + h]_P on every coefficient, then to the evaluation domain
+        let h = half_p.0[i];
+        for z in c.iter_mut() {
+            *z = m.sub(h, *z);
+        }
+        t.forward(c);
+        let w = p_inv[i];
+        let ws = m.shoup(w);
+        for (y, &z) in o.iter_mut().zip(c.iter()) {
+            *y = m.mul_shoup(m.add(*y, z), w, ws);
+        }
+    };
+    let words = out.as_words_mut();
+    if (level + 1) * n >= 1 << 15 {
+        words.par_chunks_exact_mut(n).zip(conv.par_chunks_exact_mut(n)).enumerate().for_each(|(i, (o, c))| body(i, o, c));
+    } else {
+        for (i, (o, c)) in words.chunks_exact_mut(n).zip(conv.chunks_exact_mut(n)).enumerate() {
+            body(i, o, c);
+        }
+    }
+    out
+}
+
+/// Full key switch of `c` (level l): returns `(d0, d1)` at level l with
+/// `d0 + d1·s ≈ c·s'` where the key switches `s'` to `s`.
+pub(crate) fn switch_key(params: &CkksParams, c: &RnsPoly<Eval>, key: &SwitchingKey) -> (RnsPoly<Eval>, RnsPoly<Eval>) {
+    let dec = decompose(params, c);
+    let (u0, u1) = inner_product(params, &dec, key, None);
+    let (d0, d1) = rayon::join(|| mod_down(params, &u0), || mod_down(params, &u1));
+    (d0, d1)
+}

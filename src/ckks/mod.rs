@@ -1,0 +1,28 @@
+//! Layer 1: RNS-CKKS (approximate arithmetic on encrypted complex/real vectors).
+//!
+//! ```text
+//! CkksParamsLiteral --from_literal--> CkksParams (checked against the security table)
+//! KeyGenerator -> SecretKey, PublicKey, RelinKey, GaloisKey, EvaluationKeys
+//! Encoder (slots <-> Plaintext) · Encryptor / Decryptor · Evaluator
+//! ```
+
+pub mod ciphertext;
+pub mod encoding;
+pub mod encrypt;
+pub mod eval;
+pub mod keygen;
+pub mod keys;
+pub mod keyswitch;
+pub mod params;
+pub mod precision;
+pub mod security;
+
+pub use ciphertext::{Ciphertext, Plaintext};
+pub use encoding::{Encoder, C64};
+pub use encrypt::{Decryptor, EncryptionKey, Encryptor};
+pub use eval::{Evaluator, HoistedCiphertext};
+pub use keygen::{galois_element_for_conjugation, galois_element_for_rotation, KeyGenerator};
+pub use keys::{EvaluationKeys, GaloisKey, PublicKey, RelinKey, SecretKey, SwitchingKey};
+pub use params::{CkksParams, CkksParamsLiteral, SecretDistribution, PRESETS};
+pub use precision::PrecisionStats;
+pub use security::Security;
