@@ -21,11 +21,20 @@ pub enum Error {
          for N = 2^{log_n} (HomomorphicEncryption.org table, ternary secret); \
          use Security::Unchecked only if you know why"
     )]
-    InsecureParameters { log_n: u32, log_qp: f64, max_log_qp: u32, security_bits: u32 },
+    InsecureParameters {
+        log_n: u32,
+        log_qp: f64,
+        max_log_qp: u32,
+        security_bits: u32,
+    },
 
     /// Two objects were made under different parameter sets.
     #[error("parameter mismatch: {what} was made for parameters {found}, expected {expected}")]
-    ParameterMismatch { what: String, expected: String, found: String },
+    ParameterMismatch {
+        what: String,
+        expected: String,
+        found: String,
+    },
 
     /// Two operands live at different scales and cannot be combined without losing precision.
     #[error("scale mismatch: {left} vs {right} (relative difference {rel:.3e})")]
@@ -33,7 +42,11 @@ pub enum Error {
 
     /// An operation needs more levels than the ciphertext has left.
     #[error("levels exhausted: {op} needs level >= {needed}, ciphertext is at level {available}")]
-    LevelExhausted { op: String, needed: usize, available: usize },
+    LevelExhausted {
+        op: String,
+        needed: usize,
+        available: usize,
+    },
 
     /// A level argument is out of range.
     #[error("invalid level {level}: the parameter set has levels 0..={max}")]
@@ -45,7 +58,11 @@ pub enum Error {
 
     /// Dimensions of two operands do not agree.
     #[error("dimension mismatch in {context}: expected {expected}, found {found}")]
-    DimensionMismatch { context: String, expected: usize, found: usize },
+    DimensionMismatch {
+        context: String,
+        expected: usize,
+        found: usize,
+    },
 
     /// A numeric input is NaN, infinite or too large to encode.
     #[error("invalid value in {context}: {reason}")]
@@ -53,7 +70,12 @@ pub enum Error {
 
     /// A value left the interval an activation was fitted on.
     #[error("value {value} at {context} is outside the declared activation interval [{lo}, {hi}]")]
-    OutOfInterval { context: String, value: f64, lo: f64, hi: f64 },
+    OutOfInterval {
+        context: String,
+        value: f64,
+        lo: f64,
+        hi: f64,
+    },
 
     /// A file or byte buffer is not a valid hepeft object.
     #[error("malformed {what}: {reason}")]
@@ -75,27 +97,41 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::Format`].
     pub fn format(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Format { what: what.into(), reason: reason.into() }
+        Error::Format {
+            what: what.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Shorthand for [`Error::InvalidParameters`].
     pub fn params(reason: impl Into<String>) -> Self {
-        Error::InvalidParameters { reason: reason.into() }
+        Error::InvalidParameters {
+            reason: reason.into(),
+        }
     }
 
     /// Shorthand for [`Error::Model`].
     pub fn model(reason: impl Into<String>) -> Self {
-        Error::Model { reason: reason.into() }
+        Error::Model {
+            reason: reason.into(),
+        }
     }
 
     /// Shorthand for [`Error::DimensionMismatch`].
     pub fn dims(context: impl Into<String>, expected: usize, found: usize) -> Self {
-        Error::DimensionMismatch { context: context.into(), expected, found }
+        Error::DimensionMismatch {
+            context: context.into(),
+            expected,
+            found,
+        }
     }
 
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: Some(path.into()), source }
+        Error::Io {
+            path: Some(path.into()),
+            source,
+        }
     }
 }
 

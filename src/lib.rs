@@ -8,8 +8,8 @@
 //! math  ->  ckks  ->  model  ->  plan  ->  select  ->  cli
 //! ```
 
-pub mod error;
 pub mod ckks;
+pub mod error;
 pub mod math;
 
 pub use error::Error;

@@ -9,7 +9,10 @@ use std::sync::Arc;
 fn check(label: &str, got: &[f64], want: &[f64], min_bits: f64) {
     let stats = PrecisionStats::compare(&got[..want.len()], want);
     println!("{label:<28} {stats}");
-    assert!(stats.min_bits >= min_bits, "{label}: {stats} (wanted >= {min_bits} bits)");
+    assert!(
+        stats.min_bits >= min_bits,
+        "{label}: {stats} (wanted >= {min_bits} bits)"
+    );
 }
 
 #[test]
@@ -17,15 +20,32 @@ fn encode_decode_roundtrip() {
     let f = Fixture::new(insecure_test_params(), 1);
     let v = values(f.params.slots(), 2);
     for level in [0, f.params.max_level()] {
-        let pt = f.encoder.encode(&v, level, f.params.default_scale()).unwrap();
-        check(&format!("encode/decode level {level}"), &f.encoder.decode(&pt).unwrap(), &v, 30.0);
+        let pt = f
+            .encoder
+            .encode(&v, level, f.params.default_scale())
+            .unwrap();
+        check(
+            &format!("encode/decode level {level}"),
+            &f.encoder.decode(&pt).unwrap(),
+            &v,
+            30.0,
+        );
     }
     // complex slots
-    let c: Vec<C64> = v.iter().zip(values(f.params.slots(), 3)).map(|(&a, b)| C64::new(a, b)).collect();
+    let c: Vec<C64> = v
+        .iter()
+        .zip(values(f.params.slots(), 3))
+        .map(|(&a, b)| C64::new(a, b))
+        .collect();
     let pt = f.encoder.encode_complex(&c, 2, 2f64.powi(40)).unwrap();
     let back = f.encoder.decode_complex(&pt).unwrap();
     let im: Vec<f64> = back.iter().map(|x| x.im).collect();
-    check("encode/decode imaginary", &im, &c.iter().map(|x| x.im).collect::<Vec<_>>(), 30.0);
+    check(
+        "encode/decode imaginary",
+        &im,
+        &c.iter().map(|x| x.im).collect::<Vec<_>>(),
+        30.0,
+    );
 }
 
 #[test]
@@ -35,15 +55,26 @@ fn encrypt_decrypt_public_and_symmetric() {
     let ct = f.encrypt(&v, 6);
     check("public-key roundtrip", &f.decrypt(&ct), &v, 25.0); // the bar at scale 2^40
     let pt = f.encoder.encode(&v, 1, f.params.default_scale()).unwrap();
-    let ct = Encryptor::new(&f.params, EncryptionKey::Secret(&f.sk)).unwrap().encrypt(&pt, &mut rng(7)).unwrap();
-    assert!(ct.seed().is_some(), "symmetric ciphertexts carry their seed");
+    let ct = Encryptor::new(&f.params, EncryptionKey::Secret(&f.sk))
+        .unwrap()
+        .encrypt(&pt, &mut rng(7))
+        .unwrap();
+    assert!(
+        ct.seed().is_some(),
+        "symmetric ciphertexts carry their seed"
+    );
     check("symmetric roundtrip", &f.decrypt(&ct), &v, 25.0);
 }
 
 fn keyed(f: &Fixture, steps: &[i64]) -> Evaluator {
-    let mut elements: Vec<u64> = steps.iter().map(|&s| galois_element_for_rotation(&f.params, s)).collect();
+    let mut elements: Vec<u64> = steps
+        .iter()
+        .map(|&s| galois_element_for_rotation(&f.params, s))
+        .collect();
     elements.push(galois_element_for_conjugation(&f.params));
-    let keys = KeyGenerator::new(&f.params).gen_evaluation_keys(&f.sk, &elements, true, &mut rng(99)).unwrap();
+    let keys = KeyGenerator::new(&f.params)
+        .gen_evaluation_keys(&f.sk, &elements, true, &mut rng(99))
+        .unwrap();
     Evaluator::with_keys(&f.params, Arc::new(keys)).unwrap()
 }
 
@@ -57,16 +88,39 @@ fn additions_and_constants() {
     check("add", &f.decrypt(&ev.add(&ca, &cb).unwrap()), &sum, 25.0);
     let diff: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
     check("sub", &f.decrypt(&ev.sub(&ca, &cb).unwrap()), &diff, 25.0);
-    let pb = f.encoder.encode(&b, f.params.max_level(), f.params.default_scale()).unwrap();
-    check("add_plain", &f.decrypt(&ev.add_plain(&ca, &pb).unwrap()), &sum, 25.0);
+    let pb = f
+        .encoder
+        .encode(&b, f.params.max_level(), f.params.default_scale())
+        .unwrap();
+    check(
+        "add_plain",
+        &f.decrypt(&ev.add_plain(&ca, &pb).unwrap()),
+        &sum,
+        25.0,
+    );
     let plus: Vec<f64> = a.iter().map(|x| x + 0.75).collect();
-    check("add_const", &f.decrypt(&ev.add_const(&ca, 0.75).unwrap()), &plus, 25.0);
+    check(
+        "add_const",
+        &f.decrypt(&ev.add_const(&ca, 0.75).unwrap()),
+        &plus,
+        25.0,
+    );
     let mut neg = ca.clone();
     ev.neg_assign(&mut neg).unwrap();
-    check("neg", &f.decrypt(&neg), &a.iter().map(|x| -x).collect::<Vec<_>>(), 24.0);
+    check(
+        "neg",
+        &f.decrypt(&neg),
+        &a.iter().map(|x| -x).collect::<Vec<_>>(),
+        24.0,
+    );
     let mut tripled = ca.clone();
     ev.mul_int_assign(&mut tripled, -3).unwrap();
-    check("mul_int", &f.decrypt(&tripled), &a.iter().map(|x| -3.0 * x).collect::<Vec<_>>(), 24.0);
+    check(
+        "mul_int",
+        &f.decrypt(&tripled),
+        &a.iter().map(|x| -3.0 * x).collect::<Vec<_>>(),
+        24.0,
+    );
     // add across levels: the higher operand is dropped
     let low = ev.drop_to_level(&cb, 2).unwrap();
     let mixed = ev.add(&ca, &low).unwrap();
@@ -91,8 +145,15 @@ fn products_and_rescale() {
     check("mul_plain + rescale", &f.decrypt(&r), &prod, 25.0);
     let r = ev.rescale(&ev.mul_relin(&ca, &cb).unwrap()).unwrap();
     check("mul_relin + rescale", &f.decrypt(&r), &prod, 25.0);
-    let r = ev.rescale(&ev.mul_const(&ca, -1.7, q_top).unwrap()).unwrap();
-    check("mul_const + rescale", &f.decrypt(&r), &a.iter().map(|x| -1.7 * x).collect::<Vec<_>>(), 25.0);
+    let r = ev
+        .rescale(&ev.mul_const(&ca, -1.7, q_top).unwrap())
+        .unwrap();
+    check(
+        "mul_const + rescale",
+        &f.decrypt(&r),
+        &a.iter().map(|x| -1.7 * x).collect::<Vec<_>>(),
+        25.0,
+    );
     // a 3-part ciphertext decrypts too
     let r3 = ev.mul(&ca, &cb).unwrap();
     assert_eq!(r3.degree_plus_one(), 3);
@@ -106,7 +167,10 @@ fn products_and_rescale() {
     }
     assert_eq!(x.level(), 0);
     check("x^(2^4) through every level", &f.decrypt(&x), &want, 22.0);
-    assert!(matches!(ev.rescale(&x), Err(hepeft::Error::LevelExhausted { .. })));
+    assert!(matches!(
+        ev.rescale(&x),
+        Err(hepeft::Error::LevelExhausted { .. })
+    ));
 }
 
 #[test]
@@ -119,7 +183,9 @@ fn rotations_hoisted_and_conjugation() {
     let ca = f.encrypt(&a, 20);
     let hoisted = ev.rotate_many(&ca, &steps).unwrap();
     for (&k, h) in steps.iter().zip(&hoisted) {
-        let want: Vec<f64> = (0..slots).map(|i| a[(i + k).rem_euclid(slots) as usize]).collect();
+        let want: Vec<f64> = (0..slots)
+            .map(|i| a[(i + k).rem_euclid(slots) as usize])
+            .collect();
         let plain = f.decrypt(&ev.rotate(&ca, k).unwrap());
         check(&format!("rotate {k}"), &plain, &want, 24.0);
         let hd = f.decrypt(h);
@@ -129,14 +195,36 @@ fn rotations_hoisted_and_conjugation() {
     }
     // conjugation on complex slots
     let c: Vec<C64> = a.iter().map(|&x| C64::new(x, 0.5 * x)).collect();
-    let pt = f.encoder.encode_complex(&c, f.params.max_level(), f.params.default_scale()).unwrap();
-    let ct = Encryptor::new(&f.params, EncryptionKey::Public(&f.pk)).unwrap().encrypt(&pt, &mut rng(21)).unwrap();
+    let pt = f
+        .encoder
+        .encode_complex(&c, f.params.max_level(), f.params.default_scale())
+        .unwrap();
+    let ct = Encryptor::new(&f.params, EncryptionKey::Public(&f.pk))
+        .unwrap()
+        .encrypt(&pt, &mut rng(21))
+        .unwrap();
     let conj = ev.conjugate(&ct).unwrap();
-    let out = f.encoder.decode_complex(&Decryptor::new(&f.params, &f.sk).unwrap().decrypt(&conj).unwrap()).unwrap();
+    let out = f
+        .encoder
+        .decode_complex(
+            &Decryptor::new(&f.params, &f.sk)
+                .unwrap()
+                .decrypt(&conj)
+                .unwrap(),
+        )
+        .unwrap();
     let im: Vec<f64> = out.iter().map(|x| x.im).collect();
-    check("conjugate (imaginary)", &im, &c.iter().map(|x| -x.im).collect::<Vec<_>>(), 24.0);
+    check(
+        "conjugate (imaginary)",
+        &im,
+        &c.iter().map(|x| -x.im).collect::<Vec<_>>(),
+        24.0,
+    );
     // a rotation without its key is an error, not garbage
-    assert!(matches!(ev.rotate(&ca, 4), Err(hepeft::Error::MissingKey { .. })));
+    assert!(matches!(
+        ev.rotate(&ca, 4),
+        Err(hepeft::Error::MissingKey { .. })
+    ));
 }
 
 #[test]
@@ -148,7 +236,10 @@ fn mismatches_are_errors() {
     // scale mismatch
     let mut other = ca.clone();
     other.set_scale(ca.scale() * 1.5);
-    assert!(matches!(ev.add(&ca, &other), Err(hepeft::Error::ScaleMismatch { .. })));
+    assert!(matches!(
+        ev.add(&ca, &other),
+        Err(hepeft::Error::ScaleMismatch { .. })
+    ));
     // keys from other parameters
     let mut lit = insecure_test_params().literal().clone();
     lit.q = None;
@@ -157,11 +248,17 @@ fn mismatches_are_errors() {
     let other_params = CkksParams::from_literal(lit).unwrap();
     assert!(Decryptor::new(&other_params, &f.sk).is_err());
     let g = Fixture::new(other_params.clone(), 25);
-    assert!(matches!(ev.add(&ca, &g.encrypt(&a, 26)), Err(hepeft::Error::ParameterMismatch { .. })));
+    assert!(matches!(
+        ev.add(&ca, &g.encrypt(&a, 26)),
+        Err(hepeft::Error::ParameterMismatch { .. })
+    ));
     assert!(Decryptor::new(&f.params, &g.sk).is_err());
     // NaN input
     assert!(f.encoder.encode(&[f64::NAN], 0, 1e10).is_err());
-    assert!(f.encoder.encode(&vec![0.0; f.params.slots() + 1], 0, 1e10).is_err());
+    assert!(f
+        .encoder
+        .encode(&vec![0.0; f.params.slots() + 1], 0, 1e10)
+        .is_err());
     // secret key Debug is redacted
     assert_eq!(format!("{:?}", f.sk), "SecretKey(<redacted>)");
 }
@@ -173,7 +270,9 @@ fn insecure_parameters_are_refused() {
     lit.p = None;
     lit.security = Security::Bits128;
     match CkksParams::from_literal(lit) {
-        Err(hepeft::Error::InsecureParameters { max_log_qp: 109, .. }) => {}
+        Err(hepeft::Error::InsecureParameters {
+            max_log_qp: 109, ..
+        }) => {}
         other => panic!("expected refusal, got {other:?}"),
     }
 }

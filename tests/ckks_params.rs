@@ -21,14 +21,27 @@ fn presets_load_and_are_frozen() {
         assert_eq!(p.digest_short(), digest, "{name}");
         assert_eq!(p.security(), Security::Bits128);
         let bound = hepeft::ckks::security::max_log_qp(p.log_n(), Security::Bits128).unwrap();
-        assert!(p.log_qp() <= bound as f64, "{name}: {} > {bound}", p.log_qp());
+        assert!(
+            p.log_qp() <= bound as f64,
+            "{name}: {} > {bound}",
+            p.log_qp()
+        );
         // the sizes alone regenerate the same primes
         let mut lit = p.literal().clone();
         lit.q = None;
         lit.p = None;
-        assert_eq!(CkksParams::from_literal(lit).unwrap().digest(), p.digest(), "{name}");
+        assert_eq!(
+            CkksParams::from_literal(lit).unwrap().digest(),
+            p.digest(),
+            "{name}"
+        );
         // TOML roundtrip
-        assert_eq!(CkksParams::from_toml(&p.to_toml().unwrap()).unwrap().digest(), p.digest());
+        assert_eq!(
+            CkksParams::from_toml(&p.to_toml().unwrap())
+                .unwrap()
+                .digest(),
+            p.digest()
+        );
     }
     assert!(CkksParams::preset("nope").is_err());
 }
@@ -56,8 +69,16 @@ fn tampered_frozen_primes_are_refused() {
 
 #[test]
 fn security_levels_are_checked() {
-    let base = CkksParams::preset("CKKS_N14_QP430_128").unwrap().literal().clone();
-    for (sec, ok) in [(Security::Bits128, true), (Security::Bits192, false), (Security::Bits256, false), (Security::Unchecked, true)] {
+    let base = CkksParams::preset("CKKS_N14_QP430_128")
+        .unwrap()
+        .literal()
+        .clone();
+    for (sec, ok) in [
+        (Security::Bits128, true),
+        (Security::Bits192, false),
+        (Security::Bits256, false),
+        (Security::Unchecked, true),
+    ] {
         let mut lit = base.clone();
         lit.security = sec;
         assert_eq!(CkksParams::from_literal(lit).is_ok(), ok, "{sec:?}");
@@ -76,7 +97,12 @@ fn roundtrip_at(name: &str) {
     assert!(stats.min_bits >= bar, "{name}: {stats}");
     // one multiplication and one rotation at the real size
     let keys = KeyGenerator::new(&params)
-        .gen_evaluation_keys(&f.sk, &[galois_element_for_rotation(&params, 3)], true, &mut rng(8))
+        .gen_evaluation_keys(
+            &f.sk,
+            &[galois_element_for_rotation(&params, 3)],
+            true,
+            &mut rng(8),
+        )
         .unwrap();
     let ev = Evaluator::with_keys(&params, std::sync::Arc::new(keys)).unwrap();
     let sq = ev.rescale(&ev.mul_relin(&ct, &ct).unwrap()).unwrap();
@@ -101,7 +127,11 @@ fn secure_n13_roundtrip() {
 #[test]
 #[ignore = "full size: run with --ignored"]
 fn full_size_roundtrips() {
-    for name in ["CKKS_N14_QP430_128", "CKKS_N15_QP870_128", "CKKS_N16_QP1720_128"] {
+    for name in [
+        "CKKS_N14_QP430_128",
+        "CKKS_N15_QP870_128",
+        "CKKS_N16_QP1720_128",
+    ] {
         roundtrip_at(name);
     }
 }

@@ -12,7 +12,11 @@ pub struct Plaintext {
 
 impl Plaintext {
     pub(crate) fn new(poly: RnsPoly<Eval>, scale: f64, digest: [u8; 32]) -> Self {
-        Plaintext { poly, scale, digest }
+        Plaintext {
+            poly,
+            scale,
+            digest,
+        }
     }
     /// Level (index of the last prime held).
     pub fn level(&self) -> usize {
@@ -49,7 +53,12 @@ pub struct Ciphertext {
 
 impl Ciphertext {
     pub(crate) fn new(parts: Vec<RnsPoly<Eval>>, scale: f64, digest: [u8; 32]) -> Self {
-        Ciphertext { parts, scale, digest, seed: None }
+        Ciphertext {
+            parts,
+            scale,
+            digest,
+            seed: None,
+        }
     }
     pub(crate) fn with_seed(mut self, seed: [u8; 32]) -> Self {
         self.seed = Some(seed);

@@ -32,7 +32,10 @@ impl C64 {
     }
     #[inline(always)]
     fn mul(self, o: C64) -> C64 {
-        C64::new(self.re * o.re - self.im * o.im, self.re * o.im + self.im * o.re)
+        C64::new(
+            self.re * o.re - self.im * o.im,
+            self.re * o.im + self.im * o.re,
+        )
     }
 }
 
@@ -65,8 +68,15 @@ impl Encoder {
         });
         let ring = params.ring();
         let qm: Vec<_> = ring.q_tables().iter().map(|t| *t.modulus()).collect();
-        let crt = (0..qm.len()).map(|l| CrtReconstructor::new(&qm[..=l])).collect::<Result<Vec<_>>>()?;
-        Ok(Encoder { params: params.clone(), rot_group, ksi: ksi.collect(), crt })
+        let crt = (0..qm.len())
+            .map(|l| CrtReconstructor::new(&qm[..=l]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder {
+            params: params.clone(),
+            rot_group,
+            ksi: ksi.collect(),
+            crt,
+        })
     }
 
     /// Number of slots (N/2).
@@ -137,13 +147,25 @@ impl Encoder {
             return Err(Error::dims("encode: number of values", slots, values.len()));
         }
         if level > self.params.max_level() {
-            return Err(Error::InvalidLevel { level, max: self.params.max_level() });
+            return Err(Error::InvalidLevel {
+                level,
+                max: self.params.max_level(),
+            });
         }
         if !(scale.is_finite() && scale >= 1.0) {
-            return Err(Error::InvalidValue { context: "encode".into(), reason: format!("scale {scale} must be finite and >= 1") });
+            return Err(Error::InvalidValue {
+                context: "encode".into(),
+                reason: format!("scale {scale} must be finite and >= 1"),
+            });
         }
-        if let Some(i) = values.iter().position(|v| !v.re.is_finite() || !v.im.is_finite()) {
-            return Err(Error::InvalidValue { context: "encode".into(), reason: format!("slot {i} is NaN or infinite") });
+        if let Some(i) = values
+            .iter()
+            .position(|v| !v.re.is_finite() || !v.im.is_finite())
+        {
+            return Err(Error::InvalidValue {
+                context: "encode".into(),
+                reason: format!("slot {i} is NaN or infinite"),
+            });
         }
         let mut vals = vec![C64::default(); slots];
         vals[..values.len()].copy_from_slice(values);
@@ -186,7 +208,9 @@ impl Encoder {
             crt.reconstruct(&residues)
         };
         let inv_scale = 1.0 / pt.scale();
-        let mut vals: Vec<C64> = (0..slots).map(|j| C64::new(value(j) * inv_scale, value(j + slots) * inv_scale)).collect();
+        let mut vals: Vec<C64> = (0..slots)
+            .map(|j| C64::new(value(j) * inv_scale, value(j + slots) * inv_scale))
+            .collect();
         debug_assert_eq!(2 * slots, n);
         self.fft_special(&mut vals);
         Ok(vals)

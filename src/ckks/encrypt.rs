@@ -2,10 +2,10 @@
 
 use super::ciphertext::{Ciphertext, Plaintext};
 use super::keys::{PublicKey, SecretKey};
+use super::keyswitch::mod_down;
 use super::params::CkksParams;
 use crate::math::poly::{Coeff, Eval, RnsPoly};
 use crate::math::sample;
-use super::keyswitch::mod_down;
 use crate::Result;
 use rand::{CryptoRng, RngCore};
 
@@ -33,7 +33,10 @@ impl<'a> Encryptor<'a> {
             EncryptionKey::Secret(sk) => sk.digest,
         };
         params.check_digest("encryption key", &digest)?;
-        Ok(Encryptor { params: params.clone(), key })
+        Ok(Encryptor {
+            params: params.clone(),
+            key,
+        })
     }
 
     fn small_poly(&self, coeffs: &[i64], level: usize) -> RnsPoly<Eval> {
@@ -43,7 +46,11 @@ impl<'a> Encryptor<'a> {
 
     /// Encrypts `pt` at its level and scale. Cost (public key): 3·(l+1+K) NTTs and two ModDowns; (secret key):
     /// (l+1) NTTs plus the seeded mask expansion.
-    pub fn encrypt<G: RngCore + CryptoRng>(&self, pt: &Plaintext, rng: &mut G) -> Result<Ciphertext> {
+    pub fn encrypt<G: RngCore + CryptoRng>(
+        &self,
+        pt: &Plaintext,
+        rng: &mut G,
+    ) -> Result<Ciphertext> {
         self.params.check_digest("plaintext", &pt.params_digest())?;
         let mut ct = self.encrypt_zero(pt.level(), pt.scale(), rng);
         let ring = self.params.ring();
@@ -56,7 +63,12 @@ impl<'a> Encryptor<'a> {
     }
 
     /// A fresh encryption of zero at `level`, labelled with `scale`.
-    pub fn encrypt_zero<G: RngCore + CryptoRng>(&self, level: usize, scale: f64, rng: &mut G) -> Ciphertext {
+    pub fn encrypt_zero<G: RngCore + CryptoRng>(
+        &self,
+        level: usize,
+        scale: f64,
+        rng: &mut G,
+    ) -> Ciphertext {
         let ring = self.params.ring();
         let n = self.params.n();
         let level = level.min(self.params.max_level());
@@ -64,13 +76,18 @@ impl<'a> Encryptor<'a> {
             EncryptionKey::Public(pk) => {
                 // (v·b + e0, v·a + e1) over Q_l·P, then divided by P: the noise v·e + e0 + e1·s
                 // shrinks to the rounding error of the division.
-                let small = |c: &[i64]| RnsPoly::<Coeff>::from_signed(ring, c, level, true).into_eval(ring);
+                let small =
+                    |c: &[i64]| RnsPoly::<Coeff>::from_signed(ring, c, level, true).into_eval(ring);
                 let v = small(&sample::ternary(rng, n));
                 let mut c0 = small(&sample::gaussian(rng, n));
                 let mut c1 = small(&sample::gaussian(rng, n));
                 c0.mul_accumulate(ring, &v, &pk.b.at_level_extended(level));
                 c1.mul_accumulate(ring, &v, &pk.a.at_level_extended(level));
-                let (c0, c1) = rayon::join(|| mod_down(&self.params, &c0), || mod_down(&self.params, &c1));
+                let (c0, c1) = crate::math::par::join(
+                    c0.as_words().len(),
+                    || mod_down(&self.params, &c0),
+                    || mod_down(&self.params, &c1),
+                );
                 Ciphertext::new(vec![c0, c1], scale, self.params.digest())
             }
             EncryptionKey::Secret(sk) => {
@@ -97,12 +114,16 @@ impl<'a> Decryptor<'a> {
     /// A decryptor; errors if the key belongs to other parameters.
     pub fn new(params: &CkksParams, sk: &'a SecretKey) -> Result<Self> {
         params.check_digest("secret key", &sk.digest)?;
-        Ok(Decryptor { params: params.clone(), sk })
+        Ok(Decryptor {
+            params: params.clone(),
+            sk,
+        })
     }
 
     /// `c_0 + c_1·s (+ c_2·s^2)`. Cost: (degree)·(l+1) pointwise products.
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
-        self.params.check_digest("ciphertext", &ct.params_digest())?;
+        self.params
+            .check_digest("ciphertext", &ct.params_digest())?;
         let ring = self.params.ring();
         let level = ct.level();
         let s = self.sk.eval.at_level(level);

@@ -43,13 +43,19 @@ impl HoistedCiphertext {
 impl Evaluator {
     /// An evaluator without keys (additions, plaintext products, rescaling).
     pub fn new(params: &CkksParams) -> Self {
-        Evaluator { params: params.clone(), keys: None }
+        Evaluator {
+            params: params.clone(),
+            keys: None,
+        }
     }
 
     /// An evaluator holding evaluation keys (needed for `mul_relin`, rotations, conjugation).
     pub fn with_keys(params: &CkksParams, keys: Arc<EvaluationKeys>) -> Result<Self> {
         params.check_digest("evaluation keys", &keys.params_digest())?;
-        Ok(Evaluator { params: params.clone(), keys: Some(keys) })
+        Ok(Evaluator {
+            params: params.clone(),
+            keys: Some(keys),
+        })
     }
 
     /// The parameter set.
@@ -70,7 +76,11 @@ impl Evaluator {
         if rel <= SCALE_TOLERANCE {
             Ok(())
         } else {
-            Err(Error::ScaleMismatch { left: a, right: b, rel })
+            Err(Error::ScaleMismatch {
+                left: a,
+                right: b,
+                rel,
+            })
         }
     }
 
@@ -80,7 +90,10 @@ impl Evaluator {
     pub fn drop_to_level_assign(&self, ct: &mut Ciphertext, level: usize) -> Result<()> {
         self.check_ct(ct)?;
         if level > ct.level() {
-            return Err(Error::InvalidLevel { level, max: ct.level() });
+            return Err(Error::InvalidLevel {
+                level,
+                max: ct.level(),
+            });
         }
         for p in ct.parts_mut().iter_mut() {
             p.truncate_level(level);
@@ -101,32 +114,44 @@ impl Evaluator {
         self.check_ct(ct)?;
         let level = ct.level();
         if level == 0 {
-            return Err(Error::LevelExhausted { op: "rescale".into(), needed: 1, available: 0 });
+            return Err(Error::LevelExhausted {
+                op: "rescale".into(),
+                needed: 1,
+                available: 0,
+            });
         }
         let ring = self.params.ring();
         let q_last = *ring.table(level, level).modulus();
         let q_inv = self.params.q_inv(level);
         let n = ring.n();
         for part in ct.parts_mut().iter_mut() {
-            let mut last = part.limb(level).to_vec();
+            let mut last = crate::math::scratch::copied(part.limb(level));
             ring.table(level, level).inverse(&mut last);
             let centered: Vec<i64> = last.iter().map(|&v| q_last.center(v)).collect();
+            crate::math::scratch::recycle(last);
             let body = |i: usize, limb: &mut [u64]| {
                 let t = ring.table(level, i);
                 let m = t.modulus();
-                let mut tmp: Vec<u64> = centered.iter().map(|&v| m.reduce_i64(v)).collect();
+                let mut tmp = crate::math::scratch::dirty(centered.len());
+                for (x, &v) in tmp.iter_mut().zip(&centered) {
+                    *x = m.reduce_i64(v);
+                }
                 t.forward(&mut tmp);
                 let w = q_inv[i];
                 let ws = m.shoup(w);
                 for (x, &y) in limb.iter_mut().zip(&tmp) {
                     *x = m.mul_shoup(m.sub(*x, y), w, ws);
                 }
+                crate::math::scratch::recycle(tmp);
             };
             part.truncate_level(level);
             let words = &mut part_words(part)[..level * n];
-            if level * n >= 1 << 15 {
+            if crate::math::par::worth_parallel(level * n) {
                 use rayon::prelude::*;
-                words.par_chunks_exact_mut(n).enumerate().for_each(|(i, l)| body(i, l));
+                words
+                    .par_chunks_exact_mut(n)
+                    .enumerate()
+                    .for_each(|(i, l)| body(i, l));
             } else {
                 for (i, l) in words.chunks_exact_mut(n).enumerate() {
                     body(i, l);
@@ -162,7 +187,17 @@ impl Evaluator {
         self.align(a, b.level())?;
         let level = a.level();
         let ring = self.params.ring();
-        let b_parts: Vec<RnsPoly<Eval>> = b.parts().iter().map(|p| if p.level() > level { p.at_level(level) } else { p.clone() }).collect();
+        let b_parts: Vec<RnsPoly<Eval>> = b
+            .parts()
+            .iter()
+            .map(|p| {
+                if p.level() > level {
+                    p.at_level(level)
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
         let parts = a.parts_mut();
         while parts.len() < b_parts.len() {
             parts.push(RnsPoly::zero(ring, level, false));
@@ -210,9 +245,17 @@ impl Evaluator {
     fn plain_at(&self, pt: &Plaintext, level: usize) -> Result<RnsPoly<Eval>> {
         self.check_pt(pt)?;
         if pt.level() < level {
-            return Err(Error::LevelExhausted { op: "plaintext operand".into(), needed: level, available: pt.level() });
+            return Err(Error::LevelExhausted {
+                op: "plaintext operand".into(),
+                needed: level,
+                available: pt.level(),
+            });
         }
-        Ok(if pt.level() == level { pt.poly().clone() } else { pt.poly().at_level(level) })
+        Ok(if pt.level() == level {
+            pt.poly().clone()
+        } else {
+            pt.poly().at_level(level)
+        })
     }
 
     /// `a += pt` (pt at the same scale, at a level >= a's).
@@ -240,11 +283,16 @@ impl Evaluator {
 
     fn scalar_residues(&self, value: f64, level: usize, context: &str) -> Result<Vec<u64>> {
         if !value.is_finite() || value.abs() >= 2f64.powi(120) {
-            return Err(Error::InvalidValue { context: context.into(), reason: format!("constant {value} is not finite or too large") });
+            return Err(Error::InvalidValue {
+                context: context.into(),
+                reason: format!("constant {value} is not finite or too large"),
+            });
         }
         let k = value.round() as i128;
         let ring = self.params.ring();
-        Ok((0..=level).map(|i| ring.table(level, i).modulus().reduce_i128(k)).collect())
+        Ok((0..=level)
+            .map(|i| ring.table(level, i).modulus().reduce_i128(k))
+            .collect())
     }
 
     /// `a += c` in every slot (c encoded at a's scale). Cost: N per limb.
@@ -328,11 +376,20 @@ impl Evaluator {
         self.check_ct(a)?;
         self.check_ct(b)?;
         if a.degree_plus_one() != 2 || b.degree_plus_one() != 2 {
-            return Err(Error::InvalidValue { context: "mul".into(), reason: "operands must be relinearized (2 parts)".into() });
+            return Err(Error::InvalidValue {
+                context: "mul".into(),
+                reason: "operands must be relinearized (2 parts)".into(),
+            });
         }
         let level = a.level().min(b.level());
         let ring = self.params.ring();
-        let at = |c: &Ciphertext, i: usize| if c.level() > level { c.parts()[i].at_level(level) } else { c.parts()[i].clone() };
+        let at = |c: &Ciphertext, i: usize| {
+            if c.level() > level {
+                c.parts()[i].at_level(level)
+            } else {
+                c.parts()[i].clone()
+            }
+        };
         let (a0, a1, b0, b1) = (at(a, 0), at(a, 1), at(b, 0), at(b, 1));
         let mut d0 = RnsPoly::<Eval>::zero(ring, level, false);
         let mut d1 = RnsPoly::<Eval>::zero(ring, level, false);
@@ -341,11 +398,17 @@ impl Evaluator {
         d1.mul_accumulate(ring, &a0, &b1);
         d1.mul_accumulate(ring, &a1, &b0);
         d2.mul_accumulate(ring, &a1, &b1);
-        Ok(Ciphertext::new(vec![d0, d1, d2], a.scale() * b.scale(), self.params.digest()))
+        Ok(Ciphertext::new(
+            vec![d0, d1, d2],
+            a.scale() * b.scale(),
+            self.params.digest(),
+        ))
     }
 
     fn keys(&self) -> Result<&EvaluationKeys> {
-        self.keys.as_deref().ok_or_else(|| Error::MissingKey { what: "this evaluator holds no evaluation keys".into() })
+        self.keys.as_deref().ok_or_else(|| Error::MissingKey {
+            what: "this evaluator holds no evaluation keys".into(),
+        })
     }
 
     /// Relinearizes a 3-part ciphertext back to 2 parts. Cost: one key switch.
@@ -354,10 +417,14 @@ impl Evaluator {
         if ct.degree_plus_one() == 2 {
             return Ok(());
         }
-        let rlk = self.keys()?.relin().ok_or_else(|| Error::MissingKey { what: "relinearization key".into() })?;
+        let rlk = self.keys()?.relin().ok_or_else(|| Error::MissingKey {
+            what: "relinearization key".into(),
+        })?;
         let ring = self.params.ring();
         let parts = ct.parts_mut();
-        let c2 = parts.pop().ok_or_else(|| Error::format("ciphertext", "no parts"))?;
+        let c2 = parts
+            .pop()
+            .ok_or_else(|| Error::format("ciphertext", "no parts"))?;
         let (d0, d1) = keyswitch::switch_key(&self.params, &c2, &rlk.0);
         parts[0].add_assign(ring, &d0);
         parts[1].add_assign(ring, &d1);
@@ -382,14 +449,19 @@ impl Evaluator {
         self.keys()?
             .galois(element)
             .map(|g| &g.key)
-            .ok_or_else(|| Error::MissingKey { what: format!("Galois key for element {element}") })
+            .ok_or_else(|| Error::MissingKey {
+                what: format!("Galois key for element {element}"),
+            })
     }
 
     /// Applies `X -> X^element` and switches the key back to `s`. Cost: one key switch.
     pub fn apply_galois(&self, ct: &Ciphertext, element: u64) -> Result<Ciphertext> {
         self.check_ct(ct)?;
         if ct.degree_plus_one() != 2 {
-            return Err(Error::InvalidValue { context: "rotation".into(), reason: "relinearize first".into() });
+            return Err(Error::InvalidValue {
+                context: "rotation".into(),
+                reason: "relinearize first".into(),
+            });
         }
         if element == 1 {
             return Ok(ct.clone());
@@ -401,7 +473,11 @@ impl Evaluator {
         let (d0, d1) = keyswitch::switch_key(&self.params, &c1, key);
         let mut c0 = ct.parts()[0].permuted(&perm);
         c0.add_assign(ring, &d0);
-        Ok(Ciphertext::new(vec![c0, d1], ct.scale(), self.params.digest()))
+        Ok(Ciphertext::new(
+            vec![c0, d1],
+            ct.scale(),
+            self.params.digest(),
+        ))
     }
 
     /// Rotates slots left by `steps` (negative: right). Needs the Galois key of
@@ -424,16 +500,26 @@ impl Evaluator {
     pub fn hoist(&self, ct: &Ciphertext) -> Result<HoistedCiphertext> {
         self.check_ct(ct)?;
         if ct.degree_plus_one() != 2 {
-            return Err(Error::InvalidValue { context: "hoisting".into(), reason: "relinearize first".into() });
+            return Err(Error::InvalidValue {
+                context: "hoisting".into(),
+                reason: "relinearize first".into(),
+            });
         }
         let dec = keyswitch::decompose(&self.params, &ct.parts()[1]);
-        Ok(HoistedCiphertext { ct: ct.clone(), dec })
+        Ok(HoistedCiphertext {
+            ct: ct.clone(),
+            dec,
+        })
     }
 
     /// Rotation of a hoisted ciphertext, in the extended basis `Q_l·P` before ModDown:
     /// returns `(u0, u1)` with `c_0` already folded in (multiplied by `P`). Accumulate several
     /// of these and call [`Evaluator::mod_down_pair`] once (double hoisting).
-    pub(crate) fn rotate_hoisted_extended(&self, h: &HoistedCiphertext, element: u64) -> Result<(RnsPoly<Eval>, RnsPoly<Eval>)> {
+    pub(crate) fn rotate_hoisted_extended(
+        &self,
+        h: &HoistedCiphertext,
+        element: u64,
+    ) -> Result<(RnsPoly<Eval>, RnsPoly<Eval>)> {
         let key = self.galois_key(element)?;
         let ring = self.params.ring();
         let perm = ring.galois_permutation(element);
@@ -454,8 +540,17 @@ impl Evaluator {
     }
 
     /// ModDown of an extended pair into a ciphertext at `scale`.
-    pub(crate) fn mod_down_pair(&self, u0: &RnsPoly<Eval>, u1: &RnsPoly<Eval>, scale: f64) -> Ciphertext {
-        let (d0, d1) = rayon::join(|| keyswitch::mod_down(&self.params, u0), || keyswitch::mod_down(&self.params, u1));
+    pub(crate) fn mod_down_pair(
+        &self,
+        u0: &RnsPoly<Eval>,
+        u1: &RnsPoly<Eval>,
+        scale: f64,
+    ) -> Ciphertext {
+        let (d0, d1) = crate::math::par::join(
+            u0.as_words().len(),
+            || keyswitch::mod_down(&self.params, u0),
+            || keyswitch::mod_down(&self.params, u1),
+        );
         Ciphertext::new(vec![d0, d1], scale, self.params.digest())
     }
 

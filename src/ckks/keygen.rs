@@ -39,7 +39,9 @@ pub struct KeyGenerator {
 impl KeyGenerator {
     /// A key generator for `params`.
     pub fn new(params: &CkksParams) -> Self {
-        KeyGenerator { params: params.clone() }
+        KeyGenerator {
+            params: params.clone(),
+        }
     }
 
     /// A fresh secret key. Cost: one NTT per prime.
@@ -47,7 +49,9 @@ impl KeyGenerator {
         let n = self.params.n();
         let mut coeffs = match self.params.secret_distribution() {
             SecretDistribution::Ternary => sample::ternary(rng, n),
-            SecretDistribution::SparseTernary { hamming_weight } => sample::sparse_ternary(rng, n, hamming_weight),
+            SecretDistribution::SparseTernary { hamming_weight } => {
+                sample::sparse_ternary(rng, n, hamming_weight)
+            }
         };
         let sk = self.secret_from_coeffs(coeffs.iter().map(|&c| c as i8).collect());
         zeroize::Zeroize::zeroize(&mut coeffs);
@@ -57,15 +61,25 @@ impl KeyGenerator {
     pub(crate) fn secret_from_coeffs(&self, coeffs: Vec<i8>) -> SecretKey {
         let ring = self.params.ring();
         let wide: Vec<i64> = coeffs.iter().map(|&c| c as i64).collect();
-        let eval = RnsPoly::<Coeff>::from_signed(ring, &wide, self.params.max_level(), true).into_eval(ring);
-        SecretKey { coeffs, eval, digest: self.params.digest() }
+        let eval = RnsPoly::<Coeff>::from_signed(ring, &wide, self.params.max_level(), true)
+            .into_eval(ring);
+        SecretKey {
+            coeffs,
+            eval,
+            digest: self.params.digest(),
+        }
     }
 
     fn check(&self, sk: &SecretKey) -> Result<()> {
         self.params.check_digest("secret key", &sk.digest)
     }
 
-    fn error_poly<G: RngCore + CryptoRng>(&self, rng: &mut G, level: usize, extended: bool) -> RnsPoly<Eval> {
+    fn error_poly<G: RngCore + CryptoRng>(
+        &self,
+        rng: &mut G,
+        level: usize,
+        extended: bool,
+    ) -> RnsPoly<Eval> {
         let ring = self.params.ring();
         let e = sample::gaussian(rng, self.params.n());
         RnsPoly::<Coeff>::from_signed(ring, &e, level, extended).into_eval(ring)
@@ -73,7 +87,11 @@ impl KeyGenerator {
 
     /// The public key `(-a·s + e, a)` over `Q·P` (so that encryption can divide its noise by
     /// `P`), with `a` expanded from a fresh seed.
-    pub fn gen_public_key<G: RngCore + CryptoRng>(&self, sk: &SecretKey, rng: &mut G) -> Result<PublicKey> {
+    pub fn gen_public_key<G: RngCore + CryptoRng>(
+        &self,
+        sk: &SecretKey,
+        rng: &mut G,
+    ) -> Result<PublicKey> {
         self.check(sk)?;
         let ring = self.params.ring();
         let level = self.params.max_level();
@@ -83,11 +101,21 @@ impl KeyGenerator {
         let mut as_ = a.clone();
         as_.mul_assign(ring, &sk.eval);
         b.sub_assign(ring, &as_);
-        Ok(PublicKey { b, a, seed: Some(seed), digest: self.params.digest() })
+        Ok(PublicKey {
+            b,
+            a,
+            seed: Some(seed),
+            digest: self.params.digest(),
+        })
     }
 
     /// A switching key from `s_from` (evaluation form over `Q·P`) to `sk`.
-    fn gen_switching_key<G: RngCore + CryptoRng>(&self, sk: &SecretKey, s_from: &RnsPoly<Eval>, rng: &mut G) -> SwitchingKey {
+    fn gen_switching_key<G: RngCore + CryptoRng>(
+        &self,
+        sk: &SecretKey,
+        s_from: &RnsPoly<Eval>,
+        rng: &mut G,
+    ) -> SwitchingKey {
         let ring = self.params.ring();
         let level = self.params.max_level();
         let seed = sample::fresh_seed(rng);
@@ -113,11 +141,19 @@ impl KeyGenerator {
             bs.push(b);
             as_.push(a);
         }
-        SwitchingKey { b: bs, a: as_, seed: Some(seed) }
+        SwitchingKey {
+            b: bs,
+            a: as_,
+            seed: Some(seed),
+        }
     }
 
     /// The relinearization key (switches `s^2` to `s`).
-    pub fn gen_relin_key<G: RngCore + CryptoRng>(&self, sk: &SecretKey, rng: &mut G) -> Result<RelinKey> {
+    pub fn gen_relin_key<G: RngCore + CryptoRng>(
+        &self,
+        sk: &SecretKey,
+        rng: &mut G,
+    ) -> Result<RelinKey> {
         self.check(sk)?;
         let mut s2 = sk.eval.clone();
         s2.mul_assign(self.params.ring(), &sk.eval);
@@ -127,11 +163,18 @@ impl KeyGenerator {
     }
 
     /// The Galois key for `X -> X^element` (`element` odd, below 2N).
-    pub fn gen_galois_key<G: RngCore + CryptoRng>(&self, sk: &SecretKey, element: u64, rng: &mut G) -> Result<GaloisKey> {
+    pub fn gen_galois_key<G: RngCore + CryptoRng>(
+        &self,
+        sk: &SecretKey,
+        element: u64,
+        rng: &mut G,
+    ) -> Result<GaloisKey> {
         self.check(sk)?;
         let two_n = 2 * self.params.n() as u64;
         if element % 2 == 0 || element >= two_n {
-            return Err(Error::params(format!("Galois element {element} must be odd and below 2N = {two_n}")));
+            return Err(Error::params(format!(
+                "Galois element {element} must be odd and below 2N = {two_n}"
+            )));
         }
         let perm = self.params.ring().galois_permutation(element);
         let mut s_g = sk.eval.permuted(&perm);
@@ -149,7 +192,10 @@ impl KeyGenerator {
         relin: bool,
         rng: &mut G,
     ) -> Result<EvaluationKeys> {
-        let mut keys = EvaluationKeys { digest: self.params.digest(), ..Default::default() };
+        let mut keys = EvaluationKeys {
+            digest: self.params.digest(),
+            ..Default::default()
+        };
         if relin {
             keys.relin = Some(self.gen_relin_key(sk, rng)?);
         }

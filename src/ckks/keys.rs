@@ -121,6 +121,10 @@ impl EvaluationKeys {
     /// Stored size in bytes (seeded halves count 32 bytes).
     pub fn stored_bytes(&self) -> usize {
         self.relin.as_ref().map_or(0, |r| r.0.stored_bytes())
-            + self.galois.values().map(|g| g.key.stored_bytes()).sum::<usize>()
+            + self
+                .galois
+                .values()
+                .map(|g| g.key.stored_bytes())
+                .sum::<usize>()
     }
 }

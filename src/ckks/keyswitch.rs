@@ -5,6 +5,7 @@
 use super::keys::SwitchingKey;
 use super::params::CkksParams;
 use crate::math::poly::{Coeff, Eval, RnsPoly};
+use crate::math::scratch;
 use rayon::prelude::*;
 
 /// The digits of one polynomial, each raised to the extended basis `Q_l·P`, in evaluation form.
@@ -21,45 +22,67 @@ pub(crate) fn decompose(params: &CkksParams, c: &RnsPoly<Eval>) -> Decomposition
     let level = c.level();
     let coeff: RnsPoly<Coeff> = c.clone().into_coeff(ring);
     let ranges = params.digits(level);
-    let digits = ranges
-        .par_iter()
-        .enumerate()
-        .map(|(j, range)| {
-            let mut out = RnsPoly::<Eval>::zero(ring, level, true);
-            let mu = params.mod_up(level, j);
-            // [x + h]_{Q_j} on the digit primes
-            let shifted: Vec<Vec<u64>> = range
-                .clone()
-                .zip(&mu.src_half)
-                .map(|(i, &h)| {
-                    let m = ring.table(level, i).modulus();
-                    coeff.limb(i).iter().map(|&x| m.add(x, h)).collect()
-                })
-                .collect();
-            let src: Vec<&[u64]> = shifted.iter().map(|v| v.as_slice()).collect();
-            // Target limb indices: q limbs outside the digit, then every special limb.
-            let targets: Vec<usize> = (0..out.num_limbs()).filter(|i| !range.contains(i)).collect();
-            let n = ring.n();
-            let mut converted = vec![0u64; targets.len() * n];
-            {
-                let mut outs: Vec<&mut [u64]> = converted.chunks_exact_mut(n).collect();
-                mu.converter.convert(&src, &mut outs);
-            }
-            for ((t, limb), &h) in targets.iter().zip(converted.chunks_exact_mut(n)).zip(&mu.dst_half) {
-                let table = ring.table(level, *t);
-                let m = table.modulus();
-                for x in limb.iter_mut() {
-                    *x = m.sub(*x, h);
+    let raise = |j: usize, range: &std::ops::Range<usize>| {
+        let mut out = RnsPoly::<Eval>::zero(ring, level, true);
+        let mu = params.mod_up(level, j);
+        // [x + h]_{Q_j} on the digit primes
+        let shifted: Vec<Vec<u64>> = range
+            .clone()
+            .zip(&mu.src_half)
+            .map(|(i, &h)| {
+                let m = ring.table(level, i).modulus();
+                let mut v = scratch::dirty(ring.n());
+                for (y, &x) in v.iter_mut().zip(coeff.limb(i)) {
+                    *y = m.add(x, h);
                 }
-                table.forward(limb);
-                out.limb_mut(*t).copy_from_slice(limb);
+                v
+            })
+            .collect();
+        let src: Vec<&[u64]> = shifted.iter().map(|v| v.as_slice()).collect();
+        // Target limb indices: q limbs outside the digit, then every special limb.
+        let targets: Vec<usize> = (0..out.num_limbs())
+            .filter(|i| !range.contains(i))
+            .collect();
+        let n = ring.n();
+        let mut converted = scratch::dirty(targets.len() * n);
+        {
+            let mut outs: Vec<&mut [u64]> = converted.chunks_exact_mut(n).collect();
+            mu.converter.convert(&src, &mut outs);
+        }
+        for ((t, limb), &h) in targets
+            .iter()
+            .zip(converted.chunks_exact_mut(n))
+            .zip(&mu.dst_half)
+        {
+            let table = ring.table(level, *t);
+            let m = table.modulus();
+            for x in limb.iter_mut() {
+                *x = m.sub(*x, h);
             }
-            for i in range.clone() {
-                out.limb_mut(i).copy_from_slice(c.limb(i));
-            }
-            out
-        })
-        .collect();
+            table.forward(limb);
+            out.limb_mut(*t).copy_from_slice(limb);
+        }
+        for i in range.clone() {
+            out.limb_mut(i).copy_from_slice(c.limb(i));
+        }
+        scratch::recycle(converted);
+        shifted.into_iter().for_each(scratch::recycle);
+        out
+    };
+    let work = ranges.len() * (level + 1 + ring.p_tables().len()) * ring.n();
+    let digits = if crate::math::par::worth_parallel(work) {
+        ranges
+            .par_iter()
+            .enumerate()
+            .map(|(j, r)| raise(j, r))
+            .collect()
+    } else {
+        ranges
+            .iter()
+            .enumerate()
+            .map(|(j, r)| raise(j, r))
+            .collect()
+    };
     Decomposition { digits, level }
 }
 
@@ -79,11 +102,21 @@ pub(crate) fn inner_product(
     let mut acc1 = RnsPoly::<Eval>::zero(ring, level, true);
     let limbs = acc0.num_limbs();
     // key limb index for each extended limb index at this level
-    let key_limb = |i: usize| if i <= level { i } else { top + 1 + (i - level - 1) };
+    let key_limb = |i: usize| {
+        if i <= level {
+            i
+        } else {
+            top + 1 + (i - level - 1)
+        }
+    };
     let n = ring.n();
     let work = |i: usize, a0: &mut [u64], a1: &mut [u64]| {
         let table = ring.table(level, i);
-        let mut tmp = if perm.is_some() { vec![0u64; n] } else { Vec::new() };
+        let mut tmp = if perm.is_some() {
+            scratch::dirty(n)
+        } else {
+            Vec::new()
+        };
         for (j, d) in dec.digits.iter().enumerate() {
             let dl = d.limb(i);
             let dl: &[u64] = match perm {
@@ -101,14 +134,18 @@ pub(crate) fn inner_product(
     };
     let words0 = acc0.as_words_mut();
     let words1 = acc1.as_words_mut();
-    if limbs * n >= 1 << 15 {
+    if crate::math::par::worth_parallel(2 * limbs * n * dec.digits.len()) {
         words0
             .par_chunks_exact_mut(n)
             .zip(words1.par_chunks_exact_mut(n))
             .enumerate()
             .for_each(|(i, (a0, a1))| work(i, a0, a1));
     } else {
-        for (i, (a0, a1)) in words0.chunks_exact_mut(n).zip(words1.chunks_exact_mut(n)).enumerate() {
+        for (i, (a0, a1)) in words0
+            .chunks_exact_mut(n)
+            .zip(words1.chunks_exact_mut(n))
+            .enumerate()
+        {
             work(i, a0, a1);
         }
     }
@@ -128,7 +165,7 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
     let p_coeff: Vec<Vec<u64>> = (0..k)
         .map(|j| {
             let t = ring.table(level, level + 1 + j);
-            let mut limb = x.limb(level + 1 + j).to_vec();
+            let mut limb = scratch::copied(x.limb(level + 1 + j));
             t.inverse(&mut limb);
             let m = t.modulus();
             let h = half_p.1[j];
@@ -140,7 +177,7 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
         .collect();
     let src: Vec<&[u64]> = p_coeff.iter().map(|v| v.as_slice()).collect();
     let mut out = x.at_level(level);
-    let mut conv = vec![0u64; (level + 1) * n];
+    let mut conv = scratch::dirty((level + 1) * n);
     {
         let mut outs: Vec<&mut [u64]> = conv.chunks_exact_mut(n).collect();
         params.p_to_q(level).convert(&src, &mut outs);
@@ -162,21 +199,39 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
         }
     };
     let words = out.as_words_mut();
-    if (level + 1) * n >= 1 << 15 {
-        words.par_chunks_exact_mut(n).zip(conv.par_chunks_exact_mut(n)).enumerate().for_each(|(i, (o, c))| body(i, o, c));
+    if crate::math::par::worth_parallel((level + 1) * n) {
+        words
+            .par_chunks_exact_mut(n)
+            .zip(conv.par_chunks_exact_mut(n))
+            .enumerate()
+            .for_each(|(i, (o, c))| body(i, o, c));
     } else {
-        for (i, (o, c)) in words.chunks_exact_mut(n).zip(conv.chunks_exact_mut(n)).enumerate() {
+        for (i, (o, c)) in words
+            .chunks_exact_mut(n)
+            .zip(conv.chunks_exact_mut(n))
+            .enumerate()
+        {
             body(i, o, c);
         }
     }
+    scratch::recycle(conv);
+    p_coeff.into_iter().for_each(scratch::recycle);
     out
 }
 
 /// Full key switch of `c` (level l): returns `(d0, d1)` at level l with
 /// `d0 + d1·s ≈ c·s'` where the key switches `s'` to `s`.
-pub(crate) fn switch_key(params: &CkksParams, c: &RnsPoly<Eval>, key: &SwitchingKey) -> (RnsPoly<Eval>, RnsPoly<Eval>) {
+pub(crate) fn switch_key(
+    params: &CkksParams,
+    c: &RnsPoly<Eval>,
+    key: &SwitchingKey,
+) -> (RnsPoly<Eval>, RnsPoly<Eval>) {
     let dec = decompose(params, c);
     let (u0, u1) = inner_product(params, &dec, key, None);
-    let (d0, d1) = rayon::join(|| mod_down(params, &u0), || mod_down(params, &u1));
+    let (d0, d1) = crate::math::par::join(
+        u0.as_words().len(),
+        || mod_down(params, &u0),
+        || mod_down(params, &u1),
+    );
     (d0, d1)
 }

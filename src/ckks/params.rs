@@ -107,16 +107,26 @@ impl CkksParams {
     pub fn from_literal(literal: CkksParamsLiteral) -> Result<Self> {
         let lit = literal;
         if !(4..=17).contains(&lit.log_n) {
-            return Err(Error::params(format!("log_n = {} must be in 4..=17", lit.log_n)));
+            return Err(Error::params(format!(
+                "log_n = {} must be in 4..=17",
+                lit.log_n
+            )));
         }
         if lit.log_q.is_empty() || lit.log_p.is_empty() {
-            return Err(Error::params("need at least one ciphertext prime and one special prime"));
+            return Err(Error::params(
+                "need at least one ciphertext prime and one special prime",
+            ));
         }
         if lit.log_q.len() > 60 || lit.log_p.len() > 16 {
-            return Err(Error::params("at most 60 ciphertext primes and 16 special primes"));
+            return Err(Error::params(
+                "at most 60 ciphertext primes and 16 special primes",
+            ));
         }
         if !(10..=60).contains(&lit.log_scale) {
-            return Err(Error::params(format!("log_scale = {} must be in 10..=60", lit.log_scale)));
+            return Err(Error::params(format!(
+                "log_scale = {} must be in 10..=60",
+                lit.log_scale
+            )));
         }
         if let SecretDistribution::SparseTernary { hamming_weight } = lit.secret {
             if lit.security != Security::Unchecked {
@@ -138,13 +148,19 @@ impl CkksParams {
                 for (&v, &bits) in q.iter().chain(p).zip(lit.log_q.iter().chain(&lit.log_p)) {
                     let b = (v as f64).log2().round() as u32;
                     if b != bits || !crate::math::modulus::is_prime(v) || v % (2 * n as u64) != 1 {
-                        return Err(Error::params(format!("frozen prime {v} is not a {bits}-bit NTT prime for N = {n}")));
+                        return Err(Error::params(format!(
+                            "frozen prime {v} is not a {bits}-bit NTT prime for N = {n}"
+                        )));
                     }
                 }
                 (q.clone(), p.clone())
             }
             (None, None) => generate_primes(n, &lit.log_q, &lit.log_p)?,
-            _ => return Err(Error::params("give both frozen prime lists (q and p) or neither")),
+            _ => {
+                return Err(Error::params(
+                    "give both frozen prime lists (q and p) or neither",
+                ))
+            }
         };
         let log_qp: f64 = q.iter().chain(&p).map(|&v| (v as f64).log2()).sum();
         security::check(lit.log_n, log_qp, lit.security)?;
@@ -153,13 +169,18 @@ impl CkksParams {
         let k = p.len();
         let dnum = lit.dnum.unwrap_or(levels.div_ceil(k));
         if dnum == 0 || dnum > levels {
-            return Err(Error::params(format!("dnum = {dnum} must be in 1..={levels}")));
+            return Err(Error::params(format!(
+                "dnum = {dnum} must be in 1..={levels}"
+            )));
         }
         let alpha = levels.div_ceil(dnum);
         // Noise of key switching stays small only if P dominates every digit.
         let log_p: f64 = p.iter().map(|&v| (v as f64).log2()).sum();
         for d in 0..levels.div_ceil(alpha) {
-            let digit_bits: f64 = q[d * alpha..((d + 1) * alpha).min(levels)].iter().map(|&v| (v as f64).log2()).sum();
+            let digit_bits: f64 = q[d * alpha..((d + 1) * alpha).min(levels)]
+                .iter()
+                .map(|&v| (v as f64).log2())
+                .sum();
             if digit_bits > log_p + 1.0 {
                 return Err(Error::params(format!(
                     "digit {d} spans {digit_bits:.1} bits but the special modulus P has only {log_p:.1}: \
@@ -174,18 +195,27 @@ impl CkksParams {
         let mut p_mod_q = Vec::with_capacity(levels);
         let mut p_inv_mod_q = Vec::with_capacity(levels);
         for m in &qm {
-            let v = pm.iter().fold(1u64, |acc, pj| m.mul(acc, m.reduce(pj.value())));
+            let v = pm
+                .iter()
+                .fold(1u64, |acc, pj| m.mul(acc, m.reduce(pj.value())));
             p_mod_q.push(v);
             p_inv_mod_q.push(m.inv(v)?);
         }
-        let half = |m: &Modulus, p_mod: u64| -> Result<u64> { Ok(m.mul(m.sub(p_mod, 1), m.inv(2)?)) };
+        let half =
+            |m: &Modulus, p_mod: u64| -> Result<u64> { Ok(m.mul(m.sub(p_mod, 1), m.inv(2)?)) };
         let half_p = (
-            qm.iter().zip(&p_mod_q).map(|(m, &v)| half(m, v)).collect::<Result<Vec<_>>>()?,
+            qm.iter()
+                .zip(&p_mod_q)
+                .map(|(m, &v)| half(m, v))
+                .collect::<Result<Vec<_>>>()?,
             pm.iter().map(|m| half(m, 0)).collect::<Result<Vec<_>>>()?,
         );
         let mut q_inv = Vec::with_capacity(levels);
         for l in 0..levels {
-            let row = qm[..l].iter().map(|m| m.inv(m.reduce(q[l]))).collect::<Result<Vec<_>>>()?;
+            let row = qm[..l]
+                .iter()
+                .map(|m| m.inv(m.reduce(q[l])))
+                .collect::<Result<Vec<_>>>()?;
             q_inv.push(row);
         }
         let mut p_to_q = Vec::with_capacity(levels);
@@ -204,7 +234,9 @@ impl CkksParams {
                     .collect();
                 // centering offset h = (Q_j - 1)/2 of the digit, on its primes and the targets
                 let half_of = |m: &Modulus| -> Result<u64> {
-                    let qj = src.iter().fold(1u64, |acc, s| m.mul(acc, m.reduce(s.value())));
+                    let qj = src
+                        .iter()
+                        .fold(1u64, |acc, s| m.mul(acc, m.reduce(s.value())));
                     Ok(m.mul(m.sub(qj, 1), m.inv(2)?))
                 };
                 per_digit.push(ModUp {
@@ -349,7 +381,8 @@ impl CkksParams {
 
     /// The TOML form of the literal, with frozen primes.
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(&self.inner.literal).map_err(|e| Error::format("parameter file", e.to_string()))
+        toml::to_string(&self.inner.literal)
+            .map_err(|e| Error::format("parameter file", e.to_string()))
     }
 
     /// One of the frozen presets shipped in `params/` (see [`PRESETS`]).
@@ -361,7 +394,11 @@ impl CkksParams {
             .ok_or_else(|| {
                 Error::params(format!(
                     "unknown preset {name:?}; known: {}",
-                    PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    PRESETS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })?;
         Self::from_toml(text)
@@ -387,11 +424,26 @@ impl CkksParams {
 /// The presets shipped in `params/`, by name (each file documents N, log QP, depth, scale and
 /// security in its header).
 pub const PRESETS: &[(&str, &str)] = &[
-    ("CKKS_N13_QP200_128", include_str!("../../params/CKKS_N13_QP200_128.toml")),
-    ("CKKS_N13_QP212_128", include_str!("../../params/CKKS_N13_QP212_128.toml")),
-    ("CKKS_N14_QP430_128", include_str!("../../params/CKKS_N14_QP430_128.toml")),
-    ("CKKS_N15_QP870_128", include_str!("../../params/CKKS_N15_QP870_128.toml")),
-    ("CKKS_N16_QP1720_128", include_str!("../../params/CKKS_N16_QP1720_128.toml")),
+    (
+        "CKKS_N13_QP200_128",
+        include_str!("../../params/CKKS_N13_QP200_128.toml"),
+    ),
+    (
+        "CKKS_N13_QP212_128",
+        include_str!("../../params/CKKS_N13_QP212_128.toml"),
+    ),
+    (
+        "CKKS_N14_QP430_128",
+        include_str!("../../params/CKKS_N14_QP430_128.toml"),
+    ),
+    (
+        "CKKS_N15_QP870_128",
+        include_str!("../../params/CKKS_N15_QP870_128.toml"),
+    ),
+    (
+        "CKKS_N16_QP1720_128",
+        include_str!("../../params/CKKS_N16_QP1720_128.toml"),
+    ),
 ];
 
 /// Precomputation of the ModUp of one digit at one level: a basis converter and the
@@ -406,7 +458,10 @@ pub(crate) struct ModUp {
 }
 
 fn digit_ranges(alpha: usize, level: usize) -> Vec<Range<usize>> {
-    (0..=level).step_by(alpha).map(|s| s..(s + alpha).min(level + 1)).collect()
+    (0..=level)
+        .step_by(alpha)
+        .map(|s| s..(s + alpha).min(level + 1))
+        .collect()
 }
 
 fn generate_primes(n: usize, log_q: &[u32], log_p: &[u32]) -> Result<(Vec<u64>, Vec<u64>)> {

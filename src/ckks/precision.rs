@@ -23,17 +23,33 @@ impl PrecisionStats {
 
     /// Compares with errors divided by `reference` (e.g. the largest logit).
     pub fn compare_relative_to(got: &[f64], want: &[f64], reference: f64) -> Self {
-        let mut errs: Vec<f64> = got.iter().zip(want).map(|(a, b)| ((a - b) / reference).abs()).collect();
+        let mut errs: Vec<f64> = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| ((a - b) / reference).abs())
+            .collect();
         let count = errs.len();
         if count == 0 {
-            return PrecisionStats { min_bits: f64::INFINITY, mean_bits: f64::INFINITY, median_bits: f64::INFINITY, max_abs_error: 0.0, count };
+            return PrecisionStats {
+                min_bits: f64::INFINITY,
+                mean_bits: f64::INFINITY,
+                median_bits: f64::INFINITY,
+                max_abs_error: 0.0,
+                count,
+            };
         }
         errs.sort_by(|a, b| a.total_cmp(b));
         let max = errs[count - 1];
         let mean = errs.iter().sum::<f64>() / count as f64;
         let median = errs[count / 2];
         let bits = |e: f64| if e == 0.0 { 64.0 } else { -e.log2() };
-        PrecisionStats { min_bits: bits(max), mean_bits: bits(mean), median_bits: bits(median), max_abs_error: max * reference, count }
+        PrecisionStats {
+            min_bits: bits(max),
+            mean_bits: bits(mean),
+            median_bits: bits(median),
+            max_abs_error: max * reference,
+            count,
+        }
     }
 }
 

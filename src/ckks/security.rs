@@ -40,7 +40,9 @@ impl Security {
             "192" => Ok(Security::Bits192),
             "256" => Ok(Security::Bits256),
             "unchecked" => Ok(Security::Unchecked),
-            _ => Err(Error::params(format!("unknown security level {s:?} (use 128, 192, 256 or unchecked)"))),
+            _ => Err(Error::params(format!(
+                "unknown security level {s:?} (use 128, 192, 256 or unchecked)"
+            ))),
         }
     }
 }
@@ -60,9 +62,33 @@ impl std::fmt::Display for Security {
 /// `None` when the table has no entry (then only [`Security::Unchecked`] can be used).
 pub fn max_log_qp(log_n: u32, security: Security) -> Option<u32> {
     let row: [Option<u32>; 7] = match security {
-        Security::Bits128 => [Some(27), Some(54), Some(109), Some(218), Some(438), Some(881), Some(1747)],
-        Security::Bits192 => [Some(19), Some(37), Some(75), Some(152), Some(305), Some(611), None],
-        Security::Bits256 => [Some(14), Some(29), Some(58), Some(118), Some(237), Some(476), None],
+        Security::Bits128 => [
+            Some(27),
+            Some(54),
+            Some(109),
+            Some(218),
+            Some(438),
+            Some(881),
+            Some(1747),
+        ],
+        Security::Bits192 => [
+            Some(19),
+            Some(37),
+            Some(75),
+            Some(152),
+            Some(305),
+            Some(611),
+            None,
+        ],
+        Security::Bits256 => [
+            Some(14),
+            Some(29),
+            Some(58),
+            Some(118),
+            Some(237),
+            Some(476),
+            None,
+        ],
         Security::Unchecked => return None,
     };
     if !(10..=16).contains(&log_n) {
@@ -73,10 +99,17 @@ pub fn max_log_qp(log_n: u32, security: Security) -> Option<u32> {
 
 /// Checks `log_qp` against the table; [`Security::Unchecked`] always passes.
 pub fn check(log_n: u32, log_qp: f64, security: Security) -> Result<()> {
-    let Some(bits) = security.bits() else { return Ok(()) };
+    let Some(bits) = security.bits() else {
+        return Ok(());
+    };
     match max_log_qp(log_n, security) {
         Some(max) if log_qp <= max as f64 => Ok(()),
-        Some(max) => Err(Error::InsecureParameters { log_n, log_qp, max_log_qp: max, security_bits: bits }),
+        Some(max) => Err(Error::InsecureParameters {
+            log_n,
+            log_qp,
+            max_log_qp: max,
+            security_bits: bits,
+        }),
         None => Err(Error::params(format!(
             "the HomomorphicEncryption.org table has no {bits}-bit entry for N = 2^{log_n}; \
              pick another ring degree or Security::Unchecked"
@@ -91,7 +124,10 @@ mod tests {
     #[test]
     fn table_refuses_oversized_moduli() {
         assert!(check(13, 218.0, Security::Bits128).is_ok());
-        assert!(matches!(check(13, 218.5, Security::Bits128), Err(Error::InsecureParameters { .. })));
+        assert!(matches!(
+            check(13, 218.5, Security::Bits128),
+            Err(Error::InsecureParameters { .. })
+        ));
         assert!(check(14, 438.0, Security::Bits128).is_ok());
         assert!(check(15, 882.0, Security::Bits128).is_err());
         assert!(check(16, 1747.0, Security::Bits128).is_ok());

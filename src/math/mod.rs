@@ -3,9 +3,11 @@
 
 pub mod modulus;
 pub mod ntt;
+pub mod par;
 pub mod poly;
 pub mod rns;
 pub mod sample;
+pub mod scratch;
 
 pub use modulus::Modulus;
 pub use ntt::NttTable;

@@ -11,6 +11,8 @@ pub struct Modulus {
     p: u64,
     /// floor(2^128 / p) as (low, high) 64-bit words.
     ratio: [u64; 2],
+    /// floor(2^64 / p), for one-word Barrett reduction.
+    ratio64: u64,
 }
 
 /// Largest modulus width supported (tfhe-ntt's fast paths need `p < 2^62`).
@@ -20,10 +22,16 @@ impl Modulus {
     /// Builds a modulus; `p` must be odd with `3 <= p < 2^62`.
     pub fn new(p: u64) -> Result<Self> {
         if p < 3 || p % 2 == 0 || p >= (1u64 << 62) {
-            return Err(Error::params(format!("modulus {p} must be odd and in [3, 2^62)")));
+            return Err(Error::params(format!(
+                "modulus {p} must be odd and in [3, 2^62)"
+            )));
         }
         let ratio_full = u128::MAX / p as u128; // floor((2^128 - 1) / p) == floor(2^128 / p) for odd p
-        Ok(Modulus { p, ratio: [ratio_full as u64, (ratio_full >> 64) as u64] })
+        Ok(Modulus {
+            p,
+            ratio: [ratio_full as u64, (ratio_full >> 64) as u64],
+            ratio64: (ratio_full >> 64) as u64,
+        })
     }
 
     /// The modulus value.
@@ -90,10 +98,12 @@ impl Modulus {
         r.min(r.wrapping_sub(self.p))
     }
 
-    /// Reduces any `u64` modulo `p`.
+    /// Reduces any `u64` modulo `p` (one-word Barrett: one widening product).
     #[inline(always)]
     pub fn reduce(&self, x: u64) -> u64 {
-        self.reduce_u128(x as u128)
+        let q = ((x as u128 * self.ratio64 as u128) >> 64) as u64;
+        let r = x - q * self.p; // q <= floor(x/p), so no underflow; r < 2p
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// Reduces a signed value into `[0, p)`.
@@ -234,7 +244,9 @@ pub fn ntt_primes(bits: u32, n: usize, count: usize, exclude: &[u64]) -> Result<
     }
     let two_n = 2 * n as u64;
     if (two_n as u128) << 2 > (1u128 << bits) {
-        return Err(Error::params(format!("no {bits}-bit primes congruent to 1 mod {two_n}")));
+        return Err(Error::params(format!(
+            "no {bits}-bit primes congruent to 1 mod {two_n}"
+        )));
     }
     let top = 1u64 << bits;
     let bottom = 1u64 << (bits - 1);
@@ -274,7 +286,9 @@ pub fn ntt_primes_near(bits: u32, n: usize, count: usize, exclude: &[u64]) -> Re
     let limit_down = 1u64 << (bits - 1);
     while out.len() < count {
         if up >= limit_up && down <= limit_down {
-            return Err(Error::params(format!("ran out of NTT primes near 2^{bits} for N = {n}")));
+            return Err(Error::params(format!(
+                "ran out of NTT primes near 2^{bits} for N = {n}"
+            )));
         }
         let cand = if (take_up && up < limit_up) || down <= limit_down {
             let c = up;
@@ -299,7 +313,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const PRIMES: [u64; 3] = [4_611_686_018_427_387_847, 1_099_511_627_689, 1_152_921_504_606_846_883];
+    const PRIMES: [u64; 3] = [
+        4_611_686_018_427_387_847,
+        1_099_511_627_689,
+        1_152_921_504_606_846_883,
+    ];
 
     proptest! {
         #[test]
@@ -324,6 +342,8 @@ mod tests {
             let m = Modulus::new(PRIMES[i]).unwrap();
             let p = m.value() as i128;
             prop_assert_eq!(m.reduce_i64(x) as i128, (x as i128).rem_euclid(p));
+        prop_assert_eq!(m.reduce(x as u64) as i128, (x as u64 as i128).rem_euclid(p));
+        prop_assert_eq!(m.reduce(u64::MAX) as u128, u64::MAX as u128 % p as u128);
             prop_assert_eq!(m.reduce_i128(y) as i128, y.rem_euclid(p));
         }
 

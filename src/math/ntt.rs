@@ -32,7 +32,10 @@ impl NttTable {
     /// Cost: O(n log n) once.
     pub fn new(n: usize, modulus: Modulus) -> Result<Self> {
         let plan = Plan::try_new(n, modulus.value()).ok_or_else(|| {
-            Error::params(format!("{} is not an NTT prime for N = {n}", modulus.value()))
+            Error::params(format!(
+                "{} is not an NTT prime for N = {n}",
+                modulus.value()
+            ))
         })?;
         // Transform the polynomial X: slot j then holds the root it evaluates at.
         let mut x = vec![0u64; n];
@@ -52,7 +55,11 @@ impl NttTable {
             .map(|r| log_of.get(r).copied())
             .collect::<Option<Vec<u32>>>()
             .ok_or_else(|| Error::params("NTT output is not a set of odd powers of a root"))?;
-        Ok(NttTable { plan, modulus, eval_exponent })
+        Ok(NttTable {
+            plan,
+            modulus,
+            eval_exponent,
+        })
     }
 
     /// The prime of this table.
@@ -163,7 +170,11 @@ mod tests {
             let mut expect = vec![0u64; n];
             for (i, &c) in a.iter().enumerate() {
                 let e = (i as u64 * g) % (2 * n as u64);
-                if (e as usize) < n { expect[e as usize] = c; } else { expect[e as usize - n] = m.neg(c); }
+                if (e as usize) < n {
+                    expect[e as usize] = c;
+                } else {
+                    expect[e as usize - n] = m.neg(c);
+                }
             }
             t.forward(&mut expect);
             let mut fa = a.clone();

@@ -1,6 +1,7 @@
 //! RNS polynomials whose type says whether they hold coefficients or evaluations.
 
 use super::rns::RingContext;
+use super::scratch;
 use rayon::prelude::*;
 use std::marker::PhantomData;
 
@@ -16,13 +17,10 @@ pub trait Representation: Clone + Copy + std::fmt::Debug + Send + Sync + 'static
 impl Representation for Coeff {}
 impl Representation for Eval {}
 
-/// Below this many words, limb loops stay on the calling thread.
-const PAR_THRESHOLD: usize = 1 << 15;
-
 /// A polynomial of `Z[X]/(X^N+1)` in RNS form: limbs for `q_0..=q_level`, followed by limbs
 /// for the special primes when `extended`. Limbs are contiguous (`limb i` is
 /// `data[i*N..(i+1)*N]`) and always fully reduced.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct RnsPoly<R: Representation> {
     n: usize,
     level: usize,
@@ -42,16 +40,44 @@ impl<R: Representation> std::fmt::Debug for RnsPoly<R> {
     }
 }
 
+impl<R: Representation> Clone for RnsPoly<R> {
+    fn clone(&self) -> Self {
+        RnsPoly { n: self.n, level: self.level, num_special: self.num_special, data: scratch::copied(&self.data), _repr: PhantomData }
+    }
+}
+
+impl<R: Representation> Drop for RnsPoly<R> {
+    fn drop(&mut self) {
+        scratch::recycle(std::mem::take(&mut self.data));
+    }
+}
+
 impl<R: Representation> RnsPoly<R> {
+    /// Moves the words into a polynomial of another representation.
+    fn retag<S: Representation>(mut self) -> RnsPoly<S> {
+        RnsPoly { n: self.n, level: self.level, num_special: self.num_special, data: std::mem::take(&mut self.data), _repr: PhantomData }
+    }
+
     /// The zero polynomial at `level`, extended by the special primes if `extended`.
     pub fn zero(ring: &RingContext, level: usize, extended: bool) -> Self {
         let num_special = if extended { ring.p_tables().len() } else { 0 };
         let n = ring.n();
-        RnsPoly { n, level, num_special, data: vec![0u64; (level + 1 + num_special) * n], _repr: PhantomData }
+        RnsPoly {
+            n,
+            level,
+            num_special,
+            data: scratch::zeroed((level + 1 + num_special) * n),
+            _repr: PhantomData,
+        }
     }
 
     /// Wraps raw limbs. `data.len()` must be `(level + 1 + num_special) * n`.
-    pub(crate) fn from_raw(n: usize, level: usize, num_special: usize, data: Vec<u64>) -> Option<Self> {
+    pub(crate) fn from_raw(
+        n: usize,
+        level: usize,
+        num_special: usize,
+        data: Vec<u64>,
+    ) -> Option<Self> {
         (data.len() == (level + 1 + num_special) * n).then_some(RnsPoly {
             n,
             level,
@@ -112,31 +138,48 @@ impl<R: Representation> RnsPoly<R> {
         zeroize::Zeroize::zeroize(&mut self.data);
     }
     /// Consumes the polynomial into its raw words.
-    pub(crate) fn into_words(self) -> Vec<u64> {
-        self.data
+    pub(crate) fn into_words(mut self) -> Vec<u64> {
+        std::mem::take(&mut self.data)
     }
 
     /// Runs `f(table, limb, other_limb)` over every limb (in parallel for large polynomials).
-    fn zip_limbs(&mut self, ring: &RingContext, other: &Self, f: impl Fn(&super::ntt::NttTable, &mut [u64], &[u64]) + Sync) {
+    fn zip_limbs(
+        &mut self,
+        ring: &RingContext,
+        other: &Self,
+        f: impl Fn(&super::ntt::NttTable, &mut [u64], &[u64]) + Sync,
+    ) {
         let (n, level) = (self.n, self.level);
-        if self.data.len() >= PAR_THRESHOLD {
+        if super::par::worth_parallel(self.data.len()) {
             self.data
                 .par_chunks_exact_mut(n)
                 .zip(other.data.par_chunks_exact(n))
                 .enumerate()
                 .for_each(|(i, (a, b))| f(ring.table(level, i), a, b));
         } else {
-            for (i, (a, b)) in self.data.chunks_exact_mut(n).zip(other.data.chunks_exact(n)).enumerate() {
+            for (i, (a, b)) in self
+                .data
+                .chunks_exact_mut(n)
+                .zip(other.data.chunks_exact(n))
+                .enumerate()
+            {
                 f(ring.table(level, i), a, b);
             }
         }
     }
 
     /// Runs `f(table, limb_index, limb)` over every limb (in parallel for large polynomials).
-    pub(crate) fn for_each_limb(&mut self, ring: &RingContext, f: impl Fn(&super::ntt::NttTable, usize, &mut [u64]) + Sync) {
+    pub(crate) fn for_each_limb(
+        &mut self,
+        ring: &RingContext,
+        f: impl Fn(&super::ntt::NttTable, usize, &mut [u64]) + Sync,
+    ) {
         let (n, level) = (self.n, self.level);
-        if self.data.len() >= PAR_THRESHOLD {
-            self.data.par_chunks_exact_mut(n).enumerate().for_each(|(i, a)| f(ring.table(level, i), i, a));
+        if super::par::worth_parallel(self.data.len()) {
+            self.data
+                .par_chunks_exact_mut(n)
+                .enumerate()
+                .for_each(|(i, a)| f(ring.table(level, i), i, a));
         } else {
             for (i, a) in self.data.chunks_exact_mut(n).enumerate() {
                 f(ring.table(level, i), i, a);
@@ -199,17 +242,28 @@ impl<R: Representation> RnsPoly<R> {
     pub fn at_level_extended(&self, level: usize) -> Self {
         debug_assert!(self.num_special > 0 && level <= self.level);
         let n = self.n;
-        let mut data = Vec::with_capacity((level + 1 + self.num_special) * n);
+        let mut data = scratch::dirty(0);
         data.extend_from_slice(&self.data[..(level + 1) * n]);
         data.extend_from_slice(&self.data[(self.level + 1) * n..]);
-        RnsPoly { n, level, num_special: self.num_special, data, _repr: PhantomData }
+        RnsPoly {
+            n,
+            level,
+            num_special: self.num_special,
+            data,
+            _repr: PhantomData,
+        }
     }
 
     /// A copy restricted to `level` (and without special limbs).
     pub fn at_level(&self, level: usize) -> Self {
-        let mut data = self.data[..(level + 1) * self.n].to_vec();
-        data.shrink_to_fit();
-        RnsPoly { n: self.n, level, num_special: 0, data, _repr: PhantomData }
+        let data = scratch::copied(&self.data[..(level + 1) * self.n]);
+        RnsPoly {
+            n: self.n,
+            level,
+            num_special: 0,
+            data,
+            _repr: PhantomData,
+        }
     }
 }
 
@@ -241,7 +295,7 @@ impl RnsPoly<Coeff> {
     /// Forward NTT of every limb. Cost: one NTT per limb.
     pub fn into_eval(mut self, ring: &RingContext) -> RnsPoly<Eval> {
         self.for_each_limb(ring, |t, _, a| t.forward(a));
-        RnsPoly { n: self.n, level: self.level, num_special: self.num_special, data: self.data, _repr: PhantomData }
+        self.retag()
     }
 }
 
@@ -249,16 +303,17 @@ impl RnsPoly<Eval> {
     /// Inverse NTT of every limb. Cost: one inverse NTT per limb.
     pub fn into_coeff(mut self, ring: &RingContext) -> RnsPoly<Coeff> {
         self.for_each_limb(ring, |t, _, a| t.inverse(a));
-        RnsPoly { n: self.n, level: self.level, num_special: self.num_special, data: self.data, _repr: PhantomData }
+        self.retag()
     }
 
-    /// `self *= other` pointwise.
+    /// `self *= other` pointwise (vectorised: a multiply-accumulate into a zeroed buffer).
     pub fn mul_assign(&mut self, ring: &RingContext, other: &Self) {
+        let n = self.n;
         self.zip_limbs(ring, other, |t, a, b| {
-            let m = t.modulus();
-            for (x, &y) in a.iter_mut().zip(b) {
-                *x = m.mul(*x, y);
-            }
+            let mut tmp = scratch::zeroed(n);
+            t.mul_accumulate(&mut tmp, a, b);
+            a.copy_from_slice(&tmp);
+            scratch::recycle(tmp);
         });
     }
 
@@ -268,19 +323,29 @@ impl RnsPoly<Eval> {
         let level = self.level;
         let n = self.n;
         for (i, acc) in self.data.chunks_exact_mut(n).enumerate() {
-            ring.table(level, i).mul_accumulate(acc, a.limb(i), b.limb(i));
+            ring.table(level, i)
+                .mul_accumulate(acc, a.limb(i), b.limb(i));
         }
     }
 
     /// Applies `X -> X^g` given the evaluation-domain permutation of
     /// [`RingContext::galois_permutation`]. Cost: one gather per limb.
     pub fn permuted(&self, perm: &[u32]) -> Self {
-        let mut out = vec![0u64; self.data.len()];
-        for (o, a) in out.chunks_exact_mut(self.n).zip(self.data.chunks_exact(self.n)) {
+        let mut out = scratch::dirty(self.data.len());
+        for (o, a) in out
+            .chunks_exact_mut(self.n)
+            .zip(self.data.chunks_exact(self.n))
+        {
             for (x, &j) in o.iter_mut().zip(perm) {
                 *x = a[j as usize];
             }
         }
-        RnsPoly { n: self.n, level: self.level, num_special: self.num_special, data: out, _repr: PhantomData }
+        RnsPoly {
+            n: self.n,
+            level: self.level,
+            num_special: self.num_special,
+            data: out,
+            _repr: PhantomData,
+        }
     }
 }

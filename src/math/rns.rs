@@ -24,8 +24,22 @@ impl std::fmt::Debug for RingContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RingContext")
             .field("n", &self.n)
-            .field("q", &self.q.iter().map(|t| t.modulus().value()).collect::<Vec<_>>())
-            .field("p", &self.p.iter().map(|t| t.modulus().value()).collect::<Vec<_>>())
+            .field(
+                "q",
+                &self
+                    .q
+                    .iter()
+                    .map(|t| t.modulus().value())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "p",
+                &self
+                    .p
+                    .iter()
+                    .map(|t| t.modulus().value())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -34,7 +48,9 @@ impl RingContext {
     /// Builds NTT tables for every prime. `n` must be a power of two in `[16, 2^17]`.
     pub fn new(n: usize, q: &[u64], p: &[u64]) -> Result<Self> {
         if !n.is_power_of_two() || !(16..=1 << 17).contains(&n) {
-            return Err(Error::params(format!("ring degree {n} must be a power of two in [16, 2^17]")));
+            return Err(Error::params(format!(
+                "ring degree {n} must be a power of two in [16, 2^17]"
+            )));
         }
         if q.is_empty() {
             return Err(Error::params("the modulus chain is empty"));
@@ -42,10 +58,14 @@ impl RingContext {
         let mut all: Vec<u64> = q.iter().chain(p).copied().collect();
         all.sort_unstable();
         if all.windows(2).any(|w| w[0] == w[1]) {
-            return Err(Error::params("primes of the modulus chain must be distinct"));
+            return Err(Error::params(
+                "primes of the modulus chain must be distinct",
+            ));
         }
         let build = |ps: &[u64]| -> Result<Vec<NttTable>> {
-            ps.iter().map(|&v| NttTable::new(n, Modulus::new(v)?)).collect()
+            ps.iter()
+                .map(|&v| NttTable::new(n, Modulus::new(v)?))
+                .collect()
         };
         let q = build(q)?;
         let p = build(p)?;
@@ -53,7 +73,13 @@ impl RingContext {
         if q.iter().chain(&p).any(|t| t.eval_exponents() != first) {
             return Err(Error::params("NTT evaluation orders differ between primes"));
         }
-        Ok(RingContext { n, log_n: n.trailing_zeros(), q, p, galois_perm: Mutex::new(HashMap::new()) })
+        Ok(RingContext {
+            n,
+            log_n: n.trailing_zeros(),
+            q,
+            p,
+            galois_perm: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Ring degree N.
@@ -114,7 +140,9 @@ impl RingContext {
         };
         cache
             .entry(g)
-            .or_insert_with(|| Arc::new(automorphism_eval_permutation(self.q[0].eval_exponents(), g)))
+            .or_insert_with(|| {
+                Arc::new(automorphism_eval_permutation(self.q[0].eval_exponents(), g))
+            })
             .clone()
     }
 
@@ -163,7 +191,12 @@ impl BasisConverter {
                 hat_mod.push(prod);
             }
         }
-        Ok(BasisConverter { src: src.to_vec(), dst: dst.to_vec(), hat_inv, hat_mod })
+        Ok(BasisConverter {
+            src: src.to_vec(),
+            dst: dst.to_vec(),
+            hat_inv,
+            hat_mod,
+        })
     }
 
     /// Converts coefficient-form limbs `input[j]` (one per source prime) into coefficient-form
@@ -171,6 +204,20 @@ impl BasisConverter {
     pub fn convert(&self, input: &[&[u64]], output: &mut [&mut [u64]]) {
         let ns = self.src.len();
         let n = input.first().map_or(0, |l| l.len());
+        if ns == 1 {
+            // One source prime: (S/s_0) = 1, so y_t = x mod t.
+            for (t, out) in output.iter_mut().enumerate() {
+                let m = self.dst[t];
+                if self.src[0].value() <= m.value() {
+                    out[..n].copy_from_slice(&input[0][..n]);
+                } else {
+                    for (y, &x) in out.iter_mut().zip(input[0]) {
+                        *y = m.reduce(x);
+                    }
+                }
+            }
+            return;
+        }
         let mut v = vec![0u64; ns];
         for c in 0..n {
             for j in 0..ns {
@@ -221,7 +268,12 @@ impl CrtReconstructor {
             radix_f64.push(acc);
             acc *= qi.value() as f64;
         }
-        Ok(CrtReconstructor { moduli: moduli.to_vec(), inv, radix_mod, radix_f64 })
+        Ok(CrtReconstructor {
+            moduli: moduli.to_vec(),
+            inv,
+            radix_mod,
+            radix_f64,
+        })
     }
 
     /// Reconstructs the centered integer with residues `r[i] mod q_i`, as `f64`.
@@ -235,7 +287,10 @@ impl CrtReconstructor {
             // partial = sum_{j<i} d_j * M_j mod q_i
             let mut partial = 0u64;
             for j in 0..i {
-                partial = qi.add(partial, qi.mul(qi.reduce_i64(digits[j]), self.radix_mod[i][j]));
+                partial = qi.add(
+                    partial,
+                    qi.mul(qi.reduce_i64(digits[j]), self.radix_mod[i][j]),
+                );
             }
             let d = qi.mul(qi.sub(r[i], partial), self.inv[i]);
             digits[i] = qi.center(d);
@@ -255,7 +310,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn moduli(bits: u32, k: usize, exclude: &[u64]) -> Vec<Modulus> {
-        ntt_primes(bits, 16, k, exclude).unwrap().into_iter().map(|p| Modulus::new(p).unwrap()).collect()
+        ntt_primes(bits, 16, k, exclude)
+            .unwrap()
+            .into_iter()
+            .map(|p| Modulus::new(p).unwrap())
+            .collect()
     }
 
     proptest! {

@@ -76,7 +76,13 @@ pub fn gaussian<G: RngCore + CryptoRng>(rng: &mut G, n: usize) -> Vec<i64> {
 /// Limb `i` consumes the stream in order, so a lower level is a prefix of a higher one and a
 /// polynomial can be stored as `(seed, stream)` alone. Each word is drawn by rejection
 /// sampling below the prime (masked to its bit length).
-pub fn uniform_from_seed(ring: &RingContext, seed: &[u8; 32], stream: u64, level: usize, extended: bool) -> RnsPoly<Eval> {
+pub fn uniform_from_seed(
+    ring: &RingContext,
+    seed: &[u8; 32],
+    stream: u64,
+    level: usize,
+    extended: bool,
+) -> RnsPoly<Eval> {
     let mut prng = ChaCha20Rng::from_seed(*seed);
     prng.set_stream(stream);
     let mut poly = RnsPoly::<Eval>::zero(ring, level, extended);

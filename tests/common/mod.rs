@@ -53,16 +53,30 @@ impl Fixture {
         let sk = kg.gen_secret_key(&mut r);
         let pk = kg.gen_public_key(&sk, &mut r).unwrap();
         let encoder = Encoder::new(&params).unwrap();
-        Fixture { params, sk, pk, encoder }
+        Fixture {
+            params,
+            sk,
+            pk,
+            encoder,
+        }
     }
 
     pub fn encrypt(&self, v: &[f64], seed: u64) -> Ciphertext {
-        let pt = self.encoder.encode(v, self.params.max_level(), self.params.default_scale()).unwrap();
-        Encryptor::new(&self.params, EncryptionKey::Public(&self.pk)).unwrap().encrypt(&pt, &mut rng(seed)).unwrap()
+        let pt = self
+            .encoder
+            .encode(v, self.params.max_level(), self.params.default_scale())
+            .unwrap();
+        Encryptor::new(&self.params, EncryptionKey::Public(&self.pk))
+            .unwrap()
+            .encrypt(&pt, &mut rng(seed))
+            .unwrap()
     }
 
     pub fn decrypt(&self, ct: &Ciphertext) -> Vec<f64> {
-        let pt = Decryptor::new(&self.params, &self.sk).unwrap().decrypt(ct).unwrap();
+        let pt = Decryptor::new(&self.params, &self.sk)
+            .unwrap()
+            .decrypt(ct)
+            .unwrap();
         self.encoder.decode(&pt).unwrap()
     }
 }
