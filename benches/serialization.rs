@@ -56,8 +56,14 @@ fn bincode_varint() -> impl bincode::config::Config {
 fn encoders(values: &[u64]) -> Vec<(&'static str, Vec<u8>)> {
     let v = values.to_vec();
     vec![
-        ("bincode-fixint", bincode::encode_to_vec(&v, bincode_fixint()).expect("bincode fixint")),
-        ("bincode-varint", bincode::encode_to_vec(&v, bincode_varint()).expect("bincode varint")),
+        (
+            "bincode-fixint",
+            bincode::encode_to_vec(&v, bincode_fixint()).expect("bincode fixint"),
+        ),
+        (
+            "bincode-varint",
+            bincode::encode_to_vec(&v, bincode_varint()).expect("bincode varint"),
+        ),
         ("postcard", postcard::to_stdvec(&v).expect("postcard")),
         ("raw-le", le_encode(values)),
     ]
@@ -121,8 +127,16 @@ fn bench(c: &mut Criterion) {
         // Every decoder must give back exactly the input.
         for (name, bytes) in &encoded {
             let back: Vec<u64> = match *name {
-                "bincode-fixint" => bincode::decode_from_slice(bytes, bincode_fixint()).expect("d").0,
-                "bincode-varint" => bincode::decode_from_slice(bytes, bincode_varint()).expect("d").0,
+                "bincode-fixint" => {
+                    bincode::decode_from_slice(bytes, bincode_fixint())
+                        .expect("d")
+                        .0
+                }
+                "bincode-varint" => {
+                    bincode::decode_from_slice(bytes, bincode_varint())
+                        .expect("d")
+                        .0
+                }
                 "postcard" => postcard::from_bytes(bytes).expect("d"),
                 _ => le_decode(bytes),
             };
