@@ -9,6 +9,7 @@
 //! ```
 
 pub mod error;
+pub mod io;
 
 pub use error::Error;
 
