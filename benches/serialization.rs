@@ -2,7 +2,8 @@
 //!
 //! Compares, for a `Vec<u64>` of random values below 2^60 (the shape of RNS limbs):
 //! bincode 2 (`Encode`/`Decode`, standard config with fixed-int and with varint encoding),
-//! postcard (serde), and a plain little-endian bulk copy in safe code.
+//! postcard (serde), and a plain little-endian bulk copy in safe code; then the whole
+//! hepeft envelope path (bulk little-endian payload plus SHA-256 checksum).
 //!
 //! Run: `cargo bench --bench serialization -- --warm-up-time 1 --measurement-time 3`.
 //! Results and the decision they support: `docs/serialization.md`.
@@ -145,5 +146,45 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The full hepeft path: `PayloadWriter::u64_slice` + `write_envelope` (SHA-256 checksum)
+/// into memory, and `read_envelope` + `PayloadReader::u64_vec` back.
+fn bench_envelope(c: &mut Criterion) {
+    use hepeft::io::format::{
+        read_envelope, write_envelope, FileKind, PayloadReader, PayloadWriter,
+    };
+    let digest = [3u8; 32];
+    for n in [SMALL, LARGE] {
+        let values = random_limbs(n);
+        let write = |values: &[u64]| {
+            let mut p = PayloadWriter::with_capacity(values.len() * 8);
+            p.u64_slice(values);
+            let mut out = Vec::with_capacity(values.len() * 8 + 64);
+            write_envelope(&mut out, FileKind::Ciphertext, &digest, p.as_slice()).expect("write");
+            out
+        };
+        let file = write(&values);
+        eprintln!("size n={n} hepeft-envelope: {} bytes", file.len());
+
+        let mut g = c.benchmark_group(format!("envelope/{n}"));
+        g.throughput(Throughput::Bytes((n * 8) as u64));
+        g.bench_function(BenchmarkId::from_parameter("encode"), |b| {
+            b.iter(|| write(black_box(&values)))
+        });
+        g.bench_function(BenchmarkId::from_parameter("decode"), |b| {
+            b.iter(|| {
+                let env = read_envelope(
+                    &mut black_box(file.as_slice()),
+                    FileKind::Ciphertext,
+                    1 << 30,
+                )
+                .expect("read");
+                let mut r = PayloadReader::new(&env.payload, "bench");
+                r.u64_vec(n, n).expect("limbs")
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_envelope);
 criterion_main!(benches);

@@ -22,7 +22,7 @@
 //!
 //! Payloads are built with [`PayloadWriter`] and parsed with [`PayloadReader`]: fixed-width
 //! little-endian integers, and bulk little-endian `u64` arrays for RNS limbs (the encoding
-//! chosen in `docs/serialization.md`: it decodes 6 to 20 times faster than bincode or
+//! chosen in `docs/serialization.md`: it decodes 5 to 20 times faster than bincode or
 //! postcard and is never larger).
 //!
 //! ```

@@ -1,6 +1,6 @@
 //! Reading and writing hepeft objects.
 //!
-//! [`format`] defines the versioned envelope every file uses (magic, format version, kind,
+//! [`format`](mod@format) defines the versioned envelope every file uses (magic, format version, kind,
 //! parameter digest, length limit, checksum) and the little-endian payload builder and
 //! parser. Object-specific encodings (keys, ciphertexts, ...) are built on top of it by the
 //! modules that own those types.
