@@ -10,6 +10,7 @@
 
 pub mod ckks;
 pub mod error;
+pub mod io;
 pub mod math;
 
 pub use error::Error;

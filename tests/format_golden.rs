@@ -1,0 +1,58 @@
+//! Pinned golden bytes of the envelope format.
+//!
+//! If this test fails, the on-disk format changed. That is only allowed together with a
+//! new `FORMAT_VERSION`, a reader for the old version (or a documented reason to drop it),
+//! and an update of `docs/file-formats.md`. Then, and only then, update the constants.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use hepeft::io::format::{read_envelope, write_envelope, FileKind, PayloadReader, PayloadWriter};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of the golden file below, computed independently from the documented layout
+/// (Python `struct` + `hashlib`, see `docs/file-formats.md`).
+const GOLDEN_SHA256: &str = "061da2b6e5677d51ff9e4c2b9b7ab4c21ec8dcbbc746fdb8858539dd73865948";
+/// Its length: 56-byte header + 48-byte payload + 8-byte checksum.
+const GOLDEN_LEN: usize = 112;
+
+fn golden_file() -> Vec<u8> {
+    let mut digest = [0u8; 32];
+    for (i, d) in digest.iter_mut().enumerate() {
+        *d = (i as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    let mut p = PayloadWriter::new();
+    p.u16(7).u32(0xdead_beef).f64(1.5);
+    p.len_prefixed_str("golden").unwrap();
+    p.u64_slice(&[1, 1 << 59, (1 << 60) - 1]);
+    let mut out = Vec::new();
+    write_envelope(&mut out, FileKind::Ciphertext, &digest, p.as_slice()).unwrap();
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn golden_envelope_bytes_are_pinned() {
+    let file = golden_file();
+    assert_eq!(file.len(), GOLDEN_LEN);
+    assert_eq!(
+        hex(&Sha256::digest(&file)),
+        GOLDEN_SHA256,
+        "the envelope format changed; bytes: {}",
+        hex(&file)
+    );
+}
+
+#[test]
+fn golden_envelope_reads_back() {
+    let file = golden_file();
+    let env = read_envelope(&mut file.as_slice(), FileKind::Ciphertext, 1024).unwrap();
+    let mut r = PayloadReader::new(&env.payload, "golden");
+    assert_eq!(r.u16().unwrap(), 7);
+    assert_eq!(r.u32().unwrap(), 0xdead_beef);
+    assert_eq!(r.finite_f64("x").unwrap(), 1.5);
+    assert_eq!(r.len_prefixed_str(16).unwrap(), "golden");
+    assert_eq!(r.u64_vec(3, 3).unwrap(), vec![1, 1 << 59, (1 << 60) - 1]);
+    r.finish().unwrap();
+}
