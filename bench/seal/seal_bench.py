@@ -297,6 +297,7 @@ def run_config(name, cfg):
 def main():
     wanted = os.environ.get("SEAL_BENCH_CONFIGS", "A,B").split(",")
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     results = {}
     seal_version = None
     for name in wanted:
@@ -320,6 +321,7 @@ def main():
         "os_threads_in_process": os_thread_count(),
         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                       "OPENBLAS_NUM_THREADS")},
+        "loadavg_at_start": load_start,
         "loadavg_at_end": os.getloadavg(),
         "timer": "time.perf_counter_ns per call, gc disabled; median and min over runs "
                  f"after {WARMUP} warm-up calls",
