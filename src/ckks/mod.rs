@@ -16,6 +16,7 @@ pub mod keyswitch;
 pub mod params;
 pub mod precision;
 pub mod security;
+pub mod serialize;
 
 pub use ciphertext::{Ciphertext, Plaintext};
 pub use encoding::{Encoder, C64};
@@ -26,3 +27,4 @@ pub use keys::{EvaluationKeys, GaloisKey, PublicKey, RelinKey, SecretKey, Switch
 pub use params::{CkksParams, CkksParamsLiteral, SecretDistribution, PRESETS};
 pub use precision::PrecisionStats;
 pub use security::Security;
+pub use serialize::{from_bytes, load, save, to_bytes, CiphertextBundle, HeObject};

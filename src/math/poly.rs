@@ -42,7 +42,13 @@ impl<R: Representation> std::fmt::Debug for RnsPoly<R> {
 
 impl<R: Representation> Clone for RnsPoly<R> {
     fn clone(&self) -> Self {
-        RnsPoly { n: self.n, level: self.level, num_special: self.num_special, data: scratch::copied(&self.data), _repr: PhantomData }
+        RnsPoly {
+            n: self.n,
+            level: self.level,
+            num_special: self.num_special,
+            data: scratch::copied(&self.data),
+            _repr: PhantomData,
+        }
     }
 }
 
@@ -55,7 +61,13 @@ impl<R: Representation> Drop for RnsPoly<R> {
 impl<R: Representation> RnsPoly<R> {
     /// Moves the words into a polynomial of another representation.
     fn retag<S: Representation>(mut self) -> RnsPoly<S> {
-        RnsPoly { n: self.n, level: self.level, num_special: self.num_special, data: std::mem::take(&mut self.data), _repr: PhantomData }
+        RnsPoly {
+            n: self.n,
+            level: self.level,
+            num_special: self.num_special,
+            data: std::mem::take(&mut self.data),
+            _repr: PhantomData,
+        }
     }
 
     /// The zero polynomial at `level`, extended by the special primes if `extended`.

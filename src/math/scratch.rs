@@ -19,7 +19,9 @@ thread_local! {
 fn take(len: usize) -> Option<Vec<u64>> {
     POOL.with(|p| {
         let mut p = p.try_borrow_mut().ok()?;
-        let i = p.iter().rposition(|v| v.capacity() >= len && v.capacity() <= 2 * len.max(1))?;
+        let i = p
+            .iter()
+            .rposition(|v| v.capacity() >= len && v.capacity() <= 2 * len.max(1))?;
         Some(p.swap_remove(i))
     })
 }

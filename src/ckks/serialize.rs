@@ -1,0 +1,479 @@
+//! Payload encodings of parameters, keys, plaintexts and ciphertexts inside the versioned
+//! envelope of [`crate::io::format`]. Polynomials are written as raw little-endian limbs
+//! (see docs/serialization.md for the measurement behind that choice); seeded halves (the
+//! uniform `a` of keys and of fresh symmetric ciphertexts) are written as their 32-byte seed.
+//!
+//! Every reader checks what it can against the parameter set before using the data: the
+//! parameter digest, levels and limb counts, and that every word is reduced modulo its prime.
+
+use super::ciphertext::{Ciphertext, Plaintext};
+use super::keygen::KeyGenerator;
+use super::keys::{EvaluationKeys, GaloisKey, PublicKey, RelinKey, SecretKey, SwitchingKey};
+use super::params::CkksParams;
+use crate::io::format::{
+    read_envelope, write_envelope, write_file_atomic, FileKind, PayloadReader, PayloadWriter,
+};
+use crate::math::poly::{Eval, RnsPoly};
+use crate::math::sample;
+use crate::{Error, Result};
+use std::path::Path;
+
+/// Largest payload any reader accepts (64 GiB); each reader also checks exact sizes.
+pub const MAX_PAYLOAD: u64 = 64 << 30;
+
+/// An object with a file format of its own.
+pub trait HeObject: Sized {
+    /// The envelope kind.
+    const KIND: FileKind;
+    /// Human name for messages.
+    const WHAT: &'static str;
+    /// Digest of the parameter set it belongs to.
+    fn digest(&self) -> [u8; 32];
+    /// Appends the payload.
+    fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()>;
+    /// Parses and checks the payload.
+    fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self>;
+}
+
+/// Serializes `obj` into a complete envelope.
+pub fn to_bytes<T: HeObject>(params: &CkksParams, obj: &T) -> Result<Vec<u8>> {
+    params.check_digest(T::WHAT, &obj.digest())?;
+    let mut w = PayloadWriter::new();
+    obj.write_payload(params, &mut w)?;
+    let mut out = Vec::with_capacity(w.len() + 64);
+    write_envelope(&mut out, T::KIND, &params.digest(), w.as_slice())?;
+    Ok(out)
+}
+
+/// Parses an envelope of the right kind made under `params`.
+pub fn from_bytes<T: HeObject>(params: &CkksParams, bytes: &[u8]) -> Result<T> {
+    let mut cursor = bytes;
+    let env = read_envelope(&mut cursor, T::KIND, MAX_PAYLOAD)?;
+    if !cursor.is_empty() {
+        return Err(Error::format(T::WHAT, "trailing bytes after the envelope"));
+    }
+    env.check_params(&params.digest(), T::WHAT)?;
+    let mut r = PayloadReader::new(&env.payload, T::WHAT);
+    let obj = T::read_payload(params, &mut r)?;
+    r.finish()?;
+    Ok(obj)
+}
+
+/// Writes `obj` to `path` atomically; secret keys get mode 0600.
+pub fn save<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams, obj: &T) -> Result<()> {
+    params.check_digest(T::WHAT, &obj.digest())?;
+    let mut w = PayloadWriter::new();
+    obj.write_payload(params, &mut w)?;
+    let mode = (T::KIND == FileKind::SecretKey).then_some(0o600);
+    write_file_atomic(path, T::KIND, &params.digest(), w.as_slice(), mode)
+}
+
+/// Reads `obj` from `path`.
+pub fn load<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams) -> Result<T> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    from_bytes(params, &bytes)
+}
+
+// ------------------------------------------------------------------ polynomials
+
+fn write_poly(w: &mut PayloadWriter, p: &RnsPoly<Eval>) {
+    w.u32(p.level() as u32);
+    w.u8(u8::from(p.is_extended()));
+    w.u64_slice(p.as_words());
+}
+
+fn read_poly(
+    params: &CkksParams,
+    r: &mut PayloadReader<'_>,
+    want_extended: Option<bool>,
+) -> Result<RnsPoly<Eval>> {
+    let level = r.u32()? as usize;
+    if level > params.max_level() {
+        return Err(Error::format(
+            "polynomial",
+            format!(
+                "level {level} above the parameters' maximum {}",
+                params.max_level()
+            ),
+        ));
+    }
+    let extended = r.bool()?;
+    if let Some(w) = want_extended {
+        if w != extended {
+            return Err(Error::format(
+                "polynomial",
+                "wrong basis (special primes present or missing)",
+            ));
+        }
+    }
+    let ring = params.ring();
+    let mut poly = RnsPoly::<Eval>::zero(ring, level, extended);
+    r.u64_into(poly.as_words_mut())?;
+    check_reduced(params, &poly)?;
+    Ok(poly)
+}
+
+fn check_reduced(params: &CkksParams, poly: &RnsPoly<Eval>) -> Result<()> {
+    let ring = params.ring();
+    for (i, limb) in poly.limbs().enumerate() {
+        let p = ring.table(poly.level(), i).modulus().value();
+        if let Some(j) = limb.iter().position(|&x| x >= p) {
+            return Err(Error::format(
+                "polynomial",
+                format!("coefficient {j} of limb {i} is not reduced modulo {p}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn read_seed(r: &mut PayloadReader<'_>) -> Result<[u8; 32]> {
+    let b = r.bytes(32)?;
+    let mut s = [0u8; 32];
+    s.copy_from_slice(b);
+    Ok(s)
+}
+
+// ------------------------------------------------------------------ objects
+
+/// The parameter set itself: its TOML literal (frozen primes). Reading recomputes the digest
+/// and checks it against the envelope.
+pub fn params_to_bytes(params: &CkksParams) -> Result<Vec<u8>> {
+    let text = params.to_toml()?;
+    let mut out = Vec::new();
+    write_envelope(
+        &mut out,
+        FileKind::Parameters,
+        &params.digest(),
+        text.as_bytes(),
+    )?;
+    Ok(out)
+}
+
+/// Reads a parameter file written by [`params_to_bytes`].
+pub fn params_from_bytes(bytes: &[u8]) -> Result<CkksParams> {
+    let mut cursor = bytes;
+    let env = read_envelope(&mut cursor, FileKind::Parameters, 1 << 20)?;
+    let text =
+        std::str::from_utf8(&env.payload).map_err(|_| Error::format("parameters", "not UTF-8"))?;
+    let params = CkksParams::from_toml(text)?;
+    env.check_params(&params.digest(), "parameters")?;
+    Ok(params)
+}
+
+impl HeObject for Ciphertext {
+    const KIND: FileKind = FileKind::Ciphertext;
+    const WHAT: &'static str = "ciphertext";
+    fn digest(&self) -> [u8; 32] {
+        self.params_digest()
+    }
+    fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
+        w.u64(1);
+        write_ct(w, self);
+        Ok(())
+    }
+    fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        let count = r.count("ciphertext count", 1)?;
+        if count != 1 {
+            return Err(Error::format(
+                "ciphertext",
+                "expected exactly one ciphertext",
+            ));
+        }
+        read_ct(params, r)
+    }
+}
+
+/// Several ciphertexts in one file (a query with several inputs, or several tiles).
+#[derive(Clone, Debug)]
+pub struct CiphertextBundle {
+    /// Digest of the parameter set.
+    pub digest: [u8; 32],
+    /// The ciphertexts, in order.
+    pub items: Vec<Ciphertext>,
+}
+
+impl HeObject for CiphertextBundle {
+    const KIND: FileKind = FileKind::Ciphertext;
+    const WHAT: &'static str = "ciphertext bundle";
+    fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+    fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
+        w.u64(self.items.len() as u64);
+        for ct in &self.items {
+            params.check_digest("ciphertext", &ct.params_digest())?;
+            write_ct(w, ct);
+        }
+        Ok(())
+    }
+    fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        let count = r.count("ciphertext count", 1 << 20)?;
+        let items = (0..count)
+            .map(|_| read_ct(params, r))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CiphertextBundle {
+            digest: params.digest(),
+            items,
+        })
+    }
+}
+
+fn write_ct(w: &mut PayloadWriter, ct: &Ciphertext) {
+    w.f64(ct.scale());
+    w.u8(ct.degree_plus_one() as u8);
+    match ct.seed() {
+        Some(seed) => {
+            w.u8(1);
+            w.bytes(&seed);
+            write_poly(w, &ct.parts()[0]);
+        }
+        None => {
+            w.u8(0);
+            for p in ct.parts() {
+                write_poly(w, p);
+            }
+        }
+    }
+}
+
+fn read_ct(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Ciphertext> {
+    let scale = r.finite_f64("scale")?;
+    if scale <= 0.0 {
+        return Err(Error::format("ciphertext", "scale must be positive"));
+    }
+    let parts = r.u8()? as usize;
+    if !(2..=3).contains(&parts) {
+        return Err(Error::format(
+            "ciphertext",
+            format!("{parts} parts (expected 2 or 3)"),
+        ));
+    }
+    let seeded = r.bool()?;
+    let ct = if seeded {
+        if parts != 2 {
+            return Err(Error::format(
+                "ciphertext",
+                "a seeded ciphertext has 2 parts",
+            ));
+        }
+        let seed = read_seed(r)?;
+        let c0 = read_poly(params, r, Some(false))?;
+        let c1 = sample::uniform_from_seed(params.ring(), &seed, 0, c0.level(), false);
+        Ciphertext::new(vec![c0, c1], scale, params.digest()).with_seed(seed)
+    } else {
+        let polys = (0..parts)
+            .map(|_| read_poly(params, r, Some(false)))
+            .collect::<Result<Vec<_>>>()?;
+        if polys.iter().any(|p| p.level() != polys[0].level()) {
+            return Err(Error::format("ciphertext", "parts at different levels"));
+        }
+        Ciphertext::new(polys, scale, params.digest())
+    };
+    Ok(ct)
+}
+
+impl HeObject for Plaintext {
+    const KIND: FileKind = FileKind::Plaintext;
+    const WHAT: &'static str = "plaintext";
+    fn digest(&self) -> [u8; 32] {
+        self.params_digest()
+    }
+    fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
+        w.f64(self.scale());
+        write_poly(w, self.poly());
+        Ok(())
+    }
+    fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        let scale = r.finite_f64("scale")?;
+        let poly = read_poly(params, r, Some(false))?;
+        Ok(Plaintext::new(poly, scale, params.digest()))
+    }
+}
+
+impl HeObject for SecretKey {
+    const KIND: FileKind = FileKind::SecretKey;
+    const WHAT: &'static str = "secret key";
+    fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+    fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
+        w.u32(params.n() as u32);
+        // one byte per coefficient: 0, 1 or 2 for -1, 0, 1
+        let mut bytes: Vec<u8> = self.coeffs.iter().map(|&c| (c + 1) as u8).collect();
+        w.bytes(&bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+        Ok(())
+    }
+    fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        let n = r.u32()? as usize;
+        if n != params.n() {
+            return Err(Error::format(
+                "secret key",
+                format!("ring degree {n}, expected {}", params.n()),
+            ));
+        }
+        let raw = r.bytes(n)?;
+        if raw.iter().any(|&b| b > 2) {
+            return Err(Error::format(
+                "secret key",
+                "coefficient outside {-1, 0, 1}",
+            ));
+        }
+        let coeffs: Vec<i8> = raw.iter().map(|&b| b as i8 - 1).collect();
+        Ok(KeyGenerator::new(params).secret_from_coeffs(coeffs))
+    }
+}
+
+impl HeObject for PublicKey {
+    const KIND: FileKind = FileKind::PublicKey;
+    const WHAT: &'static str = "public key";
+    fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+    fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
+        match self.seed {
+            Some(seed) => {
+                w.u8(1);
+                w.bytes(&seed);
+                write_poly(w, &self.b);
+            }
+            None => {
+                w.u8(0);
+                write_poly(w, &self.b);
+                write_poly(w, &self.a);
+            }
+        }
+        Ok(())
+    }
+    fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        let seeded = r.bool()?;
+        let (seed, b, a) = if seeded {
+            let seed = read_seed(r)?;
+            let b = read_poly(params, r, Some(true))?;
+            let a = sample::uniform_from_seed(params.ring(), &seed, 0, params.max_level(), true);
+            (Some(seed), b, a)
+        } else {
+            let b = read_poly(params, r, Some(true))?;
+            let a = read_poly(params, r, Some(true))?;
+            (None, b, a)
+        };
+        if b.level() != params.max_level() || a.level() != params.max_level() {
+            return Err(Error::format("public key", "not at the top level"));
+        }
+        Ok(PublicKey {
+            b,
+            a,
+            seed,
+            digest: params.digest(),
+        })
+    }
+}
+
+fn write_switching_key(w: &mut PayloadWriter, k: &SwitchingKey) {
+    w.u64(k.b.len() as u64);
+    match k.seed {
+        Some(seed) => {
+            w.u8(1);
+            w.bytes(&seed);
+            k.b.iter().for_each(|p| write_poly(w, p));
+        }
+        None => {
+            w.u8(0);
+            for (b, a) in k.b.iter().zip(&k.a) {
+                write_poly(w, b);
+                write_poly(w, a);
+            }
+        }
+    }
+}
+
+fn read_switching_key(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<SwitchingKey> {
+    let digits = r.count("key digits", params.num_digits())?;
+    if digits != params.num_digits() {
+        return Err(Error::format(
+            "switching key",
+            format!("{digits} digits, expected {}", params.num_digits()),
+        ));
+    }
+    let top = params.max_level();
+    let seeded = r.bool()?;
+    let mut b = Vec::with_capacity(digits);
+    let mut a = Vec::with_capacity(digits);
+    let seed = if seeded {
+        let seed = read_seed(r)?;
+        for j in 0..digits {
+            b.push(read_poly(params, r, Some(true))?);
+            a.push(sample::uniform_from_seed(
+                params.ring(),
+                &seed,
+                j as u64,
+                top,
+                true,
+            ));
+        }
+        Some(seed)
+    } else {
+        for _ in 0..digits {
+            b.push(read_poly(params, r, Some(true))?);
+            a.push(read_poly(params, r, Some(true))?);
+        }
+        None
+    };
+    if b.iter().chain(&a).any(|p| p.level() != top) {
+        return Err(Error::format(
+            "switching key",
+            "component not at the top level",
+        ));
+    }
+    Ok(SwitchingKey { b, a, seed })
+}
+
+impl HeObject for EvaluationKeys {
+    const KIND: FileKind = FileKind::EvaluationKeys;
+    const WHAT: &'static str = "evaluation keys";
+    fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+    fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
+        match &self.relin {
+            Some(k) => {
+                w.u8(1);
+                write_switching_key(w, &k.0);
+            }
+            None => {
+                w.u8(0);
+            }
+        }
+        w.u64(self.galois.len() as u64);
+        for (g, k) in &self.galois {
+            w.u64(*g);
+            write_switching_key(w, &k.key);
+        }
+        Ok(())
+    }
+    fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        let mut keys = EvaluationKeys {
+            digest: params.digest(),
+            ..Default::default()
+        };
+        if r.bool()? {
+            keys.relin = Some(RelinKey(read_switching_key(params, r)?));
+        }
+        let count = r.count("Galois keys", params.n())?;
+        let two_n = 2 * params.n() as u64;
+        for _ in 0..count {
+            let element = r.u64()?;
+            if element % 2 == 0 || element >= two_n || keys.galois.contains_key(&element) {
+                return Err(Error::format(
+                    "evaluation keys",
+                    format!("invalid or repeated Galois element {element}"),
+                ));
+            }
+            let key = read_switching_key(params, r)?;
+            keys.galois.insert(element, GaloisKey { element, key });
+        }
+        Ok(keys)
+    }
+}
