@@ -9,6 +9,7 @@
 //! ```
 
 pub mod error;
+pub mod model;
 
 pub use error::Error;
 
