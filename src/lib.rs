@@ -12,6 +12,7 @@ pub mod ckks;
 pub mod error;
 pub mod io;
 pub mod math;
+pub mod model;
 
 pub use error::Error;
 

@@ -1,0 +1,1 @@
+//! Loading adapters and features from files.

@@ -1,0 +1,23 @@
+//! Layer 2: the plaintext model of an adapter.
+//!
+//! * [`activation`]: polynomial activations in the Chebyshev basis on a declared interval.
+//! * [`layer`] and [`adapter`]: the operations and the shape-checked graph ([`Adapter`]).
+//! * [`reference`]: the `f64` evaluator, the plaintext twin of every encrypted run.
+//! * [`zoo`]: seeded random adapters for tests, benches and demos.
+//! * [`load`]: model cards + safetensors, Hugging Face PEFT LoRA files, `.npy` features.
+//!
+//! Everything here is `f64` and knows nothing about encryption.
+
+pub mod activation;
+pub mod adapter;
+pub mod layer;
+pub mod load;
+pub mod reference;
+pub mod zoo;
+
+pub use activation::{Activation, ActivationFn};
+pub use adapter::{Adapter, AdapterBuilder};
+pub use layer::{InputSpec, Node, NodeRef, Op};
+pub use reference::{
+    evaluate, evaluate_batch, evaluate_exact_fn, evaluate_exact_fn_batch, PolyStats, ReferenceReport,
+};
