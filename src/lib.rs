@@ -13,6 +13,7 @@ pub mod error;
 pub mod io;
 pub mod math;
 pub mod model;
+pub mod plan;
 
 pub use error::Error;
 

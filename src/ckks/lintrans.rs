@@ -44,11 +44,20 @@ impl LinearTransform {
     /// Encodes diagonals (`diags[k]` has at most N/2 values: the slot vector of diagonal `k`,
     /// already extended periodically as the layout requires) at `level` and `scale`.
     /// Zero diagonals are skipped. Cost: one encoding per non-zero diagonal.
-    pub fn new(encoder: &Encoder, diags: &[Vec<f64>], level: usize, scale: f64, baby: usize) -> Result<Self> {
+    pub fn new(
+        encoder: &Encoder,
+        diags: &[Vec<f64>],
+        level: usize,
+        scale: f64,
+        baby: usize,
+    ) -> Result<Self> {
         let slots = encoder.slots();
         let k = diags.len();
         if k == 0 || k > slots {
-            return Err(Error::InvalidValue { context: "linear transform".into(), reason: format!("{k} diagonals for {slots} slots") });
+            return Err(Error::InvalidValue {
+                context: "linear transform".into(),
+                reason: format!("{k} diagonals for {slots} slots"),
+            });
         }
         let g = baby.max(1);
         let h = k.div_ceil(g);
@@ -64,12 +73,18 @@ impl LinearTransform {
                 // rot(diag, -gb)[i] = diag[(i - gb) mod slots]
                 let d = &diags[idx];
                 let shift = (b * g) % slots;
-                let full: Vec<f64> = (0..slots).map(|i| d.get((i + slots - shift) % slots).copied().unwrap_or(0.0)).collect();
+                let full: Vec<f64> = (0..slots)
+                    .map(|i| d.get((i + slots - shift) % slots).copied().unwrap_or(0.0))
+                    .collect();
                 row.push(Some(encoder.encode(&full, level, scale)?));
             }
             plain.push(row);
         }
-        Ok(LinearTransform { plain, baby: g, level })
+        Ok(LinearTransform {
+            plain,
+            baby: g,
+            level,
+        })
     }
 
     /// Level the diagonals are encoded at (the input must be at this level).
@@ -86,19 +101,32 @@ impl LinearTransform {
     /// `sum_k diag_k ⊙ rot(x, k)`, not rescaled (scale `x.scale · diag scale`).
     pub fn apply(&self, ev: &Evaluator, x: &Ciphertext) -> Result<Ciphertext> {
         if x.level() != self.level {
-            return Err(Error::InvalidLevel { level: x.level(), max: self.level });
+            return Err(Error::InvalidLevel {
+                level: x.level(),
+                max: self.level,
+            });
         }
         let g = self.baby;
-        let needed: Vec<bool> = (0..g).map(|a| self.plain.iter().any(|row| row[a].is_some())).collect();
+        let needed: Vec<bool> = (0..g)
+            .map(|a| self.plain.iter().any(|row| row[a].is_some()))
+            .collect();
         let hoisted = ev.hoist(x)?;
         let baby: Vec<Option<Ciphertext>> = (0..g)
-            .map(|a| if needed[a] { ev.rotate_hoisted(&hoisted, a as i64).map(Some) } else { Ok(None) })
+            .map(|a| {
+                if needed[a] {
+                    ev.rotate_hoisted(&hoisted, a as i64).map(Some)
+                } else {
+                    Ok(None)
+                }
+            })
             .collect::<Result<_>>()?;
         let mut acc: Option<Ciphertext> = None;
         for (b, row) in self.plain.iter().enumerate() {
             let mut inner: Option<Ciphertext> = None;
             for (a, p) in row.iter().enumerate() {
-                let (Some(p), Some(xr)) = (p, &baby[a]) else { continue };
+                let (Some(p), Some(xr)) = (p, &baby[a]) else {
+                    continue;
+                };
                 let prod = ev.mul_plain(xr, p)?;
                 match inner.as_mut() {
                     Some(s) => ev.add_assign(s, &prod)?,
@@ -106,12 +134,19 @@ impl LinearTransform {
                 }
             }
             let Some(inner) = inner else { continue };
-            let rotated = if b == 0 { inner } else { ev.rotate(&inner, (b * g) as i64)? };
+            let rotated = if b == 0 {
+                inner
+            } else {
+                ev.rotate(&inner, (b * g) as i64)?
+            };
             match acc.as_mut() {
                 Some(s) => ev.add_assign(s, &rotated)?,
                 None => acc = Some(rotated),
             }
         }
-        acc.ok_or_else(|| Error::InvalidValue { context: "linear transform".into(), reason: "all diagonals are zero".into() })
+        acc.ok_or_else(|| Error::InvalidValue {
+            context: "linear transform".into(),
+            reason: "all diagonals are zero".into(),
+        })
     }
 }

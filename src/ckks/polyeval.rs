@@ -25,13 +25,22 @@ pub fn chebyshev_depth(degree: usize) -> usize {
 
 /// Brings `ct` to exactly (`level`, `scale`) using one constant multiplication and rescale
 /// when it sits higher. Errors when it sits lower, or at the same level with another scale.
-pub fn match_level_and_scale(ev: &Evaluator, ct: &Ciphertext, level: usize, scale: f64) -> Result<Ciphertext> {
+pub fn match_level_and_scale(
+    ev: &Evaluator,
+    ct: &Ciphertext,
+    level: usize,
+    scale: f64,
+) -> Result<Ciphertext> {
     let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs());
     if ct.level() == level && rel(ct.scale(), scale) <= SCALE_TOLERANCE {
         return Ok(ct.clone());
     }
     if ct.level() <= level {
-        return Err(Error::LevelExhausted { op: "scale matching".into(), needed: level + 1, available: ct.level() });
+        return Err(Error::LevelExhausted {
+            op: "scale matching".into(),
+            needed: level + 1,
+            available: ct.level(),
+        });
     }
     let mut x = ev.drop_to_level(ct, level + 1)?;
     let q = ev.params().q()[level + 1] as f64;
@@ -42,7 +51,11 @@ pub fn match_level_and_scale(ev: &Evaluator, ct: &Ciphertext, level: usize, scal
     ev.mul_const_assign(&mut x, 1.0, k)?;
     ev.rescale_assign(&mut x)?;
     if rel(x.scale(), scale) > 1e-6 {
-        return Err(Error::ScaleMismatch { left: x.scale(), right: scale, rel: rel(x.scale(), scale) });
+        return Err(Error::ScaleMismatch {
+            left: x.scale(),
+            right: scale,
+            rel: rel(x.scale(), scale),
+        });
     }
     x.set_scale(scale);
     Ok(x)
@@ -51,14 +64,26 @@ pub fn match_level_and_scale(ev: &Evaluator, ct: &Ciphertext, level: usize, scal
 /// Evaluates `sum_k coeffs[k] T_k(t)` on a ciphertext whose slots lie in `[-1, 1]`; the result
 /// has scale `target_scale` at level `t.level() - chebyshev_depth(d)`. Needs a
 /// relinearization key for `d >= 2`.
-pub fn evaluate_chebyshev(ev: &Evaluator, t: &Ciphertext, coeffs: &[f64], target_scale: f64) -> Result<Ciphertext> {
+pub fn evaluate_chebyshev(
+    ev: &Evaluator,
+    t: &Ciphertext,
+    coeffs: &[f64],
+    target_scale: f64,
+) -> Result<Ciphertext> {
     let d = coeffs.len().saturating_sub(1);
     if coeffs.is_empty() || coeffs.iter().any(|c| !c.is_finite()) {
-        return Err(Error::InvalidValue { context: "Chebyshev coefficients".into(), reason: "empty or not finite".into() });
+        return Err(Error::InvalidValue {
+            context: "Chebyshev coefficients".into(),
+            reason: "empty or not finite".into(),
+        });
     }
     let depth = chebyshev_depth(d.max(1));
     if t.level() < depth {
-        return Err(Error::LevelExhausted { op: format!("Chebyshev degree {d}"), needed: depth, available: t.level() });
+        return Err(Error::LevelExhausted {
+            op: format!("Chebyshev degree {d}"),
+            needed: depth,
+            available: t.level(),
+        });
     }
     // T[k] for k in 1..=d
     let mut tk: Vec<Option<Ciphertext>> = vec![None; d + 1];
@@ -67,7 +92,12 @@ pub fn evaluate_chebyshev(ev: &Evaluator, t: &Ciphertext, coeffs: &[f64], target
         let (a, b) = (k.div_ceil(2), k / 2);
         let (ta, tb) = match (&tk[a], &tk[b]) {
             (Some(x), Some(y)) => (x, y),
-            _ => return Err(Error::InvalidValue { context: "Chebyshev tree".into(), reason: "missing term".into() }),
+            _ => {
+                return Err(Error::InvalidValue {
+                    context: "Chebyshev tree".into(),
+                    reason: "missing term".into(),
+                })
+            }
         };
         let mut p = ev.mul_relin(ta, tb)?;
         ev.rescale_assign(&mut p)?;

@@ -19,5 +19,6 @@ pub use activation::{Activation, ActivationFn};
 pub use adapter::{Adapter, AdapterBuilder};
 pub use layer::{InputSpec, Node, NodeRef, Op};
 pub use reference::{
-    evaluate, evaluate_batch, evaluate_exact_fn, evaluate_exact_fn_batch, PolyStats, ReferenceReport,
+    evaluate, evaluate_batch, evaluate_exact_fn, evaluate_exact_fn_batch, PolyStats,
+    ReferenceReport,
 };

@@ -80,3 +80,20 @@ impl Fixture {
         self.encoder.decode(&pt).unwrap()
     }
 }
+
+/// TEST-ONLY deep parameters: N = 2^12 with 8 levels and two special primes (insecure:
+/// log2(QP) = 485 for N = 2^12, bound 109).
+pub fn deep_test_params() -> CkksParams {
+    CkksParams::from_literal(CkksParamsLiteral {
+        log_n: 12,
+        log_q: [vec![55], vec![40; 8]].concat(),
+        log_p: vec![55, 55],
+        log_scale: 40,
+        secret: SecretDistribution::Ternary,
+        dnum: None,
+        security: Security::Unchecked,
+        q: None,
+        p: None,
+    })
+    .unwrap()
+}

@@ -1,0 +1,23 @@
+//! Layer 3: compile an [`Adapter`](crate::model::Adapter) into an encrypted execution plan.
+//!
+//! A [`Plan`] is derived from the adapter's *structure* only (shapes, activation degrees):
+//! the client, who never sees the weights, compiles the same plan from the public model
+//! description and gets the same input layout and the same Galois elements, so keygen,
+//! encryption and evaluation cannot drift. The server then [`Plan::prepare`]s the plan with
+//! the real weights (encoded diagonals, biases) and [`PreparedPlan::evaluate`]s queries.
+//!
+//! Two layouts:
+//! - [`Mode::Latency`]: one sample; each vector is packed in slots, replicated with a
+//!   power-of-two period, and matrix products use the diagonal method with baby-step
+//!   giant-step and hoisted rotations (rectangular blocks use `min(m, n)` diagonals plus a
+//!   rotate-and-sum when the matrix is wide). Vectors wider than N/2 are split in segments.
+//! - [`Mode::Batch`]: up to N/2 samples; one ciphertext per feature, samples in slots.
+//!   Linear layers need no rotation at all (constant products only).
+
+mod compile;
+mod layout;
+mod run_ckks;
+
+pub use compile::{Mode, Plan, PlanOptions, StageReport};
+pub use layout::Segment;
+pub use run_ckks::PreparedPlan;

@@ -1,0 +1,589 @@
+//! Executing a plan on ciphertexts: weights encoded once ([`Plan::prepare`]), then any number
+//! of queries ([`PreparedPlan::evaluate`]). Independent work (output segments, giant steps,
+//! output features in batch mode) runs on rayon's pool.
+
+use super::compile::{Mode, Plan, Stage, StageOp};
+use super::layout::{self, Segment};
+use crate::ckks::lintrans::{baby_step_for, LinearTransform};
+use crate::ckks::polyeval::evaluate_chebyshev;
+use crate::ckks::{Ciphertext, Decryptor, Encoder, EncryptionKey, Encryptor, Evaluator, Plaintext};
+use crate::{Error, Result};
+use ndarray::{Array2, ArrayView1, ArrayView2};
+use rand::{CryptoRng, RngCore};
+use rayon::prelude::*;
+
+/// One `m x n` block of a dense layer in latency mode.
+#[derive(Debug, Clone)]
+struct Block {
+    transform: LinearTransform,
+    /// Rotate-and-sum steps for a wide block.
+    row_sum: Vec<i64>,
+}
+
+#[derive(Debug, Clone)]
+enum Prepared {
+    None,
+    /// `blocks[o][i]`, bias per output segment (latency).
+    DenseLatency {
+        blocks: Vec<Vec<Block>>,
+        bias: Vec<Option<Plaintext>>,
+    },
+    /// Per-segment multiplier and offset plaintexts (latency).
+    AffineLatency {
+        mul: Vec<Plaintext>,
+        add: Vec<Plaintext>,
+    },
+}
+
+/// A plan with its weights encoded, ready to evaluate queries. Server side.
+#[derive(Debug, Clone)]
+pub struct PreparedPlan {
+    plan: Plan,
+    prepared: Vec<Prepared>,
+}
+
+fn dense_block(
+    encoder: &Encoder,
+    w: &ndarray::Array2<f64>,
+    o: &Segment,
+    i: &Segment,
+    level: usize,
+    scale: f64,
+) -> Result<Block> {
+    let slots = encoder.slots();
+    let (m, n) = (o.period, i.period);
+    let k = m.min(n);
+    let d = m.max(n);
+    let diags: Vec<Vec<f64>> = (0..k)
+        .map(|kk| {
+            (0..slots)
+                .map(|s| {
+                    let t = s % d;
+                    let row = t % m;
+                    let col = (t + kk) % n;
+                    if row < o.dim && col < i.dim {
+                        w[[o.offset + row, i.offset + col]]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let transform = LinearTransform::new(encoder, &diags, level, scale, baby_step_for(k))?;
+    let mut row_sum = Vec::new();
+    let mut width = m;
+    while width < n {
+        row_sum.push(width as i64);
+        width *= 2;
+    }
+    Ok(Block { transform, row_sum })
+}
+
+impl Plan {
+    /// Encodes the weights for evaluation (diagonals of every dense block at the level it
+    /// runs at, biases, affine vectors). Cost: one encoding per non-zero diagonal; done once
+    /// per loaded model, not per query.
+    pub fn prepare(&self) -> Result<PreparedPlan> {
+        let params = &self.params;
+        let encoder = Encoder::new(params)?;
+        let delta = params.default_scale();
+        let latency = self.options.mode == Mode::Latency;
+        let prepared = self
+            .stages
+            .iter()
+            .map(|st| -> Result<Prepared> {
+                if !latency {
+                    return Ok(Prepared::None);
+                }
+                let q_in = params.q()[st.in_level] as f64;
+                match &st.op {
+                    StageOp::Dense { weight, bias } => {
+                        let in_segs: Vec<Segment> = st
+                            .inputs
+                            .iter()
+                            .flat_map(|&i| self.stages[i].segments.clone())
+                            .collect();
+                        let blocks = st
+                            .segments
+                            .par_iter()
+                            .map(|o| {
+                                in_segs
+                                    .iter()
+                                    .map(|i| dense_block(&encoder, weight, o, i, st.in_level, q_in))
+                                    .collect::<Result<Vec<_>>>()
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        let bias = st
+                            .segments
+                            .iter()
+                            .map(|o| match bias {
+                                Some(b) => {
+                                    let slice = b
+                                        .as_slice()
+                                        .ok_or_else(|| Error::model("bias is not contiguous"))?;
+                                    Ok(Some(encoder.encode(
+                                        &layout::pack(slice, o, params.slots()),
+                                        st.level,
+                                        delta,
+                                    )?))
+                                }
+                                None => Ok(None),
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(Prepared::DenseLatency { blocks, bias })
+                    }
+                    StageOp::Affine { mul, add } => {
+                        let (m, a) = (mul.to_vec(), add.to_vec());
+                        let mut mp = Vec::new();
+                        let mut ap = Vec::new();
+                        for seg in &st.segments {
+                            mp.push(encoder.encode(
+                                &layout::pack(&m, seg, params.slots()),
+                                st.in_level,
+                                q_in,
+                            )?);
+                            ap.push(encoder.encode(
+                                &layout::pack(&a, seg, params.slots()),
+                                st.level,
+                                delta,
+                            )?);
+                        }
+                        Ok(Prepared::AffineLatency { mul: mp, add: ap })
+                    }
+                    _ => Ok(Prepared::None),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PreparedPlan {
+            plan: self.clone(),
+            prepared,
+        })
+    }
+
+    fn check_inputs_shape(&self, rows: &[usize], widths: &[usize]) -> Result<()> {
+        if widths.len() != self.input_dims.len() {
+            return Err(Error::dims(
+                "number of adapter inputs",
+                self.input_dims.len(),
+                widths.len(),
+            ));
+        }
+        for (k, (&w, &d)) in widths.iter().zip(&self.input_dims).enumerate() {
+            if w != d {
+                return Err(Error::dims(format!("width of input {k}"), d, w));
+            }
+        }
+        if rows.iter().any(|&r| r != rows[0]) {
+            return Err(Error::InvalidValue {
+                context: "inputs".into(),
+                reason: "inputs have different numbers of samples".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes one sample's inputs (latency mode) or a batch (batch mode: `inputs[k]` is
+    /// `samples x dim_k`, at most N/2 samples) into the plaintexts of a query, in order.
+    /// Rejects NaN/inf and wrong widths.
+    pub fn encode_query(
+        &self,
+        encoder: &Encoder,
+        inputs: &[ArrayView2<f64>],
+    ) -> Result<Vec<Plaintext>> {
+        let rows: Vec<usize> = inputs.iter().map(|a| a.nrows()).collect();
+        let widths: Vec<usize> = inputs.iter().map(|a| a.ncols()).collect();
+        self.check_inputs_shape(&rows, &widths)?;
+        for (k, a) in inputs.iter().enumerate() {
+            if let Some(pos) = a.iter().position(|v| !v.is_finite()) {
+                return Err(Error::InvalidValue {
+                    context: format!("input {k}"),
+                    reason: format!("value {pos} is NaN or infinite"),
+                });
+            }
+        }
+        let params = &self.params;
+        let (top, delta, slots) = (params.max_level(), params.default_scale(), params.slots());
+        let mut out = Vec::new();
+        match self.options.mode {
+            Mode::Latency => {
+                if rows.first().copied().unwrap_or(0) != 1 {
+                    return Err(Error::dims(
+                        "samples per latency-mode query",
+                        1,
+                        rows.first().copied().unwrap_or(0),
+                    ));
+                }
+                for (k, a) in inputs.iter().enumerate() {
+                    let v: Vec<f64> = a.row(0).to_vec();
+                    for seg in &self.stages[k].segments {
+                        out.push(encoder.encode(&layout::pack(&v, seg, slots), top, delta)?);
+                    }
+                }
+            }
+            Mode::Batch => {
+                let samples = rows.first().copied().unwrap_or(0);
+                if samples == 0 || samples > slots {
+                    return Err(Error::dims(
+                        "samples per batch-mode query (at most N/2)",
+                        slots,
+                        samples,
+                    ));
+                }
+                for a in inputs {
+                    for col in a.columns() {
+                        out.push(encoder.encode(&col.to_vec(), top, delta)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Encrypts a query (see [`Plan::encode_query`]). Client side.
+    pub fn encrypt_query<G: RngCore + CryptoRng>(
+        &self,
+        encoder: &Encoder,
+        key: EncryptionKey<'_>,
+        inputs: &[ArrayView2<f64>],
+        rng: &mut G,
+    ) -> Result<Vec<Ciphertext>> {
+        let enc = Encryptor::new(&self.params, key)?;
+        self.encode_query(encoder, inputs)?
+            .iter()
+            .map(|pt| enc.encrypt(pt, rng))
+            .collect()
+    }
+
+    /// Convenience for one sample given as vectors.
+    pub fn encrypt_sample<G: RngCore + CryptoRng>(
+        &self,
+        encoder: &Encoder,
+        key: EncryptionKey<'_>,
+        inputs: &[ArrayView1<f64>],
+        rng: &mut G,
+    ) -> Result<Vec<Ciphertext>> {
+        let rows: Vec<ArrayView2<f64>> = inputs
+            .iter()
+            .map(|v| v.view().insert_axis(ndarray::Axis(0)))
+            .collect();
+        self.encrypt_query(encoder, key, &rows, rng)
+    }
+
+    /// Decodes result plaintexts into `samples x output_dim` (latency: one row).
+    pub fn decode_result(
+        &self,
+        encoder: &Encoder,
+        pts: &[Plaintext],
+        samples: usize,
+    ) -> Result<Array2<f64>> {
+        if pts.len() != self.output_ciphertexts() {
+            return Err(Error::dims(
+                "result ciphertexts",
+                self.output_ciphertexts(),
+                pts.len(),
+            ));
+        }
+        let dim = self.output_dim();
+        match self.options.mode {
+            Mode::Latency => {
+                let mut row = vec![0.0; dim];
+                for (seg, pt) in self.output_segments().iter().zip(pts) {
+                    let v = encoder.decode(pt)?;
+                    row[seg.offset..seg.offset + seg.dim].copy_from_slice(&v[..seg.dim]);
+                }
+                Array2::from_shape_vec((1, dim), row).map_err(|e| Error::model(e.to_string()))
+            }
+            Mode::Batch => {
+                if samples == 0 || samples > self.params.slots() {
+                    return Err(Error::dims("samples", self.params.slots(), samples));
+                }
+                let mut out = Array2::zeros((samples, dim));
+                for (j, pt) in pts.iter().enumerate() {
+                    let v = encoder.decode(pt)?;
+                    for s in 0..samples {
+                        out[[s, j]] = v[s];
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Decrypts and decodes a result. Client side.
+    pub fn decrypt_result(
+        &self,
+        encoder: &Encoder,
+        decryptor: &Decryptor<'_>,
+        cts: &[Ciphertext],
+        samples: usize,
+    ) -> Result<Array2<f64>> {
+        let pts = cts
+            .iter()
+            .map(|c| decryptor.decrypt(c))
+            .collect::<Result<Vec<_>>>()?;
+        self.decode_result(encoder, &pts, samples)
+    }
+}
+
+impl PreparedPlan {
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Evaluates the adapter on an encrypted query (the ciphertexts of
+    /// [`Plan::encrypt_query`], in order) and returns the encrypted result. Server side:
+    /// needs only evaluation keys. `progress(stage_index, stage_count)` is called after each
+    /// stage.
+    pub fn evaluate_with_progress(
+        &self,
+        ev: &Evaluator,
+        query: &[Ciphertext],
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Vec<Ciphertext>> {
+        let plan = &self.plan;
+        if query.len() != plan.input_ciphertexts() {
+            return Err(Error::dims(
+                "query ciphertexts",
+                plan.input_ciphertexts(),
+                query.len(),
+            ));
+        }
+        let top = plan.params.max_level();
+        for (k, ct) in query.iter().enumerate() {
+            plan.params
+                .check_digest("query ciphertext", &ct.params_digest())?;
+            if ct.level() != top || ct.degree_plus_one() != 2 {
+                return Err(Error::InvalidValue {
+                    context: format!("query ciphertext {k}"),
+                    reason: format!(
+                        "must be fresh (level {top}, 2 parts); found level {}",
+                        ct.level()
+                    ),
+                });
+            }
+            let rel =
+                (ct.scale() - plan.params.default_scale()).abs() / plan.params.default_scale();
+            if rel > 1e-9 {
+                return Err(Error::ScaleMismatch {
+                    left: ct.scale(),
+                    right: plan.params.default_scale(),
+                    rel,
+                });
+            }
+        }
+        let mut values: Vec<Option<Vec<Ciphertext>>> = vec![None; plan.stages.len()];
+        let mut cursor = 0;
+        for (k, _) in plan.input_dims.iter().enumerate() {
+            let count = match plan.options.mode {
+                Mode::Latency => plan.stages[k].segments.len(),
+                Mode::Batch => plan.input_dims[k],
+            };
+            values[k] = Some(query[cursor..cursor + count].to_vec());
+            cursor += count;
+        }
+        let total = plan.stages.len();
+        for idx in plan.input_dims.len()..total {
+            let st = &plan.stages[idx];
+            let inputs: Vec<&Vec<Ciphertext>> = st
+                .inputs
+                .iter()
+                .map(|&i| {
+                    values[i]
+                        .as_ref()
+                        .ok_or_else(|| Error::model("stage evaluated before its input"))
+                })
+                .collect::<Result<_>>()?;
+            let out = match plan.options.mode {
+                Mode::Latency => self.stage_latency(ev, idx, st, &inputs)?,
+                Mode::Batch => stage_batch(ev, st, &inputs)?,
+            };
+            values[idx] = Some(out);
+            progress(idx + 1, total);
+        }
+        values
+            .pop()
+            .flatten()
+            .ok_or_else(|| Error::model("no output"))
+    }
+
+    /// [`PreparedPlan::evaluate_with_progress`] without a progress callback.
+    pub fn evaluate(&self, ev: &Evaluator, query: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
+        self.evaluate_with_progress(ev, query, &|_, _| {})
+    }
+
+    fn stage_latency(
+        &self,
+        ev: &Evaluator,
+        idx: usize,
+        st: &Stage,
+        inputs: &[&Vec<Ciphertext>],
+    ) -> Result<Vec<Ciphertext>> {
+        let flat: Vec<Ciphertext> = inputs.iter().flat_map(|v| v.iter().cloned()).collect();
+        let aligned = align(ev, &flat, st.in_level)?;
+        match (&st.op, &self.prepared[idx]) {
+            (StageOp::Dense { .. }, Prepared::DenseLatency { blocks, bias }) => blocks
+                .par_iter()
+                .zip(bias.par_iter())
+                .map(|(row, b)| {
+                    let mut acc: Option<Ciphertext> = None;
+                    for (block, x) in row.iter().zip(&aligned) {
+                        let mut z = block.transform.apply(ev, x)?;
+                        for &s in &block.row_sum {
+                            let r = ev.rotate(&z, s)?;
+                            ev.add_assign(&mut z, &r)?;
+                        }
+                        match acc.as_mut() {
+                            Some(a) => ev.add_assign(a, &z)?,
+                            None => acc = Some(z),
+                        }
+                    }
+                    let mut y = acc.ok_or_else(|| Error::model("dense layer without inputs"))?;
+                    ev.rescale_assign(&mut y)?;
+                    if let Some(b) = b {
+                        ev.add_plain_assign(&mut y, b)?;
+                    }
+                    Ok(y)
+                })
+                .collect(),
+            (StageOp::Affine { .. }, Prepared::AffineLatency { mul, add }) => aligned
+                .iter()
+                .zip(mul.iter().zip(add))
+                .map(|(x, (m, a))| {
+                    let mut y = ev.mul_plain(x, m)?;
+                    ev.rescale_assign(&mut y)?;
+                    ev.add_plain_assign(&mut y, a)?;
+                    Ok(y)
+                })
+                .collect(),
+            (
+                StageOp::Poly {
+                    cheb,
+                    alpha,
+                    beta,
+                    normalized,
+                },
+                _,
+            ) => aligned
+                .par_iter()
+                .map(|x| poly(ev, x, cheb, *alpha, *beta, *normalized))
+                .collect(),
+            (StageOp::Add, _) => add_all(ev, inputs, st.in_level),
+            (StageOp::Concat, _) => Ok(flat),
+            _ => Err(Error::model(format!(
+                "stage '{}' was not prepared",
+                st.name
+            ))),
+        }
+    }
+}
+
+fn align(ev: &Evaluator, cts: &[Ciphertext], level: usize) -> Result<Vec<Ciphertext>> {
+    cts.iter()
+        .map(|c| {
+            if c.level() > level {
+                ev.drop_to_level(c, level)
+            } else {
+                Ok(c.clone())
+            }
+        })
+        .collect()
+}
+
+fn add_all(ev: &Evaluator, inputs: &[&Vec<Ciphertext>], level: usize) -> Result<Vec<Ciphertext>> {
+    let mut acc = align(ev, inputs[0], level)?;
+    for other in &inputs[1..] {
+        if other.len() != acc.len() {
+            return Err(Error::dims(
+                "residual add operands (ciphertexts)",
+                acc.len(),
+                other.len(),
+            ));
+        }
+        for (a, b) in acc.iter_mut().zip(other.iter()) {
+            ev.add_assign(a, b)?;
+        }
+    }
+    Ok(acc)
+}
+
+fn poly(
+    ev: &Evaluator,
+    x: &Ciphertext,
+    cheb: &[f64],
+    alpha: f64,
+    beta: f64,
+    normalized: bool,
+) -> Result<Ciphertext> {
+    let delta = ev.params().default_scale();
+    let t = if normalized {
+        x.clone()
+    } else {
+        let q = ev.params().q()[x.level()] as f64;
+        let mut t = ev.mul_const(x, alpha, q)?;
+        ev.rescale_assign(&mut t)?;
+        t.set_scale(x.scale());
+        ev.add_const_assign(&mut t, beta)?;
+        t
+    };
+    evaluate_chebyshev(ev, &t, cheb, delta)
+}
+
+fn stage_batch(ev: &Evaluator, st: &Stage, inputs: &[&Vec<Ciphertext>]) -> Result<Vec<Ciphertext>> {
+    let flat: Vec<Ciphertext> = inputs.iter().flat_map(|v| v.iter().cloned()).collect();
+    let x = align(ev, &flat, st.in_level)?;
+    let q = ev.params().q()[st.in_level] as f64;
+    match &st.op {
+        StageOp::Dense { weight, bias } => (0..weight.nrows())
+            .into_par_iter()
+            .map(|i| {
+                let mut acc: Option<Ciphertext> = None;
+                for (j, xj) in x.iter().enumerate() {
+                    let w = weight[[i, j]];
+                    if w == 0.0 {
+                        continue;
+                    }
+                    let term = ev.mul_const(xj, w, q)?;
+                    match acc.as_mut() {
+                        Some(a) => ev.add_assign(a, &term)?,
+                        None => acc = Some(term),
+                    }
+                }
+                let mut y = match acc {
+                    Some(a) => a,
+                    None => ev.mul_const(&x[0], 0.0, q)?,
+                };
+                ev.rescale_assign(&mut y)?;
+                y.set_scale(x[0].scale());
+                if let Some(b) = bias {
+                    ev.add_const_assign(&mut y, b[i])?;
+                }
+                Ok(y)
+            })
+            .collect(),
+        StageOp::Affine { mul, add } => x
+            .par_iter()
+            .enumerate()
+            .map(|(j, xj)| {
+                let mut y = ev.mul_const(xj, mul[j], q)?;
+                ev.rescale_assign(&mut y)?;
+                y.set_scale(xj.scale());
+                ev.add_const_assign(&mut y, add[j])?;
+                Ok(y)
+            })
+            .collect(),
+        StageOp::Poly {
+            cheb,
+            alpha,
+            beta,
+            normalized,
+        } => x
+            .par_iter()
+            .map(|xj| poly(ev, xj, cheb, *alpha, *beta, *normalized))
+            .collect(),
+        StageOp::Add => add_all(ev, inputs, st.in_level),
+        StageOp::Concat => Ok(x),
+        StageOp::Input(_) => Err(Error::model("input stage evaluated")),
+    }
+}
