@@ -14,6 +14,7 @@ pub mod io;
 pub mod math;
 pub mod model;
 pub mod plan;
+pub mod select;
 
 pub use error::Error;
 

@@ -1,0 +1,300 @@
+//! Layer 4: parameter selection. From an adapter's plan (depth, widest vector, batch size)
+//! and the precision wanted, choose N, the Q chain, P, dnum and the scale, at a security level
+//! checked against the HomomorphicEncryption.org table; refuse with a reason what cannot work.
+//!
+//! The precision model is empirical, measured by this crate's tests at N = 2^12..2^14:
+//! end-to-end outputs keep about `log_scale - 15 - (log N - 12)/2` bits relative to a
+//! unit-sized output (25 bits at scale 2^40). It is a prediction; `hepeft demo` and the test
+//! suite report the measured figure.
+
+use crate::ckks::security::{max_log_qp, Security};
+use crate::ckks::{CkksParams, CkksParamsLiteral, SecretDistribution};
+use crate::model::Adapter;
+use crate::plan::{Mode, Plan, PlanOptions};
+use crate::{Error, Result};
+use serde::Serialize;
+
+/// What the caller wants.
+#[derive(Clone, Copy, Debug)]
+pub struct SelectRequest {
+    /// Bits of precision wanted at the output, relative to a unit-sized logit.
+    pub precision_bits: u32,
+    /// Security level (never [`Security::Unchecked`] here).
+    pub security: Security,
+    /// Layout and, for batch mode, the number of samples per query.
+    pub options: PlanOptions,
+    /// Samples per query in batch mode (needs N/2 >= batch).
+    pub batch: Option<usize>,
+}
+
+impl Default for SelectRequest {
+    fn default() -> Self {
+        SelectRequest {
+            precision_bits: 16,
+            security: Security::Bits128,
+            options: PlanOptions::default(),
+            batch: None,
+        }
+    }
+}
+
+/// Predicted end-to-end precision (bits) for a scale and ring degree.
+pub fn predicted_precision_bits(log_scale: u32, log_n: u32) -> f64 {
+    log_scale as f64 - 15.0 - (log_n as f64 - 12.0) / 2.0
+}
+
+/// The outcome of a selection, with everything `params select` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelectionReport {
+    /// log2 N.
+    pub log_n: u32,
+    /// Bit sizes of q_0..q_L.
+    pub log_q: Vec<u32>,
+    /// Bit sizes of the special primes.
+    pub log_p: Vec<u32>,
+    /// log2 of the scale.
+    pub log_scale: u32,
+    /// Key-switching digits.
+    pub dnum: usize,
+    /// log2(QP) of the chosen set.
+    pub log_qp: f64,
+    /// The table's bound for N at the requested security.
+    pub max_log_qp: u32,
+    /// Security level, in bits.
+    pub security_bits: u32,
+    /// Levels available and used by the adapter.
+    pub levels: usize,
+    /// Levels the adapter consumes.
+    pub depth: usize,
+    /// Predicted output precision, bits.
+    pub predicted_precision_bits: f64,
+    /// Rotation keys the client generates.
+    pub rotation_keys: usize,
+    /// Key switches per query.
+    pub key_switches_per_query: usize,
+    /// Bytes of one switching key as stored (seeded).
+    pub switching_key_bytes: usize,
+    /// Bytes of all evaluation keys as stored (seeded).
+    pub evaluation_key_bytes: usize,
+    /// Bytes of one fresh ciphertext (public-key encryption).
+    pub ciphertext_bytes: usize,
+    /// Ciphertexts uploaded per query.
+    pub query_ciphertexts: usize,
+    /// Ciphertexts downloaded per query (at the output level).
+    pub result_ciphertexts: usize,
+    /// Parameter digest.
+    pub digest: String,
+    /// Candidates tried and why they were refused.
+    pub refused: Vec<String>,
+}
+
+/// A chosen parameter set and its report.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// The parameters.
+    pub params: CkksParams,
+    /// The compiled plan under them.
+    pub plan: Plan,
+    /// Figures.
+    pub report: SelectionReport,
+}
+
+/// Levels an adapter consumes under `options`, independent of N.
+pub fn required_depth(adapter: &Adapter, options: PlanOptions) -> Result<usize> {
+    // A throwaway deep chain (never used to encrypt): only the level bookkeeping matters.
+    let lit = CkksParamsLiteral {
+        log_n: 12,
+        log_q: [vec![50], vec![30; 59]].concat(),
+        log_p: vec![50],
+        log_scale: 30,
+        secret: SecretDistribution::Ternary,
+        dnum: Some(60),
+        security: Security::Unchecked,
+        q: None,
+        p: None,
+    };
+    let probe = CkksParams::from_literal(lit)?;
+    Ok(Plan::compile(adapter, &probe, options)?.depth())
+}
+
+/// Chooses the fastest parameter set (smallest N, then the most special primes that fit)
+/// reaching `req.precision_bits` at `req.security` for `adapter`.
+pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
+    let Some(sec_bits) = req.security.bits() else {
+        return Err(Error::params(
+            "parameter selection needs a security level (128, 192 or 256)",
+        ));
+    };
+    let depth = required_depth(adapter, req.options)?;
+    let mut refused = Vec::new();
+    for log_n in 13u32..=16 {
+        let Some(bound) = max_log_qp(log_n, req.security) else {
+            refused.push(format!(
+                "N = 2^{log_n}: no {sec_bits}-bit entry in the table"
+            ));
+            continue;
+        };
+        if let Some(b) = req.batch {
+            if b > 1 << (log_n - 1) {
+                refused.push(format!(
+                    "N = 2^{log_n}: {b} samples need more than {} slots",
+                    1 << (log_n - 1)
+                ));
+                continue;
+            }
+        }
+        let extra = ((log_n as f64 - 12.0) / 2.0).ceil() as u32;
+        let log_scale = req.precision_bits + 16 + extra; // one bit of margin over the model
+        if log_scale > 50 {
+            return Err(Error::params(format!(
+                "{} bits of precision would need a scale of 2^{log_scale}; at most 2^50 is supported (about {} bits)",
+                req.precision_bits,
+                predicted_precision_bits(50, log_n).floor()
+            )));
+        }
+        let log_scale = log_scale.max(25);
+        let q0 = (log_scale + 10).min(60);
+        let bits_special = q0.max(log_scale);
+        let base = q0 + depth as u32 * log_scale;
+        // most special primes that fit: fewer digits, faster key switching
+        let mut chosen = None;
+        for k in (1..=(depth + 1).min(8)).rev() {
+            let total = base + k as u32 * bits_special;
+            if total < bound {
+                chosen = Some(k);
+                break;
+            }
+        }
+        let Some(k) = chosen else {
+            refused.push(format!(
+                "N = 2^{log_n}: depth {depth} at scale 2^{log_scale} needs log2(QP) >= {} > {bound}",
+                base + bits_special
+            ));
+            continue;
+        };
+        let lit = CkksParamsLiteral {
+            log_n,
+            log_q: [vec![q0], vec![log_scale; depth]].concat(),
+            log_p: vec![bits_special; k],
+            log_scale,
+            secret: SecretDistribution::Ternary,
+            dnum: None,
+            security: req.security,
+            q: None,
+            p: None,
+        };
+        let params = match CkksParams::from_literal(lit) {
+            Ok(p) => p,
+            Err(e) => {
+                refused.push(format!("N = 2^{log_n}: {e}"));
+                continue;
+            }
+        };
+        let plan = Plan::compile(adapter, &params, req.options)?;
+        let report = report_for(&params, &plan, bound, sec_bits, depth, refused.clone());
+        return Ok(Selection {
+            params,
+            plan,
+            report,
+        });
+    }
+    Err(Error::params(format!(
+        "no parameter set up to N = 2^16 reaches {} bits at {sec_bits}-bit security for this adapter (depth {depth}): {}",
+        req.precision_bits,
+        refused.join("; ")
+    )))
+}
+
+/// The report of an existing parameter set for `plan`.
+pub fn report_for(
+    params: &CkksParams,
+    plan: &Plan,
+    bound: u32,
+    sec_bits: u32,
+    depth: usize,
+    refused: Vec<String>,
+) -> SelectionReport {
+    let n = params.n();
+    let top = params.max_level();
+    let k = params.p().len();
+    let digits = params.num_digits();
+    let switching_key_bytes = digits * (top + 1 + k) * n * 8 + 32;
+    let keys = plan.galois_elements().len() + usize::from(plan.needs_relin());
+    let log2 = |v: u64| (v as f64).log2().round() as u32;
+    SelectionReport {
+        log_n: params.log_n(),
+        log_q: params.q().iter().map(|&v| log2(v)).collect(),
+        log_p: params.p().iter().map(|&v| log2(v)).collect(),
+        log_scale: params.default_scale().log2().round() as u32,
+        dnum: params.dnum(),
+        log_qp: params.log_qp(),
+        max_log_qp: bound,
+        security_bits: sec_bits,
+        levels: top,
+        depth,
+        predicted_precision_bits: predicted_precision_bits(
+            params.default_scale().log2().round() as u32,
+            params.log_n(),
+        ),
+        rotation_keys: plan.galois_elements().len(),
+        key_switches_per_query: plan.key_switches(),
+        switching_key_bytes,
+        evaluation_key_bytes: keys * switching_key_bytes,
+        ciphertext_bytes: 2 * (top + 1) * n * 8,
+        query_ciphertexts: plan.input_ciphertexts(),
+        result_ciphertexts: plan.output_ciphertexts(),
+        digest: params.digest_short(),
+        refused,
+    }
+}
+
+impl SelectionReport {
+    /// Human-readable report.
+    pub fn to_text(&self) -> String {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        let mut s = format!(
+            "N = 2^{}  log Q = {:?}  log P = {:?}  scale 2^{}  dnum {}\n\
+             log2(QP) = {:.1} <= {} (HomomorphicEncryption.org, {}-bit, ternary secret)\n\
+             levels {} (adapter uses {}), predicted precision {:.1} bits\n\
+             rotation keys {}, key switches per query {}\n\
+             evaluation keys {:.1} MiB ({:.1} MiB each), ciphertext {:.2} MiB, query {} ciphertext(s), result {} ciphertext(s)\n\
+             digest {}\n",
+            self.log_n,
+            self.log_q,
+            self.log_p,
+            self.log_scale,
+            self.dnum,
+            self.log_qp,
+            self.max_log_qp,
+            self.security_bits,
+            self.levels,
+            self.depth,
+            self.predicted_precision_bits,
+            self.rotation_keys,
+            self.key_switches_per_query,
+            mib(self.evaluation_key_bytes),
+            mib(self.switching_key_bytes),
+            mib(self.ciphertext_bytes),
+            self.query_ciphertexts,
+            self.result_ciphertexts,
+            self.digest
+        );
+        for r in &self.refused {
+            s.push_str(&format!("  refused: {r}\n"));
+        }
+        s
+    }
+}
+
+/// Selection for batch mode with `samples` per query.
+pub fn batch_request(precision_bits: u32, security: Security, samples: usize) -> SelectRequest {
+    SelectRequest {
+        precision_bits,
+        security,
+        options: PlanOptions {
+            mode: Mode::Batch,
+            ..Default::default()
+        },
+        batch: Some(samples),
+    }
+}

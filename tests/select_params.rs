@@ -1,0 +1,106 @@
+//! Parameter selection: secure choices that run, refusals with reasons.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use hepeft::ckks::Security;
+use hepeft::model::{zoo, ActivationFn};
+use hepeft::select::{required_depth, select, SelectRequest};
+use rand::SeedableRng;
+
+#[test]
+fn selects_secure_parameters_with_enough_depth() {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    let lora = zoo::lora_head(&mut rng, 768, 8, 10).unwrap();
+    let s = select(&lora, &SelectRequest::default()).unwrap();
+    println!("{}", s.report.to_text());
+    assert_eq!(s.report.depth, 2);
+    assert_eq!(s.params.log_n(), 13, "a depth-2 head fits N = 2^13");
+    assert!(s.report.log_qp <= s.report.max_log_qp as f64);
+    assert!(s.report.predicted_precision_bits >= 16.0);
+
+    let bottleneck =
+        zoo::bottleneck(&mut rng, 768, 64, ActivationFn::Gelu, 7, (-4.0, 4.0), 100).unwrap();
+    assert_eq!(required_depth(&bottleneck, Default::default()).unwrap(), 7);
+    let s = select(&bottleneck, &SelectRequest::default()).unwrap();
+    println!("{}", s.report.to_text());
+    assert!(s.params.log_n() >= 14);
+    assert_eq!(s.plan.depth(), 7);
+}
+
+#[test]
+fn refuses_what_cannot_be_reached() {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+    let lora = zoo::lora_head(&mut rng, 64, 4, 10).unwrap();
+    // too much precision for a 50-bit scale
+    let err = select(
+        &lora,
+        &SelectRequest {
+            precision_bits: 40,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("precision"), "{err}");
+    // the unchecked opt-out is not a security level
+    let err = select(
+        &lora,
+        &SelectRequest {
+            security: Security::Unchecked,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("security"), "{err}");
+    // 256-bit security with a deep adapter still works, but on a larger ring
+    let s = select(
+        &lora,
+        &SelectRequest {
+            security: Security::Bits256,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(s.params.log_n() >= 14, "{}", s.report.to_text());
+}
+
+#[test]
+fn the_selected_parameters_deliver_the_predicted_precision() {
+    use hepeft::ckks::*;
+    use hepeft::model::reference;
+    use ndarray::ArrayView2;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+    let lora = zoo::lora_head(&mut rng, 768, 8, 10).unwrap();
+    let s = select(&lora, &SelectRequest::default()).unwrap();
+    let (params, plan) = (&s.params, &s.plan);
+    let inputs = zoo::uniform_inputs(&mut rng, &lora, 1);
+    let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
+    let (want, _) = reference::evaluate_batch(&lora, &views).unwrap();
+    let kg = KeyGenerator::new(params);
+    let sk = kg.gen_secret_key(&mut rng);
+    let pk = kg.gen_public_key(&sk, &mut rng).unwrap();
+    let keys = kg
+        .gen_evaluation_keys(&sk, &plan.galois_elements(), plan.needs_relin(), &mut rng)
+        .unwrap();
+    let ev = Evaluator::with_keys(params, std::sync::Arc::new(keys)).unwrap();
+    let enc = Encoder::new(params).unwrap();
+    let q = plan
+        .encrypt_query(&enc, EncryptionKey::Public(&pk), &views, &mut rng)
+        .unwrap();
+    let out = plan.prepare().unwrap().evaluate(&ev, &q).unwrap();
+    let got = plan
+        .decrypt_result(&enc, &Decryptor::new(params, &sk).unwrap(), &out, 1)
+        .unwrap();
+    let max_logit = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want.iter())
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let bits = -(err / max_logit).log2();
+    println!(
+        "selected N = 2^{}: measured {bits:.1} bits, predicted {:.1}",
+        params.log_n(),
+        s.report.predicted_precision_bits
+    );
+    assert!(bits >= 16.0, "measured {bits:.1} bits");
+}
