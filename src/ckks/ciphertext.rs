@@ -34,9 +34,6 @@ impl Plaintext {
     pub fn poly(&self) -> &RnsPoly<Eval> {
         &self.poly
     }
-    pub(crate) fn poly_mut(&mut self) -> &mut RnsPoly<Eval> {
-        &mut self.poly
-    }
 }
 
 /// A CKKS ciphertext `(c_0, c_1[, c_2])` decrypting to `c_0 + c_1·s (+ c_2·s^2)`, with all

@@ -512,33 +512,6 @@ impl Evaluator {
         })
     }
 
-    /// Rotation of a hoisted ciphertext, in the extended basis `Q_l·P` before ModDown:
-    /// returns `(u0, u1)` with `c_0` already folded in (multiplied by `P`). Accumulate several
-    /// of these and call [`Evaluator::mod_down_pair`] once (double hoisting).
-    pub(crate) fn rotate_hoisted_extended(
-        &self,
-        h: &HoistedCiphertext,
-        element: u64,
-    ) -> Result<(RnsPoly<Eval>, RnsPoly<Eval>)> {
-        let key = self.galois_key(element)?;
-        let ring = self.params.ring();
-        let perm = ring.galois_permutation(element);
-        let (mut u0, u1) = keyswitch::inner_product(&self.params, &h.dec, key, Some(&perm));
-        // add P·σ(c0) on the Q limbs (P·x ≡ 0 on the special limbs)
-        let c0 = h.ct.parts()[0].permuted(&perm);
-        let level = h.ct.level();
-        let p_mod_q = self.params.p_mod_q();
-        for i in 0..=level {
-            let m = *ring.table(level, i).modulus();
-            let w = p_mod_q[i];
-            let ws = m.shoup(w);
-            for (x, &y) in u0.limb_mut(i).iter_mut().zip(c0.limb(i)) {
-                *x = m.add(*x, m.mul_shoup(y, w, ws));
-            }
-        }
-        Ok((u0, u1))
-    }
-
     /// ModDown of an extended pair into a ciphertext at `scale`.
     pub(crate) fn mod_down_pair(
         &self,

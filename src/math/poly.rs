@@ -83,22 +83,6 @@ impl<R: Representation> RnsPoly<R> {
         }
     }
 
-    /// Wraps raw limbs. `data.len()` must be `(level + 1 + num_special) * n`.
-    pub(crate) fn from_raw(
-        n: usize,
-        level: usize,
-        num_special: usize,
-        data: Vec<u64>,
-    ) -> Option<Self> {
-        (data.len() == (level + 1 + num_special) * n).then_some(RnsPoly {
-            n,
-            level,
-            num_special,
-            data,
-            _repr: PhantomData,
-        })
-    }
-
     /// Ring degree.
     #[inline]
     pub fn n(&self) -> usize {
@@ -148,10 +132,6 @@ impl<R: Representation> RnsPoly<R> {
     /// Overwrites every word with zero (for secret material).
     pub(crate) fn zeroize_words(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.data);
-    }
-    /// Consumes the polynomial into its raw words.
-    pub(crate) fn into_words(mut self) -> Vec<u64> {
-        std::mem::take(&mut self.data)
     }
 
     /// Runs `f(table, limb, other_limb)` over every limb (in parallel for large polynomials).

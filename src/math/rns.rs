@@ -286,11 +286,8 @@ impl CrtReconstructor {
             let qi = &self.moduli[i];
             // partial = sum_{j<i} d_j * M_j mod q_i
             let mut partial = 0u64;
-            for j in 0..i {
-                partial = qi.add(
-                    partial,
-                    qi.mul(qi.reduce_i64(digits[j]), self.radix_mod[i][j]),
-                );
+            for (d, &m) in digits[..i].iter().zip(&self.radix_mod[i]) {
+                partial = qi.add(partial, qi.mul(qi.reduce_i64(*d), m));
             }
             let d = qi.mul(qi.sub(r[i], partial), self.inv[i]);
             digits[i] = qi.center(d);

@@ -57,7 +57,7 @@ impl Default for PlanOptions {
 /// normalisation folded where allowed).
 #[derive(Clone, Debug)]
 pub(crate) enum StageOp {
-    Input(usize),
+    Input,
     /// `y = W x + b`.
     Dense {
         weight: Array2<f64>,
@@ -170,10 +170,10 @@ impl Plan {
         let top = params.max_level();
         let n_inputs = adapter.inputs().len();
         let mut stages: Vec<Stage> = Vec::new();
-        for (i, spec) in adapter.inputs().iter().enumerate() {
+        for spec in adapter.inputs() {
             stages.push(Stage {
                 name: spec.name.clone(),
-                op: StageOp::Input(i),
+                op: StageOp::Input,
                 inputs: vec![],
                 out_dim: spec.dim,
                 segments: layout::split(spec.dim, slots),
@@ -309,7 +309,7 @@ impl Plan {
                 let s = &self.stages[idx];
                 (s.inputs.clone(), s.op.clone(), s.out_dim)
             };
-            if let StageOp::Input(_) = op {
+            if let StageOp::Input = op {
                 continue;
             }
             let in_level = ins.iter().map(|&i| self.stages[i].level).min().unwrap_or(0);
@@ -324,7 +324,7 @@ impl Plan {
             let mut relin = 0;
             let mut products = 0;
             let (level, segments, kind) = match &op {
-                StageOp::Input(_) => unreachable_input(),
+                StageOp::Input => unreachable_input(),
                 StageOp::Dense { weight, .. } => {
                     let in_segs: Vec<Segment> = ins
                         .iter()

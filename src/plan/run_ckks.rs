@@ -584,6 +584,6 @@ fn stage_batch(ev: &Evaluator, st: &Stage, inputs: &[&Vec<Ciphertext>]) -> Resul
             .collect(),
         StageOp::Add => add_all(ev, inputs, st.in_level),
         StageOp::Concat => Ok(x),
-        StageOp::Input(_) => Err(Error::model("input stage evaluated")),
+        StageOp::Input => Err(Error::model("input stage evaluated")),
     }
 }
