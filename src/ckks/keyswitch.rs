@@ -23,50 +23,74 @@ pub(crate) fn decompose(params: &CkksParams, c: &RnsPoly<Eval>) -> Decomposition
     let coeff: RnsPoly<Coeff> = c.clone().into_coeff(ring);
     let ranges = params.digits(level);
     let raise = |j: usize, range: &std::ops::Range<usize>| {
-        let mut out = RnsPoly::<Eval>::zero(ring, level, true);
+        // every limb is overwritten below
+        let mut out = RnsPoly::<Eval>::dirty(ring, level, true);
         let mu = params.mod_up(level, j);
-        // [x + h]_{Q_j} on the digit primes
-        let shifted: Vec<Vec<u64>> = range
-            .clone()
-            .zip(&mu.src_half)
-            .map(|(i, &h)| {
-                let m = ring.table(level, i).modulus();
-                let mut v = scratch::dirty(ring.n());
-                for (y, &x) in v.iter_mut().zip(coeff.limb(i)) {
-                    *y = m.add(x, h);
-                }
-                v
-            })
-            .collect();
-        let src: Vec<&[u64]> = shifted.iter().map(|v| v.as_slice()).collect();
+        let n = ring.n();
         // Target limb indices: q limbs outside the digit, then every special limb.
         let targets: Vec<usize> = (0..out.num_limbs())
             .filter(|i| !range.contains(i))
             .collect();
-        let n = ring.n();
-        let mut converted = scratch::dirty(targets.len() * n);
-        {
-            let mut outs: Vec<&mut [u64]> = converted.chunks_exact_mut(n).collect();
-            mu.converter.convert(&src, &mut outs);
-        }
-        for ((t, limb), &h) in targets
-            .iter()
-            .zip(converted.chunks_exact_mut(n))
-            .zip(&mu.dst_half)
-        {
-            let table = ring.table(level, *t);
-            let m = table.modulus();
-            for x in limb.iter_mut() {
-                *x = m.sub(*x, h);
+        if range.len() == 1 {
+            // One prime q: the centered digit is x + h - h with h = (q-1)/2, so each target
+            // limb is [x + h]_q reduced into t, minus h mod t: one fused pass per target.
+            let src = coeff.limb(range.start);
+            let ms = *ring.table(level, range.start).modulus();
+            let hs = mu.src_half[0];
+            for (&t, &ht) in targets.iter().zip(&mu.dst_half) {
+                let table = ring.table(level, t);
+                let m = *table.modulus();
+                let dst = out.limb_mut(t);
+                if ms.value() <= m.value() {
+                    for (y, &x) in dst.iter_mut().zip(src) {
+                        *y = m.sub(ms.add(x, hs), ht);
+                    }
+                } else {
+                    for (y, &x) in dst.iter_mut().zip(src) {
+                        *y = m.sub(m.reduce(ms.add(x, hs)), ht);
+                    }
+                }
+                table.forward(dst);
             }
-            table.forward(limb);
-            out.limb_mut(*t).copy_from_slice(limb);
+        } else {
+            // [x + h]_{Q_j} on the digit primes, converted, minus h on the targets
+            let shifted: Vec<Vec<u64>> = range
+                .clone()
+                .zip(&mu.src_half)
+                .map(|(i, &h)| {
+                    let m = ring.table(level, i).modulus();
+                    let mut v = scratch::dirty(n);
+                    for (y, &x) in v.iter_mut().zip(coeff.limb(i)) {
+                        *y = m.add(x, h);
+                    }
+                    v
+                })
+                .collect();
+            let src: Vec<&[u64]> = shifted.iter().map(|v| v.as_slice()).collect();
+            let mut converted = scratch::dirty(targets.len() * n);
+            {
+                let mut outs: Vec<&mut [u64]> = converted.chunks_exact_mut(n).collect();
+                mu.converter.convert(&src, &mut outs);
+            }
+            for ((t, limb), &h) in targets
+                .iter()
+                .zip(converted.chunks_exact(n))
+                .zip(&mu.dst_half)
+            {
+                let table = ring.table(level, *t);
+                let m = table.modulus();
+                let dst = out.limb_mut(*t);
+                for (y, &x) in dst.iter_mut().zip(limb) {
+                    *y = m.sub(x, h);
+                }
+                table.forward(dst);
+            }
+            scratch::recycle(converted);
+            shifted.into_iter().for_each(scratch::recycle);
         }
         for i in range.clone() {
             out.limb_mut(i).copy_from_slice(c.limb(i));
         }
-        scratch::recycle(converted);
-        shifted.into_iter().for_each(scratch::recycle);
         out
     };
     let work = ranges.len() * (level + 1 + ring.p_tables().len()) * ring.n();

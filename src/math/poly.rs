@@ -83,6 +83,20 @@ impl<R: Representation> RnsPoly<R> {
         }
     }
 
+    /// A polynomial whose words are unspecified (reused buffers): for callers that
+    /// overwrite every limb.
+    pub(crate) fn dirty(ring: &RingContext, level: usize, extended: bool) -> Self {
+        let num_special = if extended { ring.p_tables().len() } else { 0 };
+        let n = ring.n();
+        RnsPoly {
+            n,
+            level,
+            num_special,
+            data: scratch::dirty((level + 1 + num_special) * n),
+            _repr: PhantomData,
+        }
+    }
+
     /// Ring degree.
     #[inline]
     pub fn n(&self) -> usize {
