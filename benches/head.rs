@@ -1,0 +1,104 @@
+//! Whole adapter heads, server side: one encrypted query evaluated by a prepared plan, with
+//! one and two threads. Run: `cargo bench --bench head`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use hepeft::ckks::{CkksParams, Encoder, EncryptionKey, Evaluator, KeyGenerator};
+use hepeft::model::{zoo, Activation, ActivationFn, AdapterBuilder, Op};
+use hepeft::plan::{Plan, PlanOptions};
+use ndarray::ArrayView2;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// 768 -> 64 -> (0.5 t + 0.25 t^2) -> 100: the head the SEAL/OpenFHE peer figures use.
+fn square_mlp(rng: &mut ChaCha20Rng) -> hepeft::Result<hepeft::model::Adapter> {
+    let mut m = |r: usize, c: usize| {
+        ndarray::Array2::from_shape_simple_fn((r, c), || {
+            rng.random_range(-1.0..1.0) / (c as f64).sqrt()
+        })
+    };
+    let (w1, w2) = (m(64, 768), m(100, 64));
+    let mut b = AdapterBuilder::new();
+    let x = b.input("x", 768)?;
+    let h = b.node(
+        "down",
+        Op::Linear {
+            weight: w1,
+            bias: None,
+        },
+        &[x],
+    )?;
+    let a = b.node(
+        "act",
+        Op::Poly(Activation::from_power_coeffs(&[0.0, 0.5, 0.25], -4.0, 4.0)?),
+        &[h],
+    )?;
+    b.node(
+        "head",
+        Op::Linear {
+            weight: w2,
+            bias: None,
+        },
+        &[a],
+    )?;
+    b.build()
+}
+
+fn bench_heads(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let cases: Vec<(&str, hepeft::model::Adapter, &str)> = vec![
+        (
+            "lowrank_384_8_10",
+            zoo::lora_head(&mut rng, 384, 8, 10).expect("adapter"),
+            "CKKS_N13_QP200_128",
+        ),
+        (
+            "square_mlp_768_64_100",
+            square_mlp(&mut rng).expect("adapter"),
+            "CKKS_N14_QP430_128",
+        ),
+        (
+            "bottleneck_768_64_gelu7_100",
+            zoo::bottleneck(&mut rng, 768, 64, ActivationFn::Gelu, 7, (-4.0, 4.0), 100)
+                .expect("adapter"),
+            "CKKS_N14_QP430_128",
+        ),
+    ];
+    let mut g = c.benchmark_group("head");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for (name, adapter, preset) in cases {
+        let params = CkksParams::preset(preset).expect("preset");
+        let plan = Plan::compile(&adapter, &params, PlanOptions::default()).expect("plan");
+        let kg = KeyGenerator::new(&params);
+        let sk = kg.gen_secret_key(&mut rng);
+        let pk = kg.gen_public_key(&sk, &mut rng).expect("pk");
+        let keys = kg
+            .gen_evaluation_keys(&sk, &plan.galois_elements(), plan.needs_relin(), &mut rng)
+            .expect("keys");
+        let ev = Evaluator::with_keys(&params, Arc::new(keys)).expect("evaluator");
+        let enc = Encoder::new(&params).expect("encoder");
+        let inputs = zoo::uniform_inputs(&mut rng, &adapter, 1);
+        let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
+        let query = plan
+            .encrypt_query(&enc, EncryptionKey::Public(&pk), &views, &mut rng)
+            .expect("query");
+        let prepared = plan.prepare().expect("prepare");
+        for threads in [1usize, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            g.bench_function(format!("{name}/{preset}/threads{threads}"), |b| {
+                b.iter(|| pool.install(|| prepared.evaluate(&ev, black_box(&query))))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_heads);
+criterion_main!(benches);
