@@ -11,6 +11,7 @@ use super::ciphertext::{Ciphertext, Plaintext};
 use super::encoding::Encoder;
 use super::eval::Evaluator;
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 /// A transform with `K` diagonals, encoded for one level.
 #[derive(Debug, Clone)]
@@ -111,17 +112,24 @@ impl LinearTransform {
             .map(|a| self.plain.iter().any(|row| row[a].is_some()))
             .collect();
         let hoisted = ev.hoist(x)?;
-        let baby: Vec<Option<Ciphertext>> = (0..g)
-            .map(|a| {
-                if needed[a] {
-                    ev.rotate_hoisted(&hoisted, a as i64).map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect::<Result<_>>()?;
-        let mut acc: Option<Ciphertext> = None;
-        for (b, row) in self.plain.iter().enumerate() {
+        let parallel = rayon::current_num_threads() > 1;
+        let rotate_baby = |a: usize| {
+            if needed[a] {
+                ev.rotate_hoisted(&hoisted, a as i64).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let baby: Vec<Option<Ciphertext>> = if parallel {
+            (0..g)
+                .into_par_iter()
+                .map(rotate_baby)
+                .collect::<Result<_>>()?
+        } else {
+            (0..g).map(rotate_baby).collect::<Result<_>>()?
+        };
+        // one giant step: the inner sum for row b, rotated by g*b
+        let giant = |(b, row): (usize, &Vec<Option<Plaintext>>)| -> Result<Option<Ciphertext>> {
             let mut inner: Option<Ciphertext> = None;
             for (a, p) in row.iter().enumerate() {
                 let (Some(p), Some(xr)) = (p, &baby[a]) else {
@@ -133,15 +141,29 @@ impl LinearTransform {
                     None => inner = Some(prod),
                 }
             }
-            let Some(inner) = inner else { continue };
-            let rotated = if b == 0 {
-                inner
-            } else {
-                ev.rotate(&inner, (b * g) as i64)?
-            };
+            match inner {
+                Some(inner) if b > 0 => ev.rotate(&inner, (b * g) as i64).map(Some),
+                other => Ok(other),
+            }
+        };
+        let parts: Vec<Option<Ciphertext>> = if parallel {
+            self.plain
+                .par_iter()
+                .enumerate()
+                .map(giant)
+                .collect::<Result<_>>()?
+        } else {
+            self.plain
+                .iter()
+                .enumerate()
+                .map(giant)
+                .collect::<Result<_>>()?
+        };
+        let mut acc: Option<Ciphertext> = None;
+        for part in parts.into_iter().flatten() {
             match acc.as_mut() {
-                Some(s) => ev.add_assign(s, &rotated)?,
-                None => acc = Some(rotated),
+                Some(s) => ev.add_assign(s, &part)?,
+                None => acc = Some(part),
             }
         }
         acc.ok_or_else(|| Error::InvalidValue {
