@@ -14,14 +14,14 @@ fn fit_errors_measured() {
     // (function, interval, degree, bound). Bounds are the measured errors rounded up
     // (measured values in the comments, 2001 samples).
     let cases = [
-        (ActivationFn::Gelu, (-4.0, 4.0), 3, 0.45),     // measured 0.425
-        (ActivationFn::Gelu, (-4.0, 4.0), 7, 0.06),     // measured 0.0522
-        (ActivationFn::Gelu, (-4.0, 4.0), 15, 3e-4),    // measured 2.40e-4
-        (ActivationFn::Gelu, (-4.0, 4.0), 31, 1e-10),   // measured 7.6e-11
-        (ActivationFn::Tanh, (-5.0, 5.0), 15, 0.01),    // measured 8.87e-3
+        (ActivationFn::Gelu, (-4.0, 4.0), 3, 0.45), // measured 0.425
+        (ActivationFn::Gelu, (-4.0, 4.0), 7, 0.06), // measured 0.0522
+        (ActivationFn::Gelu, (-4.0, 4.0), 15, 3e-4), // measured 2.40e-4
+        (ActivationFn::Gelu, (-4.0, 4.0), 31, 1e-10), // measured 7.6e-11
+        (ActivationFn::Tanh, (-5.0, 5.0), 15, 0.01), // measured 8.87e-3
         (ActivationFn::Sigmoid, (-8.0, 8.0), 9, 0.015), // measured 0.0134
-        (ActivationFn::Silu, (-6.0, 6.0), 7, 0.08),     // measured 0.0722
-        (ActivationFn::Relu, (-1.0, 1.0), 15, 0.035),   // measured 0.0314
+        (ActivationFn::Silu, (-6.0, 6.0), 7, 0.08), // measured 0.0722
+        (ActivationFn::Relu, (-1.0, 1.0), 15, 0.035), // measured 0.0314
     ];
     for (f, (lo, hi), d, bound) in cases {
         let a = Activation::fit(f, lo, hi, d).unwrap();
@@ -37,7 +37,12 @@ fn fit_errors_measured() {
 fn gelu_error_decreases_with_degree() {
     let errs: Vec<f64> = [3, 7, 15, 31]
         .iter()
-        .map(|&d| Activation::fit(ActivationFn::Gelu, -4.0, 4.0, d).unwrap().max_fit_error(1001).unwrap())
+        .map(|&d| {
+            Activation::fit(ActivationFn::Gelu, -4.0, 4.0, d)
+                .unwrap()
+                .max_fit_error(1001)
+                .unwrap()
+        })
         .collect();
     for w in errs.windows(2) {
         assert!(w[1] < w[0] / 5.0, "errors {errs:?}");
@@ -60,7 +65,10 @@ fn square_and_identity_are_exact() {
     let sq = Activation::fit(ActivationFn::Square, -3.0, 5.0, 7).unwrap();
     assert_eq!(sq.degree(), 2);
     assert!(sq.max_fit_error(1001).unwrap() < 1e-12);
-    assert!((sq.eval(11.0) - 121.0).abs() < 1e-10, "exact even outside the interval");
+    assert!(
+        (sq.eval(11.0) - 121.0).abs() < 1e-10,
+        "exact even outside the interval"
+    );
     let id = Activation::fit(ActivationFn::Identity, -1.0, 3.0, 5).unwrap();
     assert_eq!(id.degree(), 1);
     assert!((id.eval(-7.5) + 7.5).abs() < 1e-12);
@@ -136,11 +144,22 @@ fn rejects_bad_arguments() {
         Activation::from_power_coeffs(&[1.0], -1.0, 1.0),
         Activation::from_power_coeffs(&[], -1.0, 1.0),
         Activation::from_power_coeffs(&[0.0, f64::NAN], -1.0, 1.0),
-        Activation::from_power_coeffs(&[0.0; 66].iter().chain([1.0].iter()).copied().collect::<Vec<_>>(), -1.0, 1.0),
+        Activation::from_power_coeffs(
+            &[0.0; 66]
+                .iter()
+                .chain([1.0].iter())
+                .copied()
+                .collect::<Vec<_>>(),
+            -1.0,
+            1.0,
+        ),
         Activation::from_chebyshev(vec![1.0], -1.0, 1.0),
     ];
     for (i, r) in bad.into_iter().enumerate() {
-        assert!(matches!(r, Err(Error::InvalidValue { .. })), "case {i}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::InvalidValue { .. })),
+            "case {i}: {r:?}"
+        );
     }
     assert!(Activation::fit(ActivationFn::Gelu, -1.0, 1.0, 63).is_ok());
     let fit = Activation::fit(ActivationFn::Sigmoid, -1.0, 1.0, 3).unwrap();

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use hepeft::model::load::{
-    features_from_npy_bytes, load_card, load_features_npy, save_adapter, save_features_npy, ModelCard,
-    PeftLora, TensorStore, MAX_CARD_BYTES,
+    features_from_npy_bytes, load_card, load_features_npy, save_adapter, save_features_npy,
+    ModelCard, PeftLora, TensorStore, MAX_CARD_BYTES,
 };
 use hepeft::model::{evaluate, evaluate_batch, zoo, ActivationFn, Adapter, Op};
 use hepeft::Error;
@@ -24,15 +24,30 @@ struct Raw {
 }
 
 fn f32s(shape: &[usize], v: &[f64]) -> Raw {
-    Raw { dtype: Dtype::F32, shape: shape.to_vec(), bytes: v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect() }
+    Raw {
+        dtype: Dtype::F32,
+        shape: shape.to_vec(),
+        bytes: v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+    }
 }
 fn f64s(shape: &[usize], v: &[f64]) -> Raw {
-    Raw { dtype: Dtype::F64, shape: shape.to_vec(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+    Raw {
+        dtype: Dtype::F64,
+        shape: shape.to_vec(),
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
 }
 /// BF16 by truncation (the test values are exactly representable).
 fn bf16s(shape: &[usize], v: &[f64]) -> Raw {
-    let bytes = v.iter().flat_map(|x| (((*x as f32).to_bits() >> 16) as u16).to_le_bytes()).collect();
-    Raw { dtype: Dtype::BF16, shape: shape.to_vec(), bytes }
+    let bytes = v
+        .iter()
+        .flat_map(|x| (((*x as f32).to_bits() >> 16) as u16).to_le_bytes())
+        .collect();
+    Raw {
+        dtype: Dtype::BF16,
+        shape: shape.to_vec(),
+        bytes,
+    }
 }
 /// F16 for small integers and halves, encoded by hand.
 fn f16s(shape: &[usize], v: &[f64]) -> Raw {
@@ -46,13 +61,22 @@ fn f16s(shape: &[usize], v: &[f64]) -> Raw {
         let mant = ((a / 2f64.powi(e) - 1.0) * 1024.0).round() as u16;
         sign | (((e + 15) as u16) << 10) | mant
     };
-    Raw { dtype: Dtype::F16, shape: shape.to_vec(), bytes: v.iter().flat_map(|x| enc(*x).to_le_bytes()).collect() }
+    Raw {
+        dtype: Dtype::F16,
+        shape: shape.to_vec(),
+        bytes: v.iter().flat_map(|x| enc(*x).to_le_bytes()).collect(),
+    }
 }
 
 fn serialize(tensors: &[(&str, Raw)]) -> Vec<u8> {
     let views: Vec<(&str, TensorView)> = tensors
         .iter()
-        .map(|(n, r)| (*n, TensorView::new(r.dtype, r.shape.clone(), &r.bytes).unwrap()))
+        .map(|(n, r)| {
+            (
+                *n,
+                TensorView::new(r.dtype, r.shape.clone(), &r.bytes).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, None::<HashMap<String, String>>).unwrap()
 }
@@ -92,13 +116,32 @@ fn assert_adapters_close(a: &Adapter, b: &Adapter) {
     assert_eq!(a.inputs(), b.inputs());
     assert_eq!(a.nodes().len(), b.nodes().len());
     for (m, n) in a.nodes().iter().zip(b.nodes()) {
-        assert_eq!((&m.name, &m.inputs, m.out_dim), (&n.name, &n.inputs, n.out_dim));
+        assert_eq!(
+            (&m.name, &m.inputs, m.out_dim),
+            (&n.name, &n.inputs, n.out_dim)
+        );
         match (&m.op, &n.op) {
             (Op::Poly(p), Op::Poly(q)) => {
-                assert_eq!((p.func, p.lo, p.hi, p.cheb.len()), (q.func, q.lo, q.hi, q.cheb.len()));
-                assert!(p.cheb.iter().zip(&q.cheb).all(|(x, y)| close(*x, *y)), "{:?} vs {:?}", p.cheb, q.cheb);
+                assert_eq!(
+                    (p.func, p.lo, p.hi, p.cheb.len()),
+                    (q.func, q.lo, q.hi, q.cheb.len())
+                );
+                assert!(
+                    p.cheb.iter().zip(&q.cheb).all(|(x, y)| close(*x, *y)),
+                    "{:?} vs {:?}",
+                    p.cheb,
+                    q.cheb
+                );
             }
-            (Op::LowRank { a, b, scale, bias }, Op::LowRank { a: a2, b: b2, scale: s2, bias: bias2 }) => {
+            (
+                Op::LowRank { a, b, scale, bias },
+                Op::LowRank {
+                    a: a2,
+                    b: b2,
+                    scale: s2,
+                    bias: bias2,
+                },
+            ) => {
                 assert_eq!((a, b, bias), (a2, b2, bias2));
                 assert!(close(*scale, *s2));
             }
@@ -177,7 +220,14 @@ fn hand_weights() -> Vec<u8> {
         ("lora.a", f16s(&[1, 2], &[1.0, 0.5])),
         ("lora.b", f32s(&[2, 1], &[1.0, -2.0])),
         ("lora.bias", f32s(&[2], &[0.25, 0.25])),
-        ("unused.int", Raw { dtype: Dtype::I32, shape: vec![1], bytes: 7i32.to_le_bytes().to_vec() }),
+        (
+            "unused.int",
+            Raw {
+                dtype: Dtype::I32,
+                shape: vec![1],
+                bytes: 7i32.to_le_bytes().to_vec(),
+            },
+        ),
     ])
 }
 
@@ -200,7 +250,12 @@ fn hand_written_card_matches_hand_computation() {
     // The same card in JSON.
     let card = ModelCard::from_toml_str(CARD).unwrap();
     let json_path = dir.path().join("card.json");
-    write(&json_path, card.to_string(hepeft::model::load::CardFormat::Json).unwrap().as_bytes());
+    write(
+        &json_path,
+        card.to_string(hepeft::model::load::CardFormat::Json)
+            .unwrap()
+            .as_bytes(),
+    );
     for path in [&toml_path, &json_path] {
         let adapter = load_card(path).unwrap();
         assert_eq!(adapter.output_dim(), 3);
@@ -219,22 +274,72 @@ fn hand_written_card_matches_hand_computation() {
 fn card_errors_are_reported() {
     let store = TensorStore::from_bytes(&hand_weights()).unwrap();
     assert!(store.names().contains(&"unused.int"));
-    assert!(matches!(store.matrix("unused.int"), Err(Error::Model { reason }) if reason.contains("I32")));
-    assert!(matches!(store.vector("down.weight"), Err(Error::Model { .. })), "2-D as vector");
+    assert!(
+        matches!(store.matrix("unused.int"), Err(Error::Model { reason }) if reason.contains("I32"))
+    );
+    assert!(
+        matches!(store.vector("down.weight"), Err(Error::Model { .. })),
+        "2-D as vector"
+    );
     let edit = |from: &str, to: &str| ModelCard::from_toml_str(&CARD.replacen(from, to, 1));
-    let build = |card: hepeft::Result<ModelCard>| card.and_then(|c| c.to_adapter(Some(&store), None));
+    let build =
+        |card: hepeft::Result<ModelCard>| card.and_then(|c| c.to_adapter(Some(&store), None));
     assert!(build(edit("version = 1", "version = 2")).is_err());
-    assert!(matches!(edit("factor = -1", "factr = -1"), Err(Error::Format { .. })), "unknown field");
-    assert!(matches!(edit("op = \"affine\"", "op = \"layernorm\""), Err(Error::Format { .. })));
-    assert!(matches!(build(edit("bias = \"down.bias\"", "factor = 2")), Err(Error::Model { reason }) if reason.contains("factor")));
-    assert!(matches!(build(edit("\"down.weight\"", "\"nope\"")), Err(Error::Model { reason }) if reason.contains("nope")));
-    assert!(matches!(build(edit("inputs = [\"act\", \"lora\"]", "inputs = [\"act\", \"out\"]")), Err(Error::Model { .. })), "forward ref");
-    assert!(matches!(build(edit("alpha = 4", "alpha = 4\nscale = 1.0")), Err(Error::Model { .. })));
-    assert!(matches!(build(edit("coeffs = [0.25, 0.5, 0.125]", "func = \"gelu\"")), Err(Error::Model { .. })), "func without degree");
-    assert!(build(edit("coeffs = [0.25, 0.5, 0.125]", "func = \"gelu\"\ndegree = 5")).is_ok());
-    assert!(matches!(build(edit("\"ln.weight\"", "\"down.weight\"")), Err(Error::Model { .. })));
-    assert!(matches!(edit("[-4.0, 4.0]", "[4.0, -4.0]").and_then(|c| c.to_adapter(Some(&store), None)), Err(Error::InvalidValue { .. })));
-    assert!(ModelCard::from_toml_str(CARD).unwrap().to_adapter(None, None).is_err(), "no weights");
+    assert!(
+        matches!(edit("factor = -1", "factr = -1"), Err(Error::Format { .. })),
+        "unknown field"
+    );
+    assert!(matches!(
+        edit("op = \"affine\"", "op = \"layernorm\""),
+        Err(Error::Format { .. })
+    ));
+    assert!(
+        matches!(build(edit("bias = \"down.bias\"", "factor = 2")), Err(Error::Model { reason }) if reason.contains("factor"))
+    );
+    assert!(
+        matches!(build(edit("\"down.weight\"", "\"nope\"")), Err(Error::Model { reason }) if reason.contains("nope"))
+    );
+    assert!(
+        matches!(
+            build(edit(
+                "inputs = [\"act\", \"lora\"]",
+                "inputs = [\"act\", \"out\"]"
+            )),
+            Err(Error::Model { .. })
+        ),
+        "forward ref"
+    );
+    assert!(matches!(
+        build(edit("alpha = 4", "alpha = 4\nscale = 1.0")),
+        Err(Error::Model { .. })
+    ));
+    assert!(
+        matches!(
+            build(edit("coeffs = [0.25, 0.5, 0.125]", "func = \"gelu\"")),
+            Err(Error::Model { .. })
+        ),
+        "func without degree"
+    );
+    assert!(build(edit(
+        "coeffs = [0.25, 0.5, 0.125]",
+        "func = \"gelu\"\ndegree = 5"
+    ))
+    .is_ok());
+    assert!(matches!(
+        build(edit("\"ln.weight\"", "\"down.weight\"")),
+        Err(Error::Model { .. })
+    ));
+    assert!(matches!(
+        edit("[-4.0, 4.0]", "[4.0, -4.0]").and_then(|c| c.to_adapter(Some(&store), None)),
+        Err(Error::InvalidValue { .. })
+    ));
+    assert!(
+        ModelCard::from_toml_str(CARD)
+            .unwrap()
+            .to_adapter(None, None)
+            .is_err(),
+        "no weights"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let yaml = dir.path().join("card.yaml");
@@ -242,23 +347,36 @@ fn card_errors_are_reported() {
     assert!(matches!(load_card(&yaml), Err(Error::Format { .. })));
     let big = dir.path().join("big.toml");
     write(&big, &vec![b'#'; MAX_CARD_BYTES as usize + 1]);
-    assert!(matches!(load_card(&big), Err(Error::Format { reason, .. }) if reason.contains("limit")));
+    assert!(
+        matches!(load_card(&big), Err(Error::Format { reason, .. }) if reason.contains("limit"))
+    );
     let missing_weights = dir.path().join("card.toml");
     write(&missing_weights, CARD.as_bytes());
     assert!(matches!(load_card(&missing_weights), Err(Error::Io { .. })));
-    assert!(matches!(load_card(dir.path().join("absent.toml")), Err(Error::Io { .. })));
+    assert!(matches!(
+        load_card(dir.path().join("absent.toml")),
+        Err(Error::Io { .. })
+    ));
 
     // A NaN weight is refused with the tensor's name.
     let nan = serialize(&[("w", f32s(&[1, 1], &[f64::NAN]))]);
     let store = TensorStore::from_bytes(&nan).unwrap();
-    assert!(matches!(store.matrix("w"), Err(Error::InvalidValue { context, .. }) if context.contains("'w'")));
+    assert!(
+        matches!(store.matrix("w"), Err(Error::InvalidValue { context, .. }) if context.contains("'w'"))
+    );
 }
 
 #[test]
 fn malformed_safetensors_are_errors() {
     let good = hand_weights();
     for cut in [0, 4, 8, 20, good.len() / 2, good.len() - 1] {
-        assert!(matches!(TensorStore::from_bytes(&good[..cut]), Err(Error::Format { .. })), "cut at {cut}");
+        assert!(
+            matches!(
+                TensorStore::from_bytes(&good[..cut]),
+                Err(Error::Format { .. })
+            ),
+            "cut at {cut}"
+        );
     }
     // A header length far beyond the buffer.
     let mut huge = u64::MAX.to_le_bytes().to_vec();
@@ -279,22 +397,47 @@ fn peft_config(extra: &str) -> String {
 fn peft_weights() -> Vec<u8> {
     serialize(&[
         // With prefix and adapter name, F32.
-        ("base_model.model.encoder.query.lora_A.default.weight", f32s(&[2, 3], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0])),
-        ("base_model.model.encoder.query.lora_B.default.weight", f32s(&[3, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0])),
+        (
+            "base_model.model.encoder.query.lora_A.default.weight",
+            f32s(&[2, 3], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        ),
+        (
+            "base_model.model.encoder.query.lora_B.default.weight",
+            f32s(&[3, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]),
+        ),
         // Without prefix or adapter name, F16 / BF16, rank 4 through rank_pattern.
-        ("pooler.dense.lora_A.weight", f16s(&[4, 3], &[1.0, 0.5, -0.5, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, -1.0])),
-        ("pooler.dense.lora_B.weight", bf16s(&[2, 4], &[1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 0.0, -0.25])),
+        (
+            "pooler.dense.lora_A.weight",
+            f16s(
+                &[4, 3],
+                &[1.0, 0.5, -0.5, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+            ),
+        ),
+        (
+            "pooler.dense.lora_B.weight",
+            bf16s(&[2, 4], &[1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 0.0, -0.25]),
+        ),
         // Not LoRA: kept aside.
-        ("base_model.model.classifier.modules_to_save.default.weight", f32s(&[2, 3], &[0.0; 6])),
+        (
+            "base_model.model.classifier.modules_to_save.default.weight",
+            f32s(&[2, 3], &[0.0; 6]),
+        ),
     ])
 }
 
 #[test]
 fn peft_lora_loads_with_normalised_names() {
-    let cfg = peft_config(r#", "rank_pattern": {"pooler.dense": 4}, "alpha_pattern": {"dense": 2}"#);
+    let cfg =
+        peft_config(r#", "rank_pattern": {"pooler.dense": 4}, "alpha_pattern": {"dense": 2}"#);
     let peft = PeftLora::from_bytes(&peft_weights(), &cfg).unwrap();
-    assert_eq!(peft.modules.keys().collect::<Vec<_>>(), ["encoder.query", "pooler.dense"]);
-    assert_eq!(peft.other_tensors, ["base_model.model.classifier.modules_to_save.default.weight"]);
+    assert_eq!(
+        peft.modules.keys().collect::<Vec<_>>(),
+        ["encoder.query", "pooler.dense"]
+    );
+    assert_eq!(
+        peft.other_tensors,
+        ["base_model.model.classifier.modules_to_save.default.weight"]
+    );
     let q = peft.get("base_model.model.encoder.query").unwrap();
     assert_eq!((q.rank(), q.in_dim(), q.out_dim(), q.scale), (2, 3, 3, 4.0));
     assert_eq!(q.b, arr2(&[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]));
@@ -302,23 +445,40 @@ fn peft_lora_loads_with_normalised_names() {
     assert_eq!((p.rank(), p.scale), (4, 0.5)); // alpha 2 / r 4
     assert_eq!(p.a.row(0), arr1(&[1.0, 0.5, -0.5]));
     assert_eq!(p.b.row(1), arr1(&[0.0, 1.0, 0.0, -0.25]));
-    assert!(matches!(peft.get("classifier"), Err(Error::Model { reason }) if reason.contains("encoder.query")));
+    assert!(
+        matches!(peft.get("classifier"), Err(Error::Model { reason }) if reason.contains("encoder.query"))
+    );
 
     // rsLoRA: alpha / sqrt(r).
-    let rs = PeftLora::from_bytes(&peft_weights(), &peft_config(r#", "use_rslora": true, "rank_pattern": {"pooler.dense": 4}"#)).unwrap();
+    let rs = PeftLora::from_bytes(
+        &peft_weights(),
+        &peft_config(r#", "use_rslora": true, "rank_pattern": {"pooler.dense": 4}"#),
+    )
+    .unwrap();
     assert!((rs.get("encoder.query").unwrap().scale - 8.0 / 2f64.sqrt()).abs() < 1e-15);
     assert!((rs.get("pooler.dense").unwrap().scale - 4.0).abs() < 1e-15);
 
     // Without the rank_pattern, the rank-4 module contradicts r = 2.
-    assert!(matches!(PeftLora::from_bytes(&peft_weights(), &peft_config("")), Err(Error::Model { reason }) if reason.contains("rank")));
+    assert!(
+        matches!(PeftLora::from_bytes(&peft_weights(), &peft_config("")), Err(Error::Model { reason }) if reason.contains("rank"))
+    );
 }
 
 #[test]
 fn card_uses_peft_module() {
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("adapter_model.safetensors"), &peft_weights());
-    write(&dir.path().join("adapter_config.json"), peft_config(r#", "rank_pattern": {"pooler.dense": 4}"#).as_bytes());
-    let head = serialize(&[("head.weight", f64s(&[3, 3], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]))]);
+    write(
+        &dir.path().join("adapter_model.safetensors"),
+        &peft_weights(),
+    );
+    write(
+        &dir.path().join("adapter_config.json"),
+        peft_config(r#", "rank_pattern": {"pooler.dense": 4}"#).as_bytes(),
+    );
+    let head = serialize(&[(
+        "head.weight",
+        f64s(&[3, 3], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]),
+    )]);
     write(&dir.path().join("head.safetensors"), &head);
     let card = r#"{
         "version": 1,
@@ -345,7 +505,10 @@ fn card_uses_peft_module() {
         c
     });
     let store = TensorStore::from_bytes(&head).unwrap();
-    assert!(matches!(no_peft.unwrap().to_adapter(Some(&store), None), Err(Error::Model { .. })));
+    assert!(matches!(
+        no_peft.unwrap().to_adapter(Some(&store), None),
+        Err(Error::Model { .. })
+    ));
     // PeftLora::load_dir finds the standard file names.
     assert_eq!(PeftLora::load_dir(dir.path()).unwrap().modules.len(), 2);
 }
@@ -354,33 +517,60 @@ fn card_uses_peft_module() {
 fn peft_errors() {
     let cfg = peft_config(r#", "rank_pattern": {"pooler.dense": 4}"#);
     let only_a = serialize(&[("m.lora_A.weight", f32s(&[1, 2], &[1.0, 1.0]))]);
-    assert!(matches!(PeftLora::from_bytes(&only_a, &cfg), Err(Error::Model { reason }) if reason.contains("lora_B")));
+    assert!(
+        matches!(PeftLora::from_bytes(&only_a, &cfg), Err(Error::Model { reason }) if reason.contains("lora_B"))
+    );
     let dup = serialize(&[
         ("base_model.model.m.lora_A.weight", f32s(&[2, 2], &[1.0; 4])),
         ("m.lora_A.weight", f32s(&[2, 2], &[1.0; 4])),
         ("m.lora_B.weight", f32s(&[2, 2], &[1.0; 4])),
     ]);
-    assert!(matches!(PeftLora::from_bytes(&dup, &cfg), Err(Error::Model { reason }) if reason.contains("both")));
+    assert!(
+        matches!(PeftLora::from_bytes(&dup, &cfg), Err(Error::Model { reason }) if reason.contains("both"))
+    );
     let two_adapters = serialize(&[
         ("m.lora_A.default.weight", f32s(&[2, 2], &[1.0; 4])),
         ("m.lora_B.default.weight", f32s(&[2, 2], &[1.0; 4])),
         ("n.lora_A.other.weight", f32s(&[2, 2], &[1.0; 4])),
         ("n.lora_B.other.weight", f32s(&[2, 2], &[1.0; 4])),
     ]);
-    assert!(matches!(PeftLora::from_bytes(&two_adapters, &cfg), Err(Error::Model { reason }) if reason.contains("several")));
+    assert!(
+        matches!(PeftLora::from_bytes(&two_adapters, &cfg), Err(Error::Model { reason }) if reason.contains("several"))
+    );
     let conv = serialize(&[
         ("c.lora_A.weight", f32s(&[2, 1, 1, 1], &[1.0; 2])),
         ("c.lora_B.weight", f32s(&[1, 2], &[1.0; 2])),
     ]);
-    assert!(matches!(PeftLora::from_bytes(&conv, &cfg), Err(Error::Model { .. })));
+    assert!(matches!(
+        PeftLora::from_bytes(&conv, &cfg),
+        Err(Error::Model { .. })
+    ));
     let none = serialize(&[("w", f32s(&[1], &[1.0]))]);
-    assert!(matches!(PeftLora::from_bytes(&none, &cfg), Err(Error::Model { .. })));
+    assert!(matches!(
+        PeftLora::from_bytes(&none, &cfg),
+        Err(Error::Model { .. })
+    ));
     let w = peft_weights();
-    assert!(matches!(PeftLora::from_bytes(&w, &peft_config(r#", "use_dora": true"#)), Err(Error::Model { .. })));
-    assert!(matches!(PeftLora::from_bytes(&w, r#"{"r": 2}"#), Err(Error::Format { .. })));
-    assert!(matches!(PeftLora::from_bytes(&w, "not json"), Err(Error::Format { .. })));
-    assert!(matches!(PeftLora::from_bytes(&w, r#"{"peft_type": "IA3", "r": 2, "lora_alpha": 1}"#), Err(Error::Model { .. })));
-    assert!(matches!(PeftLora::from_bytes(&w[..w.len() - 3], &cfg), Err(Error::Format { .. })));
+    assert!(matches!(
+        PeftLora::from_bytes(&w, &peft_config(r#", "use_dora": true"#)),
+        Err(Error::Model { .. })
+    ));
+    assert!(matches!(
+        PeftLora::from_bytes(&w, r#"{"r": 2}"#),
+        Err(Error::Format { .. })
+    ));
+    assert!(matches!(
+        PeftLora::from_bytes(&w, "not json"),
+        Err(Error::Format { .. })
+    ));
+    assert!(matches!(
+        PeftLora::from_bytes(&w, r#"{"peft_type": "IA3", "r": 2, "lora_alpha": 1}"#),
+        Err(Error::Model { .. })
+    ));
+    assert!(matches!(
+        PeftLora::from_bytes(&w[..w.len() - 3], &cfg),
+        Err(Error::Format { .. })
+    ));
 }
 
 #[test]
@@ -409,13 +599,22 @@ fn npy_features() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let probe = zoo::linear_probe(&mut rng, 3, 2).unwrap();
     let feats = load_features_npy(&p64).unwrap();
-    assert_eq!(evaluate_batch(&probe, &[feats.view()]).unwrap().0.dim(), (2, 2));
+    assert_eq!(
+        evaluate_batch(&probe, &[feats.view()]).unwrap().0.dim(),
+        (2, 2)
+    );
 
     // Errors.
     let nan = dir.path().join("nan.npy");
     ndarray_npy::write_npy(&nan, &arr2(&[[1.0f32, f32::NAN]])).unwrap();
-    assert!(matches!(load_features_npy(&nan), Err(Error::InvalidValue { .. })));
-    assert!(matches!(save_features_npy(dir.path().join("x.npy"), arr2(&[[f64::INFINITY]]).view()), Err(Error::InvalidValue { .. })));
+    assert!(matches!(
+        load_features_npy(&nan),
+        Err(Error::InvalidValue { .. })
+    ));
+    assert!(matches!(
+        save_features_npy(dir.path().join("x.npy"), arr2(&[[f64::INFINITY]]).view()),
+        Err(Error::InvalidValue { .. })
+    ));
     let p3 = dir.path().join("3d.npy");
     ndarray_npy::write_npy(&p3, &Array3::<f64>::zeros((2, 2, 2))).unwrap();
     assert!(matches!(load_features_npy(&p3), Err(Error::Format { .. })));
@@ -424,24 +623,44 @@ fn npy_features() {
     assert!(matches!(load_features_npy(&pi), Err(Error::Format { .. })));
     let pe = dir.path().join("empty.npy");
     ndarray_npy::write_npy(&pe, &Array2::<f64>::zeros((0, 3))).unwrap();
-    assert!(matches!(load_features_npy(&pe), Err(Error::InvalidValue { .. })));
+    assert!(matches!(
+        load_features_npy(&pe),
+        Err(Error::InvalidValue { .. })
+    ));
     let bytes = std::fs::read(&p64).unwrap();
     for cut in [0, 5, 20, bytes.len() - 1] {
-        assert!(matches!(features_from_npy_bytes(&bytes[..cut]), Err(Error::Format { .. })), "cut {cut}");
+        assert!(
+            matches!(
+                features_from_npy_bytes(&bytes[..cut]),
+                Err(Error::Format { .. })
+            ),
+            "cut {cut}"
+        );
     }
     let mut extra = bytes.clone();
     extra.extend_from_slice(&[0; 8]);
-    assert!(matches!(features_from_npy_bytes(&extra), Err(Error::Format { .. })));
+    assert!(matches!(
+        features_from_npy_bytes(&extra),
+        Err(Error::Format { .. })
+    ));
     // A header claiming a huge shape is refused before allocating it.
     let mut lying = bytes.clone();
     let pat = b"(2, 3)}";
     let at = lying.windows(pat.len()).position(|w| w == pat).unwrap();
     let forged = b"(99999999999, 3)}";
     let grow = forged.len() - pat.len();
-    assert!(lying[at + pat.len()..at + pat.len() + grow].iter().all(|&b| b == b' '), "header padding");
+    assert!(
+        lying[at + pat.len()..at + pat.len() + grow]
+            .iter()
+            .all(|&b| b == b' '),
+        "header padding"
+    );
     lying.splice(at..at + pat.len() + grow, forged.iter().copied());
     assert_eq!(lying.len(), bytes.len());
     assert!(features_from_npy_bytes(&lying).is_err());
     assert!(features_from_npy_bytes(CARD.as_bytes()).is_err());
-    assert!(matches!(load_features_npy(dir.path().join("absent.npy")), Err(Error::Io { .. })));
+    assert!(matches!(
+        load_features_npy(dir.path().join("absent.npy")),
+        Err(Error::Io { .. })
+    ));
 }

@@ -244,7 +244,12 @@ impl Activation {
             })
             .collect();
         check_finite(&cheb, "fitted activation")?;
-        Ok(Activation { func: Some(func), lo, hi, cheb })
+        Ok(Activation {
+            func: Some(func),
+            lo,
+            hi,
+            cheb,
+        })
     }
 
     /// Converts a polynomial given by its power coefficients in `x`
@@ -264,9 +269,7 @@ impl Activation {
         if len < 2 {
             return Err(Error::InvalidValue {
                 context: "power coefficients".into(),
-                reason: format!(
-                    "polynomial must have degree in 1..={MAX_DEGREE}, got a constant"
-                ),
+                reason: format!("polynomial must have degree in 1..={MAX_DEGREE}, got a constant"),
             });
         }
         check_degree(len - 1)?;
@@ -291,7 +294,12 @@ impl Activation {
             q = next;
         }
         check_finite(&q, "converted power coefficients")?;
-        Ok(Activation { func: None, lo, hi, cheb: q })
+        Ok(Activation {
+            func: None,
+            lo,
+            hi,
+            cheb: q,
+        })
     }
 
     /// An explicit polynomial from its Chebyshev coefficients in `t` on `[lo, hi]`.
@@ -303,7 +311,12 @@ impl Activation {
         check_interval(lo, hi)?;
         check_finite(&cheb, "chebyshev coefficients")?;
         check_degree(cheb.len().saturating_sub(1))?;
-        Ok(Activation { func: None, lo, hi, cheb })
+        Ok(Activation {
+            func: None,
+            lo,
+            hi,
+            cheb,
+        })
     }
 
     /// Checks the invariants of a value whose public fields may have been edited:
@@ -376,7 +389,11 @@ impl Activation {
         let step = (self.hi - self.lo) / (samples - 1) as f64;
         let mut worst = 0.0f64;
         for i in 0..samples {
-            let x = if i + 1 == samples { self.hi } else { self.lo + step * i as f64 };
+            let x = if i + 1 == samples {
+                self.hi
+            } else {
+                self.lo + step * i as f64
+            };
             worst = worst.max((self.eval(x) - func.eval(x)).abs());
         }
         Ok(worst)
@@ -436,7 +453,11 @@ mod tests {
             (-1.5, -0.966_105_146_475_310_7),
         ];
         for (x, want) in cases {
-            assert!((erf(x) - want).abs() < 1e-15, "erf({x}) = {} want {want}", erf(x));
+            assert!(
+                (erf(x) - want).abs() < 1e-15,
+                "erf({x}) = {} want {want}",
+                erf(x)
+            );
         }
     }
 

@@ -85,7 +85,11 @@ impl Adapter {
     /// operation, operands and output width, and the parameter count.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let ins: Vec<String> = self.inputs.iter().map(|i| format!("{}[{}]", i.name, i.dim)).collect();
+        let ins: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|i| format!("{}[{}]", i.name, i.dim))
+            .collect();
         s.push_str(&format!(
             "adapter: inputs {} -> output [{}], {} nodes, {} parameters\n",
             ins.join(", "),
@@ -122,7 +126,13 @@ impl Adapter {
                 Op::Add => "add".to_string(),
                 Op::Concat => "concat".to_string(),
             };
-            s.push_str(&format!("  {} = {}({}) -> [{}]\n", n.name, detail, args.join(", "), n.out_dim));
+            s.push_str(&format!(
+                "  {} = {}({}) -> [{}]\n",
+                n.name,
+                detail,
+                args.join(", "),
+                n.out_dim
+            ));
         }
         s
     }
@@ -172,7 +182,10 @@ impl AdapterBuilder {
         if dim == 0 {
             return Err(Error::model(format!("input '{name}' has width 0")));
         }
-        self.inputs.push(InputSpec { name: name.to_string(), dim });
+        self.inputs.push(InputSpec {
+            name: name.to_string(),
+            dim,
+        });
         Ok(NodeRef::Input(self.inputs.len() - 1))
     }
 
@@ -201,7 +214,12 @@ impl AdapterBuilder {
         if out_dim == 0 {
             return Err(Error::model(format!("{context}: output width is 0")));
         }
-        self.nodes.push(Node { name: name.to_string(), op, inputs: inputs.to_vec(), out_dim });
+        self.nodes.push(Node {
+            name: name.to_string(),
+            op,
+            inputs: inputs.to_vec(),
+            out_dim,
+        });
         Ok(NodeRef::Node(self.nodes.len() - 1))
     }
 
@@ -221,7 +239,9 @@ impl AdapterBuilder {
             return Err(Error::model("empty input or node name"));
         }
         if find_name(&self.inputs, &self.nodes, name).is_some() {
-            return Err(Error::model(format!("duplicate input or node name '{name}'")));
+            return Err(Error::model(format!(
+                "duplicate input or node name '{name}'"
+            )));
         }
         Ok(())
     }
@@ -346,6 +366,9 @@ impl AdapterBuilder {
                 self.nodes[self.nodes.len() - 1].name
             )));
         }
-        Ok(Adapter { inputs: self.inputs, nodes: self.nodes })
+        Ok(Adapter {
+            inputs: self.inputs,
+            nodes: self.nodes,
+        })
     }
 }

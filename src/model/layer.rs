@@ -174,7 +174,11 @@ impl Op {
             Op::Linear { weight, .. } => {
                 let d = single()?;
                 if weight.ncols() != d {
-                    return Err(Error::dims(format!("{context}: weight columns"), d, weight.ncols()));
+                    return Err(Error::dims(
+                        format!("{context}: weight columns"),
+                        d,
+                        weight.ncols(),
+                    ));
                 }
                 Ok(weight.nrows())
             }
@@ -188,7 +192,11 @@ impl Op {
             Op::Affine { mul, .. } => {
                 let d = single()?;
                 if mul.len() != d {
-                    return Err(Error::dims(format!("{context}: affine length"), d, mul.len()));
+                    return Err(Error::dims(
+                        format!("{context}: affine length"),
+                        d,
+                        mul.len(),
+                    ));
                 }
                 Ok(d)
             }
@@ -208,7 +216,9 @@ impl Op {
             }
             Op::Concat => {
                 if in_dims.is_empty() {
-                    return Err(Error::model(format!("{context}: concat needs at least 1 input")));
+                    return Err(Error::model(format!(
+                        "{context}: concat needs at least 1 input"
+                    )));
                 }
                 Ok(in_dims.iter().sum())
             }

@@ -43,13 +43,21 @@ fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
     if len > limit {
         return Err(Error::format(
             what,
-            format!("{} is {len} bytes, more than the limit of {limit}", path.display()),
+            format!(
+                "{} is {len} bytes, more than the limit of {limit}",
+                path.display()
+            ),
         ));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > limit {
-        return Err(Error::format(what, format!("{} grew past the limit of {limit} bytes", path.display())));
+        return Err(Error::format(
+            what,
+            format!("{} grew past the limit of {limit} bytes", path.display()),
+        ));
     }
     Ok(bytes)
 }
@@ -118,8 +126,14 @@ fn convert(view: &TensorView<'_>) -> Option<Vec<f64>> {
             .chunks_exact(4)
             .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|c| bf16_to_f64(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|c| bf16_to_f64(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
         _ => return None,
     })
 }
@@ -143,7 +157,10 @@ impl TensorStore {
     fn from_bytes_named(bytes: &[u8], source: &str) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::format("safetensors file", format!("{source}: {e}")))?;
-        let mut store = TensorStore { source: source.to_string(), ..Self::default() };
+        let mut store = TensorStore {
+            source: source.to_string(),
+            ..Self::default()
+        };
         for (name, view) in st.tensors() {
             match convert(&view) {
                 Some(data) => {
@@ -151,10 +168,20 @@ impl TensorStore {
                     if data.len() != expected {
                         return Err(Error::format(
                             "safetensors file",
-                            format!("{source}: tensor '{name}' holds {} values for shape {:?}", data.len(), view.shape()),
+                            format!(
+                                "{source}: tensor '{name}' holds {} values for shape {:?}",
+                                data.len(),
+                                view.shape()
+                            ),
                         ));
                     }
-                    store.tensors.insert(name, Tensor { shape: view.shape().to_vec(), data });
+                    store.tensors.insert(
+                        name,
+                        Tensor {
+                            shape: view.shape().to_vec(),
+                            data,
+                        },
+                    );
                 }
                 None => {
                     store.unsupported.insert(name, view.dtype().to_string());
@@ -176,8 +203,12 @@ impl TensorStore {
 
     /// Names of all tensors (convertible or not), sorted.
     pub fn names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> =
-            self.tensors.keys().chain(self.unsupported.keys()).map(String::as_str).collect();
+        let mut v: Vec<&str> = self
+            .tensors
+            .keys()
+            .chain(self.unsupported.keys())
+            .map(String::as_str)
+            .collect();
         v.sort_unstable();
         v
     }
@@ -225,8 +256,12 @@ impl TensorStore {
     pub fn matrix(&self, name: &str) -> Result<Array2<f64>> {
         let t = self.get(name)?;
         let arr = self.finite_array(name, t)?;
-        arr.into_dimensionality::<Ix2>()
-            .map_err(|_| Error::model(format!("tensor '{name}' has shape {:?}, expected 2-D", t.shape)))
+        arr.into_dimensionality::<Ix2>().map_err(|_| {
+            Error::model(format!(
+                "tensor '{name}' has shape {:?}, expected 2-D",
+                t.shape
+            ))
+        })
     }
 
     /// The 1-D tensor `name` as a vector, checked finite.
@@ -236,8 +271,12 @@ impl TensorStore {
     pub fn vector(&self, name: &str) -> Result<Array1<f64>> {
         let t = self.get(name)?;
         let arr = self.finite_array(name, t)?;
-        arr.into_dimensionality::<Ix1>()
-            .map_err(|_| Error::model(format!("tensor '{name}' has shape {:?}, expected 1-D", t.shape)))
+        arr.into_dimensionality::<Ix1>().map_err(|_| {
+            Error::model(format!(
+                "tensor '{name}' has shape {:?}, expected 1-D",
+                t.shape
+            ))
+        })
     }
 
     fn finite_array(&self, name: &str, t: &Tensor) -> Result<ArrayD<f64>> {
@@ -261,7 +300,8 @@ impl TensorStore {
             return Err(Error::dims(format!("tensor '{name}'"), n, data.len()));
         }
         self.unsupported.remove(name);
-        self.tensors.insert(name.to_string(), Tensor { shape, data });
+        self.tensors
+            .insert(name.to_string(), Tensor { shape, data });
         Ok(())
     }
 
@@ -281,7 +321,8 @@ impl TensorStore {
                 .map_err(|e| Error::format("safetensors tensor", format!("{name}: {e}")))?;
             views.push((name.as_str(), view));
         }
-        safetensors::serialize(views, None).map_err(|e| Error::format("safetensors file", e.to_string()))
+        safetensors::serialize(views, None)
+            .map_err(|e| Error::format("safetensors file", e.to_string()))
     }
 
     /// Writes [`TensorStore::to_bytes`] to `path`.
@@ -343,11 +384,15 @@ impl PeftConfig {
             .map_err(|e| Error::format("adapter_config.json", e.to_string()))?;
         if let Some(t) = &cfg.peft_type {
             if !t.eq_ignore_ascii_case("lora") {
-                return Err(Error::model(format!("adapter_config.json: peft_type is {t}, only LORA is supported")));
+                return Err(Error::model(format!(
+                    "adapter_config.json: peft_type is {t}, only LORA is supported"
+                )));
             }
         }
         if cfg.use_dora {
-            return Err(Error::model("adapter_config.json: use_dora = true is not supported"));
+            return Err(Error::model(
+                "adapter_config.json: use_dora = true is not supported",
+            ));
         }
         if cfg.r == 0 || cfg.rank_pattern.values().any(|&r| r == 0) {
             return Err(Error::model("adapter_config.json: rank 0"));
@@ -364,7 +409,11 @@ impl PeftConfig {
     /// [`Error::Io`] / [`Error::Format`] on read failure, else as [`PeftConfig::from_json`].
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        Self::from_json(&read_text_limited(path, MAX_CONFIG_BYTES, "adapter_config.json")?)
+        Self::from_json(&read_text_limited(
+            path,
+            MAX_CONFIG_BYTES,
+            "adapter_config.json",
+        )?)
     }
 
     /// The LoRA scale of `module` whose tensors have rank `rank`: `alpha / r`, or
@@ -374,15 +423,23 @@ impl PeftConfig {
     /// # Errors
     /// [`Error::Model`] if `rank` disagrees with the configured rank of the module.
     pub fn scale_for(&self, module: &str, rank: usize) -> Result<f64> {
-        let r = pattern_match(&self.rank_pattern, module).copied().unwrap_or(self.r);
+        let r = pattern_match(&self.rank_pattern, module)
+            .copied()
+            .unwrap_or(self.r);
         if r != rank {
             return Err(Error::model(format!(
                 "PEFT module '{module}': tensors have rank {rank}, adapter_config.json says {r}"
             )));
         }
-        let alpha = pattern_match(&self.alpha_pattern, module).copied().unwrap_or(self.lora_alpha);
+        let alpha = pattern_match(&self.alpha_pattern, module)
+            .copied()
+            .unwrap_or(self.lora_alpha);
         let r = r as f64;
-        Ok(if self.use_rslora { alpha / r.sqrt() } else { alpha / r })
+        Ok(if self.use_rslora {
+            alpha / r.sqrt()
+        } else {
+            alpha / r
+        })
     }
 }
 
@@ -524,40 +581,65 @@ impl PeftLora {
         }
         let mut modules = BTreeMap::new();
         for (module, parts) in by_module {
-            let a_name = parts
-                .get(&(Half::A, false))
-                .ok_or_else(|| Error::model(format!("PEFT module '{module}' has no lora_A weight")))?;
-            let b_name = parts
-                .get(&(Half::B, false))
-                .ok_or_else(|| Error::model(format!("PEFT module '{module}' has no lora_B weight")))?;
+            let a_name = parts.get(&(Half::A, false)).ok_or_else(|| {
+                Error::model(format!("PEFT module '{module}' has no lora_A weight"))
+            })?;
+            let b_name = parts.get(&(Half::B, false)).ok_or_else(|| {
+                Error::model(format!("PEFT module '{module}' has no lora_B weight"))
+            })?;
             if let Some(n) = parts.get(&(Half::A, true)) {
-                return Err(Error::model(format!("PEFT tensor '{n}': a lora_A bias is not supported")));
+                return Err(Error::model(format!(
+                    "PEFT tensor '{n}': a lora_A bias is not supported"
+                )));
             }
             let a = store.matrix(a_name)?;
             let b = store.matrix(b_name)?;
             if b.ncols() != a.nrows() {
-                return Err(Error::dims(format!("PEFT module '{module}': lora_B columns vs lora_A rows"), a.nrows(), b.ncols()));
+                return Err(Error::dims(
+                    format!("PEFT module '{module}': lora_B columns vs lora_A rows"),
+                    a.nrows(),
+                    b.ncols(),
+                ));
             }
             if a.is_empty() || b.is_empty() {
-                return Err(Error::model(format!("PEFT module '{module}' has an empty matrix")));
+                return Err(Error::model(format!(
+                    "PEFT module '{module}' has an empty matrix"
+                )));
             }
             let bias = match parts.get(&(Half::B, true)) {
                 Some(n) => {
                     let v = store.vector(n)?;
                     if v.len() != b.nrows() {
-                        return Err(Error::dims(format!("PEFT module '{module}': lora_B bias"), b.nrows(), v.len()));
+                        return Err(Error::dims(
+                            format!("PEFT module '{module}': lora_B bias"),
+                            b.nrows(),
+                            v.len(),
+                        ));
                     }
                     Some(v)
                 }
                 None => None,
             };
             let scale = config.scale_for(&module, a.nrows())?;
-            modules.insert(module.clone(), LoraPair { module, a, b, scale, bias });
+            modules.insert(
+                module.clone(),
+                LoraPair {
+                    module,
+                    a,
+                    b,
+                    scale,
+                    bias,
+                },
+            );
         }
         if modules.is_empty() {
             return Err(Error::model("PEFT file holds no lora_A / lora_B tensors"));
         }
-        Ok(PeftLora { config, modules, other_tensors: other })
+        Ok(PeftLora {
+            config,
+            modules,
+            other_tensors: other,
+        })
     }
 
     /// Parses a PEFT checkpoint from the bytes of `adapter_model.safetensors` and the text
@@ -586,7 +668,10 @@ impl PeftLora {
     /// As [`PeftLora::load`].
     pub fn load_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        Self::load(dir.join("adapter_model.safetensors"), dir.join("adapter_config.json"))
+        Self::load(
+            dir.join("adapter_model.safetensors"),
+            dir.join("adapter_config.json"),
+        )
     }
 
     /// The pair of `module` (a normalised name; a `base_model.model.` prefix is accepted).
@@ -752,7 +837,12 @@ impl CardFormat {
     /// # Errors
     /// [`Error::Format`] for any other extension.
     pub fn from_path(path: &Path) -> Result<Self> {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("toml") => Ok(CardFormat::Toml),
             Some("json") => Ok(CardFormat::Json),
             _ => Err(Error::format(
@@ -770,7 +860,11 @@ fn tensor_field<'a>(field: &'a Option<String>, node: &str, what: &str) -> Result
 }
 
 fn need_store<'a>(store: Option<&'a TensorStore>, node: &str) -> Result<&'a TensorStore> {
-    store.ok_or_else(|| Error::model(format!("card node '{node}' needs tensors but the card has no weights file")))
+    store.ok_or_else(|| {
+        Error::model(format!(
+            "card node '{node}' needs tensors but the card has no weights file"
+        ))
+    })
 }
 
 impl NodeCard {
@@ -802,7 +896,9 @@ impl NodeCard {
 
     fn to_op(&self, store: Option<&TensorStore>, peft: Option<&PeftLora>) -> Result<Op> {
         let name = self.name.as_str();
-        let op = self.op.ok_or_else(|| Error::model(format!("card node '{name}': missing field 'op'")))?;
+        let op = self
+            .op
+            .ok_or_else(|| Error::model(format!("card node '{name}': missing field 'op'")))?;
         let allowed: &[&str] = match op {
             OpKind::Linear => &["weight", "bias"],
             OpKind::LowRank => &["a", "b", "scale", "alpha", "use_rslora", "bias"],
@@ -815,7 +911,11 @@ impl NodeCard {
         if let Some(bad) = self.set_fields().into_iter().find(|f| !allowed.contains(f)) {
             return Err(Error::model(format!(
                 "card node '{name}': field '{bad}' does not belong to op {op:?} (allowed: {})",
-                if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
             )));
         }
         let bias = |store: Option<&TensorStore>| -> Result<Option<Array1<f64>>> {
@@ -827,7 +927,10 @@ impl NodeCard {
         Ok(match op {
             OpKind::Linear => {
                 let s = need_store(store, name)?;
-                Op::Linear { weight: s.matrix(tensor_field(&self.weight, name, "weight")?)?, bias: bias(store)? }
+                Op::Linear {
+                    weight: s.matrix(tensor_field(&self.weight, name, "weight")?)?,
+                    bias: bias(store)?,
+                }
             }
             OpKind::LowRank => {
                 let s = need_store(store, name)?;
@@ -837,7 +940,9 @@ impl NodeCard {
                 let scale = match (self.scale, self.alpha) {
                     (Some(sc), None) => {
                         if self.use_rslora.is_some() {
-                            return Err(Error::model(format!("card node '{name}': use_rslora only goes with alpha")));
+                            return Err(Error::model(format!(
+                                "card node '{name}': use_rslora only goes with alpha"
+                            )));
                         }
                         sc
                     }
@@ -854,12 +959,19 @@ impl NodeCard {
                         )))
                     }
                 };
-                Op::LowRank { a, b, scale, bias: bias(store)? }
+                Op::LowRank {
+                    a,
+                    b,
+                    scale,
+                    bias: bias(store)?,
+                }
             }
             OpKind::Lora => {
                 let module = tensor_field(&self.peft_module, name, "peft_module")?;
                 let peft = peft.ok_or_else(|| {
-                    Error::model(format!("card node '{name}': op lora needs a [peft] checkpoint in the card"))
+                    Error::model(format!(
+                        "card node '{name}': op lora needs a [peft] checkpoint in the card"
+                    ))
                 })?;
                 peft.get(module)?.to_op()
             }
@@ -870,13 +982,13 @@ impl NodeCard {
                     add: s.vector(tensor_field(&self.add, name, "add")?)?,
                 }
             }
-            OpKind::Scale => Op::Scale(
-                self.factor.ok_or_else(|| Error::model(format!("card node '{name}': missing field 'factor'")))?,
-            ),
+            OpKind::Scale => Op::Scale(self.factor.ok_or_else(|| {
+                Error::model(format!("card node '{name}': missing field 'factor'"))
+            })?),
             OpKind::Poly => {
-                let [lo, hi] = self
-                    .interval
-                    .ok_or_else(|| Error::model(format!("card node '{name}': missing field 'interval'")))?;
+                let [lo, hi] = self.interval.ok_or_else(|| {
+                    Error::model(format!("card node '{name}': missing field 'interval'"))
+                })?;
                 let act = match (&self.coeffs, &self.cheb, self.degree) {
                     (None, None, Some(degree)) => {
                         let func = self.func.ok_or_else(|| {
@@ -939,7 +1051,9 @@ impl ModelCard {
             CardFormat::Json => Self::from_json_str(&text),
         }
         .map_err(|e| match e {
-            Error::Format { what, reason } => Error::format(what, format!("{}: {reason}", path.display())),
+            Error::Format { what, reason } => {
+                Error::format(what, format!("{}: {reason}", path.display()))
+            }
             other => other,
         })
     }
@@ -950,10 +1064,11 @@ impl ModelCard {
     /// [`Error::Format`] if the serializer fails (for example a non-finite number in TOML).
     pub fn to_string(&self, format: CardFormat) -> Result<String> {
         match format {
-            CardFormat::Toml => toml::to_string(self).map_err(|e| Error::format("model card (TOML)", e.to_string())),
-            CardFormat::Json => {
-                serde_json::to_string_pretty(self).map_err(|e| Error::format("model card (JSON)", e.to_string()))
+            CardFormat::Toml => {
+                toml::to_string(self).map_err(|e| Error::format("model card (TOML)", e.to_string()))
             }
+            CardFormat::Json => serde_json::to_string_pretty(self)
+                .map_err(|e| Error::format("model card (JSON)", e.to_string())),
         }
     }
 
@@ -963,7 +1078,11 @@ impl ModelCard {
     /// # Errors
     /// [`Error::Model`] for a wrong version, a missing / misplaced field, an unknown
     /// operand or tensor; plus every shape and value error of [`AdapterBuilder`].
-    pub fn to_adapter(&self, weights: Option<&TensorStore>, peft: Option<&PeftLora>) -> Result<Adapter> {
+    pub fn to_adapter(
+        &self,
+        weights: Option<&TensorStore>,
+        peft: Option<&PeftLora>,
+    ) -> Result<Adapter> {
         if self.version != CARD_VERSION {
             return Err(Error::model(format!(
                 "model card version {} is not supported (expected {CARD_VERSION})",
@@ -1005,19 +1124,29 @@ impl ModelCard {
     pub fn from_adapter(adapter: &Adapter, name: Option<&str>) -> Result<(ModelCard, TensorStore)> {
         let mut store = TensorStore::new();
         let mut nodes = Vec::with_capacity(adapter.nodes().len());
-        let put_matrix = |store: &mut TensorStore, key: String, m: &Array2<f64>| -> Result<String> {
-            store.insert(&key, vec![m.nrows(), m.ncols()], m.iter().copied().collect())?;
-            Ok(key)
-        };
-        let put_vector = |store: &mut TensorStore, key: String, v: &Array1<f64>| -> Result<String> {
-            store.insert(&key, vec![v.len()], v.to_vec())?;
-            Ok(key)
-        };
+        let put_matrix =
+            |store: &mut TensorStore, key: String, m: &Array2<f64>| -> Result<String> {
+                store.insert(
+                    &key,
+                    vec![m.nrows(), m.ncols()],
+                    m.iter().copied().collect(),
+                )?;
+                Ok(key)
+            };
+        let put_vector =
+            |store: &mut TensorStore, key: String, v: &Array1<f64>| -> Result<String> {
+                store.insert(&key, vec![v.len()], v.to_vec())?;
+                Ok(key)
+            };
         for node in adapter.nodes() {
             let n = &node.name;
             let mut card = NodeCard {
                 name: n.clone(),
-                inputs: node.inputs.iter().map(|&r| adapter.name_of(r).to_string()).collect(),
+                inputs: node
+                    .inputs
+                    .iter()
+                    .map(|&r| adapter.name_of(r).to_string())
+                    .collect(),
                 ..NodeCard::default()
             };
             match &node.op {
@@ -1062,7 +1191,14 @@ impl ModelCard {
             name: name.map(str::to_string),
             weights: None,
             peft: None,
-            inputs: adapter.inputs().iter().map(|i| InputCard { name: i.name.clone(), dim: i.dim }).collect(),
+            inputs: adapter
+                .inputs()
+                .iter()
+                .map(|i| InputCard {
+                    name: i.name.clone(),
+                    dim: i.dim,
+                })
+                .collect(),
             nodes,
         };
         Ok((card, store))
@@ -1094,7 +1230,10 @@ pub fn load_card(path: impl AsRef<Path>) -> Result<Adapter> {
         None => None,
     };
     let peft = match &card.peft {
-        Some(p) => Some(PeftLora::load(resolve(base, &p.weights), resolve(base, &p.config))?),
+        Some(p) => Some(PeftLora::load(
+            resolve(base, &p.weights),
+            resolve(base, &p.config),
+        )?),
         None => None,
     };
     card.to_adapter(store.as_ref(), peft.as_ref())
@@ -1106,13 +1245,22 @@ pub fn load_card(path: impl AsRef<Path>) -> Result<Adapter> {
 ///
 /// # Errors
 /// [`Error::Format`] for an unsupported extension, [`Error::Io`] on write failure.
-pub fn save_adapter(adapter: &Adapter, card_path: impl AsRef<Path>, name: Option<&str>) -> Result<PathBuf> {
+pub fn save_adapter(
+    adapter: &Adapter,
+    card_path: impl AsRef<Path>,
+    name: Option<&str>,
+) -> Result<PathBuf> {
     let card_path = card_path.as_ref();
     let format = CardFormat::from_path(card_path)?;
     let stem = card_path
         .file_stem()
         .and_then(|s| s.to_str())
-        .ok_or_else(|| Error::format("model card", format!("{}: no usable file name", card_path.display())))?;
+        .ok_or_else(|| {
+            Error::format(
+                "model card",
+                format!("{}: no usable file name", card_path.display()),
+            )
+        })?;
     let weights_name = format!("{stem}.safetensors");
     let weights_path = card_path.with_file_name(&weights_name);
     let (mut card, store) = ModelCard::from_adapter(adapter, name)?;
@@ -1141,7 +1289,10 @@ pub fn features_from_npy_bytes(bytes: &[u8]) -> Result<Array2<f64>> {
         .map_err(|e| Error::format(what, e.to_string()))?;
     let ndim = header.shape.len();
     if ndim == 0 || ndim > 2 {
-        return Err(Error::format(what, format!("shape {:?}: expected 1-D or 2-D", header.shape)));
+        return Err(Error::format(
+            what,
+            format!("shape {:?}: expected 1-D or 2-D", header.shape),
+        ));
     }
     let count = header
         .shape
@@ -1149,12 +1300,16 @@ pub fn features_from_npy_bytes(bytes: &[u8]) -> Result<Array2<f64>> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| Error::format(what, format!("shape {:?} overflows", header.shape)))?;
     if count == 0 {
-        return Err(Error::InvalidValue { context: what.into(), reason: format!("empty array, shape {:?}", header.shape) });
+        return Err(Error::InvalidValue {
+            context: what.into(),
+            reason: format!("empty array, shape {:?}", header.shape),
+        });
     }
     let data_len = bytes.len() as u64 - cursor.position();
     // Bound what the reader will allocate by what the file actually holds.
     let data: ArrayD<f64> = if Some(data_len) == (count as u64).checked_mul(8) {
-        ArrayD::<f64>::read_npy(bytes).map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))?
+        ArrayD::<f64>::read_npy(bytes)
+            .map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))?
     } else if Some(data_len) == (count as u64).checked_mul(4) {
         ArrayD::<f32>::read_npy(bytes)
             .map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))?
@@ -1171,9 +1326,12 @@ pub fn features_from_npy_bytes(bytes: &[u8]) -> Result<Array2<f64>> {
     let m = match data.ndim() {
         1 => {
             let n = data.len();
-            data.into_shape_with_order((1, n)).map_err(|e| Error::format(what, e.to_string()))?
+            data.into_shape_with_order((1, n))
+                .map_err(|e| Error::format(what, e.to_string()))?
         }
-        _ => data.into_dimensionality::<Ix2>().map_err(|e| Error::format(what, e.to_string()))?,
+        _ => data
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| Error::format(what, e.to_string()))?,
     };
     if let Some(((r, c), v)) = m.indexed_iter().find(|(_, v)| !v.is_finite()) {
         return Err(Error::InvalidValue {
@@ -1193,10 +1351,13 @@ pub fn load_features_npy(path: impl AsRef<Path>) -> Result<Array2<f64>> {
     let path = path.as_ref();
     let bytes = read_limited(path, MAX_NPY_BYTES, "npy features")?;
     features_from_npy_bytes(&bytes).map_err(|e| match e {
-        Error::Format { what, reason } => Error::format(what, format!("{}: {reason}", path.display())),
-        Error::InvalidValue { context, reason } => {
-            Error::InvalidValue { context: format!("{}: {context}", path.display()), reason }
+        Error::Format { what, reason } => {
+            Error::format(what, format!("{}: {reason}", path.display()))
         }
+        Error::InvalidValue { context, reason } => Error::InvalidValue {
+            context: format!("{}: {context}", path.display()),
+            reason,
+        },
         other => other,
     })
 }
@@ -1217,10 +1378,13 @@ pub fn save_features_npy(path: impl AsRef<Path>, features: ArrayView2<f64>) -> R
     }
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::new(file);
-    features.as_standard_layout().write_npy(&mut w).map_err(|e| match e {
-        ndarray_npy::WriteNpyError::Io(e) => Error::io(path, e),
-        other => Error::format("npy features", format!("{}: {other}", path.display())),
-    })?;
+    features
+        .as_standard_layout()
+        .write_npy(&mut w)
+        .map_err(|e| match e {
+            ndarray_npy::WriteNpyError::Io(e) => Error::io(path, e),
+            other => Error::format("npy features", format!("{}: {other}", path.display())),
+        })?;
     std::io::Write::flush(&mut w).map_err(|e| Error::io(path, e))
 }
 
@@ -1244,8 +1408,19 @@ mod tests {
 
     #[test]
     fn peft_names() {
-        let p = parse_peft_name("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight").unwrap();
-        assert_eq!(p, ("bert.encoder.layer.0.attention.self.query".into(), Half::A, false, Some("default".into())));
+        let p = parse_peft_name(
+            "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight",
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            (
+                "bert.encoder.layer.0.attention.self.query".into(),
+                Half::A,
+                false,
+                Some("default".into())
+            )
+        );
         let p = parse_peft_name("classifier.lora_B.weight").unwrap();
         assert_eq!(p, ("classifier".into(), Half::B, false, None));
         let p = parse_peft_name("base_model.model.classifier.lora_B.bias").unwrap();

@@ -2,7 +2,7 @@
 //!
 //! * [`activation`]: polynomial activations in the Chebyshev basis on a declared interval.
 //! * [`layer`] and [`adapter`]: the operations and the shape-checked graph ([`Adapter`]).
-//! * [`reference`]: the `f64` evaluator, the plaintext twin of every encrypted run.
+//! * [`reference`](mod@reference): the `f64` evaluator, the plaintext twin of every encrypted run.
 //! * [`zoo`]: seeded random adapters for tests, benches and demos.
 //! * [`load`]: model cards + safetensors, Hugging Face PEFT LoRA files, `.npy` features.
 //!
@@ -19,5 +19,6 @@ pub use activation::{Activation, ActivationFn};
 pub use adapter::{Adapter, AdapterBuilder};
 pub use layer::{InputSpec, Node, NodeRef, Op};
 pub use reference::{
-    evaluate, evaluate_batch, evaluate_exact_fn, evaluate_exact_fn_batch, PolyStats, ReferenceReport,
+    evaluate, evaluate_batch, evaluate_exact_fn, evaluate_exact_fn_batch, PolyStats,
+    ReferenceReport,
 };

@@ -40,9 +40,16 @@ impl PolyStats {
         if self.outside == 0 {
             return None;
         }
-        let value = if self.lo - self.min >= self.max - self.hi { self.min } else { self.max };
+        let value = if self.lo - self.min >= self.max - self.hi {
+            self.min
+        } else {
+            self.max
+        };
         Some(Error::OutOfInterval {
-            context: format!("poly node '{}' ({} of {} values outside)", self.node, self.outside, self.evaluated),
+            context: format!(
+                "poly node '{}' ({} of {} values outside)",
+                self.node, self.outside, self.evaluated
+            ),
             value,
             lo: self.lo,
             hi: self.hi,
@@ -119,7 +126,10 @@ enum PolyMode {
 /// [`Error::Model`] for a wrong number of inputs, [`Error::DimensionMismatch`] for a wrong
 /// width, [`Error::InvalidValue`] for a NaN/infinite input or a non-finite intermediate
 /// value (overflow).
-pub fn evaluate(adapter: &Adapter, inputs: &[ArrayView1<f64>]) -> Result<(Array1<f64>, ReferenceReport)> {
+pub fn evaluate(
+    adapter: &Adapter,
+    inputs: &[ArrayView1<f64>],
+) -> Result<(Array1<f64>, ReferenceReport)> {
     single(adapter, inputs, PolyMode::Polynomial)
 }
 
@@ -165,7 +175,10 @@ fn single(
     inputs: &[ArrayView1<f64>],
     mode: PolyMode,
 ) -> Result<(Array1<f64>, ReferenceReport)> {
-    let rows: Vec<ArrayView2<f64>> = inputs.iter().map(|v| v.view().insert_axis(Axis(0))).collect();
+    let rows: Vec<ArrayView2<f64>> = inputs
+        .iter()
+        .map(|v| v.view().insert_axis(Axis(0)))
+        .collect();
     let (out, report) = run(adapter, &rows, mode)?;
     Ok((out.row(0).to_owned(), report))
 }
@@ -176,20 +189,35 @@ fn check_inputs(adapter: &Adapter, inputs: &[ArrayView2<f64>]) -> Result<usize> 
         return Err(Error::model(format!(
             "adapter takes {} input(s) ({}), got {}",
             specs.len(),
-            specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            specs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             inputs.len()
         )));
     }
     let samples = inputs.first().map_or(0, |x| x.nrows());
     if samples == 0 {
-        return Err(Error::InvalidValue { context: "reference inputs".into(), reason: "empty batch".into() });
+        return Err(Error::InvalidValue {
+            context: "reference inputs".into(),
+            reason: "empty batch".into(),
+        });
     }
     for (spec, x) in specs.iter().zip(inputs) {
         if x.ncols() != spec.dim {
-            return Err(Error::dims(format!("width of input '{}'", spec.name), spec.dim, x.ncols()));
+            return Err(Error::dims(
+                format!("width of input '{}'", spec.name),
+                spec.dim,
+                x.ncols(),
+            ));
         }
         if x.nrows() != samples {
-            return Err(Error::dims(format!("sample count of input '{}'", spec.name), samples, x.nrows()));
+            return Err(Error::dims(
+                format!("sample count of input '{}'", spec.name),
+                samples,
+                x.nrows(),
+            ));
         }
         if let Some(((r, c), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
             return Err(Error::InvalidValue {
@@ -201,9 +229,16 @@ fn check_inputs(adapter: &Adapter, inputs: &[ArrayView2<f64>]) -> Result<usize> 
     Ok(samples)
 }
 
-fn run(adapter: &Adapter, inputs: &[ArrayView2<f64>], mode: PolyMode) -> Result<(Array2<f64>, ReferenceReport)> {
+fn run(
+    adapter: &Adapter,
+    inputs: &[ArrayView2<f64>],
+    mode: PolyMode,
+) -> Result<(Array2<f64>, ReferenceReport)> {
     let samples = check_inputs(adapter, inputs)?;
-    let mut report = ReferenceReport { samples, poly: Vec::new() };
+    let mut report = ReferenceReport {
+        samples,
+        poly: Vec::new(),
+    };
     let mut values: Vec<Array2<f64>> = Vec::with_capacity(adapter.nodes().len());
     for (j, node) in adapter.nodes().iter().enumerate() {
         let operand = |r: NodeRef| -> Result<ArrayView2<f64>> {
@@ -281,7 +316,8 @@ fn run(adapter: &Adapter, inputs: &[ArrayView2<f64>], mode: PolyMode) -> Result<
                 for &r in &node.inputs {
                     let x = operand(r)?;
                     let w = x.ncols();
-                    y.slice_axis_mut(Axis(1), Slice::from(col..col + w)).assign(&x);
+                    y.slice_axis_mut(Axis(1), Slice::from(col..col + w))
+                        .assign(&x);
                     col += w;
                 }
                 y
@@ -303,6 +339,8 @@ fn run(adapter: &Adapter, inputs: &[ArrayView2<f64>], mode: PolyMode) -> Result<
         }
         values.push(y);
     }
-    let out = values.pop().ok_or_else(|| Error::model("adapter has no node"))?;
+    let out = values
+        .pop()
+        .ok_or_else(|| Error::model("adapter has no node"))?;
     Ok((out, report))
 }

@@ -52,7 +52,14 @@ pub fn linear_probe(rng: &mut impl Rng, d: usize, classes: usize) -> Result<Adap
     positive("classes", classes)?;
     let mut b = AdapterBuilder::new();
     let x = b.input("x", d)?;
-    b.node("head", Op::Linear { weight: weight(rng, classes, d), bias: Some(bias(rng, classes)) }, &[x])?;
+    b.node(
+        "head",
+        Op::Linear {
+            weight: weight(rng, classes, d),
+            bias: Some(bias(rng, classes)),
+        },
+        &[x],
+    )?;
     b.build()
 }
 
@@ -68,12 +75,28 @@ pub fn lora_head(rng: &mut impl Rng, d: usize, r: usize, classes: usize) -> Resu
     positive("classes", classes)?;
     let mut b = AdapterBuilder::new();
     let x = b.input("x", d)?;
-    let head = b.node("head", Op::Linear { weight: weight(rng, classes, d), bias: Some(bias(rng, classes)) }, &[x])?;
+    let head = b.node(
+        "head",
+        Op::Linear {
+            weight: weight(rng, classes, d),
+            bias: Some(bias(rng, classes)),
+        },
+        &[x],
+    )?;
     // B is scaled by 1/sqrt(r) like any fan-in; the product s*B*A then has entries of the
     // same order as W.
     let a = weight(rng, r, d);
     let bm = weight(rng, classes, r);
-    let lora = b.node("lora", Op::LowRank { a, b: bm, scale: ZOO_LORA_SCALE, bias: None }, &[x])?;
+    let lora = b.node(
+        "lora",
+        Op::LowRank {
+            a,
+            b: bm,
+            scale: ZOO_LORA_SCALE,
+            bias: None,
+        },
+        &[x],
+    )?;
     b.node("logits", Op::Add, &[head, lora])?;
     b.build()
 }
@@ -101,11 +124,32 @@ pub fn bottleneck(
     let activation = Activation::fit(act, interval.0, interval.1, degree)?;
     let mut b = AdapterBuilder::new();
     let x = b.input("x", d)?;
-    let down = b.node("down", Op::Linear { weight: weight(rng, hidden, d), bias: Some(bias(rng, hidden)) }, &[x])?;
+    let down = b.node(
+        "down",
+        Op::Linear {
+            weight: weight(rng, hidden, d),
+            bias: Some(bias(rng, hidden)),
+        },
+        &[x],
+    )?;
     let h = b.node("act", Op::Poly(activation), &[down])?;
-    let up = b.node("up", Op::Linear { weight: weight(rng, d, hidden), bias: Some(bias(rng, d)) }, &[h])?;
+    let up = b.node(
+        "up",
+        Op::Linear {
+            weight: weight(rng, d, hidden),
+            bias: Some(bias(rng, d)),
+        },
+        &[h],
+    )?;
     let z = b.node("residual", Op::Add, &[x, up])?;
-    b.node("head", Op::Linear { weight: weight(rng, classes, d), bias: Some(bias(rng, classes)) }, &[z])?;
+    b.node(
+        "head",
+        Op::Linear {
+            weight: weight(rng, classes, d),
+            bias: Some(bias(rng, classes)),
+        },
+        &[z],
+    )?;
     b.build()
 }
 
@@ -115,7 +159,13 @@ pub fn bottleneck(
 ///
 /// # Errors
 /// [`Error::Model`] if a size is 0.
-pub fn two_tap(rng: &mut impl Rng, d1: usize, d2: usize, r: usize, classes: usize) -> Result<Adapter> {
+pub fn two_tap(
+    rng: &mut impl Rng,
+    d1: usize,
+    d2: usize,
+    r: usize,
+    classes: usize,
+) -> Result<Adapter> {
     positive("d1", d1)?;
     positive("d2", d2)?;
     positive("r", r)?;
@@ -125,10 +175,26 @@ pub fn two_tap(rng: &mut impl Rng, d1: usize, d2: usize, r: usize, classes: usiz
     let t0 = b.input("tap0", d1)?;
     let t1 = b.input("tap1", d2)?;
     let z = b.node("concat", Op::Concat, &[t0, t1])?;
-    let head = b.node("head", Op::Linear { weight: weight(rng, classes, d), bias: Some(bias(rng, classes)) }, &[z])?;
+    let head = b.node(
+        "head",
+        Op::Linear {
+            weight: weight(rng, classes, d),
+            bias: Some(bias(rng, classes)),
+        },
+        &[z],
+    )?;
     let a = weight(rng, r, d);
     let bm = weight(rng, classes, r);
-    let lora = b.node("lora", Op::LowRank { a, b: bm, scale: ZOO_LORA_SCALE, bias: None }, &[z])?;
+    let lora = b.node(
+        "lora",
+        Op::LowRank {
+            a,
+            b: bm,
+            scale: ZOO_LORA_SCALE,
+            bias: None,
+        },
+        &[z],
+    )?;
     b.node("logits", Op::Add, &[head, lora])?;
     b.build()
 }
