@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 //! CKKS primitives, single thread, at the chains of the SEAL comparison and at the fastest
 //! presets. Run: `cargo bench --bench ckks` (see docs/BENCHMARKS.md and bench/compare.sh).
 
@@ -10,17 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn literal(log_n: u32, log_q: Vec<u32>, log_p: Vec<u32>, log_scale: u32) -> CkksParamsLiteral {
-    CkksParamsLiteral {
-        log_n,
-        log_q,
-        log_p,
-        log_scale,
-        secret: SecretDistribution::Ternary,
-        dnum: None,
-        security: Security::Bits128,
-        q: None,
-        p: None,
-    }
+    CkksParamsLiteral::new(log_n, log_q, log_p, log_scale)
 }
 
 /// (label, params): the SEAL chains (60-bit primes, AVX-512 without IFMA) and hepeft's

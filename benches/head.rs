@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 //! Whole adapter heads, server side: one encrypted query evaluated by a prepared plan, with
 //! one and two threads. Run: `cargo bench --bench head`.
 

@@ -1,5 +1,5 @@
 //! Every CKKS operation against its plaintext twin, with precision reported in bits.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;

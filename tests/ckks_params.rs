@@ -1,5 +1,5 @@
 //! Presets, security checks and full-size roundtrips.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;

@@ -1,5 +1,5 @@
 //! Keys, ciphertexts and parameters survive serialization; malformed input is an error.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;

@@ -51,6 +51,30 @@ pub struct CkksParamsLiteral {
     pub p: Option<Vec<u64>>,
 }
 
+impl CkksParamsLiteral {
+    /// A literal with a uniform ternary secret, the default number of digits, 128-bit
+    /// security and primes generated from the sizes.
+    pub fn new(log_n: u32, log_q: Vec<u32>, log_p: Vec<u32>, log_scale: u32) -> Self {
+        CkksParamsLiteral {
+            log_n,
+            log_q,
+            log_p,
+            log_scale,
+            secret: SecretDistribution::Ternary,
+            dnum: None,
+            security: Security::Bits128,
+            q: None,
+            p: None,
+        }
+    }
+
+    /// The same literal with another security level.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+}
+
 /// A checked, immutable CKKS parameter set with its precomputations. Cheap to clone (Arc).
 #[derive(Clone)]
 pub struct CkksParams {

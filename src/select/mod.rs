@@ -8,7 +8,7 @@
 //! suite report the measured figure.
 
 use crate::ckks::security::{max_log_qp, Security};
-use crate::ckks::{CkksParams, CkksParamsLiteral, SecretDistribution};
+use crate::ckks::{CkksParams, CkksParamsLiteral};
 use crate::model::Adapter;
 use crate::plan::{Mode, Plan, PlanOptions};
 use crate::{Error, Result};
@@ -102,17 +102,9 @@ pub struct Selection {
 /// Levels an adapter consumes under `options`, independent of N.
 pub fn required_depth(adapter: &Adapter, options: PlanOptions) -> Result<usize> {
     // A throwaway deep chain (never used to encrypt): only the level bookkeeping matters.
-    let lit = CkksParamsLiteral {
-        log_n: 12,
-        log_q: [vec![50], vec![30; 59]].concat(),
-        log_p: vec![50],
-        log_scale: 30,
-        secret: SecretDistribution::Ternary,
-        dnum: Some(60),
-        security: Security::Unchecked,
-        q: None,
-        p: None,
-    };
+    let mut lit = CkksParamsLiteral::new(12, [vec![50], vec![30; 59]].concat(), vec![50], 30)
+        .with_security(Security::Unchecked);
+    lit.dnum = Some(60);
     let probe = CkksParams::from_literal(lit)?;
     Ok(Plan::compile(adapter, &probe, options)?.depth())
 }
@@ -172,17 +164,13 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             ));
             continue;
         };
-        let lit = CkksParamsLiteral {
+        let lit = CkksParamsLiteral::new(
             log_n,
-            log_q: [vec![q0], vec![log_scale; depth]].concat(),
-            log_p: vec![bits_special; k],
+            [vec![q0], vec![log_scale; depth]].concat(),
+            vec![bits_special; k],
             log_scale,
-            secret: SecretDistribution::Ternary,
-            dnum: None,
-            security: req.security,
-            q: None,
-            p: None,
-        };
+        )
+        .with_security(req.security);
         let params = match CkksParams::from_literal(lit) {
             Ok(p) => p,
             Err(e) => {

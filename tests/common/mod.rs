@@ -8,18 +8,8 @@ use rand_chacha::ChaCha20Rng;
 /// TEST-ONLY parameters: N = 2^12 with a 4-level chain. log2(QP) = 270 is far above the
 /// 109-bit bound for N = 2^12, so this set is insecure and needs the explicit opt-out.
 pub fn insecure_test_params() -> CkksParams {
-    CkksParams::from_literal(CkksParamsLiteral {
-        log_n: 12,
-        log_q: vec![55, 40, 40, 40, 40],
-        log_p: vec![55],
-        log_scale: 40,
-        secret: SecretDistribution::Ternary,
-        dnum: None,
-        security: Security::Unchecked,
-        q: None,
-        p: None,
-    })
-    .unwrap()
+    let lit = CkksParamsLiteral::new(12, vec![55, 40, 40, 40, 40], vec![55], 40);
+    CkksParams::from_literal(lit.with_security(Security::Unchecked)).unwrap()
 }
 
 pub fn rng(seed: u64) -> ChaCha20Rng {
@@ -84,16 +74,6 @@ impl Fixture {
 /// TEST-ONLY deep parameters: N = 2^12 with 8 levels and two special primes (insecure:
 /// log2(QP) = 485 for N = 2^12, bound 109).
 pub fn deep_test_params() -> CkksParams {
-    CkksParams::from_literal(CkksParamsLiteral {
-        log_n: 12,
-        log_q: [vec![55], vec![40; 8]].concat(),
-        log_p: vec![55, 55],
-        log_scale: 40,
-        secret: SecretDistribution::Ternary,
-        dnum: None,
-        security: Security::Unchecked,
-        q: None,
-        p: None,
-    })
-    .unwrap()
+    let lit = CkksParamsLiteral::new(12, [vec![55], vec![40; 8]].concat(), vec![55, 55], 40);
+    CkksParams::from_literal(lit.with_security(Security::Unchecked)).unwrap()
 }
