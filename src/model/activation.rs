@@ -277,9 +277,9 @@ impl Activation {
         let half = 0.5 * (hi - lo);
         // q <- q * (mid + half * t) + a_i, in the Chebyshev basis.
         let mut q: Vec<f64> = vec![0.0; len];
-        let mut deg = 0usize; // current degree of q
         q[0] = coeffs[len - 1];
-        for i in (0..len - 1).rev() {
+        // `deg` is the degree of q before this step.
+        for (deg, i) in (0..len - 1).rev().enumerate() {
             let mut next = vec![0.0; len];
             for k in 0..=deg {
                 next[k] += mid * q[k];
@@ -292,7 +292,6 @@ impl Activation {
             }
             next[0] += coeffs[i];
             q = next;
-            deg += 1;
         }
         check_finite(&q, "converted power coefficients")?;
         Ok(Activation {

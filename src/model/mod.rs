@@ -2,7 +2,7 @@
 //!
 //! * [`activation`]: polynomial activations in the Chebyshev basis on a declared interval.
 //! * [`layer`] and [`adapter`]: the operations and the shape-checked graph ([`Adapter`]).
-//! * [`reference`]: the `f64` evaluator, the plaintext twin of every encrypted run.
+//! * [`reference`](mod@reference): the `f64` evaluator, the plaintext twin of every encrypted run.
 //! * [`zoo`]: seeded random adapters for tests, benches and demos.
 //! * [`load`]: model cards + safetensors, Hugging Face PEFT LoRA files, `.npy` features.
 //!
