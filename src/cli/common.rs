@@ -212,6 +212,12 @@ pub fn check_envelope(path: &Path, kind: FileKind, params: &CkksParams, what: &s
     if header.kind != kind {
         bail!("{} is a {} file, expected {what} ({kind})", path.display(), header.kind);
     }
+    if let Some(total) = header.total_len() {
+        let size = file_size(path);
+        if size < total {
+            bail!("{what} {} is truncated: the file is {size} bytes, its header declares {total}", path.display());
+        }
+    }
     if header.params_digest != params.digest() {
         bail!(
             "parameter mismatch: {what} {} was made for parameters {}, expected {} ({})",

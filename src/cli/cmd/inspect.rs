@@ -160,7 +160,7 @@ fn envelope(path: &Path, args: &InspectArgs, out: &mut Out) -> Result<()> {
             out.put("ciphertexts", "ciphertexts", b.items.len(), json!(b.items.len()));
             out.put("levels", "levels", format!("{levels:?} (of {})", params.max_level()), json!(levels));
             out.put("scales", "scales", scales.iter().cloned().collect::<Vec<_>>().join(", "), json!(scales));
-            out.put("seeded", "seeded", format!("{seeded} (symmetric, half size)"), json!(seeded));
+            out.put("seeded", "seeded (half size)", format!("{seeded} of {}", b.items.len()), json!(seeded));
             let mp = meta_path(path);
             if mp.is_file() {
                 if let Ok(m) = read_json::<CtMeta>(&mp, "metadata") {
