@@ -14,7 +14,12 @@ use hepeft::plan::Mode;
 /// Server: publish (once) -> evaluate.
 /// Try `hepeft demo` for the whole pipeline on an embedded example.
 #[derive(Debug, Parser)]
-#[command(name = "hepeft", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "hepeft",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Worker threads (rayon's global pool); default: all cores.
     #[arg(long, global = true, value_name = "N")]
@@ -273,13 +278,19 @@ fn parse_params_source(s: &str) -> Result<ParamsSource, String> {
     }
     Err(format!(
         "unknown preset {s:?} and no file of that name; known presets: {}",
-        PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        PRESETS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
 }
 
 fn parse_security(s: &str) -> Result<Security, String> {
     match s {
         "128" | "192" | "256" => Security::parse(s).map_err(|e| e.to_string()),
-        _ => Err(format!("{s:?} is not a security level (use 128, 192 or 256)")),
+        _ => Err(format!(
+            "{s:?} is not a security level (use 128, 192 or 256)"
+        )),
     }
 }

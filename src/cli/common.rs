@@ -34,7 +34,9 @@ pub const META_FORMAT: &str = "hepeft-ciphertext-meta/1";
 /// Loads the adapter a card describes, optionally with another weights file.
 pub fn load_model(card: &Path, weights: Option<&Path>) -> Result<Adapter> {
     let adapter = match weights {
-        None => load_card(card).with_context(|| format!("loading model card {}", card.display()))?,
+        None => {
+            load_card(card).with_context(|| format!("loading model card {}", card.display()))?
+        }
         Some(w) => {
             let parsed = ModelCard::from_path(card)
                 .with_context(|| format!("reading model card {}", card.display()))?;
@@ -50,7 +52,13 @@ pub fn load_model(card: &Path, weights: Option<&Path>) -> Result<Adapter> {
             };
             parsed
                 .to_adapter(Some(&store), peft.as_ref())
-                .with_context(|| format!("building the model of {} with weights {}", card.display(), w.display()))?
+                .with_context(|| {
+                    format!(
+                        "building the model of {} with weights {}",
+                        card.display(),
+                        w.display()
+                    )
+                })?
         }
     };
     Ok(adapter)
@@ -60,7 +68,8 @@ pub fn load_model(card: &Path, weights: Option<&Path>) -> Result<Adapter> {
 pub fn all_weights_zero(adapter: &Adapter) -> bool {
     adapter.nodes().iter().all(|n| match &n.op {
         Op::Linear { weight, bias } => {
-            weight.iter().all(|v| *v == 0.0) && bias.as_ref().is_none_or(|b| b.iter().all(|v| *v == 0.0))
+            weight.iter().all(|v| *v == 0.0)
+                && bias.as_ref().is_none_or(|b| b.iter().all(|v| *v == 0.0))
         }
         Op::LowRank { a, b, bias, .. } => {
             (a.iter().all(|v| *v == 0.0) || b.iter().all(|v| *v == 0.0))
@@ -73,7 +82,10 @@ pub fn all_weights_zero(adapter: &Adapter) -> bool {
 
 /// Options of the plans the CLI compiles.
 pub fn plan_options(mode: Mode) -> PlanOptions {
-    PlanOptions { mode, ..PlanOptions::default() }
+    PlanOptions {
+        mode,
+        ..PlanOptions::default()
+    }
 }
 
 /// The plan a client compiles: from the public structure of the card's adapter, so a public
@@ -81,7 +93,11 @@ pub fn plan_options(mode: Mode) -> PlanOptions {
 pub fn public_plan(adapter: &Adapter, params: &CkksParams, mode: Mode) -> Result<Plan> {
     let public = public_structure(adapter).context("deriving the public structure of the model")?;
     Plan::compile(&public, params, plan_options(mode)).with_context(|| {
-        format!("compiling the model for parameters {} in {} mode", params.digest_short(), mode_name(mode))
+        format!(
+            "compiling the model for parameters {} in {} mode",
+            params.digest_short(),
+            mode_name(mode)
+        )
     })
 }
 
@@ -167,7 +183,8 @@ pub fn meta_path(ct: &Path) -> PathBuf {
 
 /// Reads a JSON file (at most 16 MiB).
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
     let mut text = String::new();
     file.take(16 << 20)
         .read_to_string(&mut text)
@@ -187,10 +204,18 @@ pub fn read_meta(ct: &Path, content: &str, params: &CkksParams) -> Result<CtMeta
     }
     let meta: CtMeta = read_json(&path, &format!("{content} metadata"))?;
     if meta.format != META_FORMAT {
-        bail!("{}: unsupported metadata format {:?} (expected {META_FORMAT})", path.display(), meta.format);
+        bail!(
+            "{}: unsupported metadata format {:?} (expected {META_FORMAT})",
+            path.display(),
+            meta.format
+        );
     }
     if meta.content != content {
-        bail!("{} describes a {}, expected a {content}", ct.display(), meta.content);
+        bail!(
+            "{} describes a {}, expected a {content}",
+            ct.display(),
+            meta.content
+        );
     }
     if meta.params_digest != digest_hex(&params.digest()) {
         bail!(
@@ -207,15 +232,27 @@ pub fn read_meta(ct: &Path, content: &str, params: &CkksParams) -> Result<CtMeta
 }
 
 /// Reads the header of an envelope file, checks its kind and parameter digest.
-pub fn check_envelope(path: &Path, kind: FileKind, params: &CkksParams, what: &str) -> Result<Header> {
+pub fn check_envelope(
+    path: &Path,
+    kind: FileKind,
+    params: &CkksParams,
+    what: &str,
+) -> Result<Header> {
     let header = read_header(path).with_context(|| format!("reading {what} {}", path.display()))?;
     if header.kind != kind {
-        bail!("{} is a {} file, expected {what} ({kind})", path.display(), header.kind);
+        bail!(
+            "{} is a {} file, expected {what} ({kind})",
+            path.display(),
+            header.kind
+        );
     }
     if let Some(total) = header.total_len() {
         let size = file_size(path);
         if size < total {
-            bail!("{what} {} is truncated: the file is {size} bytes, its header declares {total}", path.display());
+            bail!(
+                "{what} {} is truncated: the file is {size} bytes, its header declares {total}",
+                path.display()
+            );
         }
     }
     if header.params_digest != params.digest() {
@@ -234,7 +271,8 @@ pub fn check_envelope(path: &Path, kind: FileKind, params: &CkksParams, what: &s
 
 /// Decodes the first bytes of a file as an envelope header.
 pub fn read_header(path: &Path) -> Result<Header> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut buf = Vec::with_capacity(HEADER_LEN);
     (&mut file)
         .take(HEADER_LEN as u64)
@@ -246,7 +284,10 @@ pub fn read_header(path: &Path) -> Result<Header> {
 /// The preset whose digest is `digest`, if any.
 pub fn preset_name_for(digest: &[u8; 32]) -> Option<&'static str> {
     hepeft::ckks::PRESETS.iter().find_map(|(name, _)| {
-        CkksParams::preset(name).ok().filter(|p| &p.digest() == digest).map(|_| *name)
+        CkksParams::preset(name)
+            .ok()
+            .filter(|p| &p.digest() == digest)
+            .map(|_| *name)
     })
 }
 
@@ -255,7 +296,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_sibling(path)?;
     let res = (|| -> Result<()> {
         std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -268,7 +310,8 @@ pub fn save_npy_atomic(path: &Path, m: ArrayView2<f64>) -> Result<()> {
     let tmp = temp_sibling(path)?;
     let res = (|| -> Result<()> {
         save_features_npy(&tmp, m).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);

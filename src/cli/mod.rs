@@ -34,7 +34,9 @@ impl Ui {
     pub fn out(&self, text: &str) -> Result<()> {
         let mut o = std::io::stdout().lock();
         match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(e).context("writing to stdout")
+            }
             _ => Ok(()),
         }
     }
@@ -93,7 +95,10 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()
             .context("setting up the thread pool")?;
     }
-    let ui = Ui { json: cli.json, quiet: false };
+    let ui = Ui {
+        json: cli.json,
+        quiet: false,
+    };
     match &cli.command {
         Command::Params(ParamsCmd::List) => cmd::params::list(&ui),
         Command::Params(ParamsCmd::Show { params }) => cmd::params::show(params, &ui),

@@ -40,7 +40,13 @@ pub fn top_k(logits: &Array2<f64>, k: usize) -> Vec<Vec<Ranked>> {
         .map(|row| {
             let mut idx: Vec<usize> = (0..row.len()).collect();
             idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            idx.into_iter().take(k).map(|class| Ranked { class, logit: row[class] }).collect()
+            idx.into_iter()
+                .take(k)
+                .map(|class| Ranked {
+                    class,
+                    logit: row[class],
+                })
+                .collect()
         })
         .collect()
 }
@@ -72,7 +78,12 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
             keys.info.key_id
         );
     }
-    check_envelope(&args.input, FileKind::Ciphertext, params, "result ciphertext")?;
+    check_envelope(
+        &args.input,
+        FileKind::Ciphertext,
+        params,
+        "result ciphertext",
+    )?;
     let sk_path = keys.path(SECRET_KEY);
     check_envelope(&sk_path, FileKind::SecretKey, params, "secret key")?;
 
@@ -88,13 +99,16 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
             meta.queries.len()
         );
     }
-    let sk: SecretKey = load(&sk_path, params).with_context(|| format!("reading {}", sk_path.display()))?;
+    let sk: SecretKey =
+        load(&sk_path, params).with_context(|| format!("reading {}", sk_path.display()))?;
     let encoder = Encoder::new(params)?;
     let dec = Decryptor::new(params, &sk)?;
     let mut logits = Array2::zeros((meta.samples, plan.output_dim()));
     let mut row = 0;
     for (q, cts) in meta.queries.iter().zip(bundle.items.chunks(per.max(1))) {
-        let part = plan.decrypt_result(&encoder, &dec, cts, *q).context("decrypting the result")?;
+        let part = plan
+            .decrypt_result(&encoder, &dec, cts, *q)
+            .context("decrypting the result")?;
         for r in part.axis_iter(Axis(0)) {
             if row < logits.nrows() {
                 logits.row_mut(row).assign(&r);
@@ -123,7 +137,10 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
     ));
     let mut text = String::new();
     for (s, ranked) in report.top_k.iter().enumerate() {
-        let cells: Vec<String> = ranked.iter().map(|r| format!("{} ({:.4})", r.class, r.logit)).collect();
+        let cells: Vec<String> = ranked
+            .iter()
+            .map(|r| format!("{} ({:.4})", r.class, r.logit))
+            .collect();
         text.push_str(&format!("sample {s}: {}\n", cells.join(", ")));
     }
     ui.report(&report, &text, true)?;

@@ -17,7 +17,9 @@ use hepeft::model::{reference, zoo, ActivationFn, Adapter};
 use hepeft::plan::Mode;
 
 use super::{decrypt, encrypt, evaluate, keygen, publish};
-use crate::cli::args::{DecryptArgs, DemoArgs, DemoModel, EncryptArgs, EvaluateArgs, KeygenArgs, ParamsSource};
+use crate::cli::args::{
+    DecryptArgs, DemoArgs, DemoModel, EncryptArgs, EvaluateArgs, KeygenArgs, ParamsSource,
+};
 use crate::cli::common::*;
 use crate::cli::Ui;
 
@@ -110,7 +112,10 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let (adapter, label, preset) = demo_adapter(args.model)?;
     let params = CkksParams::preset(preset)?;
     if mode == Mode::Batch && samples > params.slots() {
-        bail!("batch mode takes at most {} samples with {preset}", params.slots());
+        bail!(
+            "batch mode takes at most {} samples with {preset}",
+            params.slots()
+        );
     }
     let _tmp;
     let dir: PathBuf = match &args.keep {
@@ -125,8 +130,14 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             d
         }
     };
-    let quiet = Ui { json: false, quiet: true };
-    ui.note(&format!("demo: {label}, {samples} sample(s), working in {}\n", dir.display()));
+    let quiet = Ui {
+        json: false,
+        quiet: true,
+    };
+    ui.note(&format!(
+        "demo: {label}, {samples} sample(s), working in {}\n",
+        dir.display()
+    ));
 
     // Server: the private card, and the public card it publishes.
     let server = dir.join("server");
@@ -136,7 +147,8 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let private_card = server.join("adapter.toml");
     save_adapter(&adapter, &private_card, Some("hepeft demo"))?;
     let t = Instant::now();
-    let (public_card, _, _) = publish::write_public(&adapter, &dir.join("public"), Some("hepeft demo (public)"))?;
+    let (public_card, _, _) =
+        publish::write_public(&adapter, &dir.join("public"), Some("hepeft demo (public)"))?;
     let t_publish = t.elapsed().as_secs_f64();
 
     // Client: features.
@@ -144,7 +156,11 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let features = zoo::uniform_inputs(&mut frng, &adapter, samples);
     let mut inputs = Vec::new();
     for (i, m) in features.iter().enumerate() {
-        let p = client.join(if features.len() == 1 { "features.npy".to_string() } else { format!("features{i}.npy") });
+        let p = client.join(if features.len() == 1 {
+            "features.npy".to_string()
+        } else {
+            format!("features{i}.npy")
+        });
         save_npy_atomic(&p, m.view())?;
         inputs.push(p);
     }
@@ -162,7 +178,12 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     )?;
     let query = client.join("query.ct");
     let enc = encrypt::run(
-        &EncryptArgs { keys: keys_dir.clone(), model: public_card.clone(), input: inputs, out: query.clone() },
+        &EncryptArgs {
+            keys: keys_dir.clone(),
+            model: public_card.clone(),
+            input: inputs,
+            out: query.clone(),
+        },
         &quiet,
     )?;
     // Server: only eval.keys, params.toml and the query cross over.
@@ -200,7 +221,11 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let max_logit = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let got_flat: Vec<f64> = got.iter().copied().collect();
     let want_flat: Vec<f64> = want.iter().copied().collect();
-    let stats = PrecisionStats::compare_relative_to(&got_flat, &want_flat, max_logit.max(f64::MIN_POSITIVE));
+    let stats = PrecisionStats::compare_relative_to(
+        &got_flat,
+        &want_flat,
+        max_logit.max(f64::MIN_POSITIVE),
+    );
     let predictions: Vec<(usize, usize)> = got
         .axis_iter(Axis(0))
         .zip(want.axis_iter(Axis(0)))
@@ -242,13 +267,19 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let text = render(&report, &ev, &dir, args.keep.is_some());
     ui.report(&report, &text, true)?;
     if agree != samples {
-        bail!("the encrypted and plaintext predictions differ on {} sample(s)", samples - agree);
+        bail!(
+            "the encrypted and plaintext predictions differ on {} sample(s)",
+            samples - agree
+        );
     }
     Ok(())
 }
 
 fn render(r: &DemoReport, ev: &evaluate::EvaluateReport, dir: &Path, kept: bool) -> String {
-    let mut s = format!("hepeft demo: {}, {} sample(s), {} mode\n\n", r.model, r.accuracy.samples, r.mode);
+    let mut s = format!(
+        "hepeft demo: {}, {} sample(s), {} mode\n\n",
+        r.model, r.accuracy.samples, r.mode
+    );
     s.push_str(&r.adapter);
     s.push_str(&format!("parameters: {}\n", r.params));
     s.push_str(&r.plan);
@@ -268,12 +299,24 @@ fn render(r: &DemoReport, ev: &evaluate::EvaluateReport, dir: &Path, kept: bool)
         ev.load_seconds, ev.prepare_seconds
     ));
     s.push_str("\nbytes exchanged\n");
-    s.push_str(&format!("  evaluation keys  client -> server, once   {:>12}\n", human_bytes(r.bytes.evaluation_keys)));
-    s.push_str(&format!("  query            client -> server         {:>12}\n", human_bytes(r.bytes.query)));
-    s.push_str(&format!("  result           server -> client         {:>12}\n", human_bytes(r.bytes.result)));
+    s.push_str(&format!(
+        "  evaluation keys  client -> server, once   {:>12}\n",
+        human_bytes(r.bytes.evaluation_keys)
+    ));
+    s.push_str(&format!(
+        "  query            client -> server         {:>12}\n",
+        human_bytes(r.bytes.query)
+    ));
+    s.push_str(&format!(
+        "  result           server -> client         {:>12}\n",
+        human_bytes(r.bytes.result)
+    ));
     let a = &r.accuracy;
     s.push_str("\naccuracy against the plaintext twin\n");
-    s.push_str(&format!("  argmax agreement   {}/{}\n", a.argmax_agree, a.samples));
+    s.push_str(&format!(
+        "  argmax agreement   {}/{}\n",
+        a.argmax_agree, a.samples
+    ));
     s.push_str(&format!(
         "  max |error|        {:.3e} (largest |logit| {:.3})\n",
         a.max_abs_error, a.max_abs_logit
@@ -282,7 +325,12 @@ fn render(r: &DemoReport, ev: &evaluate::EvaluateReport, dir: &Path, kept: bool)
         "  precision          {:.1} bits relative to the largest logit (median {:.1})\n",
         a.precision_bits_min, a.precision_bits_median
     ));
-    let preds: Vec<String> = r.predictions.iter().take(16).map(|(g, _)| g.to_string()).collect();
+    let preds: Vec<String> = r
+        .predictions
+        .iter()
+        .take(16)
+        .map(|(g, _)| g.to_string())
+        .collect();
     s.push_str(&format!(
         "  predicted classes  {}{}\n",
         preds.join(" "),

@@ -48,11 +48,15 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
             keys.info.key_id
         );
     }
-    let pk: PublicKey = load(&pk_path, params).with_context(|| format!("reading {}", pk_path.display()))?;
+    let pk: PublicKey =
+        load(&pk_path, params).with_context(|| format!("reading {}", pk_path.display()))?;
 
     let specs = adapter.inputs();
     if args.input.len() != specs.len() {
-        let names: Vec<String> = specs.iter().map(|s| format!("{}[{}]", s.name, s.dim)).collect();
+        let names: Vec<String> = specs
+            .iter()
+            .map(|s| format!("{}[{}]", s.name, s.dim))
+            .collect();
         bail!(
             "the model has {} input(s) ({}) but {} --input file(s) were given: pass one .npy per input, in that order",
             specs.len(),
@@ -62,7 +66,8 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
     }
     let mut features: Vec<Array2<f64>> = Vec::with_capacity(specs.len());
     for (path, spec) in args.input.iter().zip(specs) {
-        let m = load_features_npy(path).with_context(|| format!("reading features {}", path.display()))?;
+        let m = load_features_npy(path)
+            .with_context(|| format!("reading features {}", path.display()))?;
         if m.ncols() != spec.dim {
             bail!(
                 "{} has {} features per sample, but the model's input '{}' takes {}",
@@ -76,10 +81,25 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
     }
     let samples = features.first().map_or(0, |m| m.nrows());
     if samples == 0 {
-        bail!("no samples in {}", args.input.first().map_or_else(String::new, |p| p.display().to_string()));
+        bail!(
+            "no samples in {}",
+            args.input
+                .first()
+                .map_or_else(String::new, |p| p.display().to_string())
+        );
     }
-    if let Some((p, m)) = args.input.iter().zip(&features).find(|(_, m)| m.nrows() != samples) {
-        bail!("{} has {} samples, {} has {samples}", p.display(), m.nrows(), args.input[0].display());
+    if let Some((p, m)) = args
+        .input
+        .iter()
+        .zip(&features)
+        .find(|(_, m)| m.nrows() != samples)
+    {
+        bail!(
+            "{} has {} samples, {} has {samples}",
+            p.display(),
+            m.nrows(),
+            args.input[0].display()
+        );
     }
 
     let t = Instant::now();
@@ -94,7 +114,10 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
     let mut start = 0;
     while start < samples {
         let end = (start + chunk).min(samples);
-        let views: Vec<ArrayView2<f64>> = features.iter().map(|m| m.slice_axis(Axis(0), Slice::from(start..end))).collect();
+        let views: Vec<ArrayView2<f64>> = features
+            .iter()
+            .map(|m| m.slice_axis(Axis(0), Slice::from(start..end)))
+            .collect();
         let cts = plan
             .encrypt_query(&encoder, EncryptionKey::Public(&pk), &views, &mut rng)
             .with_context(|| format!("encrypting samples {start}..{end}"))?;
@@ -104,7 +127,10 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
     }
     let encrypt_time = t.elapsed();
 
-    let bundle = CiphertextBundle { digest: params.digest(), items };
+    let bundle = CiphertextBundle {
+        digest: params.digest(),
+        items,
+    };
     save(&args.out, params, &bundle).with_context(|| format!("writing {}", args.out.display()))?;
     let meta = CtMeta {
         format: META_FORMAT.into(),

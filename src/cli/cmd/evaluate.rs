@@ -49,7 +49,12 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
             args.eval_keys.display()
         );
     }
-    check_envelope(&args.eval_keys, FileKind::EvaluationKeys, &params, "evaluation keys")?;
+    check_envelope(
+        &args.eval_keys,
+        FileKind::EvaluationKeys,
+        &params,
+        "evaluation keys",
+    )?;
 
     // The query: its metadata, then its header.
     let meta = read_meta(&args.input, "query", &params)?;
@@ -78,7 +83,8 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
             params.digest_short()
         );
     }
-    let plan = Plan::compile(&adapter, &params, plan_options(mode)).context("compiling the model")?;
+    let plan =
+        Plan::compile(&adapter, &params, plan_options(mode)).context("compiling the model")?;
     if plan.structure_digest() != public.structure_digest() {
         bail!("internal error: the model and its public structure compile to different plans");
     }
@@ -93,7 +99,11 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let keys: EvaluationKeys = load(&args.eval_keys, &params)
         .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
     let have = keys.galois_elements();
-    let missing: Vec<u64> = plan.galois_elements().into_iter().filter(|g| !have.contains(g)).collect();
+    let missing: Vec<u64> = plan
+        .galois_elements()
+        .into_iter()
+        .filter(|g| !have.contains(g))
+        .collect();
     if !missing.is_empty() {
         bail!(
             "missing Galois keys: the plan rotates with Galois elements {missing:?}, which {} lacks ({} of {} present); \
@@ -110,8 +120,8 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
             args.eval_keys.display()
         );
     }
-    let query: CiphertextBundle =
-        load(&args.input, &params).with_context(|| format!("reading query {}", args.input.display()))?;
+    let query: CiphertextBundle = load(&args.input, &params)
+        .with_context(|| format!("reading query {}", args.input.display()))?;
     let per = plan.input_ciphertexts();
     if query.items.len() != meta.queries.len() * per {
         bail!(
@@ -156,7 +166,10 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let evaluate_time = t.elapsed();
 
     let t = Instant::now();
-    let bundle = CiphertextBundle { digest: params.digest(), items: out };
+    let bundle = CiphertextBundle {
+        digest: params.digest(),
+        items: out,
+    };
     save(&args.out, &params, &bundle).with_context(|| format!("writing {}", args.out.display()))?;
     let result_meta = CtMeta {
         content: "result".into(),

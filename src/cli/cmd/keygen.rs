@@ -47,13 +47,22 @@ impl KeyDir {
     pub fn open(dir: &Path) -> Result<KeyDir> {
         let ptoml = dir.join(PARAMS_TOML);
         if !ptoml.is_file() {
-            bail!("{} is not a key directory (no {PARAMS_TOML}); create one with `hepeft keygen`", dir.display());
+            bail!(
+                "{} is not a key directory (no {PARAMS_TOML}); create one with `hepeft keygen`",
+                dir.display()
+            );
         }
-        let text = std::fs::read_to_string(&ptoml).with_context(|| format!("reading {}", ptoml.display()))?;
-        let params = CkksParams::from_toml(&text).with_context(|| format!("parameter file {}", ptoml.display()))?;
+        let text = std::fs::read_to_string(&ptoml)
+            .with_context(|| format!("reading {}", ptoml.display()))?;
+        let params = CkksParams::from_toml(&text)
+            .with_context(|| format!("parameter file {}", ptoml.display()))?;
         let info: PlanInfo = read_json(&dir.join(PLAN_JSON), "plan metadata")?;
         if info.format != PLAN_FORMAT {
-            bail!("{}: unsupported plan metadata format {:?}", dir.join(PLAN_JSON).display(), info.format);
+            bail!(
+                "{}: unsupported plan metadata format {:?}",
+                dir.join(PLAN_JSON).display(),
+                info.format
+            );
         }
         if info.params_digest != digest_hex(&params.digest()) {
             bail!(
@@ -64,7 +73,12 @@ impl KeyDir {
             );
         }
         let mode = parse_mode(&info.mode)?;
-        Ok(KeyDir { dir: dir.to_path_buf(), params, info, mode })
+        Ok(KeyDir {
+            dir: dir.to_path_buf(),
+            params,
+            info,
+            mode,
+        })
     }
 
     /// Checks that `plan` (compiled from `card`) is the plan the keys were made for.
@@ -91,7 +105,8 @@ impl KeyDir {
 
 /// OS randomness for key material and encryption.
 pub fn os_rng() -> Result<ChaCha20Rng> {
-    ChaCha20Rng::try_from_os_rng().map_err(|e| anyhow::anyhow!("the operating system's random generator failed: {e}"))
+    ChaCha20Rng::try_from_os_rng()
+        .map_err(|e| anyhow::anyhow!("the operating system's random generator failed: {e}"))
 }
 
 /// `hepeft keygen`.
@@ -115,7 +130,9 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
     let mut rng = os_rng()?;
     let kg = KeyGenerator::new(&params);
     let sk = kg.gen_secret_key(&mut rng);
-    let pk = kg.gen_public_key(&sk, &mut rng).context("generating the public key")?;
+    let pk = kg
+        .gen_public_key(&sk, &mut rng)
+        .context("generating the public key")?;
     let evk = kg
         .gen_evaluation_keys(&sk, &galois, plan.needs_relin(), &mut rng)
         .context("generating the evaluation keys")?;
@@ -123,7 +140,10 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
 
     let t = Instant::now();
     let header = format!("# Written by `hepeft keygen`: {}\n", params.describe());
-    write_atomic(&dir.join(PARAMS_TOML), format!("{header}{}", params.to_toml()?).as_bytes())?;
+    write_atomic(
+        &dir.join(PARAMS_TOML),
+        format!("{header}{}", params.to_toml()?).as_bytes(),
+    )?;
     let pk_path = dir.join(PUBLIC_KEY);
     save(&pk_path, &params, &pk).with_context(|| format!("writing {}", pk_path.display()))?;
     let ek_path = dir.join(EVAL_KEYS);

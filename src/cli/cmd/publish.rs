@@ -29,7 +29,11 @@ pub struct PublishReport {
 
 /// Writes `public_structure(adapter)` as `dir/public.toml` + `dir/public.safetensors`, both
 /// through a temporary directory and renames (weights first: the card names them).
-pub fn write_public(adapter: &Adapter, dir: &Path, name: Option<&str>) -> Result<(PathBuf, PathBuf, Adapter)> {
+pub fn write_public(
+    adapter: &Adapter,
+    dir: &Path,
+    name: Option<&str>,
+) -> Result<(PathBuf, PathBuf, Adapter)> {
     let public = public_structure(adapter).context("deriving the public structure")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let nanos = std::time::SystemTime::now()
@@ -39,14 +43,16 @@ pub fn write_public(adapter: &Adapter, dir: &Path, name: Option<&str>) -> Result
     std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let res = (|| -> Result<(PathBuf, PathBuf)> {
         let tmp_card = tmp.join(PUBLIC_CARD);
-        let tmp_weights = save_adapter(&public, &tmp_card, name).context("writing the public card")?;
+        let tmp_weights =
+            save_adapter(&public, &tmp_card, name).context("writing the public card")?;
         let weights_name = tmp_weights
             .file_name()
             .map(|n| n.to_os_string())
             .unwrap_or_else(|| "public.safetensors".into());
         let weights = dir.join(weights_name);
         let card = dir.join(PUBLIC_CARD);
-        std::fs::rename(&tmp_weights, &weights).with_context(|| format!("writing {}", weights.display()))?;
+        std::fs::rename(&tmp_weights, &weights)
+            .with_context(|| format!("writing {}", weights.display()))?;
         std::fs::rename(&tmp_card, &card).with_context(|| format!("writing {}", card.display()))?;
         Ok((card, weights))
     })();
@@ -68,7 +74,11 @@ pub fn run(args: &PublishArgs, ui: &Ui) -> Result<PublishReport> {
     let report = PublishReport {
         card: card.clone(),
         weights: weights.clone(),
-        inputs: public.inputs().iter().map(|i| (i.name.clone(), i.dim)).collect(),
+        inputs: public
+            .inputs()
+            .iter()
+            .map(|i| (i.name.clone(), i.dim))
+            .collect(),
         output_dim: public.output_dim(),
         nodes: public.nodes().len(),
         summary: public.summary(),
