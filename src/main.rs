@@ -1,1 +1,7 @@
-fn main() {}
+//! The `hepeft` binary; see `docs/cli.md`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

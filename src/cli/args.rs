@@ -1,0 +1,296 @@
+//! Argument types only (clap derive). Every command is documented in `docs/cli.md`.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use hepeft::ckks::{CkksParams, Security, PRESETS};
+use hepeft::plan::Mode;
+
+/// Private inference of PEFT adapters under RNS-CKKS homomorphic encryption.
+///
+/// Client: keygen -> encrypt -> (send query.ct, eval.keys) -> decrypt.
+/// Server: publish (once) -> evaluate.
+/// Try `hepeft demo` for the whole pipeline on an embedded example.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hepeft",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Worker threads (rayon's global pool); default: all cores.
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<NonZeroUsize>,
+
+    /// Print a machine-readable JSON report on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List, show or select CKKS parameter sets.
+    #[command(subcommand)]
+    Params(ParamsCmd),
+    /// Client: generate the secret, public and evaluation keys for a model.
+    Keygen(KeygenArgs),
+    /// Client: encrypt features (.npy) into a query for the server.
+    Encrypt(EncryptArgs),
+    /// Server: evaluate the adapter on an encrypted query (never sees the secret key).
+    Evaluate(EvaluateArgs),
+    /// Client: decrypt the server's result into logits (.npy) and print the top classes.
+    Decrypt(DecryptArgs),
+    /// Describe any hepeft file (keys, ciphertexts, parameters, cards, features).
+    Inspect(InspectArgs),
+    /// Server: write the public model card (structure only, every weight zero) for clients.
+    Publish(PublishArgs),
+    /// Run the whole client -> server -> client pipeline on an embedded example.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ParamsCmd {
+    /// List the frozen presets.
+    List,
+    /// Show one parameter set (a preset name or a TOML file).
+    Show {
+        /// Preset name (see `params list`) or path of a parameter TOML file.
+        #[arg(value_parser = parse_params_source, value_name = "NAME|FILE")]
+        params: ParamsSource,
+    },
+    /// Choose parameters for a model: depth from its plan, scale from the precision wanted.
+    Select(SelectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// Model card (public or private: only the structure is used).
+    #[arg(long, value_name = "CARD")]
+    pub model: PathBuf,
+    /// Bits of precision wanted at the output, relative to a unit-sized logit.
+    #[arg(long, default_value_t = 16, value_name = "BITS", value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub precision: u32,
+    /// Security level in bits.
+    #[arg(long, default_value = "128", value_parser = parse_security, value_name = "128|192|256")]
+    pub security: Security,
+    /// Samples per query (batch mode; implies --mode batch).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: Option<u64>,
+    /// Packing layout.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Where to write the chosen parameters (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Parameter set: a preset name or a TOML file (from `params select`).
+    #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
+    pub params: ParamsSource,
+    /// Model card (the public card is enough).
+    #[arg(long, value_name = "CARD")]
+    pub model: PathBuf,
+    /// Packing layout the keys are made for.
+    #[arg(long, value_enum, default_value_t = ModeArg::Latency)]
+    pub mode: ModeArg,
+    /// Output directory (secret.key, public.key, eval.keys, params.toml, plan.json).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Overwrite an existing secret key in DIR.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// Key directory written by `keygen`.
+    #[arg(long, value_name = "DIR")]
+    pub keys: PathBuf,
+    /// Model card (the public card is enough).
+    #[arg(long, value_name = "CARD")]
+    pub model: PathBuf,
+    /// Features, samples x width (.npy, f32 or f64); repeat once per adapter input.
+    #[arg(long, value_name = "NPY", required = true)]
+    pub input: Vec<PathBuf>,
+    /// The encrypted query; its metadata goes to `<OUT>.json`.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Model card with the real weights.
+    #[arg(long, value_name = "CARD")]
+    pub model: PathBuf,
+    /// Weights file to use instead of the one the card names.
+    #[arg(long, value_name = "SAFETENSORS")]
+    pub weights: Option<PathBuf>,
+    /// The client's evaluation keys (eval.keys).
+    #[arg(long, value_name = "FILE")]
+    pub eval_keys: PathBuf,
+    /// Parameter set: a preset name or a TOML file (the client's params.toml).
+    #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
+    pub params: ParamsSource,
+    /// The encrypted query (with its `<INPUT>.json` metadata).
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// The encrypted result; its metadata goes to `<OUT>.json`.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// Key directory written by `keygen`.
+    #[arg(long, value_name = "DIR")]
+    pub keys: PathBuf,
+    /// Model card (the public card is enough).
+    #[arg(long, value_name = "CARD")]
+    pub model: PathBuf,
+    /// The encrypted result (with its `<INPUT>.json` metadata).
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Decrypted logits, samples x classes (.npy, f64).
+    #[arg(long, value_name = "NPY")]
+    pub out: PathBuf,
+    /// Classes printed per sample (highest logits first).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub top_k: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Any hepeft file, parameter or model card (.toml/.json), features (.npy) or weights
+    /// (.safetensors).
+    pub file: PathBuf,
+    /// Parameters to decode ciphertexts and keys with (default: a preset with the file's
+    /// digest, or a params.toml next to the file).
+    #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
+    pub params: Option<ParamsSource>,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The private model card (with weights).
+    #[arg(long, value_name = "CARD")]
+    pub model: PathBuf,
+    /// Output directory for public.toml and public.safetensors.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Name recorded in the public card (default: the private card's name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep every file of the run (cards, keys, query, result, logits) in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Number of samples to classify.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub samples: u64,
+    /// Embedded example to run.
+    #[arg(long, value_enum, default_value_t = DemoModel::Lora)]
+    pub model: DemoModel,
+    /// Packing layout.
+    #[arg(long, value_enum, default_value_t = ModeArg::Latency)]
+    pub mode: ModeArg,
+}
+
+/// The embedded demo adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoModel {
+    /// LoRA classifier head, d = 384, rank 8, 10 classes (CKKS_N13_QP200_128).
+    Lora,
+    /// Bottleneck adapter with a GELU fit and a residual, d = 128, hidden 16, 10 classes
+    /// (CKKS_N14_QP430_128).
+    Bottleneck,
+}
+
+/// Packing layout (see `hepeft::plan::Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// One sample per query, vectors packed in slots (rotations).
+    Latency,
+    /// Up to N/2 samples per query, one ciphertext per feature (no rotations).
+    Batch,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Latency => Mode::Latency,
+            ModeArg::Batch => Mode::Batch,
+        }
+    }
+}
+
+/// Where a parameter set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamsSource {
+    /// A preset of `params/`, by name.
+    Preset(String),
+    /// A TOML file.
+    File(PathBuf),
+}
+
+impl ParamsSource {
+    /// Loads and checks the parameter set.
+    pub fn load(&self) -> anyhow::Result<CkksParams> {
+        use anyhow::Context as _;
+        match self {
+            ParamsSource::Preset(name) => Ok(CkksParams::preset(name)?),
+            ParamsSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading parameter file {}", path.display()))?;
+                CkksParams::from_toml(&text)
+                    .with_context(|| format!("parameter file {}", path.display()))
+            }
+        }
+    }
+
+    /// For messages.
+    pub fn label(&self) -> String {
+        match self {
+            ParamsSource::Preset(n) => n.clone(),
+            ParamsSource::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// A preset name or an existing file; anything else is a usage error (exit 2).
+fn parse_params_source(s: &str) -> Result<ParamsSource, String> {
+    let path = std::path::Path::new(s);
+    if path.is_file() {
+        return Ok(ParamsSource::File(path.to_path_buf()));
+    }
+    if let Some((name, _)) = PRESETS.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)) {
+        return Ok(ParamsSource::Preset((*name).to_string()));
+    }
+    Err(format!(
+        "unknown preset {s:?} and no file of that name; known presets: {}",
+        PRESETS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+fn parse_security(s: &str) -> Result<Security, String> {
+    match s {
+        "128" | "192" | "256" => Security::parse(s).map_err(|e| e.to_string()),
+        _ => Err(format!(
+            "{s:?} is not a security level (use 128, 192 or 256)"
+        )),
+    }
+}

@@ -1,0 +1,10 @@
+//! One module per command.
+
+pub mod decrypt;
+pub mod demo;
+pub mod encrypt;
+pub mod evaluate;
+pub mod inspect;
+pub mod keygen;
+pub mod params;
+pub mod publish;
