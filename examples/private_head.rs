@@ -73,12 +73,10 @@ fn run(d: usize, hidden: usize, classes: usize, preset: &str) -> hepeft::Result<
         client_plan.decrypt_result(&encoder, &Decryptor::new(&params, &sk)?, &result, 1)?;
     let (want, report) = reference::evaluate_batch(&adapter, &views)?;
     report.check()?;
-    let max_logit = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let err = logits
-        .iter()
-        .zip(want.iter())
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-    let bits = -(err / max_logit).log2();
+    let got: Vec<f64> = logits.iter().copied().collect();
+    let want: Vec<f64> = want.iter().copied().collect();
+    let stats = hepeft::ckks::PrecisionStats::relative_to_largest(&got, &want);
+    let (err, bits) = (stats.max_abs_error, stats.min_bits);
     println!("max |error| {err:.2e}, {bits:.1} bits relative to the largest logit");
     Ok(bits)
 }

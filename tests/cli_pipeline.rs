@@ -187,12 +187,14 @@ fn pipeline_matches_the_plaintext_twin() {
     let (want, report) = reference::evaluate_batch(&f.adapter, &views).unwrap();
     assert!(report.is_clean());
     assert_eq!(got.dim(), want.dim());
-    let max_logit = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let max_err = got
-        .iter()
-        .zip(want.iter())
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-    let bits = -(max_err / max_logit).log2();
+    let got_flat: Vec<f64> = got.iter().copied().collect();
+    let want_flat: Vec<f64> = want.iter().copied().collect();
+    let stats = hepeft::ckks::PrecisionStats::relative_to_largest(&got_flat, &want_flat);
+    let (bits, max_err, max_logit) = (
+        stats.min_bits,
+        stats.max_abs_error,
+        stats.max_abs_error * 2f64.powf(stats.min_bits),
+    );
     assert!(
         bits >= 16.0,
         "only {bits:.1} bits (max err {max_err:e}, max logit {max_logit})"

@@ -99,12 +99,12 @@ fn run(
                 .unwrap();
         }
     }
-    let max_logit = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let max_err = got
-        .iter()
-        .zip(want.iter())
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-    let bits = -(max_err / max_logit).log2();
+    let stats = PrecisionStats::relative_to_largest(
+        &got.iter().copied().collect::<Vec<_>>(),
+        &want.iter().copied().collect::<Vec<_>>(),
+    );
+    let (bits, max_err) = (stats.min_bits, stats.max_abs_error);
+    let max_logit = max_err * 2f64.powf(bits);
     let argmax_equal = got
         .axis_iter(Axis(0))
         .zip(want.axis_iter(Axis(0)))

@@ -91,12 +91,9 @@ fn the_selected_parameters_deliver_the_predicted_precision() {
     let got = plan
         .decrypt_result(&enc, &Decryptor::new(params, &sk).unwrap(), &out, 1)
         .unwrap();
-    let max_logit = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(want.iter())
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-    let bits = -(err / max_logit).log2();
+    let got: Vec<f64> = got.iter().copied().collect();
+    let want: Vec<f64> = want.iter().copied().collect();
+    let bits = PrecisionStats::relative_to_largest(&got, &want).min_bits;
     println!(
         "selected N = 2^{}: measured {bits:.1} bits, predicted {:.1}",
         params.log_n(),

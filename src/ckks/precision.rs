@@ -21,6 +21,13 @@ impl PrecisionStats {
         Self::compare_relative_to(got, want, 1.0)
     }
 
+    /// Compares with errors divided by the largest `|want|` (how classifier outputs are
+    /// judged: bits relative to the largest logit).
+    pub fn relative_to_largest(got: &[f64], want: &[f64]) -> Self {
+        let largest = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        Self::compare_relative_to(got, want, largest.max(f64::MIN_POSITIVE))
+    }
+
     /// Compares with errors divided by `reference` (e.g. the largest logit).
     pub fn compare_relative_to(got: &[f64], want: &[f64], reference: f64) -> Self {
         let mut errs: Vec<f64> = got

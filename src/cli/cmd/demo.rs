@@ -218,14 +218,10 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
         ui.note("warning: some values left an activation interval; the encrypted result differs there\n");
     }
     let got: &Array2<f64> = &dec.logits;
-    let max_logit = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let got_flat: Vec<f64> = got.iter().copied().collect();
     let want_flat: Vec<f64> = want.iter().copied().collect();
-    let stats = PrecisionStats::compare_relative_to(
-        &got_flat,
-        &want_flat,
-        max_logit.max(f64::MIN_POSITIVE),
-    );
+    let stats = PrecisionStats::relative_to_largest(&got_flat, &want_flat);
+    let max_logit = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let predictions: Vec<(usize, usize)> = got
         .axis_iter(Axis(0))
         .zip(want.axis_iter(Axis(0)))
