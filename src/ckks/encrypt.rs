@@ -95,7 +95,7 @@ impl<'a> Encryptor<'a> {
                 let a = sample::uniform_from_seed(ring, &seed, 0, level, false);
                 let mut c0 = self.small_poly(&sample::gaussian(rng, n), level);
                 let mut as_ = a.clone();
-                as_.mul_assign(ring, &sk.eval.at_level(level));
+                as_.mul_assign_prefix(ring, &sk.eval);
                 c0.sub_assign(ring, &as_);
                 Ciphertext::new(vec![c0, a], scale, self.params.digest()).with_seed(seed)
             }
@@ -125,12 +125,10 @@ impl<'a> Decryptor<'a> {
         self.params
             .check_digest("ciphertext", &ct.params_digest())?;
         let ring = self.params.ring();
-        let level = ct.level();
-        let s = self.sk.eval.at_level(level);
         let parts = ct.parts();
         let mut acc = parts[parts.len() - 1].clone();
         for part in parts[..parts.len() - 1].iter().rev() {
-            acc.mul_assign(ring, &s);
+            acc.mul_assign_prefix(ring, &self.sk.eval);
             acc.add_assign(ring, part);
         }
         Ok(Plaintext::new(acc, ct.scale(), self.params.digest()))

@@ -323,6 +323,21 @@ impl RnsPoly<Eval> {
         });
     }
 
+    /// `self *= other` pointwise on the limbs `self` has, where `other` may hold more limbs
+    /// (a higher level, or special limbs after them): used to multiply by the secret key
+    /// without copying it.
+    pub fn mul_assign_prefix(&mut self, ring: &RingContext, other: &Self) {
+        let n = self.n;
+        let level = self.level;
+        for (i, a) in self.data.chunks_exact_mut(n).enumerate() {
+            let t = ring.table(level, i);
+            let mut tmp = scratch::zeroed(n);
+            t.mul_accumulate(&mut tmp, a, other.limb(i));
+            a.copy_from_slice(&tmp);
+            scratch::recycle(tmp);
+        }
+    }
+
     /// `self += a * b` pointwise (vectorised by tfhe-ntt). `a` and `b` may hold more limbs
     /// than `self` only in the sense of the same layout; shapes must match.
     pub fn mul_accumulate(&mut self, ring: &RingContext, a: &Self, b: &Self) {
