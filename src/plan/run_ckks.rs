@@ -384,23 +384,49 @@ impl PreparedPlan {
             cursor += count;
         }
         let total = plan.stages.len();
+        // Wavefronts: stages whose operands are all computed run together (in parallel when
+        // the pool has more than one worker), e.g. the dense and the LoRA branch of a head.
+        let mut depth = vec![0usize; total];
         for idx in plan.input_dims.len()..total {
-            let st = &plan.stages[idx];
-            let inputs: Vec<&Vec<Ciphertext>> = st
+            depth[idx] = 1 + plan.stages[idx]
                 .inputs
                 .iter()
-                .map(|&i| {
-                    values[i]
-                        .as_ref()
-                        .ok_or_else(|| Error::model("stage evaluated before its input"))
-                })
-                .collect::<Result<_>>()?;
-            let out = match plan.options.mode {
-                Mode::Latency => self.stage_latency(ev, idx, st, &inputs)?,
-                Mode::Batch => stage_batch(ev, st, &inputs)?,
+                .map(|&i| depth[i])
+                .max()
+                .unwrap_or(0);
+        }
+        let max_depth = depth.iter().copied().max().unwrap_or(0);
+        let mut done = plan.input_dims.len();
+        for wave in 1..=max_depth {
+            let members: Vec<usize> = (0..total).filter(|&i| depth[i] == wave).collect();
+            let run = |idx: usize| -> Result<(usize, Vec<Ciphertext>)> {
+                let st = &plan.stages[idx];
+                let inputs: Vec<&Vec<Ciphertext>> = st
+                    .inputs
+                    .iter()
+                    .map(|&i| {
+                        values[i]
+                            .as_ref()
+                            .ok_or_else(|| Error::model("stage evaluated before its input"))
+                    })
+                    .collect::<Result<_>>()?;
+                let out = match plan.options.mode {
+                    Mode::Latency => self.stage_latency(ev, idx, st, &inputs)?,
+                    Mode::Batch => stage_batch(ev, st, &inputs)?,
+                };
+                Ok((idx, out))
             };
-            values[idx] = Some(out);
-            progress(idx + 1, total);
+            let outs: Vec<(usize, Vec<Ciphertext>)> =
+                if members.len() > 1 && rayon::current_num_threads() > 1 {
+                    members.par_iter().map(|&i| run(i)).collect::<Result<_>>()?
+                } else {
+                    members.iter().map(|&i| run(i)).collect::<Result<_>>()?
+                };
+            for (idx, out) in outs {
+                values[idx] = Some(out);
+                done += 1;
+                progress(done, total);
+            }
         }
         values
             .pop()
