@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use hepeft::ckks::lintrans::{baby_step_for, rotation_steps};
-use hepeft::ckks::polyeval::{chebyshev_depth, evaluate_chebyshev};
+use hepeft::ckks::polyeval::{chebyshev_depth, chebyshev_products, evaluate_chebyshev};
 use hepeft::ckks::*;
 use std::sync::Arc;
 
@@ -27,18 +27,22 @@ fn chebyshev_series_matches_clenshaw() {
     let ev = Evaluator::with_keys(&f.params, Arc::new(keys)).unwrap();
     let t = values(f.params.slots(), 3);
     let ct = f.encrypt(&t, 4);
-    for degree in [1usize, 2, 3, 5, 7, 8] {
+    for degree in [1usize, 2, 3, 4, 5, 7, 8, 15] {
         let coeffs: Vec<f64> = values(degree + 1, 10 + degree as u64)
             .iter()
             .map(|c| c / (degree as f64))
             .collect();
         let out = evaluate_chebyshev(&ev, &ct, &coeffs, f.params.default_scale()).unwrap();
         assert_eq!(out.level(), f.params.max_level() - chebyshev_depth(degree));
+        // depth-optimal: ceil(log2(d + 1))
+        assert_eq!(chebyshev_depth(degree), (degree + 1).next_power_of_two().trailing_zeros() as usize);
         let want: Vec<f64> = t.iter().map(|&x| clenshaw(&coeffs, x)).collect();
         let stats = PrecisionStats::compare(&f.decrypt(&out), &want);
         println!("Chebyshev degree {degree}: {stats}");
         assert!(stats.min_bits >= 20.0, "degree {degree}: {stats}");
     }
+    assert_eq!(chebyshev_products(7), 7);
+    assert_eq!(chebyshev_products(2), 1);
     // too deep for the remaining levels
     let low = Evaluator::new(&f.params).drop_to_level(&ct, 1).unwrap();
     assert!(matches!(

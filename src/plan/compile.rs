@@ -3,7 +3,7 @@
 use super::layout::{self, Segment};
 use crate::ckks::keygen::galois_element_for_rotation;
 use crate::ckks::lintrans::{baby_step_for, rotation_steps};
-use crate::ckks::polyeval::chebyshev_depth;
+use crate::ckks::polyeval::{chebyshev_depth, chebyshev_products};
 use crate::ckks::CkksParams;
 use crate::model::{Adapter, NodeRef, Op};
 use crate::{Error, Result};
@@ -366,7 +366,7 @@ impl Plan {
                 } => {
                     let d = cheb.len().saturating_sub(1).max(1);
                     let depth = chebyshev_depth(d) + usize::from(!normalized);
-                    let per_ct = cheb.len().saturating_sub(2);
+                    let per_ct = chebyshev_products(cheb.len().saturating_sub(1));
                     let cts = if latency {
                         self.stages[ins[0]].segments.len()
                     } else {
