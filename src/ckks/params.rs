@@ -428,6 +428,19 @@ impl CkksParams {
         Self::from_toml(text)
     }
 
+    /// Which tfhe-ntt kernel the primes run on, e.g. "AVX-512 IFMA on 8 of 10 primes" (primes
+    /// below 2^50 take the IFMA kernel on CPUs that have it).
+    pub fn ntt_path(&self) -> String {
+        let ring = self.ring();
+        let all: Vec<_> = ring.q_tables().iter().chain(ring.p_tables()).collect();
+        let ifma = all.iter().filter(|t| t.uses_ifma()).count();
+        if ifma == 0 {
+            format!("no IFMA kernel on this CPU for any of the {} primes (AVX-512/AVX2 kernels)", all.len())
+        } else {
+            format!("AVX-512 IFMA on {ifma} of {} primes", all.len())
+        }
+    }
+
     /// One-line human description.
     pub fn describe(&self) -> String {
         format!(

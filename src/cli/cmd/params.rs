@@ -88,7 +88,7 @@ pub fn show(source: &ParamsSource, ui: &Ui) -> Result<()> {
     let bound = max_log_qp(params.log_n(), params.security())
         .map_or_else(|| "no bound (unchecked)".to_string(), |b| b.to_string());
     text.push_str(&format!(
-        "N = {} ({} slots), levels {}, log2(QP) = {:.1} (bound {bound} at {})\nq = {:?}\np = {:?}\ndigest {}\n",
+        "N = {} ({} slots), levels {}, log2(QP) = {:.1} (bound {bound} at {})\nq = {:?}\np = {:?}\nNTT: {}\ndigest {}\n",
         params.n(),
         params.slots(),
         params.max_level(),
@@ -96,6 +96,7 @@ pub fn show(source: &ParamsSource, ui: &Ui) -> Result<()> {
         params.security(),
         params.q(),
         params.p(),
+        params.ntt_path(),
         i.digest
     ));
     ui.report(&i, &text, true)
