@@ -20,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::BodyExt as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -178,16 +178,50 @@ impl AppState {
         }
     }
 
-    async fn read_body(&self, body: Body) -> ApiResult<Bytes> {
+    /// Reads the body up to `max_body_bytes` (413 above it, after discarding what follows
+    /// up to twice the limit so that clients writing the whole body first see the answer).
+    async fn read_body(&self, mut body: Body) -> ApiResult<Bytes> {
         let limit = self.cfg.max_body_bytes;
-        match Limited::new(body, limit).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-            Err(e) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("reading the request body: {e}"),
-            )),
+        let mut buf: Vec<u8> = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > limit {
+                    if seen > limit.saturating_mul(2) {
+                        break;
+                    }
+                    continue;
+                }
+                buf.extend_from_slice(&data);
+            }
         }
+        if seen > limit {
+            return Err(too_large(limit));
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// Answers `err` after discarding the body (up to twice the body limit): a client that
+    /// writes its whole body before reading would otherwise see a reset, not the answer.
+    async fn reject(&self, mut body: Body, err: ApiError) -> ApiError {
+        let cap = self.cfg.max_body_bytes.saturating_mul(2);
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > cap {
+                    break;
+                }
+            }
+        }
+        err
     }
 }
 
@@ -299,9 +333,6 @@ async fn key_delete(
 }
 
 async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
-    if content_length(req.headers()).is_some_and(|n| n > st.cfg.max_body_bytes as u64) {
-        return Err(too_large(st.cfg.max_body_bytes));
-    }
     let body = st.read_body(req.into_body()).await?;
     if body.is_empty() {
         return Err(ApiError::new(
@@ -378,15 +409,18 @@ async fn evaluate(
     Path(id): Path<String>,
     req: Request,
 ) -> ApiResult<Response> {
-    check_id(&id)?;
-    if content_length(req.headers()).is_some_and(|n| n > st.cfg.max_body_bytes as u64) {
-        return Err(too_large(st.cfg.max_body_bytes));
+    let body = req.into_body();
+    if let Err(e) = check_id(&id) {
+        return Err(st.reject(body, e).await);
     }
     if st.keys.lookup(&id).is_none() {
-        return Err(unknown_key(&id));
+        return Err(st.reject(body, unknown_key(&id)).await);
     }
-    let admitted = st.admit()?;
-    let body = st.read_body(req.into_body()).await?;
+    let admitted = match st.admit() {
+        Ok(a) => a,
+        Err(e) => return Err(st.reject(body, e).await),
+    };
+    let body = st.read_body(body).await?;
     let slot = st.slot().await?;
     let t0 = Instant::now();
     let (out, queries) = st

@@ -2,7 +2,7 @@
 
 use crate::ckks::serialize::MAX_PAYLOAD;
 use crate::ckks::{to_bytes, Ciphertext, CiphertextBundle, CkksParams, HeObject};
-use crate::io::format::{read_envelope, PayloadReader};
+use crate::io::format::{peek_header, read_envelope, PayloadReader};
 use crate::{Error, Result};
 
 /// Parses one or more `CiphertextBundle` envelopes written back to back and splits their
@@ -23,15 +23,21 @@ pub(crate) fn read_queries(
     let mut queries = Vec::new();
     let mut index = 0usize;
     while !cursor.is_empty() {
+        // One envelope per stream for `read_envelope`: cut this one out by its header.
+        let total = peek_header(cursor)
+            .ok()
+            .and_then(|h| h.total_len())
+            .and_then(|t| usize::try_from(t).ok())
+            .map_or(cursor.len(), |t| t.min(cursor.len()));
+        let (mut one, rest) = cursor.split_at(total);
+        cursor = rest;
         let env =
-            read_envelope(&mut cursor, CiphertextBundle::KIND, MAX_PAYLOAD).map_err(
-                |e| match e {
-                    Error::Format { what, reason } => {
-                        Error::format(what, format!("bundle {index}: {reason}"))
-                    }
-                    other => other,
-                },
-            )?;
+            read_envelope(&mut one, CiphertextBundle::KIND, MAX_PAYLOAD).map_err(|e| match e {
+                Error::Format { what, reason } => {
+                    Error::format(what, format!("bundle {index}: {reason}"))
+                }
+                other => other,
+            })?;
         env.check_params(&params.digest(), &format!("ciphertext bundle {index}"))?;
         let mut r = PayloadReader::new(&env.payload, CiphertextBundle::WHAT);
         let bundle = CiphertextBundle::read_payload(params, &mut r)?;
