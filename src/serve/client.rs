@@ -347,9 +347,11 @@ impl QueryClient {
     /// [`Error::InvalidValue`] for a URL that is not `http(s)://...`.
     pub fn new(base_url: &str) -> Result<Self> {
         let base = base_url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://"))
-            || base.len() <= "https://".len() - 1
-        {
+        let host = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"))
+            .unwrap_or("");
+        if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(Error::InvalidValue {
                 context: "server URL".into(),
                 reason: format!("{base_url:?} is not an http:// or https:// URL"),

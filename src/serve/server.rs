@@ -160,10 +160,15 @@ impl AppState {
         let st = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _held = (admitted, slot);
+            struct InFlight<'a>(&'a Metrics);
+            impl Drop for InFlight<'_> {
+                fn drop(&mut self) {
+                    self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
             st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-            let r = f(&st);
-            st.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-            r
+            let _counted = InFlight(&st.metrics);
+            f(&st)
         })
         .await;
         match joined {
