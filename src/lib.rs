@@ -15,6 +15,8 @@ pub mod math;
 pub mod model;
 pub mod plan;
 pub mod select;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use error::Error;
 

@@ -1,0 +1,629 @@
+//! The blocking query client (on `ureq`): fetch and check the model description, register
+//! evaluation keys, send encrypted queries, decrypt the answers.
+//!
+//! ```no_run
+//! use hepeft::serve::client::{ClientKeys, QueryClient};
+//! # fn demo(features: ndarray::Array2<f64>) -> hepeft::Result<()> {
+//! let client = QueryClient::new("http://127.0.0.1:8080")?;
+//! let keys = ClientKeys::generate(client.connect()?.plan(), &mut rand::rng())?;
+//! let logits = client.query(&keys, &[features.view()])?; // samples x classes
+//! # let _ = logits; Ok(()) }
+//! ```
+//!
+//! Errors from the server arrive as [`Error::Io`] whose source is a [`RemoteError`]
+//! carrying the HTTP status and the server's message ([`remote_status`] extracts it).
+
+use super::{is_key_id, sha256_hex, wire, KeyInfo, ModelDescription, DESCRIPTION_FORMAT};
+use crate::ckks::{
+    load, save, to_bytes, Ciphertext, CkksParams, Decryptor, Encoder, EncryptionKey,
+    EvaluationKeys, KeyGenerator, PublicKey, SecretKey,
+};
+use crate::io::format::digest_hex;
+use crate::model::load::{ModelCard, TensorStore};
+use crate::model::Adapter;
+use crate::plan::{Mode, Plan};
+use crate::{Error, Result};
+use ndarray::{Array2, ArrayView2, Axis, Slice};
+use rand::{CryptoRng, RngCore, SeedableRng};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// File names of a key directory, as `hepeft keygen` writes them.
+pub const SECRET_KEY_FILE: &str = "secret.key";
+/// Public key file name in a key directory.
+pub const PUBLIC_KEY_FILE: &str = "public.key";
+/// Evaluation keys file name in a key directory.
+pub const EVAL_KEYS_FILE: &str = "eval.keys";
+
+/// Largest response the client reads (result bundles, the description, zero weights).
+pub const MAX_RESPONSE_BYTES: u64 = 4 << 30;
+
+/// An HTTP error answer from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError {
+    /// HTTP status.
+    pub status: u16,
+    /// The server's message (or the raw body when it was not the JSON error form).
+    pub message: String,
+    /// `Retry-After` seconds, when the server sent it (503).
+    pub retry_after: Option<u64>,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server answered {}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// The HTTP status when `e` is an error answer of the server.
+pub fn remote_status(e: &Error) -> Option<u16> {
+    remote_error(e).map(|r| r.status)
+}
+
+/// The server's error answer inside `e`, if that is what `e` is.
+pub fn remote_error(e: &Error) -> Option<&RemoteError> {
+    match e {
+        Error::Io { source, .. } => source
+            .get_ref()
+            .and_then(|s| s.downcast_ref::<RemoteError>()),
+        _ => None,
+    }
+}
+
+fn transport(url: &str, e: ureq::Error) -> Error {
+    Error::Io {
+        path: None,
+        source: std::io::Error::other(format!("HTTP request to {url} failed: {e}")),
+    }
+}
+
+/// The client's keys: the secret key (never sent), the evaluation keys (uploaded) and,
+/// when known, the public key.
+pub struct ClientKeys {
+    /// Secret key: decrypts, and encrypts with seeded (half-size) ciphertexts.
+    pub secret: SecretKey,
+    /// Public key, if the key directory has one.
+    pub public: Option<PublicKey>,
+    /// The evaluation keys the plan needs.
+    pub eval: EvaluationKeys,
+}
+
+impl std::fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKeys")
+            .field("secret", &"<redacted>")
+            .field("galois_elements", &self.eval.galois_elements().len())
+            .field("relin", &self.eval.relin().is_some())
+            .finish()
+    }
+}
+
+impl ClientKeys {
+    /// Fresh keys for `plan`: secret, public, and exactly the Galois and relinearization
+    /// keys the plan needs.
+    ///
+    /// # Errors
+    /// Key generation errors.
+    pub fn generate<G: RngCore + CryptoRng>(plan: &Plan, rng: &mut G) -> Result<Self> {
+        let params = plan.params();
+        let kg = KeyGenerator::new(params);
+        let secret = kg.gen_secret_key(rng);
+        let public = kg.gen_public_key(&secret, rng)?;
+        let eval =
+            kg.gen_evaluation_keys(&secret, &plan.galois_elements(), plan.needs_relin(), rng)?;
+        Ok(ClientKeys {
+            secret,
+            public: Some(public),
+            eval,
+        })
+    }
+
+    /// Reads `secret.key`, `eval.keys` and (if present) `public.key` of a key directory
+    /// written by `hepeft keygen` or [`ClientKeys::save_dir`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] for a missing file; format and parameter errors of [`load`].
+    pub fn load_dir(dir: impl AsRef<Path>, params: &CkksParams) -> Result<Self> {
+        let dir = dir.as_ref();
+        let secret = load(dir.join(SECRET_KEY_FILE), params)?;
+        let eval = load(dir.join(EVAL_KEYS_FILE), params)?;
+        let pk = dir.join(PUBLIC_KEY_FILE);
+        let public = if pk.exists() {
+            Some(load(pk, params)?)
+        } else {
+            None
+        };
+        Ok(ClientKeys {
+            secret,
+            public,
+            eval,
+        })
+    }
+
+    /// Writes the keys to `dir` (created if needed; the secret key gets mode 0600).
+    ///
+    /// # Errors
+    /// [`Error::Io`] on file-system failures.
+    pub fn save_dir(&self, dir: impl AsRef<Path>, params: &CkksParams) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        save(dir.join(SECRET_KEY_FILE), params, &self.secret)?;
+        save(dir.join(EVAL_KEYS_FILE), params, &self.eval)?;
+        if let Some(pk) = &self.public {
+            save(dir.join(PUBLIC_KEY_FILE), params, pk)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the keys belong to `plan`'s parameters and hold every key it needs.
+    ///
+    /// # Errors
+    /// [`Error::ParameterMismatch`] or [`Error::MissingKey`].
+    pub fn check_for(&self, plan: &Plan) -> Result<()> {
+        let params = plan.params();
+        params.check_digest("secret key", &self.secret.params_digest())?;
+        params.check_digest("evaluation keys", &self.eval.params_digest())?;
+        let missing: Vec<u64> = plan
+            .galois_elements()
+            .into_iter()
+            .filter(|g| self.eval.galois(*g).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::MissingKey {
+                what: format!(
+                    "Galois keys for elements {missing:?} (the keys were made for another plan)"
+                ),
+            });
+        }
+        if plan.needs_relin() && self.eval.relin().is_none() {
+            return Err(Error::MissingKey {
+                what: "relinearization key".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A served model as the client sees it, checked: the parameter set, the public adapter
+/// and the plan compiled locally from it (its structure digest equals the server's).
+pub struct RemoteModel {
+    description: ModelDescription,
+    params: CkksParams,
+    adapter: Adapter,
+    plan: Plan,
+    encoder: Encoder,
+}
+
+impl RemoteModel {
+    /// The server's description.
+    pub fn description(&self) -> &ModelDescription {
+        &self.description
+    }
+    /// The parameter set (its digest checked against the description).
+    pub fn params(&self) -> &CkksParams {
+        &self.params
+    }
+    /// The public, zero-weight adapter.
+    pub fn public_adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+    /// The plan compiled locally (same structure digest as the server's).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    /// An encoder for the parameters.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Checks a description and zero weights, and compiles the plan from them.
+    ///
+    /// # Errors
+    /// [`Error::Format`] for an unknown format or a weights digest that does not match;
+    /// [`Error::ParameterMismatch`] if the parameter set does not hash to the advertised
+    /// digest (or to `expected_params`); [`Error::Model`] if the local plan differs from
+    /// the server's.
+    pub fn from_parts(
+        description: ModelDescription,
+        weights: &[u8],
+        expected_params: Option<&str>,
+    ) -> Result<Self> {
+        if description.format != DESCRIPTION_FORMAT {
+            return Err(Error::format(
+                "model description",
+                format!(
+                    "format {:?}, expected {DESCRIPTION_FORMAT:?}",
+                    description.format
+                ),
+            ));
+        }
+        let params = CkksParams::from_toml(&description.params_toml)?;
+        let got = digest_hex(&params.digest());
+        if got != description.params_digest {
+            return Err(Error::ParameterMismatch {
+                what: "the server's parameter set".into(),
+                expected: description.params_digest.clone(),
+                found: got,
+            });
+        }
+        if let Some(want) = expected_params {
+            if !got.starts_with(&want.to_ascii_lowercase()) || want.is_empty() {
+                return Err(Error::ParameterMismatch {
+                    what: "the server's parameter set".into(),
+                    expected: want.to_string(),
+                    found: got,
+                });
+            }
+        }
+        if sha256_hex(weights) != description.weights_digest {
+            return Err(Error::format(
+                "public model weights",
+                "SHA-256 differs from the description",
+            ));
+        }
+        let store = TensorStore::from_bytes(weights)?;
+        let card: &ModelCard = &description.card;
+        let adapter = card.to_adapter(Some(&store), None)?;
+        let plan = Plan::compile(&adapter, &params, description.plan_options()?)?;
+        let local = digest_hex(&plan.structure_digest());
+        if local != description.structure_digest {
+            return Err(Error::model(format!(
+                "the plan compiled from the server's public card has structure digest {local}, the server announces {}; client and server versions may differ",
+                description.structure_digest
+            )));
+        }
+        if plan.galois_elements() != description.galois_elements
+            || plan.needs_relin() != description.needs_relin
+        {
+            return Err(Error::model(
+                "the local plan needs other keys than the server announces",
+            ));
+        }
+        let encoder = Encoder::new(&params)?;
+        Ok(RemoteModel {
+            description,
+            params,
+            adapter,
+            plan,
+            encoder,
+        })
+    }
+}
+
+/// A blocking client of one server.
+pub struct QueryClient {
+    base: String,
+    agent: ureq::Agent,
+    expected_params: Option<String>,
+    remote: OnceLock<RemoteModel>,
+}
+
+fn agent(timeout: Option<Duration>) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(timeout)
+        .build()
+        .into()
+}
+
+fn read_response(url: &str, mut resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE_BYTES)
+        .read_to_vec()
+        .map_err(|e| transport(url, e))?;
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
+    Err(Error::Io {
+        path: None,
+        source: std::io::Error::other(RemoteError {
+            status,
+            message,
+            retry_after,
+        }),
+    })
+}
+
+impl QueryClient {
+    /// A client of the server at `base_url` (`http://host:port`, or `https://` with the
+    /// `serve-tls` feature). Nothing is sent yet.
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] for a URL that is not `http(s)://...`.
+    pub fn new(base_url: &str) -> Result<Self> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let host = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"))
+            .unwrap_or("");
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(Error::InvalidValue {
+                context: "server URL".into(),
+                reason: format!("{base_url:?} is not an http:// or https:// URL"),
+            });
+        }
+        Ok(QueryClient {
+            base,
+            agent: agent(Some(Duration::from_secs(600))),
+            expected_params: None,
+            remote: OnceLock::new(),
+        })
+    }
+
+    /// Sets the whole-request timeout (default 600 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.agent = agent(Some(timeout));
+        self
+    }
+
+    /// Refuses servers whose parameter digest does not start with `hex` (a full digest or
+    /// a prefix such as [`CkksParams::digest_short`]).
+    pub fn expect_params_digest(mut self, hex: &str) -> Self {
+        self.expected_params = Some(hex.to_string());
+        self
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn get(&self, path: &str) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| transport(&url, e))?;
+        read_response(&url, resp)
+    }
+
+    fn post(&self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .send(body)
+            .map_err(|e| transport(&url, e))?;
+        read_response(&url, resp)
+    }
+
+    /// `GET /healthz`.
+    ///
+    /// # Errors
+    /// Transport errors or a non-2xx answer.
+    pub fn health(&self) -> Result<()> {
+        self.get("/healthz").map(|_| ())
+    }
+
+    /// `GET /v1/model`, unchecked.
+    ///
+    /// # Errors
+    /// Transport errors, a non-2xx answer, or [`Error::Format`] for malformed JSON.
+    pub fn model(&self) -> Result<ModelDescription> {
+        let body = self.get("/v1/model")?;
+        serde_json::from_slice(&body).map_err(|e| Error::format("model description", e.to_string()))
+    }
+
+    /// Fetches the description and the zero weights, checks them and compiles the plan
+    /// locally (once; later calls return the cached model).
+    ///
+    /// # Errors
+    /// As [`QueryClient::model`] and [`RemoteModel::from_parts`].
+    pub fn connect(&self) -> Result<&RemoteModel> {
+        if let Some(r) = self.remote.get() {
+            return Ok(r);
+        }
+        let description = self.model()?;
+        let weights = self.get("/v1/model/weights")?;
+        let remote =
+            RemoteModel::from_parts(description, &weights, self.expected_params.as_deref())?;
+        Ok(self.remote.get_or_init(|| remote))
+    }
+
+    /// Whether the server knows key id `id` (`GET /v1/keys/{id}`).
+    ///
+    /// # Errors
+    /// Transport errors, or an answer other than 200 / 404.
+    pub fn has_keys(&self, id: &str) -> Result<bool> {
+        if !is_key_id(id) {
+            return Ok(false);
+        }
+        match self.get(&format!("/v1/keys/{id}")) {
+            Ok(_) => Ok(true),
+            Err(e) if remote_status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads `keys` unless the server already has them, and returns their id (the
+    /// SHA-256 hex of the envelope, computed locally and checked against the server's).
+    ///
+    /// # Errors
+    /// As [`QueryClient::connect`]; [`Error::ParameterMismatch`] for keys of other
+    /// parameters; the server's 4xx answers (409, 413, 422) as [`RemoteError`].
+    pub fn register_keys(&self, keys: &EvaluationKeys) -> Result<String> {
+        let remote = self.connect()?;
+        let bytes = to_bytes(remote.params(), keys)?;
+        self.register_key_bytes(&bytes)
+    }
+
+    /// [`QueryClient::register_keys`] for an envelope already serialized.
+    ///
+    /// # Errors
+    /// As [`QueryClient::register_keys`].
+    pub fn register_key_bytes(&self, envelope: &[u8]) -> Result<String> {
+        let id = sha256_hex(envelope);
+        if self.has_keys(&id)? {
+            return Ok(id);
+        }
+        let body = self.post("/v1/keys", envelope)?;
+        let info: KeyInfo = serde_json::from_slice(&body)
+            .map_err(|e| Error::format("key registration answer", e.to_string()))?;
+        if info.id != id {
+            return Err(Error::format(
+                "key registration answer",
+                format!("server named the keys {}, expected {id}", info.id),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Evaluates one query (the ciphertexts of [`Plan::encrypt_query`]) under key id `id`.
+    ///
+    /// # Errors
+    /// As [`QueryClient::evaluate_many`].
+    pub fn evaluate(&self, id: &str, query: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
+        let mut out = self.evaluate_many(id, &[query.to_vec()])?;
+        out.pop()
+            .ok_or_else(|| Error::format("result bundle", "no result"))
+    }
+
+    /// Evaluates several queries in one request; one result per query, in order.
+    ///
+    /// # Errors
+    /// As [`QueryClient::connect`]; the server's answers (404 unknown id, 400 malformed,
+    /// 409 other parameters, 503 busy, 504 timeout) as [`RemoteError`]; [`Error::Format`]
+    /// for a result of the wrong size.
+    pub fn evaluate_many(
+        &self,
+        id: &str,
+        queries: &[Vec<Ciphertext>],
+    ) -> Result<Vec<Vec<Ciphertext>>> {
+        let remote = self.connect()?;
+        let mut body = Vec::new();
+        for q in queries {
+            body.extend(wire::write_bundle(remote.params(), q.clone())?);
+        }
+        self.evaluate_raw(id, &body, queries.len())
+    }
+
+    fn evaluate_raw(&self, id: &str, body: &[u8], queries: usize) -> Result<Vec<Vec<Ciphertext>>> {
+        let remote = self.connect()?;
+        if !is_key_id(id) {
+            return Err(Error::InvalidValue {
+                context: "key id".into(),
+                reason: "expected 64 lower-case hex digits".into(),
+            });
+        }
+        let answer = self.post(&format!("/v1/evaluate/{id}"), body)?;
+        let cts = wire::read_bundle(remote.params(), &answer)?;
+        let per = remote.plan().output_ciphertexts();
+        if cts.len() != per * queries {
+            return Err(Error::dims("result ciphertexts", per * queries, cts.len()));
+        }
+        let mut it = cts.into_iter();
+        Ok((0..queries)
+            .map(|_| it.by_ref().take(per).collect())
+            .collect())
+    }
+
+    /// The whole flow: connect and check the model, check the keys against the local plan,
+    /// register them if the server lacks them, encrypt `inputs` (one `samples x dim`
+    /// matrix per adapter input), evaluate remotely (requests packed up to the server's
+    /// body limit), decrypt. Returns `samples x output_dim` logits.
+    ///
+    /// Latency mode sends one query per sample; batch mode packs up to N/2 samples per
+    /// query.
+    ///
+    /// # Errors
+    /// As [`QueryClient::connect`], [`ClientKeys::check_for`], [`Plan::encrypt_query`],
+    /// [`QueryClient::evaluate_many`].
+    pub fn query(&self, keys: &ClientKeys, inputs: &[ArrayView2<f64>]) -> Result<Array2<f64>> {
+        let remote = self.connect()?;
+        let plan = remote.plan();
+        keys.check_for(plan)?;
+        if inputs.len() != plan.input_dims().len() {
+            return Err(Error::dims(
+                "adapter inputs",
+                plan.input_dims().len(),
+                inputs.len(),
+            ));
+        }
+        let samples = inputs.first().map_or(0, |a| a.nrows());
+        if samples == 0 {
+            return Err(Error::dims("samples (at least one)", 1, 0));
+        }
+        let id = self.register_keys(&keys.eval)?;
+        let per_query = match plan.options().mode {
+            Mode::Latency => 1,
+            Mode::Batch => remote.params().slots(),
+        };
+        let mut rng = rand_chacha::ChaCha20Rng::try_from_os_rng().map_err(|e| Error::Io {
+            path: None,
+            source: std::io::Error::other(format!(
+                "the operating system's random generator failed: {e}"
+            )),
+        })?;
+        // Encrypt each query into its own envelope; pack envelopes into requests.
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
+        let mut envelopes: Vec<Vec<u8>> = Vec::new();
+        let mut start = 0;
+        while start < samples {
+            let end = (start + per_query).min(samples);
+            let rows: Vec<ArrayView2<f64>> = inputs
+                .iter()
+                .map(|a| a.slice_axis(Axis(0), Slice::from(start..end)))
+                .collect();
+            let cts = plan.encrypt_query(
+                remote.encoder(),
+                EncryptionKey::Secret(&keys.secret),
+                &rows,
+                &mut rng,
+            )?;
+            envelopes.push(wire::write_bundle(remote.params(), cts)?);
+            chunks.push((start, end));
+            start = end;
+        }
+        let limit = remote.description().max_body_bytes.max(1);
+        let dec = Decryptor::new(remote.params(), &keys.secret)?;
+        let mut out = Array2::zeros((samples, plan.output_dim()));
+        let mut i = 0;
+        while i < envelopes.len() {
+            let mut body = envelopes[i].clone();
+            let mut j = i + 1;
+            while j < envelopes.len() && body.len() + envelopes[j].len() <= limit {
+                body.extend_from_slice(&envelopes[j]);
+                j += 1;
+            }
+            let results = self.evaluate_raw(&id, &body, j - i)?;
+            for (k, res) in results.iter().enumerate() {
+                let (a, b) = chunks[i + k];
+                let got = plan.decrypt_result(remote.encoder(), &dec, res, b - a)?;
+                out.slice_axis_mut(Axis(0), Slice::from(a..b)).assign(&got);
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// [`QueryClient::query`] with the keys of a key directory (`secret.key`, `eval.keys`).
+    ///
+    /// # Errors
+    /// As [`ClientKeys::load_dir`] and [`QueryClient::query`].
+    pub fn query_with_key_dir(
+        &self,
+        dir: impl AsRef<Path>,
+        inputs: &[ArrayView2<f64>],
+    ) -> Result<Array2<f64>> {
+        let remote = self.connect()?;
+        let keys = ClientKeys::load_dir(dir, remote.params())?;
+        self.query(&keys, inputs)
+    }
+}

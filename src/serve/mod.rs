@@ -1,0 +1,203 @@
+//! The network service: a model owner serves an adapter over HTTP; clients send encrypted
+//! features and get encrypted logits back. Feature `serve` (on by default).
+//!
+//! The server holds the adapter's weights and the clients' *evaluation* keys; it never sees
+//! a secret key, a plaintext feature or a plaintext logit. The client fetches the public
+//! description of the model ([`ModelDescription`]: structure with zero weights, parameter
+//! set, plan digest), compiles the same [`Plan`](crate::plan::Plan) locally, checks both
+//! digests, uploads its evaluation keys once, then sends queries.
+//!
+//! # Endpoints
+//!
+//! | method | path | body in | body out |
+//! | --- | --- | --- | --- |
+//! | `GET` | `/v1/model` | | JSON [`ModelDescription`] |
+//! | `GET` | `/v1/model/weights` | | zero-weight safetensors of the public card |
+//! | `GET` | `/v1/model/params` | | parameter envelope ([`params_to_bytes`](crate::ckks::serialize::params_to_bytes)) |
+//! | `POST` | `/v1/keys` | `EvaluationKeys` envelope | JSON [`KeyInfo`] (201, or 200 if known) |
+//! | `GET`, `HEAD` | `/v1/keys/{id}` | | JSON [`KeyInfo`], 404 if unknown |
+//! | `DELETE` | `/v1/keys/{id}` | | 204 |
+//! | `POST` | `/v1/evaluate/{id}` | one or more `CiphertextBundle` envelopes back to back | one result bundle |
+//! | `GET` | `/healthz` | | `ok` |
+//! | `GET` | `/metrics` | | Prometheus text |
+//!
+//! A key id is the lower-case SHA-256 hex of the uploaded envelope (content addressed: the
+//! same keys always get the same id, on every instance). An evaluate body holds `k >= 1`
+//! queries: each bundle carries a multiple of
+//! [`ModelDescription::input_ciphertexts`] ciphertexts; the answer is one bundle with the
+//! `k` results in order (`k * output_ciphertexts` ciphertexts), and the response header
+//! `x-hepeft-queries` says `k`.
+//!
+//! Errors are JSON `{"status": .., "error": ".."}` with: 400 malformed body or key id,
+//! 404 unknown key id, 409 object made for other parameters, 413 body too large,
+//! 422 keys lacking a Galois or relinearization key the plan needs, 503 (with
+//! `Retry-After`) when every evaluation slot and queue place is taken, 504 past the
+//! request timeout, 500 for the server's own failures.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use hepeft::serve::{self, client::{ClientKeys, QueryClient}, ServerConfig};
+//! # fn demo(adapter: hepeft::model::Adapter, features: ndarray::Array2<f64>) -> hepeft::Result<()> {
+//! let params = hepeft::ckks::CkksParams::preset("CKKS_N13_QP200_128")?;
+//! let server = serve::spawn(adapter, params, ServerConfig::default())?; // 127.0.0.1:8080
+//! let client = QueryClient::new(&server.url())?;
+//! let remote = client.connect()?; // fetches and checks the public description
+//! let keys = ClientKeys::generate(remote.plan(), &mut rand::rng())?;
+//! let logits = client.query(&keys, &[features.view()])?;
+//! server.shutdown()?;
+//! # let _ = logits; Ok(()) }
+//! ```
+
+pub mod client;
+mod keystore;
+mod metrics;
+mod server;
+mod wire;
+
+pub use server::{run, run_until_signal, shutdown_signal, spawn, Server, ServerHandle};
+
+use crate::model::load::ModelCard;
+use crate::plan::{Mode, PlanOptions};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Format tag of [`ModelDescription`].
+pub const DESCRIPTION_FORMAT: &str = "hepeft-model/1";
+
+/// Response header carrying the number of queries in an evaluate request.
+pub const QUERIES_HEADER: &str = "x-hepeft-queries";
+
+/// How a server listens, what it accepts and how much it does at once.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks a free port; see [`Server::local_addr`]).
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 above). Must cover an evaluation key upload.
+    pub max_body_bytes: usize,
+    /// Evaluations (and key verifications) running at once; each runs on the blocking pool
+    /// and uses rayon inside.
+    pub max_concurrent_evaluations: usize,
+    /// Requests allowed to wait for a slot; beyond `max_concurrent_evaluations +
+    /// queue_depth` the server answers 503 with `Retry-After`.
+    pub queue_depth: usize,
+    /// Whole-request deadline (reading the body, waiting, evaluating): 504 past it. An
+    /// evaluation already running finishes in the background and keeps its slot until then.
+    pub request_timeout: Duration,
+    /// Memory budget of the key store (resident size of the parsed keys); least recently
+    /// used key sets are dropped from memory above it.
+    pub key_store_max_bytes: usize,
+    /// Directory where uploaded keys are kept (`<id>.evk`, the uploaded envelope) so that a
+    /// restart, or another instance sharing the directory, finds them. `None`: memory only.
+    pub key_store_dir: Option<PathBuf>,
+    /// Plan compilation options (latency or batch layout).
+    pub mode: PlanOptions,
+    /// Name shown in the model description.
+    pub model_name: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 512 << 20,
+            max_concurrent_evaluations: std::thread::available_parallelism().map_or(1, usize::from),
+            queue_depth: 64,
+            request_timeout: Duration::from_secs(120),
+            key_store_max_bytes: 4 << 30,
+            key_store_dir: None,
+            mode: PlanOptions::default(),
+            model_name: None,
+        }
+    }
+}
+
+/// The public description of a served model (`GET /v1/model`): everything a client needs
+/// to compile the server's plan, and nothing about the weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelDescription {
+    /// [`DESCRIPTION_FORMAT`].
+    pub format: String,
+    /// Optional name.
+    pub name: Option<String>,
+    /// `latency` or `batch`.
+    pub mode: String,
+    /// Plan option `fold_normalization`.
+    pub fold_normalization: bool,
+    /// Widths of the adapter inputs, in order.
+    pub input_dims: Vec<usize>,
+    /// Width of the output (logits).
+    pub output_dim: usize,
+    /// Ciphertexts per query.
+    pub input_ciphertexts: usize,
+    /// Ciphertexts per result.
+    pub output_ciphertexts: usize,
+    /// Samples per query: 1 in latency mode, N/2 in batch mode.
+    pub max_samples_per_query: usize,
+    /// The parameter set as TOML (frozen primes).
+    pub params_toml: String,
+    /// SHA-256 hex of the parameter set.
+    pub params_digest: String,
+    /// SHA-256 hex of the plan structure ([`Plan::structure_digest`](crate::plan::Plan::structure_digest)).
+    pub structure_digest: String,
+    /// Galois elements the evaluation keys must contain.
+    pub galois_elements: Vec<u64>,
+    /// Whether a relinearization key is needed.
+    pub needs_relin: bool,
+    /// Levels the plan consumes.
+    pub depth: usize,
+    /// The public card: the adapter's structure with every weight zero.
+    pub card: ModelCard,
+    /// SHA-256 hex of the zero-weight safetensors served at `/v1/model/weights`.
+    pub weights_digest: String,
+    /// Largest request body the server accepts.
+    pub max_body_bytes: usize,
+}
+
+impl ModelDescription {
+    /// The plan options the description names.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`](crate::Error::InvalidParameters) for an unknown mode.
+    pub fn plan_options(&self) -> crate::Result<PlanOptions> {
+        Ok(PlanOptions {
+            mode: Mode::parse(&self.mode)?,
+            fold_normalization: self.fold_normalization,
+        })
+    }
+}
+
+/// What the server knows about a key set (`POST /v1/keys`, `GET /v1/keys/{id}`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Content address: SHA-256 hex of the envelope.
+    pub id: String,
+    /// Envelope size in bytes.
+    pub bytes: u64,
+    /// Whether the keys were already known before this request.
+    pub existing: bool,
+}
+
+/// Name of a mode in descriptions and reports.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Latency => "latency",
+        Mode::Batch => "batch",
+    }
+}
+
+/// Whether `id` has the shape of a key id (64 lower-case hex digits).
+pub fn is_key_id(id: &str) -> bool {
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// SHA-256 hex of `bytes` (key ids, weights digest).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    crate::io::format::digest_hex(&Sha256::digest(bytes).into())
+}

@@ -1,0 +1,811 @@
+//! The axum server: routes, admission control, timeouts, graceful shutdown.
+
+use super::keystore::KeyStore;
+use super::metrics::{Metrics, StoreGauges};
+use super::{
+    is_key_id, mode_name, sha256_hex, wire, KeyInfo, ModelDescription, ServerConfig,
+    DESCRIPTION_FORMAT, QUERIES_HEADER,
+};
+use crate::ckks::serialize::params_to_bytes;
+use crate::ckks::{from_bytes, CkksParams, EvaluationKeys, Evaluator};
+use crate::io::format::digest_hex;
+use crate::model::load::ModelCard;
+use crate::model::Adapter;
+use crate::plan::{public_structure, Mode, Plan, PreparedPlan};
+use crate::{Error, Result};
+use axum::body::{Body, Bytes, HttpBody as _};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+// ------------------------------------------------------------------ errors
+
+/// An HTTP error answer: status and a message for the client.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Status for a library error: the client's fault (4xx) or the server's (5xx).
+pub(crate) fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::Format { .. }
+        | Error::DimensionMismatch { .. }
+        | Error::InvalidValue { .. }
+        | Error::ScaleMismatch { .. }
+        | Error::InvalidLevel { .. }
+        | Error::LevelExhausted { .. }
+        | Error::OutOfInterval { .. }
+        | Error::InvalidParameters { .. } => StatusCode::BAD_REQUEST,
+        Error::ParameterMismatch { .. } => StatusCode::CONFLICT,
+        Error::MissingKey { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = status_of(&e);
+        let message = if status.is_server_error() {
+            // Server-side failures are logged in full, answered briefly.
+            eprintln!("hepeft serve: internal error: {e}");
+            "internal error (see the server log)".to_string()
+        } else {
+            e.to_string()
+        };
+        ApiError::new(status, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "status": self.status.as_u16(), "error": self.message });
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+// ------------------------------------------------------------------ state
+
+struct AppState {
+    cfg: ServerConfig,
+    params: CkksParams,
+    prepared: PreparedPlan,
+    description_json: Bytes,
+    weights: Bytes,
+    params_envelope: Bytes,
+    keys: KeyStore,
+    metrics: Metrics,
+    /// Admission: slots plus queue places; a request that cannot take one gets 503.
+    admission: Arc<Semaphore>,
+    /// Execution slots.
+    slots: Arc<Semaphore>,
+}
+
+/// Both permits of an admitted request; the queue gauge is kept by the holder.
+struct Admitted {
+    _admission: OwnedSemaphorePermit,
+}
+
+impl AppState {
+    fn admit(&self) -> ApiResult<Admitted> {
+        match self.admission.clone().try_acquire_owned() {
+            Ok(p) => Ok(Admitted { _admission: p }),
+            Err(_) => {
+                self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "server busy: {} evaluations running and {} waiting; retry later",
+                        self.cfg.max_concurrent_evaluations, self.cfg.queue_depth
+                    ),
+                );
+                e.retry_after = Some(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for an execution slot (counted as queued meanwhile).
+    async fn slot(&self) -> ApiResult<OwnedSemaphorePermit> {
+        struct Queued<'a>(&'a Metrics);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
+        let waiting = Queued(&self.metrics);
+        let p = self.slots.clone().acquire_owned().await;
+        drop(waiting);
+        p.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"))
+    }
+
+    /// Runs CPU-bound `f` on the blocking pool holding `slot` (released when `f` returns,
+    /// even if the request timed out meanwhile).
+    async fn compute<T: Send + 'static>(
+        self: &Arc<Self>,
+        admitted: Admitted,
+        slot: OwnedSemaphorePermit,
+        f: impl FnOnce(&AppState) -> Result<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let st = self.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _held = (admitted, slot);
+            struct InFlight<'a>(&'a Metrics);
+            impl Drop for InFlight<'_> {
+                fn drop(&mut self) {
+                    self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _counted = InFlight(&st.metrics);
+            f(&st)
+        })
+        .await;
+        match joined {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(e) => {
+                eprintln!("hepeft serve: evaluation task failed: {e}");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error (see the server log)",
+                ))
+            }
+        }
+    }
+
+    /// Reads the body up to `max_body_bytes` (413 above it, after discarding what follows
+    /// up to twice the limit so that clients writing the whole body first see the answer).
+    async fn read_body(&self, mut body: Body) -> ApiResult<Bytes> {
+        let limit = self.cfg.max_body_bytes;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > limit {
+                    if seen > limit.saturating_mul(2) {
+                        break;
+                    }
+                    continue;
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        if seen > limit {
+            return Err(too_large(limit));
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// Answers `err` after discarding the body (up to twice the body limit): a client that
+    /// writes its whole body before reading would otherwise see a reset, not the answer.
+    async fn reject(&self, mut body: Body, err: ApiError) -> ApiError {
+        let cap = self.cfg.max_body_bytes.saturating_mul(2);
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > cap {
+                    break;
+                }
+            }
+        }
+        err
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body larger than the server's limit of {limit} bytes"),
+    )
+}
+
+fn check_id(id: &str) -> ApiResult<()> {
+    if is_key_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed key id: expected 64 lower-case hex digits (the SHA-256 of the key envelope)",
+        ))
+    }
+}
+
+fn unknown_key(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("unknown key id {id}: upload the evaluation keys with POST /v1/keys first"),
+    )
+}
+
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+// ------------------------------------------------------------------ handlers
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn model(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        st.description_json.clone(),
+    )
+        .into_response()
+}
+
+async fn model_weights(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        st.weights.clone(),
+    )
+        .into_response()
+}
+
+async fn model_params(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        st.params_envelope.clone(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let s = st.keys.stats();
+    let text = st.metrics.render(&StoreGauges {
+        resident_bytes: s.resident_bytes,
+        capacity_bytes: st.keys.capacity(),
+        entries: s.entries,
+        evictions: s.evictions,
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn key_info(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult<Response> {
+    check_id(&id)?;
+    let st2 = st.clone();
+    let id2 = id.clone();
+    let bytes = tokio::task::spawn_blocking(move || st2.keys.lookup(&id2))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| unknown_key(&id))?;
+    Ok(axum::Json(KeyInfo {
+        id,
+        bytes,
+        existing: true,
+    })
+    .into_response())
+}
+
+async fn key_delete(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    let st2 = st.clone();
+    let id2 = id.clone();
+    let known = tokio::task::spawn_blocking(move || st2.keys.remove(&id2))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
+    if known {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(unknown_key(&id))
+    }
+}
+
+async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
+    let body = st.read_body(req.into_body()).await?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty body: expected an evaluation key envelope",
+        ));
+    }
+    let id = sha256_hex(&body);
+    if let Some(bytes) = st.keys.lookup(&id) {
+        return Ok((
+            StatusCode::OK,
+            axum::Json(KeyInfo {
+                id,
+                bytes,
+                existing: true,
+            }),
+        )
+            .into_response());
+    }
+    let admitted = st.admit()?;
+    let slot = st.slot().await?;
+    let id2 = id.clone();
+    let bytes = body.len() as u64;
+    st.compute(admitted, slot, move |st| {
+        let keys: EvaluationKeys = from_bytes(&st.params, &body)?;
+        let plan = st.prepared.plan();
+        let missing: Vec<u64> = plan
+            .galois_elements()
+            .into_iter()
+            .filter(|g| keys.galois(*g).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::MissingKey {
+                what: format!(
+                    "the keys lack {} of the {} Galois keys the plan needs (elements {:?}); generate them from the plan of GET /v1/model",
+                    missing.len(),
+                    plan.galois_elements().len(),
+                    missing
+                ),
+            });
+        }
+        if plan.needs_relin() && keys.relin().is_none() {
+            return Err(Error::MissingKey {
+                what: "the plan needs a relinearization key and the upload has none".into(),
+            });
+        }
+        let resident = super::keystore::resident_bytes(&keys);
+        if resident > st.keys.capacity() {
+            return Err(Error::InvalidValue {
+                context: "evaluation keys".into(),
+                reason: format!(
+                    "{resident} bytes in memory exceed the key store's capacity of {} bytes",
+                    st.keys.capacity()
+                ),
+            });
+        }
+        st.keys.insert(&id2, keys, &body)?;
+        Ok(())
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(KeyInfo {
+            id,
+            bytes,
+            existing: false,
+        }),
+    )
+        .into_response())
+}
+
+async fn evaluate(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let body = req.into_body();
+    if let Err(e) = check_id(&id) {
+        return Err(st.reject(body, e).await);
+    }
+    if st.keys.lookup(&id).is_none() {
+        return Err(st.reject(body, unknown_key(&id)).await);
+    }
+    let admitted = match st.admit() {
+        Ok(a) => a,
+        Err(e) => return Err(st.reject(body, e).await),
+    };
+    let body = st.read_body(body).await?;
+    let slot = st.slot().await?;
+    let t0 = Instant::now();
+    let (out, queries) = st
+        .compute(admitted, slot, move |st| {
+            let keys = st.keys.load(&id)?.ok_or_else(|| Error::MissingKey {
+                what: format!("key id {id} (dropped while the request waited)"),
+            })?;
+            let plan = st.prepared.plan();
+            let queries = wire::read_queries(&st.params, &body, plan.input_ciphertexts())?;
+            let ev = Evaluator::with_keys(&st.params, keys)?;
+            let mut out = Vec::with_capacity(queries.len() * plan.output_ciphertexts());
+            for q in &queries {
+                out.extend(st.prepared.evaluate(&ev, q)?);
+            }
+            Ok((wire::write_bundle(&st.params, out)?, queries.len()))
+        })
+        .await?;
+    let m = &st.metrics;
+    m.evaluations.fetch_add(1, Ordering::Relaxed);
+    m.queries.fetch_add(queries as u64, Ordering::Relaxed);
+    m.eval_seconds_micros
+        .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static(QUERIES_HEADER),
+                HeaderValue::from(queries),
+            ),
+        ],
+        out,
+    )
+        .into_response())
+}
+
+/// Per-request accounting and the request deadline.
+async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let bytes_in = content_length(req.headers()).unwrap_or(0);
+    let t0 = Instant::now();
+    let resp = match tokio::time::timeout(st.cfg.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            st.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "request took longer than the server's timeout of {:?}",
+                    st.cfg.request_timeout
+                ),
+            )
+            .into_response()
+        }
+    };
+    let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+    st.metrics.observe(
+        &endpoint,
+        resp.status().as_u16(),
+        t0.elapsed().as_secs_f64(),
+        bytes_in,
+        bytes_out,
+    );
+    resp
+}
+
+async fn fallback() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint (see /v1/model, /v1/keys, /v1/evaluate/{key_id}, /healthz, /metrics)",
+    )
+}
+
+// ------------------------------------------------------------------ server
+
+/// A bound server, ready to [`Server::run`].
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    addr: SocketAddr,
+}
+
+fn describe(
+    plan: &Plan,
+    cfg: &ServerConfig,
+    card: ModelCard,
+    weights: &[u8],
+) -> Result<ModelDescription> {
+    let params = plan.params();
+    Ok(ModelDescription {
+        format: DESCRIPTION_FORMAT.into(),
+        name: cfg.model_name.clone(),
+        mode: mode_name(plan.options().mode).into(),
+        fold_normalization: plan.options().fold_normalization,
+        input_dims: plan.input_dims().to_vec(),
+        output_dim: plan.output_dim(),
+        input_ciphertexts: plan.input_ciphertexts(),
+        output_ciphertexts: plan.output_ciphertexts(),
+        max_samples_per_query: match plan.options().mode {
+            Mode::Latency => 1,
+            Mode::Batch => params.slots(),
+        },
+        params_toml: params.to_toml()?,
+        params_digest: digest_hex(&params.digest()),
+        structure_digest: digest_hex(&plan.structure_digest()),
+        galois_elements: plan.galois_elements(),
+        needs_relin: plan.needs_relin(),
+        depth: plan.depth(),
+        card,
+        weights_digest: sha256_hex(weights),
+        max_body_bytes: cfg.max_body_bytes,
+    })
+}
+
+impl Server {
+    /// Compiles and prepares the plan (on the blocking pool), opens the key store and binds
+    /// the listener. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// Plan compilation errors; [`Error::Io`] if the address cannot be bound or the key
+    /// directory cannot be created; [`Error::InvalidParameters`] for a zero limit.
+    pub async fn bind(adapter: Adapter, params: CkksParams, cfg: ServerConfig) -> Result<Server> {
+        if cfg.max_concurrent_evaluations == 0
+            || cfg.max_body_bytes == 0
+            || cfg.key_store_max_bytes == 0
+        {
+            return Err(Error::params(
+                "server limits must be positive (max_concurrent_evaluations, max_body_bytes, key_store_max_bytes)",
+            ));
+        }
+        let cfg2 = cfg.clone();
+        let state = tokio::task::spawn_blocking(move || -> Result<AppState> {
+            let cfg = cfg2;
+            let plan = Plan::compile(&adapter, &params, cfg.mode)?;
+            let public = public_structure(&adapter)?;
+            let (card, zeros) = ModelCard::from_adapter(&public, cfg.model_name.as_deref())?;
+            let weights = zeros.to_bytes()?;
+            let description = describe(&plan, &cfg, card, &weights)?;
+            let description_json = serde_json::to_vec_pretty(&description)
+                .map_err(|e| Error::format("model description", e.to_string()))?;
+            let prepared = plan.prepare()?;
+            let keys = KeyStore::new(
+                params.clone(),
+                cfg.key_store_max_bytes,
+                cfg.key_store_dir.clone(),
+            )?;
+            let admission = cfg
+                .max_concurrent_evaluations
+                .saturating_add(cfg.queue_depth)
+                .min(Semaphore::MAX_PERMITS);
+            Ok(AppState {
+                params_envelope: Bytes::from(params_to_bytes(&params)?),
+                params,
+                prepared,
+                description_json: Bytes::from(description_json),
+                weights: Bytes::from(weights),
+                keys,
+                metrics: Metrics::default(),
+                admission: Arc::new(Semaphore::new(admission)),
+                slots: Arc::new(Semaphore::new(cfg.max_concurrent_evaluations)),
+                cfg,
+            })
+        })
+        .await
+        .map_err(|e| Error::model(format!("preparing the plan failed: {e}")))??;
+        let state = Arc::new(state);
+        let router = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .route("/v1/model", get(model))
+            .route("/v1/model/weights", get(model_weights))
+            .route("/v1/model/params", get(model_params))
+            .route("/v1/keys", post(keys_upload))
+            .route("/v1/keys/{id}", get(key_info).delete(key_delete))
+            .route("/v1/evaluate/{id}", post(evaluate))
+            .fallback(fallback)
+            .layer(middleware::from_fn_with_state(state.clone(), track))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| Error::Io {
+                path: None,
+                source: e,
+            })?;
+        let addr = listener.local_addr()?;
+        Ok(Server {
+            listener,
+            router,
+            addr,
+        })
+    }
+
+    /// The address actually bound (the port when `listen` named port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections and waits for the
+    /// requests in flight to finish.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the listener fails.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::from)
+    }
+}
+
+/// Binds and serves `adapter` until `shutdown` completes (see [`Server`]).
+///
+/// # Errors
+/// As [`Server::bind`] and [`Server::run`].
+pub async fn run(
+    adapter: Adapter,
+    params: CkksParams,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    Server::bind(adapter, params, cfg)
+        .await?
+        .run(shutdown)
+        .await
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hepeft-serve")
+        .build()
+        .map_err(Error::from)
+}
+
+/// For a binary: builds a runtime, binds, calls `on_ready` with the bound address, and
+/// serves until SIGINT or SIGTERM, finishing the requests in flight.
+///
+/// # Errors
+/// As [`Server::bind`] and [`Server::run`].
+pub fn run_until_signal(
+    adapter: Adapter,
+    params: CkksParams,
+    cfg: ServerConfig,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let server = Server::bind(adapter, params, cfg).await?;
+        on_ready(server.local_addr());
+        server.run(shutdown_signal()).await
+    })
+}
+
+/// A server running on its own runtime thread (tests, embedding in a synchronous program).
+/// Dropping the handle shuts the server down gracefully and waits for it.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests, and returns the server's result.
+    ///
+    /// # Errors
+    /// What the server loop returned; [`Error::Model`] if its thread panicked.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| Error::model("server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+/// Starts a server on a new thread with its own runtime and returns once it is bound (use
+/// port 0 in `cfg.listen` to let the system pick one; [`ServerHandle::addr`] tells).
+///
+/// # Errors
+/// As [`Server::bind`].
+pub fn spawn(adapter: Adapter, params: CkksParams, cfg: ServerConfig) -> Result<ServerHandle> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("hepeft-serve".into())
+        .spawn(move || -> Result<()> {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(Error::model(format!("tokio runtime: {e}"))));
+                    return Err(e);
+                }
+            };
+            rt.block_on(async move {
+                let server = match Server::bind(adapter, params, cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        let _ = ready_tx.send(Err(e));
+                        return Err(Error::model(msg));
+                    }
+                };
+                let _ = ready_tx.send(Ok(server.local_addr()));
+                server
+                    .run(async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+            })
+        })
+        .map_err(Error::from)?;
+    match ready_rx.recv() {
+        Ok(Ok(addr)) => Ok(ServerHandle {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let r = thread.join();
+            Err(match r {
+                Ok(Err(e)) => e,
+                _ => Error::model("server thread ended before binding"),
+            })
+        }
+    }
+}
