@@ -35,7 +35,10 @@ fn chebyshev_series_matches_clenshaw() {
         let out = evaluate_chebyshev(&ev, &ct, &coeffs, f.params.default_scale()).unwrap();
         assert_eq!(out.level(), f.params.max_level() - chebyshev_depth(degree));
         // depth-optimal: ceil(log2(d + 1))
-        assert_eq!(chebyshev_depth(degree), (degree + 1).next_power_of_two().trailing_zeros() as usize);
+        assert_eq!(
+            chebyshev_depth(degree),
+            (degree + 1).next_power_of_two().trailing_zeros() as usize
+        );
         let want: Vec<f64> = t.iter().map(|&x| clenshaw(&coeffs, x)).collect();
         let stats = PrecisionStats::compare(&f.decrypt(&out), &want);
         println!("Chebyshev degree {degree}: {stats}");

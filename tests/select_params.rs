@@ -19,7 +19,11 @@ fn selects_secure_parameters_with_enough_depth() {
 
     let bottleneck =
         zoo::bottleneck(&mut rng, 768, 64, ActivationFn::Gelu, 7, (-4.0, 4.0), 100).unwrap();
-    assert_eq!(required_depth(&bottleneck, Default::default()).unwrap(), 6, "linear + GELU7 (3) + linear + head");
+    assert_eq!(
+        required_depth(&bottleneck, Default::default()).unwrap(),
+        6,
+        "linear + GELU7 (3) + linear + head"
+    );
     let s = select(&bottleneck, &SelectRequest::default()).unwrap();
     println!("{}", s.report.to_text());
     assert!(s.params.log_n() >= 14);

@@ -435,7 +435,10 @@ impl CkksParams {
         let all: Vec<_> = ring.q_tables().iter().chain(ring.p_tables()).collect();
         let ifma = all.iter().filter(|t| t.uses_ifma()).count();
         if ifma == 0 {
-            format!("no IFMA kernel on this CPU for any of the {} primes (AVX-512/AVX2 kernels)", all.len())
+            format!(
+                "no IFMA kernel on this CPU for any of the {} primes (AVX-512/AVX2 kernels)",
+                all.len()
+            )
         } else {
             format!("AVX-512 IFMA on {ifma} of {} primes", all.len())
         }

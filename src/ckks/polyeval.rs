@@ -115,9 +115,19 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 /// `c · T_1` at exactly (`level`, `scale`), one constant product below `T_1`'s level.
-fn scaled_t1(ev: &Evaluator, t1: &Ciphertext, c: f64, level: usize, scale: f64) -> Result<Ciphertext> {
+fn scaled_t1(
+    ev: &Evaluator,
+    t1: &Ciphertext,
+    c: f64,
+    level: usize,
+    scale: f64,
+) -> Result<Ciphertext> {
     if t1.level() <= level {
-        return Err(Error::LevelExhausted { op: "Chebyshev term".into(), needed: level + 1, available: t1.level() });
+        return Err(Error::LevelExhausted {
+            op: "Chebyshev term".into(),
+            needed: level + 1,
+            available: t1.level(),
+        });
     }
     let mut x = ev.drop_to_level(t1, level + 1)?;
     let q = ev.params().q()[level + 1] as f64;
@@ -125,7 +135,11 @@ fn scaled_t1(ev: &Evaluator, t1: &Ciphertext, c: f64, level: usize, scale: f64) 
     ev.mul_const_assign(&mut x, c, const_scale)?;
     ev.rescale_assign(&mut x)?;
     if rel(x.scale(), scale) > 1e-6 {
-        return Err(Error::ScaleMismatch { left: x.scale(), right: scale, rel: rel(x.scale(), scale) });
+        return Err(Error::ScaleMismatch {
+            left: x.scale(),
+            right: scale,
+            rel: rel(x.scale(), scale),
+        });
     }
     x.set_scale(scale);
     Ok(x)
@@ -133,19 +147,39 @@ fn scaled_t1(ev: &Evaluator, t1: &Ciphertext, c: f64, level: usize, scale: f64) 
 
 /// `a · b` where `a` is first dropped to `b`'s level, rescaled, landing on exactly
 /// (`level`, `scale`) (the caller chose `b`'s scale for that).
-fn product_to(ev: &Evaluator, a: &Ciphertext, b: &Ciphertext, level: usize, scale: f64) -> Result<Ciphertext> {
-    let a = if a.level() > b.level() { ev.drop_to_level(a, b.level())? } else { a.clone() };
+fn product_to(
+    ev: &Evaluator,
+    a: &Ciphertext,
+    b: &Ciphertext,
+    level: usize,
+    scale: f64,
+) -> Result<Ciphertext> {
+    let a = if a.level() > b.level() {
+        ev.drop_to_level(a, b.level())?
+    } else {
+        a.clone()
+    };
     let mut p = ev.mul_relin(&a, b)?;
     ev.rescale_assign(&mut p)?;
     if p.level() != level || rel(p.scale(), scale) > 1e-6 {
-        return Err(Error::ScaleMismatch { left: p.scale(), right: scale, rel: rel(p.scale(), scale) });
+        return Err(Error::ScaleMismatch {
+            left: p.scale(),
+            right: scale,
+            rel: rel(p.scale(), scale),
+        });
     }
     p.set_scale(scale);
     Ok(p)
 }
 
 /// `p(t)` at exactly (`level`, `scale`); needs `level <= T_1.level - chebyshev_depth(deg p)`.
-fn eval_at(ev: &Evaluator, pw: &mut Powers, coeffs: &[f64], level: usize, scale: f64) -> Result<Ciphertext> {
+fn eval_at(
+    ev: &Evaluator,
+    pw: &mut Powers,
+    coeffs: &[f64],
+    level: usize,
+    scale: f64,
+) -> Result<Ciphertext> {
     let mut c: Vec<f64> = coeffs.to_vec();
     while c.len() > 1 && c[c.len() - 1] == 0.0 {
         c.pop();
@@ -206,15 +240,29 @@ fn eval_at(ev: &Evaluator, pw: &mut Powers, coeffs: &[f64], level: usize, scale:
 /// Evaluates `sum_k coeffs[k] T_k(t)` on a ciphertext whose slots lie in `[-1, 1]`; the result
 /// has scale `target_scale` at level `t.level() - chebyshev_depth(d)`. Needs a
 /// relinearization key for `d >= 2`.
-pub fn evaluate_chebyshev(ev: &Evaluator, t: &Ciphertext, coeffs: &[f64], target_scale: f64) -> Result<Ciphertext> {
+pub fn evaluate_chebyshev(
+    ev: &Evaluator,
+    t: &Ciphertext,
+    coeffs: &[f64],
+    target_scale: f64,
+) -> Result<Ciphertext> {
     if coeffs.is_empty() || coeffs.iter().any(|c| !c.is_finite()) || !target_scale.is_finite() {
-        return Err(Error::InvalidValue { context: "Chebyshev coefficients".into(), reason: "empty or not finite".into() });
+        return Err(Error::InvalidValue {
+            context: "Chebyshev coefficients".into(),
+            reason: "empty or not finite".into(),
+        });
     }
     let d = coeffs.len() - 1;
     let depth = chebyshev_depth(d);
     if t.level() < depth {
-        return Err(Error::LevelExhausted { op: format!("Chebyshev degree {d}"), needed: depth, available: t.level() });
+        return Err(Error::LevelExhausted {
+            op: format!("Chebyshev degree {d}"),
+            needed: depth,
+            available: t.level(),
+        });
     }
-    let mut pw = Powers { pow2: vec![t.clone()] };
+    let mut pw = Powers {
+        pow2: vec![t.clone()],
+    };
     eval_at(ev, &mut pw, coeffs, t.level() - depth, target_scale)
 }

@@ -52,6 +52,63 @@ pub enum Command {
     Publish(PublishArgs),
     /// Run the whole client -> server -> client pipeline on an embedded example.
     Demo(DemoArgs),
+    /// Server: serve the adapter over HTTP (model description, key registration, evaluation).
+    Serve(ServeArgs),
+    /// Client: query a `hepeft serve` instance (encrypt, send, decrypt) with the keys of DIR.
+    Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model card with the real weights.
+    #[arg(long, value_name = "CARD")]
+    pub model: PathBuf,
+    /// Weights file to use instead of the one the card names.
+    #[arg(long, value_name = "SAFETENSORS")]
+    pub weights: Option<PathBuf>,
+    /// Parameter set: a preset name or a TOML file.
+    #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
+    pub params: ParamsSource,
+    /// Packing layout the service offers.
+    #[arg(long, value_enum, default_value = "latency")]
+    pub mode: ModeArg,
+    /// Address to listen on (loopback by default; put TLS termination in front for remote use).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Directory where registered evaluation keys persist across restarts.
+    #[arg(long, value_name = "DIR")]
+    pub key_store: Option<PathBuf>,
+    /// Largest request body, MiB (must cover an evaluation-key upload).
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    pub max_body_mib: usize,
+    /// Evaluations running at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<NonZeroUsize>,
+    /// Requests waiting for a slot before new ones get 503.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub queue: usize,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Base URL of the service, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// Key directory written by `keygen` (secret.key, public.key, eval.keys).
+    #[arg(long, value_name = "DIR")]
+    pub keys: PathBuf,
+    /// Features (.npy, one row per sample); repeat once per model input, in order.
+    #[arg(long = "input", value_name = "NPY", required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Decrypted logits (.npy).
+    #[arg(long, value_name = "NPY")]
+    pub out: PathBuf,
+    /// Classes to print per sample.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub top_k: usize,
 }
 
 #[derive(Debug, Subcommand)]

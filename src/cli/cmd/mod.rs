@@ -8,3 +8,4 @@ pub mod inspect;
 pub mod keygen;
 pub mod params;
 pub mod publish;
+pub mod serve;

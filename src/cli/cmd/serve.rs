@@ -1,0 +1,101 @@
+//! `hepeft serve` and `hepeft query`: thin wrappers over `hepeft::serve` (server and client).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use ndarray::ArrayView2;
+use serde::Serialize;
+
+use hepeft::model::load::load_features_npy;
+use hepeft::serve::client::QueryClient;
+use hepeft::serve::{run_until_signal, ServerConfig};
+
+use super::decrypt::{top_k, Ranked};
+use crate::cli::args::{QueryArgs, ServeArgs};
+use crate::cli::common::*;
+use crate::cli::Ui;
+
+/// `hepeft serve`: runs until SIGINT or SIGTERM, finishing requests in flight.
+pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
+    let params = args.params.load()?;
+    let adapter = load_model(&args.model, args.weights.as_deref())?;
+    if all_weights_zero(&adapter) {
+        ui.note("warning: every weight of this model is zero (is it the public card?)\n");
+    }
+    let defaults = ServerConfig::default();
+    let cfg = ServerConfig {
+        listen: args.listen,
+        max_body_bytes: args.max_body_mib << 20,
+        max_concurrent_evaluations: args
+            .max_concurrent
+            .map_or(defaults.max_concurrent_evaluations, usize::from),
+        queue_depth: args.queue,
+        request_timeout: Duration::from_secs(args.timeout_secs),
+        key_store_dir: args.key_store.clone(),
+        mode: plan_options(args.mode.into()),
+        model_name: args
+            .model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned()),
+        ..defaults
+    };
+    ui.note(&format!("parameters: {}\n", params.describe()));
+    run_until_signal(adapter, params, cfg, |addr| {
+        ui.note(&format!("hepeft serve: listening on http://{addr} (Ctrl-C stops after the requests in flight)\n"));
+    })
+    .context("serving")?;
+    ui.note("hepeft serve: stopped\n");
+    Ok(())
+}
+
+/// What a query produced.
+#[derive(Debug, Serialize)]
+pub struct QueryReport {
+    pub server: String,
+    pub out: PathBuf,
+    pub samples: usize,
+    pub classes: usize,
+    pub seconds: f64,
+    pub top_k: Vec<Vec<Ranked>>,
+}
+
+/// `hepeft query`.
+pub fn query(args: &QueryArgs, ui: &Ui) -> Result<()> {
+    let features = args
+        .inputs
+        .iter()
+        .map(|p| load_features_npy(p).with_context(|| format!("reading features {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let views: Vec<ArrayView2<f64>> = features.iter().map(|m| m.view()).collect();
+    let client = QueryClient::new(&args.server)?;
+    let start = Instant::now();
+    let logits = client
+        .query_with_key_dir(&args.keys, &views)
+        .with_context(|| format!("querying {}", args.server))?;
+    let seconds = start.elapsed().as_secs_f64();
+    save_npy_atomic(&args.out, logits.view())?;
+    let ranked = top_k(&logits, args.top_k);
+    let mut text = format!(
+        "{} sample(s) -> {} in {} (encrypt, send, evaluate, decrypt)\n",
+        logits.nrows(),
+        args.out.display(),
+        secs(start.elapsed())
+    );
+    for (i, row) in ranked.iter().enumerate() {
+        let classes: Vec<String> = row
+            .iter()
+            .map(|r| format!("{} ({:.4})", r.class, r.logit))
+            .collect();
+        text.push_str(&format!("  sample {i}: {}\n", classes.join(", ")));
+    }
+    let report = QueryReport {
+        server: args.server.clone(),
+        out: args.out.clone(),
+        samples: logits.nrows(),
+        classes: logits.ncols(),
+        seconds,
+        top_k: ranked,
+    };
+    ui.report(&report, &text, true)
+}

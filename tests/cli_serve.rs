@@ -1,0 +1,128 @@
+//! `hepeft serve` and `hepeft query` as processes on loopback: a client with keys from
+//! `keygen` queries a served adapter and gets the plaintext twin's logits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use hepeft::ckks::PrecisionStats;
+use hepeft::model::load::{load_features_npy, save_adapter, save_features_npy};
+use hepeft::model::{reference, zoo};
+use ndarray::ArrayView2;
+use rand::SeedableRng;
+
+const PRESET: &str = "CKKS_N13_QP200_128";
+
+fn hepeft() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hepeft"))
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_and_query_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+    let adapter = zoo::lora_head(&mut rng, 64, 4, 5).unwrap();
+    let card = dir.path().join("private.toml");
+    save_adapter(&adapter, &card, Some("test head")).unwrap();
+    let x = zoo::uniform_inputs(&mut rng, &adapter, 3).remove(0);
+    let features = dir.path().join("x.npy");
+    save_features_npy(&features, x.view()).unwrap();
+
+    // server: publish, then serve on a free loopback port
+    let public = dir.path().join("public");
+    assert!(hepeft()
+        .args(["publish", "--model"])
+        .arg(&card)
+        .arg("--out")
+        .arg(&public)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let mut server = Child(
+        hepeft()
+            .args([
+                "serve",
+                "--params",
+                PRESET,
+                "--listen",
+                "127.0.0.1:0",
+                "--model",
+            ])
+            .arg(&card)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = server.0.stderr.take().unwrap();
+    let mut url = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            url = rest.split_whitespace().next().map(str::to_string);
+            break;
+        }
+    }
+    let url = url.expect("the server announces its address");
+
+    // client: keys from the public card, then one query
+    let keys = dir.path().join("keys");
+    let out = hepeft()
+        .args(["keygen", "--params", PRESET, "--model"])
+        .arg(public.join("public.toml"))
+        .arg("--out")
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logits = dir.path().join("logits.npy");
+    let out = hepeft()
+        .args(["query", "--server", &url, "--top-k", "2", "--keys"])
+        .arg(&keys)
+        .arg("--input")
+        .arg(&features)
+        .arg("--out")
+        .arg(&logits)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sample 2:"));
+
+    let got = load_features_npy(&logits).unwrap();
+    let (want, _) = reference::evaluate_batch(&adapter, &[x.view()] as &[ArrayView2<f64>]).unwrap();
+    let stats = PrecisionStats::relative_to_largest(
+        &got.iter().copied().collect::<Vec<_>>(),
+        &want.iter().copied().collect::<Vec<_>>(),
+    );
+    assert!(stats.min_bits >= 16.0, "{stats}");
+
+    // a server that is not there is a clear failure, not a hang
+    let out = hepeft()
+        .args(["query", "--server", "http://127.0.0.1:9", "--keys"])
+        .arg(&keys)
+        .arg("--input")
+        .arg(&features)
+        .arg("--out")
+        .arg(&logits)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
