@@ -112,6 +112,9 @@ fn run_one(task_dir: &Path, manifest: &serde_json::Value, name: &str, seed: u64)
         &SelectRequest {
             options,
             batch: Some(n),
+            // 4 bits over the default: the default's error model assumes unit-sized
+            // weights, and the folded standardisation makes some rows ~40x larger.
+            precision_bits: 20,
             ..Default::default()
         },
     )
@@ -120,7 +123,8 @@ fn run_one(task_dir: &Path, manifest: &serde_json::Value, name: &str, seed: u64)
     let start = Instant::now();
 
     // Client: plan from the public structure, keys, encrypted query.
-    let client_plan = Plan::compile(&public_structure(&adapter).unwrap(), &params, options).unwrap();
+    let client_plan =
+        Plan::compile(&public_structure(&adapter).unwrap(), &params, options).unwrap();
     assert!(client_plan.galois_elements().is_empty());
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let kg = KeyGenerator::new(&params);
@@ -162,12 +166,12 @@ fn run_one(task_dir: &Path, manifest: &serde_json::Value, name: &str, seed: u64)
         .zip(want.axis_iter(Axis(0)))
         .filter(|(a, b)| argmax(*a) != argmax(*b))
         .count();
-    assert_eq!(differ, 0, "{name}: argmax differs on {differ} of {n} samples");
+    assert_eq!(
+        differ, 0,
+        "{name}: argmax differs on {differ} of {n} samples"
+    );
     Row {
-        name: format!(
-            "{}/{name}",
-            task_dir.file_name().unwrap().to_string_lossy()
-        ),
+        name: format!("{}/{name}", task_dir.file_name().unwrap().to_string_lossy()),
         samples: n,
         plain_acc,
         enc_acc: accuracy(&got, &labels),
@@ -179,44 +183,72 @@ fn run_one(task_dir: &Path, manifest: &serde_json::Value, name: &str, seed: u64)
     }
 }
 
-#[test]
-fn every_shipped_adapter_matches_its_plaintext_twin_encrypted() {
-    let mut rows = Vec::new();
-    let mut seed = 1000;
-    for (dir, manifest) in manifests() {
-        let mut names: Vec<String> = manifest["adapters"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        names.sort();
-        for name in names {
-            seed += 1;
-            rows.push(run_one(&dir, &manifest, &name, seed));
-        }
-    }
+/// The adapters this file runs; `manifest_lists_every_shipped_card` and
+/// `every_manifest_adapter_is_tested` keep it in step with assets/real.
+const TESTED: &[(&str, &str)] = &[
+    ("digits", "bottleneck"),
+    ("digits", "probe"),
+    ("finefoods", "bottleneck"),
+    ("finefoods", "lora"),
+    ("finefoods", "probe"),
+    ("finefoods", "side"),
+];
+
+/// One adapter, one test: the harness runs them side by side.
+fn check(task: &str, name: &str) {
+    let dir = root().join(task);
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let seed = 1000 + TESTED.iter().position(|t| *t == (task, name)).unwrap() as u64;
+    let r = run_one(&dir, &manifest, name, seed);
     println!(
-        "{:<24} {:>7} {:>9} {:>9} {:>10} {:>6} {:>5} {:>5} {:>7}",
-        "adapter", "samples", "plain acc", "enc acc", "max |err|", "bits", "logN", "depth", "time s"
+        "{:<22} samples {:>4}  plain acc {:.4}  encrypted acc {:.4}  max |err| {:.2e}  {:.1} bits  N = 2^{}  depth {}  {:.2} s",
+        r.name, r.samples, r.plain_acc, r.enc_acc, r.max_err, r.bits, r.log_n, r.depth, r.seconds
     );
-    for r in &rows {
-        println!(
-            "{:<24} {:>7} {:>9.4} {:>9.4} {:>10.2e} {:>6.1} {:>5} {:>5} {:>7.2}",
-            r.name,
-            r.samples,
-            r.plain_acc,
-            r.enc_acc,
-            r.max_err,
-            r.bits,
-            r.log_n,
-            r.depth,
-            r.seconds
-        );
-    }
-    for r in &rows {
-        assert_eq!(r.plain_acc, r.enc_acc, "{}", r.name);
-        assert!(r.bits >= 12.0, "{}: only {:.1} bits", r.name, r.bits);
+    assert_eq!(r.plain_acc, r.enc_acc, "{}", r.name);
+    assert!(r.bits >= 14.0, "{}: only {:.1} bits", r.name, r.bits);
+}
+
+#[test]
+fn digits_bottleneck() {
+    check("digits", "bottleneck");
+}
+
+#[test]
+fn digits_probe() {
+    check("digits", "probe");
+}
+
+#[test]
+fn finefoods_bottleneck() {
+    check("finefoods", "bottleneck");
+}
+
+#[test]
+fn finefoods_lora() {
+    check("finefoods", "lora");
+}
+
+#[test]
+fn finefoods_probe() {
+    check("finefoods", "probe");
+}
+
+#[test]
+fn finefoods_side() {
+    check("finefoods", "side");
+}
+
+#[test]
+fn every_manifest_adapter_is_tested() {
+    for (dir, manifest) in manifests() {
+        let task = dir.file_name().unwrap().to_string_lossy().to_string();
+        for name in manifest["adapters"].as_object().unwrap().keys() {
+            assert!(
+                TESTED.contains(&(task.as_str(), name.as_str())),
+                "{task}/{name} is shipped but not in TESTED"
+            );
+        }
     }
 }
 
@@ -229,7 +261,11 @@ fn manifest_lists_every_shipped_card() {
             let p = e.unwrap().path();
             if p.join("card.toml").is_file() {
                 let name = p.file_name().unwrap().to_string_lossy().to_string();
-                assert!(listed.contains_key(&name), "{} not in manifest", p.display());
+                assert!(
+                    listed.contains_key(&name),
+                    "{} not in manifest",
+                    p.display()
+                );
             }
         }
     }

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import reference_eval
-from train_text import (ACT, POLY2, POLY2_INTERVAL, ROOT, acc, bottleneck_forward, f32, fit, init,
+from train_text import (ACT, bottleneck_nodes, fold_standardisation, POLY2, POLY2_INTERVAL, ROOT, acc, bottleneck_forward, f32, fit, init,
                         standardiser, write_card)
 
 OUT = os.environ.get("HEPEFT_DIGITS_OUT", os.path.join(ROOT, "assets", "real", "digits"))
@@ -42,15 +42,9 @@ def main():
             {"x": std(xtr), "xs": std(xtr)}, ytr, 60, 3e-3, 1e-3)
     lo, hi = POLY2_INTERVAL
     write_card("bottleneck", "bottleneck adapter 64-32-poly2-64 + residual + head (8x8 digits)", [("pixels", d)],
-               [{"name": "std", "op": "affine", "inputs": ["pixels"], "mul": "std.mul", "add": "std.add"},
-                {"name": "down", "op": "linear", "inputs": ["std"], "weight": "down.weight", "bias": "down.bias"},
-                {"name": "act", "op": "poly", "inputs": ["down"], "interval": [lo, hi], "coeffs": list(POLY2)},
-                {"name": "up", "op": "linear", "inputs": ["act"], "weight": "up.weight", "bias": "up.bias"},
-                {"name": "residual", "op": "add", "inputs": ["std", "up"]},
-                {"name": "logits", "op": "linear", "inputs": ["residual"], "weight": "head.weight", "bias": "head.bias"}],
-               {"std.mul": 1.0 / sd, "std.add": -mu / sd, "down.weight": p["Wd"], "down.bias": p["bd"],
-                "up.weight": p["Wu"], "up.bias": p["bu"], "head.weight": p["Wh"], "head.bias": p["bh"]},
-               "trained with 0.25 + 0.5 h + 0.125 h^2, the polynomial evaluated encrypted", out=OUT)
+               bottleneck_nodes(["pixels"], "pixels", {"interval": [lo, hi], "coeffs": list(POLY2)}),
+               fold_standardisation(p, mu, sd, mu, sd),
+               "trained with 0.25 + 0.5 h + 0.125 h^2 (the polynomial evaluated encrypted); standardisation folded into the weights", out=OUT)
 
     feats = os.path.join(OUT, "features")
     os.makedirs(feats, exist_ok=True)

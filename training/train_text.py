@@ -8,9 +8,9 @@ adapters are trained with exactly the polynomial that the encrypted model evalua
 Adapters (inputs are what the client computes in plaintext with the public backbone):
   probe       linear probe on the sentence embedding `emb`            (standardisation folded in)
   lora        W0 x + (alpha/r) B A x + b, W0 frozen random, r = 8       (collapses to one linear map)
-  bottleneck  affine(standardise) -> 384->32 -> 0.125h^2+0.5h+0.25 -> 32->384 -> +residual -> head
+  bottleneck  (standardise, folded) 384->32 -> 0.125h^2+0.5h+0.25 -> 32->384 -> +residual -> head
   side        CryptPEFT-style side network on the last two layers: concat(std(h5), std(emb))
-              -> 768->32 -> Chebyshev GELU (degree 7 on [-6, 6]) -> 32->384 -> +std(emb) -> head
+              -> 768->16 -> Chebyshev GELU (degree 7 on [-6, 6]) -> 32->384 -> +std(emb) -> head
 """
 import json
 import os
@@ -231,6 +231,36 @@ def f32(a):
     return np.ascontiguousarray(np.asarray(a, np.float32))
 
 
+def fold_standardisation(p, mu_in, sd_in, mu_res, sd_res):
+    """Folds the input standardisation (x - mu) / sd into the weights of a trained
+    bottleneck/side adapter whose residual is the standardised input, exactly:
+    head((x_in - mu)/sd ...) == head'(x_res + sd_res * up(...)). Saves one level and the
+    per-feature multiplications of an `affine` node in the encrypted plan."""
+    return {
+        "down.weight": p["Wd"] / sd_in,
+        "down.bias": p["bd"] - p["Wd"] @ (mu_in / sd_in),
+        "up.weight": sd_res[:, None] * p["Wu"],
+        "up.bias": sd_res * p["bu"],
+        "head.weight": p["Wh"] / sd_res,
+        "head.bias": p["bh"] - p["Wh"] @ (mu_res / sd_res),
+    }
+
+
+def bottleneck_nodes(inputs, res, act_node):
+    nodes = []
+    x = inputs[0]
+    if len(inputs) > 1:
+        nodes.append({"name": "cat", "op": "concat", "inputs": inputs})
+        x = "cat"
+    return nodes + [
+        {"name": "down", "op": "linear", "inputs": [x], "weight": "down.weight", "bias": "down.bias"},
+        dict(name="act", op="poly", inputs=["down"], **act_node),
+        {"name": "up", "op": "linear", "inputs": ["act"], "weight": "up.weight", "bias": "up.bias"},
+        {"name": "residual", "op": "add", "inputs": [res, "up"]},
+        {"name": "logits", "op": "linear", "inputs": ["residual"], "weight": "head.weight", "bias": "head.bias"},
+    ]
+
+
 def write_card(name, title, inputs, nodes, tensors, note, out=None):
     d = os.path.join(out or OUT, name)
     os.makedirs(d, exist_ok=True)
@@ -302,39 +332,25 @@ def main():
                    {"x": Xtr["emb"], "xs": Xtr["emb"]}, ytr, 40, 1e-3, WDS[:3])
     lo, hi = POLY2_INTERVAL
     write_card("bottleneck", "bottleneck adapter 384-32-poly2-384 + residual + head (fine-food reviews)", [("emb", 384)],
-               [{"name": "std", "op": "affine", "inputs": ["emb"], "mul": "std.mul", "add": "std.add"},
-                {"name": "down", "op": "linear", "inputs": ["std"], "weight": "down.weight", "bias": "down.bias"},
-                {"name": "act", "op": "poly", "inputs": ["down"], "interval": [lo, hi], "coeffs": list(POLY2)},
-                {"name": "up", "op": "linear", "inputs": ["act"], "weight": "up.weight", "bias": "up.bias"},
-                {"name": "residual", "op": "add", "inputs": ["std", "up"]},
-                {"name": "logits", "op": "linear", "inputs": ["residual"], "weight": "head.weight", "bias": "head.bias"}],
-               {"std.mul": 1.0 / sd6, "std.add": -mu6 / sd6, "down.weight": p["Wd"], "down.bias": p["bd"],
-                "up.weight": p["Wu"], "up.bias": p["bu"], "head.weight": p["Wh"], "head.bias": p["bh"]},
-               "trained with 0.25 + 0.5 h + 0.125 h^2, the polynomial evaluated encrypted")
+               bottleneck_nodes(["emb"], "emb", {"interval": [lo, hi], "coeffs": list(POLY2)}),
+               fold_standardisation(p, mu6, sd6, mu6, sd6),
+               "trained with 0.25 + 0.5 h + 0.125 h^2 (the polynomial evaluated encrypted) on standardised inputs; standardisation folded into the weights")
 
     # (d) CryptPEFT-style side network on layers 5 and 6
     print("side", flush=True)
     act = ACT["gelu7"]
-    p = {"Wd": init((hid, 768), 768) * 0.5, "bd": np.zeros(hid), "Wu": np.zeros((384, hid)), "bu": np.zeros(384),
+    hid_side = 16  # a narrow side network: the 768-wide down projection dominates the encrypted cost
+    p = {"Wd": init((hid_side, 768), 768) * 0.5, "bd": np.zeros(hid_side), "Wu": np.zeros((384, hid_side)), "bu": np.zeros(384),
          "Wh": np.zeros((k, 384)), "bh": np.zeros(k)}
     cat_tr = np.concatenate([Xtr["h5"], Xtr["emb"]], 1)
     p = select_fit(lambda q, X: bottleneck_forward(q, X, act, pen=1.0, bound=3.0), p,
                    {"x": cat_tr, "xs": Xtr["emb"]}, ytr, 40, 1e-3, WDS[:3])
     lo, hi = GELU_INTERVAL
-    write_card("side", "side network on MiniLM layers 5+6: concat -> 768-32-GELU7-384 + residual + head (fine-food reviews)",
+    write_card("side", f"side network on MiniLM layers 5+6: concat -> 768-{hid_side}-GELU7-384 + residual + head (fine-food reviews)",
                [("h5", 384), ("emb", 384)],
-               [{"name": "std5", "op": "affine", "inputs": ["h5"], "mul": "std5.mul", "add": "std5.add"},
-                {"name": "std6", "op": "affine", "inputs": ["emb"], "mul": "std6.mul", "add": "std6.add"},
-                {"name": "cat", "op": "concat", "inputs": ["std5", "std6"]},
-                {"name": "down", "op": "linear", "inputs": ["cat"], "weight": "down.weight", "bias": "down.bias"},
-                {"name": "act", "op": "poly", "inputs": ["down"], "interval": [lo, hi], "func": "gelu", "cheb": list(GELU_CHEB)},
-                {"name": "up", "op": "linear", "inputs": ["act"], "weight": "up.weight", "bias": "up.bias"},
-                {"name": "residual", "op": "add", "inputs": ["std6", "up"]},
-                {"name": "logits", "op": "linear", "inputs": ["residual"], "weight": "head.weight", "bias": "head.bias"}],
-               {"std5.mul": 1.0 / sd5, "std5.add": -mu5 / sd5, "std6.mul": 1.0 / sd6, "std6.add": -mu6 / sd6,
-                "down.weight": p["Wd"], "down.bias": p["bd"], "up.weight": p["Wu"], "up.bias": p["bu"],
-                "head.weight": p["Wh"], "head.bias": p["bh"]},
-               "trained with the Chebyshev interpolant of GELU written below (degree 7 on [-6, 6])")
+               bottleneck_nodes(["h5", "emb"], "emb", {"interval": [lo, hi], "func": "gelu", "cheb": list(GELU_CHEB)}),
+               fold_standardisation(p, np.concatenate([mu5, mu6]), np.concatenate([sd5, sd6]), mu6, sd6),
+               "trained with the Chebyshev interpolant of GELU written below (degree 7 on [-6, 6]); standardisation folded into the weights")
 
     # ---- held-out features, labels, manifest (evaluated from the *exported* f32 weights) --
     feats = os.path.join(OUT, "features")
