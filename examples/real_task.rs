@@ -11,7 +11,7 @@ use hepeft::model::load::{load_card, load_features_npy};
 use hepeft::model::reference;
 use hepeft::plan::{public_structure, Mode, Plan, PlanOptions};
 use hepeft::select::{select, SelectRequest};
-use ndarray::{s, ArrayView2, Axis};
+use ndarray::{ArrayView2, Axis, Slice};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::path::Path;
@@ -56,7 +56,7 @@ fn main() -> hepeft::Result<()> {
         .min(total);
     let feats: Vec<_> = feats
         .iter()
-        .map(|f| f.slice(s![..n, ..]).to_owned())
+        .map(|f| f.slice_axis(Axis(0), Slice::from(..n)).to_owned())
         .collect();
     let views: Vec<ArrayView2<f64>> = feats.iter().map(|a| a.view()).collect();
 

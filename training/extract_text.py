@@ -42,7 +42,7 @@ def extract(model, name, texts, y):
         return out
     parts = []
     for c in range(0, len(texts), CHUNK):
-        part = os.path.join(cache_dir(), f"finefoods_{name}_{MAX_LEN}_chunk{c}_{CHUNK}.npz")
+        part = os.path.join(cache_dir(), f"finefoods_{name}_{len(texts)}_{MAX_LEN}_chunk{c}_{CHUNK}.npz")
         if not os.path.exists(part):
             t = time.time()
             emb, taps = model.encode(texts[c : c + CHUNK], layers=(5, 6))
