@@ -60,34 +60,10 @@ pub fn match_level_and_scale(
     level: usize,
     scale: f64,
 ) -> Result<Ciphertext> {
-    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs());
     if ct.level() == level && rel(ct.scale(), scale) <= SCALE_TOLERANCE {
         return Ok(ct.clone());
     }
-    if ct.level() <= level {
-        return Err(Error::LevelExhausted {
-            op: "scale matching".into(),
-            needed: level + 1,
-            available: ct.level(),
-        });
-    }
-    let mut x = ev.drop_to_level(ct, level + 1)?;
-    let q = ev.params().q()[level + 1] as f64;
-    let const_scale = scale * q / x.scale();
-    // the constant is the integer round(const_scale): its relative rounding error is
-    // below 2^-30 for the scales in use, far below SCALE_TOLERANCE's effect on precision
-    let k = const_scale.round();
-    ev.mul_const_assign(&mut x, 1.0, k)?;
-    ev.rescale_assign(&mut x)?;
-    if rel(x.scale(), scale) > 1e-6 {
-        return Err(Error::ScaleMismatch {
-            left: x.scale(),
-            right: scale,
-            rel: rel(x.scale(), scale),
-        });
-    }
-    x.set_scale(scale);
-    Ok(x)
+    scaled_t1(ev, ct, 1.0, level, scale)
 }
 
 /// The powers-of-two Chebyshev polynomials of one input: `pow2[j] = T_{2^j}(t)`.
@@ -114,7 +90,7 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs())
 }
 
-/// `c · T_1` at exactly (`level`, `scale`), one constant product below `T_1`'s level.
+/// `c · x` at exactly (`level`, `scale`), one constant product below `x`'s level.
 fn scaled_t1(
     ev: &Evaluator,
     t1: &Ciphertext,
