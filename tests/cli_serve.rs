@@ -48,6 +48,8 @@ fn serve_and_query_end_to_end() {
         .unwrap()
         .status
         .success());
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "# one token per line\nquery-token-0123456789abcdef\n").unwrap();
     let mut server = Child(
         hepeft()
             .args([
@@ -56,8 +58,12 @@ fn serve_and_query_end_to_end() {
                 PRESET,
                 "--listen",
                 "127.0.0.1:0",
-                "--model",
+                "--rate-limit",
+                "50",
+                "--token-file",
             ])
+            .arg(&tokens)
+            .arg("--model")
             .arg(&card)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -90,8 +96,23 @@ fn serve_and_query_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     let logits = dir.path().join("logits.npy");
+    // without the token: refused with the server's 401
     let out = hepeft()
-        .args(["query", "--server", &url, "--top-k", "2", "--keys"])
+        .args(["query", "--server", &url, "--keys"])
+        .arg(&keys)
+        .arg("--input")
+        .arg(&features)
+        .arg("--out")
+        .arg(&logits)
+        .env_remove("HEPEFT_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hepeft()
+        .args(["query", "--server", &url, "--top-k", "2", "--token-file"])
+        .arg(&tokens)
+        .arg("--keys")
         .arg(&keys)
         .arg("--input")
         .arg(&features)
@@ -125,4 +146,34 @@ fn serve_and_query_end_to_end() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
+    let adapter = zoo::lora_head(&mut rng, 16, 2, 3).unwrap();
+    let card = dir.path().join("private.toml");
+    save_adapter(&adapter, &card, None).unwrap();
+    let out = hepeft()
+        .args(["serve", "--params", PRESET, "--listen", "0.0.0.0:0", "--model"])
+        .arg(&card)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without access tokens"), "{err}");
+    // a short token is refused, and the message does not echo it
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "tooshort\n").unwrap();
+    let out = hepeft()
+        .args(["serve", "--params", PRESET, "--listen", "127.0.0.1:0", "--token-file"])
+        .arg(&tokens)
+        .arg("--model")
+        .arg(&card)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 22") && !err.contains("tooshort"), "{err}");
 }

@@ -7,7 +7,7 @@ use hepeft::ckks::{to_bytes, CkksParams, EncryptionKey, KeyGenerator};
 use hepeft::model::{reference, zoo, Adapter};
 use hepeft::plan::{Mode, Plan, PlanOptions};
 use hepeft::serve::client::{remote_error, remote_status, ClientKeys, QueryClient};
-use hepeft::serve::{self, ServerConfig, ServerHandle};
+use hepeft::serve::{self, AuthTokens, RateLimit, ServerConfig, ServerHandle};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -43,6 +43,7 @@ fn config(mode: Mode) -> ServerConfig {
             ..Default::default()
         },
         model_name: Some("test".into()),
+        ..ServerConfig::default()
     }
 }
 
@@ -343,6 +344,100 @@ fn bad_requests_get_clear_4xx() {
     let (_, text) = get(&format!("{url}/metrics"));
     assert!(text.contains("status=\"409\""), "{text}");
     assert!(text.contains("status=\"413\""), "{text}");
+    server.shutdown().unwrap();
+}
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+fn get_with(url: &str, authorization: Option<&str>) -> (u16, Option<String>, Option<String>) {
+    let mut req = raw_agent().get(url);
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let r = req.call().unwrap();
+    let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+    (r.status().as_u16(), h("www-authenticate"), h("retry-after"))
+}
+
+#[test]
+fn access_tokens_guard_every_api_endpoint() {
+    let adapter = lora();
+    let mut cfg = config(Mode::Latency);
+    cfg.auth = AuthTokens::new(&[TOKEN, "second-token-0123456789abcdef"]).unwrap();
+    assert!(!format!("{cfg:?}").contains(TOKEN), "tokens leak into Debug");
+    let server = serve::spawn(adapter.clone(), params(), cfg).unwrap();
+    let url = server.url();
+    // Probes stay open; the API does not.
+    assert_eq!(get_with(&format!("{url}/healthz"), None).0, 200);
+    assert_eq!(get_with(&format!("{url}/metrics"), None).0, 200);
+    for path in ["/v1/model", "/v1/model/params", &format!("/v1/keys/{}", "a".repeat(64))] {
+        let (status, challenge, _) = get_with(&format!("{url}{path}"), None);
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(challenge.as_deref(), Some("Bearer realm=\"hepeft\""));
+        let wrong = get_with(&format!("{url}{path}"), Some("Bearer test-token-0123456789abcdeX")).0;
+        assert_eq!(wrong, 401, "{path}");
+    }
+    // A request with a body is refused before the body is parsed.
+    let (status, text, _) = post(&format!("{url}/v1/keys"), b"not keys at all");
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("access token"), "{text}");
+    // Without a token the client fails with the server's 401; with one the flow works.
+    let err = QueryClient::new(&url).unwrap().model().unwrap_err();
+    assert_eq!(remote_status(&err), Some(401));
+    let client = QueryClient::new(&url).unwrap().with_token(TOKEN);
+    let (x, want) = inputs(&adapter, 2, 51);
+    let got = client.query(lora_keys(), &views(&x)).unwrap();
+    let (bits, same) = compare(&got, &want);
+    assert!(bits >= 16.0 && same, "{bits}");
+    assert!(metric(&server, "hepeft_rejected_unauthorized_total") >= 8.0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn rate_limit_answers_429_with_retry_after() {
+    let mut cfg = config(Mode::Latency);
+    cfg.rate_limit = Some(RateLimit::new(0.2, 3).unwrap());
+    let server = serve::spawn(lora(), params(), cfg).unwrap();
+    let url = format!("{}/v1/model", server.url());
+    for _ in 0..3 {
+        assert_eq!(get_with(&url, None).0, 200);
+    }
+    let (status, _, retry) = get_with(&url, None);
+    assert_eq!(status, 429);
+    let wait: u64 = retry.unwrap().parse().unwrap();
+    assert!((1..=5).contains(&wait), "{wait}");
+    // Probes are not rate limited.
+    assert_eq!(get_with(&format!("{}/healthz", server.url()), None).0, 200);
+    assert_eq!(metric(&server, "hepeft_rejected_rate_limited_total"), 1.0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn key_directory_stays_within_its_disk_budget() {
+    let adapter = lora();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = lora_keys();
+    let envelope = to_bytes(&params(), &keys.eval).unwrap().len() as u64;
+    let mut cfg = config(Mode::Latency);
+    cfg.key_store_dir = Some(dir.path().to_path_buf());
+    cfg.key_store_max_disk_bytes = Some(envelope + envelope / 2);
+    let server = serve::spawn(adapter.clone(), params(), cfg).unwrap();
+    let client = QueryClient::new(&server.url()).unwrap();
+    let id1 = client.register_keys(&keys.eval).unwrap();
+    let remote = client.connect().unwrap();
+    let keys2 = ClientKeys::generate(remote.plan(), &mut rng(52)).unwrap();
+    let id2 = client.register_keys(&keys2.eval).unwrap();
+    // Only the newest key set fits: the older one is gone from disk and memory.
+    assert!(!dir.path().join(format!("{id1}.evk")).exists());
+    assert!(dir.path().join(format!("{id2}.evk")).is_file());
+    assert!(!client.has_keys(&id1).unwrap());
+    assert_eq!(metric(&server, "hepeft_key_store_disk_deletions_total"), 1.0);
+    // The first client just uploads again on its next query.
+    let (x, want) = inputs(&adapter, 1, 53);
+    let got = client.query(keys, &views(&x)).unwrap();
+    assert!(compare(&got, &want).0 >= 16.0);
+    assert!(dir.path().join(format!("{id1}.evk")).is_file());
+    assert!(!dir.path().join(format!("{id2}.evk")).exists());
     server.shutdown().unwrap();
 }
 

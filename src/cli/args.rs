@@ -90,6 +90,23 @@ pub struct ServeArgs {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     pub timeout_secs: u64,
+    /// Disk budget of --key-store, MiB: least recently used key files are deleted above it.
+    #[arg(long, value_name = "MIB", requires = "key_store")]
+    pub key_store_max_disk_mib: Option<u64>,
+    /// File of access tokens, one per line: every /v1 request must carry
+    /// `Authorization: Bearer <token>` (401 otherwise). Required to listen on a
+    /// non-loopback address unless --insecure-no-auth is given.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without access tokens.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Sustained requests per second allowed per client (its token, or its IP address).
+    #[arg(long, value_name = "PER_SEC")]
+    pub rate_limit: Option<f64>,
+    /// Burst size of the per-client rate limit.
+    #[arg(long, default_value_t = 20, value_name = "N", requires = "rate_limit")]
+    pub rate_burst: u32,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +126,10 @@ pub struct QueryArgs {
     /// Classes to print per sample.
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub top_k: usize,
+    /// File holding the access token (first non-comment line); the environment variable
+    /// HEPEFT_TOKEN is used when this is absent.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

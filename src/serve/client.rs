@@ -299,6 +299,8 @@ pub struct QueryClient {
     agent: ureq::Agent,
     expected_params: Option<String>,
     remote: OnceLock<RemoteModel>,
+    /// `Bearer <token>` when the server requires authentication (zeroized on drop).
+    authorization: Option<zeroize::Zeroizing<String>>,
 }
 
 fn agent(timeout: Option<Duration>) -> ureq::Agent {
@@ -362,7 +364,15 @@ impl QueryClient {
             agent: agent(Some(Duration::from_secs(600))),
             expected_params: None,
             remote: OnceLock::new(),
+            authorization: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request (servers started with
+    /// access tokens answer 401 without it). The token is never printed.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.authorization = Some(zeroize::Zeroizing::new(format!("Bearer {}", token.trim())));
+        self
     }
 
     /// Sets the whole-request timeout (default 600 s).
@@ -385,22 +395,24 @@ impl QueryClient {
 
     fn get(&self, path: &str) -> Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| transport(&url, e))?;
+        let mut req = self.agent.get(&url);
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a.as_str());
+        }
+        let resp = req.call().map_err(|e| transport(&url, e))?;
         read_response(&url, resp)
     }
 
     fn post(&self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
-        let resp = self
+        let mut req = self
             .agent
             .post(&url)
-            .header("content-type", "application/octet-stream")
-            .send(body)
-            .map_err(|e| transport(&url, e))?;
+            .header("content-type", "application/octet-stream");
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a.as_str());
+        }
+        let resp = req.send(body).map_err(|e| transport(&url, e))?;
         read_response(&url, resp)
     }
 
@@ -602,7 +614,15 @@ impl QueryClient {
                 body.extend_from_slice(&envelopes[j]);
                 j += 1;
             }
-            let results = self.evaluate_raw(&id, &body, j - i)?;
+            let results = match self.evaluate_raw(&id, &body, j - i) {
+                // The server dropped the keys meanwhile (disk budget, restart without a
+                // key directory, another instance): upload them again and retry once.
+                Err(e) if remote_status(&e) == Some(404) => {
+                    self.register_keys(&keys.eval)?;
+                    self.evaluate_raw(&id, &body, j - i)?
+                }
+                r => r?,
+            };
             for (k, res) in results.iter().enumerate() {
                 let (a, b) = chunks[i + k];
                 let got = plan.decrypt_result(remote.encoder(), &dec, res, b - a)?;

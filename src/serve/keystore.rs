@@ -3,7 +3,10 @@
 //! that survives restarts and can be shared by several instances.
 //!
 //! A key set evicted from memory stays on disk and is read back (and its content address
-//! checked again) on the next request that names it. Files are written to a temporary name
+//! checked again) on the next request that names it. With a disk budget, each upload is
+//! followed by pruning: the least recently used `.evk` files (modification time, refreshed
+//! whenever a file is read back) are deleted, files of key sets resident in memory last,
+//! until the directory fits. A client whose keys were pruned gets 404 and uploads again. Files are written to a temporary name
 //! and renamed, so an instance never reads a half-written file.
 
 use super::{is_key_id, sha256_hex};
@@ -36,6 +39,7 @@ struct Inner {
     tick: u64,
     resident: usize,
     evictions: u64,
+    disk_deletions: u64,
 }
 
 /// Counters for `/metrics`.
@@ -43,12 +47,14 @@ pub(crate) struct KeyStoreStats {
     pub resident_bytes: usize,
     pub entries: usize,
     pub evictions: u64,
+    pub disk_deletions: u64,
 }
 
 pub(crate) struct KeyStore {
     inner: Mutex<Inner>,
     dir: Option<PathBuf>,
     max_bytes: usize,
+    max_disk_bytes: Option<u64>,
     params: CkksParams,
 }
 
@@ -61,8 +67,15 @@ impl KeyStore {
             inner: Mutex::new(Inner::default()),
             dir,
             max_bytes,
+            max_disk_bytes: None,
             params,
         })
+    }
+
+    /// Sets the disk budget of the key directory (`None`: unlimited).
+    pub(crate) fn with_disk_budget(mut self, max_disk_bytes: Option<u64>) -> Self {
+        self.max_disk_bytes = max_disk_bytes;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -126,6 +139,10 @@ impl KeyStore {
             ));
         }
         let keys: EvaluationKeys = from_bytes(&self.params, &bytes)?;
+        // Mark the file as recently used for the disk budget (best effort).
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         Ok(Some(self.insert_resident(id, keys, bytes.len() as u64)))
     }
 
@@ -141,7 +158,66 @@ impl KeyStore {
                 write_atomic(&path, envelope)?;
             }
         }
-        Ok(self.insert_resident(id, keys, envelope.len() as u64))
+        let keys = self.insert_resident(id, keys, envelope.len() as u64);
+        self.prune_disk(id)?;
+        Ok(keys)
+    }
+
+    /// Deletes least recently used key files until the directory's `.evk` files fit the
+    /// disk budget; never deletes `keep` (the key set just uploaded). Other instances
+    /// sharing the directory may delete concurrently: a file already gone is not an error.
+    fn prune_disk(&self, keep: &str) -> Result<()> {
+        let (Some(dir), Some(budget)) = (&self.dir, self.max_disk_bytes) else {
+            return Ok(());
+        };
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".evk") else {
+                continue;
+            };
+            if !is_key_id(id) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            total = total.saturating_add(meta.len());
+            if id != keep {
+                let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                files.push((id.to_string(), used, meta.len()));
+            }
+        }
+        if total <= budget {
+            return Ok(());
+        }
+        // Files of key sets not in memory go first, then by age.
+        let resident: std::collections::HashSet<String> = self.lock().map.keys().cloned().collect();
+        files.sort_by_key(|(id, used, _)| (resident.contains(id), *used));
+        let mut deleted = 0u64;
+        for (id, _, len) in files {
+            if total <= budget {
+                break;
+            }
+            let path = dir.join(format!("{id}.evk"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    total = total.saturating_sub(len);
+                    deleted += 1;
+                    // Its memory copy goes too, so that the id is consistently unknown.
+                    let mut g = self.lock();
+                    if let Some(e) = g.map.remove(&id) {
+                        g.resident -= e.resident;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    total = total.saturating_sub(len);
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        self.lock().disk_deletions += deleted;
+        Ok(())
     }
 
     fn insert_resident(
@@ -216,6 +292,7 @@ impl KeyStore {
             resident_bytes: g.resident,
             entries: g.map.len(),
             evictions: g.evictions,
+            disk_deletions: g.disk_deletions,
         }
     }
 }

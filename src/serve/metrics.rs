@@ -32,6 +32,8 @@ pub(crate) struct Metrics {
     pub in_flight: AtomicU64,
     pub queued: AtomicU64,
     pub rejected_busy: AtomicU64,
+    pub rejected_auth: AtomicU64,
+    pub rejected_rate: AtomicU64,
     pub timeouts: AtomicU64,
     pub evaluations: AtomicU64,
     pub queries: AtomicU64,
@@ -44,6 +46,7 @@ pub(crate) struct StoreGauges {
     pub capacity_bytes: usize,
     pub entries: usize,
     pub evictions: u64,
+    pub disk_deletions: u64,
 }
 
 impl Metrics {
@@ -160,6 +163,20 @@ impl Metrics {
         );
         gauge(
             &mut s,
+            "hepeft_rejected_unauthorized_total",
+            "counter",
+            "Requests answered 401 (missing or invalid access token).",
+            ld(&self.rejected_auth).to_string(),
+        );
+        gauge(
+            &mut s,
+            "hepeft_rejected_rate_limited_total",
+            "counter",
+            "Requests answered 429 (per-client rate limit).",
+            ld(&self.rejected_rate).to_string(),
+        );
+        gauge(
+            &mut s,
             "hepeft_timeouts_total",
             "counter",
             "Requests answered 504.",
@@ -213,6 +230,13 @@ impl Metrics {
             "counter",
             "Key sets dropped from memory (least recently used).",
             store.evictions.to_string(),
+        );
+        gauge(
+            &mut s,
+            "hepeft_key_store_disk_deletions_total",
+            "counter",
+            "Key files deleted from the key directory to keep it within its disk budget.",
+            store.disk_deletions.to_string(),
         );
         s
     }

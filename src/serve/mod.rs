@@ -28,8 +28,13 @@
 //! `k` results in order (`k * output_ciphertexts` ciphertexts), and the response header
 //! `x-hepeft-queries` says `k`.
 //!
+//! With [`ServerConfig::auth`] set, every `/v1/*` request needs `Authorization: Bearer
+//! <token>` (401 otherwise); with [`ServerConfig::rate_limit`] set, each client (its token,
+//! or its IP address without authentication) gets a token bucket (429 with `Retry-After`
+//! when empty). `/healthz` and `/metrics` are always open.
+//!
 //! Errors are JSON `{"status": .., "error": ".."}` with: 400 malformed body or key id,
-//! 404 unknown key id, 409 object made for other parameters, 413 body too large,
+//! 401 missing or wrong token, 404 unknown key id, 429 rate limit, 409 object made for other parameters, 413 body too large,
 //! 422 keys lacking a Galois or relinearization key the plan needs, 503 (with
 //! `Retry-After`) when every evaluation slot and queue place is taken, 504 past the
 //! request timeout, 500 for the server's own failures.
@@ -49,12 +54,14 @@
 //! # let _ = logits; Ok(()) }
 //! ```
 
+mod access;
 pub mod client;
 mod keystore;
 mod metrics;
 mod server;
 mod wire;
 
+pub use access::{AuthTokens, RateLimit, MIN_TOKEN_CHARS};
 pub use server::{run, run_until_signal, shutdown_signal, spawn, Server, ServerHandle};
 
 use crate::model::load::ModelCard;
@@ -92,6 +99,16 @@ pub struct ServerConfig {
     /// Directory where uploaded keys are kept (`<id>.evk`, the uploaded envelope) so that a
     /// restart, or another instance sharing the directory, finds them. `None`: memory only.
     pub key_store_dir: Option<PathBuf>,
+    /// Disk budget of `key_store_dir`: after each upload the least recently used key files
+    /// (by modification time, which a read-back refreshes) are deleted until the directory's
+    /// `.evk` files fit. Keys resident in memory are deleted last. `None`: no limit.
+    pub key_store_max_disk_bytes: Option<u64>,
+    /// Bearer tokens required on every `/v1/*` request (401 without a valid one).
+    /// Empty: no authentication (bind to loopback or put an authenticating proxy in front).
+    /// `/healthz` and `/metrics` stay open for probes and scrapers.
+    pub auth: AuthTokens,
+    /// Per-client request rate on `/v1/*` (429 above it). `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
     /// Plan compilation options (latency or batch layout).
     pub mode: PlanOptions,
     /// Name shown in the model description.
@@ -108,6 +125,9 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(120),
             key_store_max_bytes: 4 << 30,
             key_store_dir: None,
+            key_store_max_disk_bytes: None,
+            auth: AuthTokens::none(),
+            rate_limit: None,
             mode: PlanOptions::default(),
             model_name: None,
         }

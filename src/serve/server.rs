@@ -1,5 +1,6 @@
 //! The axum server: routes, admission control, timeouts, graceful shutdown.
 
+use super::access::RateLimiter;
 use super::keystore::KeyStore;
 use super::metrics::{Metrics, StoreGauges};
 use super::{
@@ -14,7 +15,7 @@ use crate::model::Adapter;
 use crate::plan::{public_structure, Mode, Plan, PreparedPlan};
 use crate::{Error, Result};
 use axum::body::{Body, Bytes, HttpBody as _};
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -108,6 +109,8 @@ struct AppState {
     admission: Arc<Semaphore>,
     /// Execution slots.
     slots: Arc<Semaphore>,
+    /// Per-client buckets when a rate limit is configured.
+    limiter: Option<RateLimiter>,
 }
 
 /// Both permits of an admitted request; the queue gauge is kept by the holder.
@@ -299,6 +302,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         capacity_bytes: st.keys.capacity(),
         entries: s.entries,
         evictions: s.evictions,
+        disk_deletions: s.disk_deletions,
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -464,6 +468,51 @@ async fn evaluate(
         .into_response())
 }
 
+/// Authentication and rate limiting of `/v1/*` (see [`ServerConfig::auth`] and
+/// [`ServerConfig::rate_limit`]). Runs before the body is read.
+async fn access(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let mut client = None;
+    if st.cfg.auth.is_required() {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match st.cfg.auth.check(presented) {
+            Some(i) => client = Some(format!("token#{i}")),
+            None => {
+                st.metrics.rejected_auth.fetch_add(1, Ordering::Relaxed);
+                let e = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or invalid access token: send `Authorization: Bearer <token>`",
+                );
+                let mut r = st.reject(req.into_body(), e).await.into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"hepeft\""),
+                );
+                return r;
+            }
+        }
+    }
+    if let Some(limiter) = &st.limiter {
+        let who = client.unwrap_or_else(|| {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
+        });
+        if let Err(wait) = limiter.take(&who, Instant::now()) {
+            st.metrics.rejected_rate.fetch_add(1, Ordering::Relaxed);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("rate limit of {} requests/s exceeded; retry in {wait} s", limiter.per_second()),
+            );
+            e.retry_after = Some(wait);
+            return st.reject(req.into_body(), e).await.into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// Per-request accounting and the request deadline.
 async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let endpoint = req
@@ -576,7 +625,8 @@ impl Server {
                 params.clone(),
                 cfg.key_store_max_bytes,
                 cfg.key_store_dir.clone(),
-            )?;
+            )?
+            .with_disk_budget(cfg.key_store_max_disk_bytes);
             let admission = cfg
                 .max_concurrent_evaluations
                 .saturating_add(cfg.queue_depth)
@@ -591,21 +641,25 @@ impl Server {
                 metrics: Metrics::default(),
                 admission: Arc::new(Semaphore::new(admission)),
                 slots: Arc::new(Semaphore::new(cfg.max_concurrent_evaluations)),
+                limiter: cfg.rate_limit.map(RateLimiter::new),
                 cfg,
             })
         })
         .await
         .map_err(|e| Error::model(format!("preparing the plan failed: {e}")))??;
         let state = Arc::new(state);
-        let router = Router::new()
-            .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics))
+        let api = Router::new()
             .route("/v1/model", get(model))
             .route("/v1/model/weights", get(model_weights))
             .route("/v1/model/params", get(model_params))
             .route("/v1/keys", post(keys_upload))
             .route("/v1/keys/{id}", get(key_info).delete(key_delete))
             .route("/v1/evaluate/{id}", post(evaluate))
+            .route_layer(middleware::from_fn_with_state(state.clone(), access));
+        let router = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .merge(api)
             .fallback(fallback)
             .layer(middleware::from_fn_with_state(state.clone(), track))
             .with_state(state);
@@ -634,8 +688,12 @@ impl Server {
     /// # Errors
     /// [`Error::Io`] if the listener fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
             .await
             .map_err(Error::from)
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use hepeft::model::load::load_features_npy;
 use hepeft::serve::client::QueryClient;
-use hepeft::serve::{run_until_signal, ServerConfig};
+use hepeft::serve::{run_until_signal, AuthTokens, RateLimit, ServerConfig};
 
 use super::decrypt::{top_k, Ranked};
 use crate::cli::args::{QueryArgs, ServeArgs};
@@ -23,6 +23,23 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     if all_weights_zero(&adapter) {
         ui.note("warning: every weight of this model is zero (is it the public card?)\n");
     }
+    let auth = match &args.token_file {
+        Some(f) => AuthTokens::from_file(f)?,
+        None => AuthTokens::none(),
+    };
+    if !auth.is_required() && !args.listen.ip().is_loopback() {
+        if !args.insecure_no_auth {
+            anyhow::bail!(
+                "refusing to listen on {} without access tokens: pass --token-file FILE (or --insecure-no-auth behind an authenticating proxy)",
+                args.listen
+            );
+        }
+        ui.note("WARNING: serving on a non-loopback address WITHOUT AUTHENTICATION (--insecure-no-auth)\n");
+    }
+    let rate_limit = args
+        .rate_limit
+        .map(|r| RateLimit::new(r, args.rate_burst))
+        .transpose()?;
     let defaults = ServerConfig::default();
     let cfg = ServerConfig {
         listen: args.listen,
@@ -33,6 +50,9 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
         queue_depth: args.queue,
         request_timeout: Duration::from_secs(args.timeout_secs),
         key_store_dir: args.key_store.clone(),
+        key_store_max_disk_bytes: args.key_store_max_disk_mib.map(|m| m << 20),
+        auth,
+        rate_limit,
         mode: plan_options(args.mode.into()),
         model_name: args
             .model
@@ -68,7 +88,10 @@ pub fn query(args: &QueryArgs, ui: &Ui) -> Result<()> {
         .map(|p| load_features_npy(p).with_context(|| format!("reading features {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
     let views: Vec<ArrayView2<f64>> = features.iter().map(|m| m.view()).collect();
-    let client = QueryClient::new(&args.server)?;
+    let mut client = QueryClient::new(&args.server)?;
+    if let Some(token) = read_token(args.token_file.as_deref())? {
+        client = client.with_token(&token);
+    }
     let start = Instant::now();
     let logits = client
         .query_with_key_dir(&args.keys, &views)
@@ -98,4 +121,26 @@ pub fn query(args: &QueryArgs, ui: &Ui) -> Result<()> {
         top_k: ranked,
     };
     ui.report(&report, &text, true)
+}
+
+/// The query's access token: the first non-comment line of `file`, else `HEPEFT_TOKEN`.
+fn read_token(file: Option<&std::path::Path>) -> Result<Option<zeroize::Zeroizing<String>>> {
+    if let Some(f) = file {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        );
+        let token = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| zeroize::Zeroizing::new(l.to_string()));
+        return match token {
+            Some(t) => Ok(Some(t)),
+            None => anyhow::bail!("token file {} holds no token", f.display()),
+        };
+    }
+    Ok(std::env::var("HEPEFT_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(zeroize::Zeroizing::new))
 }
