@@ -262,12 +262,24 @@ fn key_directory_and_public_card() {
 
 #[test]
 fn demo_runs() {
+    // The default is the embedded real task: held-out reviews with their labels.
     let out = ok(hepeft(&[&"demo", &"--samples", &"2"]));
     assert!(out.contains("argmax agreement   2/2"), "{out}");
     assert!(
         out.contains("bytes exchanged") && out.contains("precision"),
         "{out}"
     );
+    assert!(out.contains("fine-food reviews (real)"), "{out}");
+    assert!(out.contains("true labels        great great"), "{out}");
+    // The digits task: the first 8 held-out digits are all classified right.
+    let out = ok(hepeft(&[&"demo", &"--model", &"digits", &"--samples", &"8", &"--mode", &"batch"]));
+    assert!(out.contains("argmax agreement   8/8"), "{out}");
+    assert!(out.contains("accuracy           1.000"), "{out}");
+    // A synthetic adapter still runs, and asking for more samples than shipped is refused.
+    let out = ok(hepeft(&[&"demo", &"--model", &"lora", &"--samples", &"1"]));
+    assert!(out.contains("argmax agreement   1/1"), "{out}");
+    let o = hepeft(&[&"demo", &"--samples", &"4000"]);
+    assert_eq!(o.status.code(), Some(1));
 }
 
 #[test]

@@ -277,7 +277,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub samples: u64,
     /// Embedded example to run.
-    #[arg(long, value_enum, default_value_t = DemoModel::Lora)]
+    #[arg(long, value_enum, default_value_t = DemoModel::Reviews)]
     pub model: DemoModel,
     /// Packing layout.
     #[arg(long, value_enum, default_value_t = ModeArg::Latency)]
@@ -287,10 +287,17 @@ pub struct DemoArgs {
 /// The embedded demo adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DemoModel {
-    /// LoRA classifier head, d = 384, rank 8, 10 classes (CKKS_N13_QP200_128).
+    /// Real task: a bottleneck adapter (384-32-poly2-384 + residual + head) trained on
+    /// all-MiniLM-L6-v2 embeddings of held-out fine-food reviews, 5 stars vs the rest
+    /// (assets/real/finefoods; CKKS_N14_QP430_128).
+    Reviews,
+    /// Real task: a bottleneck adapter (64-32-poly2-64 + residual + head) trained on
+    /// scikit-learn's 8x8 digits, 10 classes (assets/real/digits; CKKS_N14_QP430_128).
+    Digits,
+    /// Synthetic LoRA classifier head, d = 384, rank 8, 10 classes (CKKS_N13_QP200_128).
     Lora,
-    /// Bottleneck adapter with a GELU fit and a residual, d = 128, hidden 16, 10 classes
-    /// (CKKS_N14_QP430_128).
+    /// Synthetic bottleneck adapter with a GELU fit and a residual, d = 128, hidden 16,
+    /// 10 classes (CKKS_N14_QP430_128).
     Bottleneck,
 }
 

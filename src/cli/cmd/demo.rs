@@ -1,6 +1,7 @@
 //! `hepeft demo`: the whole pipeline on an embedded example, through the same code as the
 //! file commands (publish, keygen, encrypt, evaluate, decrypt), then checked against the
-//! plaintext twin. Needs no external file.
+//! plaintext twin. Needs no external file: the default is a real task (a trained adapter and
+//! held-out features from `assets/real/`, embedded in the binary).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
 use hepeft::ckks::{CkksParams, PrecisionStats};
-use hepeft::model::load::save_adapter;
+use hepeft::model::load::{features_from_npy_bytes, save_adapter};
 use hepeft::model::{reference, zoo, ActivationFn, Adapter};
 use hepeft::plan::Mode;
 
@@ -86,7 +87,103 @@ struct DemoReport {
     bytes: Bytes,
     accuracy: Accuracy,
     predictions: Vec<(usize, usize)>,
+    /// Real tasks: the held-out labels, class names, and the accuracy of the decrypted
+    /// predictions against the labels.
+    labels: Option<Vec<usize>>,
+    classes: Option<Vec<String>>,
+    label_accuracy: Option<f64>,
     kept: Option<PathBuf>,
+}
+
+/// A trained adapter with held-out data, embedded from `assets/real/<task>/`.
+struct RealTask {
+    card_toml: &'static str,
+    weights: &'static [u8],
+    /// The card's `weights` file name.
+    weights_name: &'static str,
+    features: &'static [u8],
+    labels: &'static [u8],
+    classes: &'static [&'static str],
+}
+
+const REVIEWS: RealTask = RealTask {
+    card_toml: include_str!("../../../assets/real/finefoods/bottleneck/card.toml"),
+    weights: include_bytes!("../../../assets/real/finefoods/bottleneck/adapter.safetensors"),
+    weights_name: "adapter.safetensors",
+    features: include_bytes!("../../../assets/real/finefoods/features/emb.npy"),
+    labels: include_bytes!("../../../assets/real/finefoods/features/labels.npy"),
+    classes: &["other", "great"],
+};
+
+const DIGITS: RealTask = RealTask {
+    card_toml: include_str!("../../../assets/real/digits/bottleneck/card.toml"),
+    weights: include_bytes!("../../../assets/real/digits/bottleneck/adapter.safetensors"),
+    weights_name: "adapter.safetensors",
+    features: include_bytes!("../../../assets/real/digits/features/pixels.npy"),
+    labels: include_bytes!("../../../assets/real/digits/features/labels.npy"),
+    classes: &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+};
+
+/// What the demo runs: an adapter, its card on disk, and the client's features.
+struct DemoCase {
+    adapter: Adapter,
+    label: &'static str,
+    preset: &'static str,
+    features: Vec<Array2<f64>>,
+    /// True labels and class names of a real task.
+    truth: Option<(Vec<usize>, &'static [&'static str])>,
+}
+
+/// Writes the private card of `which` into `server` and returns the case with `samples`
+/// feature rows (held-out rows for a real task, seeded uniform ones otherwise).
+fn demo_case(which: DemoModel, server: &Path, samples: usize) -> Result<DemoCase> {
+    let private_card = server.join("adapter.toml");
+    let real = match which {
+        DemoModel::Reviews => Some((
+            &REVIEWS,
+            "fine-food reviews (real): bottleneck adapter on all-MiniLM-L6-v2 embeddings, 5 stars vs the rest",
+        )),
+        DemoModel::Digits => Some((
+            &DIGITS,
+            "8x8 digits (real): bottleneck adapter on pixels, 10 classes",
+        )),
+        DemoModel::Lora | DemoModel::Bottleneck => None,
+    };
+    if let Some((task, label)) = real {
+        std::fs::write(&private_card, task.card_toml)
+            .with_context(|| format!("writing {}", private_card.display()))?;
+        let w = server.join(task.weights_name);
+        std::fs::write(&w, task.weights).with_context(|| format!("writing {}", w.display()))?;
+        let adapter = load_model(&private_card, None)?;
+        let all = features_from_npy_bytes(task.features).context("embedded features")?;
+        let labels = features_from_npy_bytes(task.labels).context("embedded labels")?;
+        if samples > all.nrows() {
+            bail!(
+                "this task ships {} held-out samples; ask for at most that many",
+                all.nrows()
+            );
+        }
+        let rows = all.slice_axis(Axis(0), ndarray::Slice::from(0..samples)).to_owned();
+        let truth: Vec<usize> = labels.iter().take(samples).map(|&y| y as usize).collect();
+        return Ok(DemoCase {
+            adapter,
+            label,
+            preset: "CKKS_N14_QP430_128",
+            features: vec![rows],
+            truth: Some((truth, task.classes)),
+        });
+    }
+    let (adapter, label, preset) = demo_adapter(which)?;
+    save_adapter(&adapter, &private_card, Some("hepeft demo"))?;
+    let mut frng = ChaCha20Rng::seed_from_u64(FEATURE_SEED);
+    let features = zoo::uniform_inputs(&mut frng, &adapter, samples);
+    Ok(DemoCase {
+        adapter,
+        label,
+        preset,
+        features,
+        truth: None,
+    })
 }
 
 fn demo_adapter(which: DemoModel) -> Result<(Adapter, &'static str, &'static str)> {
@@ -102,6 +199,7 @@ fn demo_adapter(which: DemoModel) -> Result<(Adapter, &'static str, &'static str
             "bottleneck adapter (d = 128, hidden 16, GELU degree 7 on [-4, 4], residual, 10 classes)",
             "CKKS_N14_QP430_128",
         ),
+        DemoModel::Reviews | DemoModel::Digits => bail!("a real task is not a synthetic adapter"),
     })
 }
 
@@ -109,14 +207,6 @@ fn demo_adapter(which: DemoModel) -> Result<(Adapter, &'static str, &'static str
 pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let samples = usize::try_from(args.samples).unwrap_or(1);
     let mode = Mode::from(args.mode);
-    let (adapter, label, preset) = demo_adapter(args.model)?;
-    let params = CkksParams::preset(preset)?;
-    if mode == Mode::Batch && samples > params.slots() {
-        bail!(
-            "batch mode takes at most {} samples with {preset}",
-            params.slots()
-        );
-    }
     let _tmp;
     let dir: PathBuf = match &args.keep {
         Some(d) => {
@@ -134,10 +224,6 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
         json: false,
         quiet: true,
     };
-    ui.note(&format!(
-        "demo: {label}, {samples} sample(s), working in {}\n",
-        dir.display()
-    ));
 
     // Server: the private card, and the public card it publishes.
     let server = dir.join("server");
@@ -145,15 +231,30 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     std::fs::create_dir_all(&server).with_context(|| format!("creating {}", server.display()))?;
     std::fs::create_dir_all(&client).with_context(|| format!("creating {}", client.display()))?;
     let private_card = server.join("adapter.toml");
-    save_adapter(&adapter, &private_card, Some("hepeft demo"))?;
+    let DemoCase {
+        adapter,
+        label,
+        preset,
+        features,
+        truth,
+    } = demo_case(args.model, &server, samples)?;
+    let params = CkksParams::preset(preset)?;
+    if mode == Mode::Batch && samples > params.slots() {
+        bail!(
+            "batch mode takes at most {} samples with {preset}",
+            params.slots()
+        );
+    }
+    ui.note(&format!(
+        "demo: {label}, {samples} sample(s), working in {}\n",
+        dir.display()
+    ));
     let t = Instant::now();
     let (public_card, _, _) =
         publish::write_public(&adapter, &dir.join("public"), Some("hepeft demo (public)"))?;
     let t_publish = t.elapsed().as_secs_f64();
 
     // Client: features.
-    let mut frng = ChaCha20Rng::seed_from_u64(FEATURE_SEED);
-    let features = zoo::uniform_inputs(&mut frng, &adapter, samples);
     let mut inputs = Vec::new();
     for (i, m) in features.iter().enumerate() {
         let p = client.join(if features.len() == 1 {
@@ -257,6 +358,14 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             precision_bits_min: stats.min_bits,
             precision_bits_median: stats.median_bits,
         },
+        label_accuracy: truth.as_ref().map(|(y, _)| {
+            let hits = predictions.iter().zip(y).filter(|((g, _), t)| g == *t).count();
+            hits as f64 / y.len().max(1) as f64
+        }),
+        labels: truth.as_ref().map(|(y, _)| y.clone()),
+        classes: truth
+            .as_ref()
+            .map(|(_, c)| c.iter().map(|s| s.to_string()).collect()),
         predictions,
         kept: args.keep.clone(),
     };
@@ -321,17 +430,30 @@ fn render(r: &DemoReport, ev: &evaluate::EvaluateReport, dir: &Path, kept: bool)
         "  precision          {:.1} bits relative to the largest logit (median {:.1})\n",
         a.precision_bits_min, a.precision_bits_median
     ));
+    let name = |c: usize| match &r.classes {
+        Some(names) => names.get(c).cloned().unwrap_or_else(|| c.to_string()),
+        None => c.to_string(),
+    };
     let preds: Vec<String> = r
         .predictions
         .iter()
         .take(16)
-        .map(|(g, _)| g.to_string())
+        .map(|(g, _)| name(*g))
         .collect();
     s.push_str(&format!(
         "  predicted classes  {}{}\n",
         preds.join(" "),
         if r.predictions.len() > 16 { " ..." } else { "" }
     ));
+    if let (Some(labels), Some(acc)) = (&r.labels, r.label_accuracy) {
+        let truth: Vec<String> = labels.iter().take(16).map(|&y| name(y)).collect();
+        s.push_str(&format!(
+            "  true labels        {}{}\n  accuracy           {:.3} on these held-out samples (decrypted predictions vs labels)\n",
+            truth.join(" "),
+            if labels.len() > 16 { " ..." } else { "" },
+            acc
+        ));
+    }
     if kept {
         s.push_str(&format!(
             "\nfiles kept in {}: server/ (private card, result.ct), public/ (public card), client/ (keys/, features.npy, query.ct, logits.npy)\n",
