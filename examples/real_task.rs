@@ -36,10 +36,13 @@ fn main() -> hepeft::Result<()> {
     let task = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("assets/real")
         .join(args.get(3).map_or("finefoods", String::as_str));
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(task.join("manifest.json")).expect("manifest.json"),
-    )
-    .expect("manifest.json is JSON");
+    let bad_manifest = |reason: &str| hepeft::Error::Format {
+        what: "manifest.json".into(),
+        reason: reason.into(),
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(task.join("manifest.json"))?)
+            .map_err(|e| bad_manifest(&e.to_string()))?;
 
     // --- server side owns the trained adapter (card + safetensors) -------------------------
     let adapter = load_card(task.join(name).join("card.toml"))?;
@@ -50,7 +53,7 @@ fn main() -> hepeft::Result<()> {
     for spec in adapter.inputs() {
         let file = manifest["features"][&spec.name]
             .as_str()
-            .expect("the manifest names a feature file for every input");
+            .ok_or_else(|| bad_manifest(&format!("no feature file for input {}", spec.name)))?;
         feats.push(load_features_npy(task.join(file))?);
     }
     let labels = load_features_npy(task.join("features/labels.npy"))?;
@@ -117,10 +120,10 @@ fn main() -> hepeft::Result<()> {
         client_plan.decrypt_result(&encoder, &Decryptor::new(&params, &sk)?, &result, n)?;
     let classes: Vec<&str> = manifest["classes"]
         .as_array()
-        .expect("classes")
+        .ok_or_else(|| bad_manifest("no class list"))?
         .iter()
-        .map(|c| c.as_str().expect("class name"))
-        .collect();
+        .map(|c| c.as_str().ok_or_else(|| bad_manifest("class name")))
+        .collect::<Result<_, _>>()?;
     let predicted: Vec<usize> = logits.axis_iter(Axis(0)).map(argmax).collect();
     for (i, &p) in predicted.iter().take(5).enumerate() {
         let row: Vec<String> = logits.row(i).iter().map(|z| format!("{z:+.4}")).collect();
