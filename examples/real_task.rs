@@ -1,10 +1,12 @@
 //! A trained adapter on real backbone features, end to end through library calls: the
-//! client loads held-out MiniLM features of fine-food reviews, encrypts them (batch mode: one
+//! client loads held-out backbone features (by default MiniLM features of fine-food reviews),
+//! encrypts them (batch mode: one
 //! ciphertext per feature, samples in slots, no rotation keys), the server evaluates the
 //! private adapter, and the client decrypts logits and turns them into labels.
 //!
-//! Run: `cargo run --release --example real_task -- [adapter] [samples]`
-//! (adapter: probe | lora | bottleneck | side, default bottleneck; assets in assets/real/finefoods).
+//! Run: `cargo run --release --example real_task -- [adapter] [samples] [task]`
+//! (adapter: probe | lora | bottleneck | side, default bottleneck; task: a directory under
+//! assets/real, default finefoods; e.g. `-- side 300 mnist` for EfficientNet-Lite0 features).
 
 use hepeft::ckks::{Decryptor, Encoder, EncryptionKey, Evaluator, KeyGenerator};
 use hepeft::model::load::{load_card, load_features_npy};
@@ -31,7 +33,16 @@ fn argmax(v: ndarray::ArrayView1<f64>) -> usize {
 fn main() -> hepeft::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let name = args.get(1).map_or("bottleneck", String::as_str);
-    let task = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real/finefoods");
+    let task = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/real")
+        .join(args.get(3).map_or("finefoods", String::as_str));
+    let bad_manifest = |reason: &str| hepeft::Error::Format {
+        what: "manifest.json".into(),
+        reason: reason.into(),
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(task.join("manifest.json"))?)
+            .map_err(|e| bad_manifest(&e.to_string()))?;
 
     // --- server side owns the trained adapter (card + safetensors) -------------------------
     let adapter = load_card(task.join(name).join("card.toml"))?;
@@ -40,12 +51,10 @@ fn main() -> hepeft::Result<()> {
     // --- client side: features from the public backbone (precomputed here) ----------------
     let mut feats = Vec::new();
     for spec in adapter.inputs() {
-        let file = if spec.name == "h5" {
-            "h5.npy"
-        } else {
-            "emb.npy"
-        };
-        feats.push(load_features_npy(task.join("features").join(file))?);
+        let file = manifest["features"][&spec.name]
+            .as_str()
+            .ok_or_else(|| bad_manifest(&format!("no feature file for input {}", spec.name)))?;
+        feats.push(load_features_npy(task.join(file))?);
     }
     let labels = load_features_npy(task.join("features/labels.npy"))?;
     let total = labels.len();
@@ -109,13 +118,18 @@ fn main() -> hepeft::Result<()> {
     // --- client: decrypt, labels ------------------------------------------------------------
     let logits =
         client_plan.decrypt_result(&encoder, &Decryptor::new(&params, &sk)?, &result, n)?;
-    let classes = ["other", "great"];
+    let classes: Vec<&str> = manifest["classes"]
+        .as_array()
+        .ok_or_else(|| bad_manifest("no class list"))?
+        .iter()
+        .map(|c| c.as_str().ok_or_else(|| bad_manifest("class name")))
+        .collect::<Result<_, _>>()?;
     let predicted: Vec<usize> = logits.axis_iter(Axis(0)).map(argmax).collect();
     for (i, &p) in predicted.iter().take(5).enumerate() {
+        let row: Vec<String> = logits.row(i).iter().map(|z| format!("{z:+.4}")).collect();
         println!(
-            "sample {i}: logits [{:+.4}, {:+.4}] -> {} (label {})",
-            logits[[i, 0]],
-            logits[[i, 1]],
+            "sample {i}: logits [{}] -> {} (label {})",
+            row.join(", "),
             classes[p],
             classes[labels[[0, i]] as usize]
         );

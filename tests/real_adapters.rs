@@ -192,6 +192,10 @@ const TESTED: &[(&str, &str)] = &[
     ("finefoods", "lora"),
     ("finefoods", "probe"),
     ("finefoods", "side"),
+    ("mnist", "bottleneck"),
+    ("mnist", "lora"),
+    ("mnist", "probe"),
+    ("mnist", "side"),
 ];
 
 /// One adapter, one test: the harness runs them side by side.
@@ -237,6 +241,26 @@ fn finefoods_probe() {
 #[test]
 fn finefoods_side() {
     check("finefoods", "side");
+}
+
+#[test]
+fn mnist_bottleneck() {
+    check("mnist", "bottleneck");
+}
+
+#[test]
+fn mnist_lora() {
+    check("mnist", "lora");
+}
+
+#[test]
+fn mnist_probe() {
+    check("mnist", "probe");
+}
+
+#[test]
+fn mnist_side() {
+    check("mnist", "side");
 }
 
 #[test]
