@@ -436,7 +436,7 @@ impl HeObject for EvaluationKeys {
     fn digest(&self) -> [u8; 32] {
         self.digest
     }
-    fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
+    fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
         match &self.relin {
             Some(k) => {
                 w.u8(1);
@@ -450,6 +450,12 @@ impl HeObject for EvaluationKeys {
         for (g, k) in &self.galois {
             w.u64(*g);
             write_switching_key(w, &k.key);
+        }
+        // Optional trailing section (added with issue 8): the client's public key, which
+        // the server needs to re-randomize results. Files without it end here.
+        if let Some(pk) = &self.public {
+            w.u8(1);
+            pk.write_payload(params, w)?;
         }
         Ok(())
     }
@@ -473,6 +479,15 @@ impl HeObject for EvaluationKeys {
             }
             let key = read_switching_key(params, r)?;
             keys.galois.insert(element, GaloisKey { element, key });
+        }
+        if r.remaining() > 0 {
+            if !r.bool()? {
+                return Err(Error::format(
+                    "evaluation keys",
+                    "public-key section flag is 0 (write nothing instead)",
+                ));
+            }
+            keys.public = Some(PublicKey::read_payload(params, r)?);
         }
         Ok(keys)
     }
