@@ -128,6 +128,7 @@ fn fixture() -> &'static Fixture {
         let result = dir.join("server/result.ct");
         ok(hepeft(&[
             &"evaluate",
+            &"--no-flooding",
             &"--model",
             &card,
             &"--eval-keys",
@@ -365,6 +366,7 @@ fn evaluate_with(
 ) -> Output {
     hepeft(&[
         &"evaluate",
+        &"--no-flooding",
         &"--model",
         &f.card,
         &"--eval-keys",

@@ -11,7 +11,7 @@ use super::keygen::KeyGenerator;
 use super::keys::{EvaluationKeys, GaloisKey, PublicKey, RelinKey, SecretKey, SwitchingKey};
 use super::params::CkksParams;
 use crate::io::format::{
-    read_envelope, write_envelope, write_file_atomic, FileKind, PayloadReader, PayloadWriter,
+    read_envelope_bytes, write_envelope, write_file_atomic, FileKind, PayloadReader, PayloadWriter,
 };
 use crate::math::poly::{Eval, RnsPoly};
 use crate::math::sample;
@@ -47,11 +47,8 @@ pub fn to_bytes<T: HeObject>(params: &CkksParams, obj: &T) -> Result<Vec<u8>> {
 
 /// Parses an envelope of the right kind made under `params`.
 pub fn from_bytes<T: HeObject>(params: &CkksParams, bytes: &[u8]) -> Result<T> {
-    let mut cursor = bytes;
-    let env = read_envelope(&mut cursor, T::KIND, MAX_PAYLOAD)?;
-    if !cursor.is_empty() {
-        return Err(Error::format(T::WHAT, "trailing bytes after the envelope"));
-    }
+    // The buffer's size is known: a forged payload length is refused before any allocation.
+    let env = read_envelope_bytes(bytes, T::KIND, MAX_PAYLOAD)?;
     env.check_params(&params.digest(), T::WHAT)?;
     let mut r = PayloadReader::new(&env.payload, T::WHAT);
     let obj = T::read_payload(params, &mut r)?;
@@ -107,6 +104,18 @@ fn read_poly(
             ));
         }
     }
+    // Refuse a polynomial the payload cannot hold before allocating it.
+    let limbs = level + 1 + if extended { params.p().len() } else { 0 };
+    let need = limbs.saturating_mul(params.n()).saturating_mul(8);
+    if need > r.remaining() {
+        return Err(Error::format(
+            "polynomial",
+            format!(
+                "truncated: a level-{level} polynomial needs {need} bytes, {} remain",
+                r.remaining()
+            ),
+        ));
+    }
     let ring = params.ring();
     let mut poly = RnsPoly::<Eval>::zero(ring, level, extended);
     r.u64_into(poly.as_words_mut())?;
@@ -153,8 +162,7 @@ pub fn params_to_bytes(params: &CkksParams) -> Result<Vec<u8>> {
 
 /// Reads a parameter file written by [`params_to_bytes`].
 pub fn params_from_bytes(bytes: &[u8]) -> Result<CkksParams> {
-    let mut cursor = bytes;
-    let env = read_envelope(&mut cursor, FileKind::Parameters, 1 << 20)?;
+    let env = read_envelope_bytes(bytes, FileKind::Parameters, 1 << 20)?;
     let text =
         std::str::from_utf8(&env.payload).map_err(|_| Error::format("parameters", "not UTF-8"))?;
     let params = CkksParams::from_toml(text)?;

@@ -96,6 +96,9 @@ pub struct ServerConfig {
     pub mode: PlanOptions,
     /// Name shown in the model description.
     pub model_name: Option<String>,
+    /// What is done to every result before it leaves (mask, level 0, re-randomization,
+    /// noise flooding); see [`crate::plan::sanitize`]. Flooding is on by default.
+    pub sanitize: crate::plan::SanitizeConfig,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +113,7 @@ impl Default for ServerConfig {
             key_store_dir: None,
             mode: PlanOptions::default(),
             model_name: None,
+            sanitize: crate::plan::SanitizeConfig::flooded(),
         }
     }
 }

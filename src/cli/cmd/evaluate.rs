@@ -31,6 +31,8 @@ pub struct EvaluateReport {
     pub prepare_seconds: f64,
     pub evaluate_seconds: f64,
     pub write_seconds: f64,
+    /// What was done to the results before writing them (mask, level, flooding figures).
+    pub sanitize: Option<hepeft::plan::SanitizeReport>,
 }
 
 /// `hepeft evaluate`.
@@ -98,6 +100,17 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
 
     let keys: EvaluationKeys = load(&args.eval_keys, &params)
         .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
+    let Some(client_pk) = keys.public_key().cloned() else {
+        bail!(
+            "{} carries no public key: the server re-randomizes every result with a fresh encryption of zero \
+             under the client's public key; regenerate the keys with this version of `hepeft keygen`",
+            args.eval_keys.display()
+        );
+    };
+    let sanitize_cfg = args.flooding.config();
+    if args.flooding.no_flooding {
+        ui.note(crate::cli::args::FloodingArgs::WARNING);
+    }
     let have = keys.galois_elements();
     let missing: Vec<u64> = plan
         .galois_elements()
@@ -152,6 +165,8 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         b
     };
     let t = Instant::now();
+    let mut rng = super::keygen::os_rng()?;
+    let mut sanitize_report = None;
     let mut out = Vec::with_capacity(meta.queries.len() * plan.output_ciphertexts());
     for (qi, cts) in query.items.chunks(per.max(1)).enumerate() {
         bar.set_message(format!("query {}/{}", qi + 1, meta.queries.len()));
@@ -160,7 +175,24 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         let res = prepared
             .evaluate_with_progress(&ev, cts, &progress)
             .with_context(|| format!("evaluating query {qi}"))?;
-        out.extend(res);
+        let (clean, rep) = plan
+            .sanitize(&ev, res, &client_pk, &sanitize_cfg, &mut rng)
+            .with_context(|| format!("sanitizing the result of query {qi}"))?;
+        if let Some(f) = &rep.flooding {
+            if f.precision_bits_after < 1.0 {
+                bail!(
+                    "noise flooding at {} bits would leave {:.1} bits of precision with these parameters \
+                     (flooding noise 2^{:.1} per slot): choose parameters with a larger scale (`hepeft params select \
+                     --flooding-bits {}`), lower --flooding-bits, or, for a trusted client only, --no-flooding",
+                    f.statistical_security,
+                    f.precision_bits_after,
+                    f.slot_std_log2,
+                    f.statistical_security
+                );
+            }
+        }
+        sanitize_report = Some(rep);
+        out.extend(clean);
     }
     bar.finish_and_clear();
     let evaluate_time = t.elapsed();
@@ -191,6 +223,7 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         prepare_seconds: prepare_time.as_secs_f64(),
         evaluate_seconds: evaluate_time.as_secs_f64(),
         write_seconds: write_time.as_secs_f64(),
+        sanitize: sanitize_report,
     };
     let text = format!(
         "evaluate: {} sample(s) in {} {} quer{}, {} key switches per query\n  load {}, prepare {}, evaluate {}, write {}\n  wrote {} ({} ciphertexts, {}) and {}\n",
@@ -208,6 +241,26 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         human_bytes(report.result_bytes),
         meta_path(&args.out).display()
     );
+    let text =
+        match report.sanitize.as_ref().and_then(|r| r.flooding.as_ref()) {
+            Some(f) => format!(
+            "{text}  sanitized: level 0, re-randomized, {}; flooding at {} bits for {} quer(ies): \
+             noise 2^{:.1} per slot, about {:.1} bits of precision left ({:.1} bits spent)\n",
+            report.sanitize.as_ref().map_or("", |r| r.mask_note.as_str()),
+            f.statistical_security,
+            f.queries,
+            f.slot_std_log2,
+            f.precision_bits_after,
+            f.cost_bits
+        ),
+            None => format!(
+                "{text}  sanitized: level 0, re-randomized, {}; NO noise flooding\n",
+                report
+                    .sanitize
+                    .as_ref()
+                    .map_or("", |r| r.mask_note.as_str())
+            ),
+        };
     ui.report(&report, &text, false)?;
     Ok(report)
 }
