@@ -282,6 +282,7 @@ fn params_commands() {
     let out = ok(hepeft(&[
         &"params",
         &"select",
+        &"--no-flooding",
         &"--model",
         &f.public_card,
         &"--precision",
@@ -299,6 +300,7 @@ fn params_commands() {
         hepeft(&[
             &"params",
             &"select",
+            &"--no-flooding",
             &"--model",
             &f.public_card,
             &"--precision",
@@ -561,4 +563,65 @@ fn usage_errors_exit_2() {
     fails(hepeft(&[&"encrypt", &"--keys", &f.keys]), 2, "required");
     fails(hepeft(&[&"frobnicate"]), 2, "unrecognized subcommand");
     ok(hepeft(&[&"--help"]));
+}
+
+/// Noise flooding from the command line: on by default at 40 bits, which the N = 2^13
+/// preset cannot carry (refused with the reason); at 20 bits the result is flooded, the
+/// report says how much precision is left, and decryption stays within it.
+#[test]
+fn evaluate_floods_by_default() {
+    let f = fixture();
+    let base = |extra: &[&dyn AsRef<std::ffi::OsStr>], out: &Path| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"--json",
+            &"evaluate",
+            &"--model",
+            &f.card,
+        ];
+        let ek = f.keys.join("eval.keys");
+        let mut tail: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"--eval-keys",
+            &ek,
+            &"--params",
+            &PRESET,
+            &"--input",
+            &f.query,
+            &"--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        args.append(&mut tail);
+        hepeft(&args)
+    };
+    let refused = f.dir.join("server/flood40.ct");
+    fails(base(&[], &refused), 1, "noise flooding at 40 bits would leave");
+    assert!(!refused.exists());
+
+    let out = f.dir.join("server/flood20.ct");
+    let report = ok(base(&[&"--flooding-bits", &"20"], &out));
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let fl = &v["sanitize"]["flooding"];
+    assert_eq!(fl["statistical_security"], 20);
+    let bits = fl["precision_bits_after"].as_f64().unwrap();
+    assert!(bits > 1.0, "{report}");
+    let logits = f.dir.join("client/flood20.npy");
+    ok(hepeft(&[
+        &"decrypt",
+        &"--keys",
+        &f.keys,
+        &"--model",
+        &f.public_card,
+        &"--input",
+        &out,
+        &"--out",
+        &logits,
+    ]));
+    let got = hepeft::model::load::load_features_npy(&logits).unwrap();
+    let want = hepeft::model::load::load_features_npy(&f.logits).unwrap();
+    let err = got
+        .iter()
+        .zip(want.iter())
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("flooding 20 bits: predicted {bits:.1} bits, measured {:.1} bits", -err.log2());
+    assert!(-err.log2() >= bits - 1.5, "error 2^{} vs predicted 2^-{bits}", err.log2());
 }

@@ -294,3 +294,20 @@ fn sanitized_result_keeps_only_the_outputs() {
     );
     assert_eq!(clean[0].level(), 0);
 }
+
+/// The server-side check of the public error bound: the honest adapter's measured error
+/// sits below the bound `eps` the flooding is computed from.
+#[test]
+fn measured_error_respects_the_public_bound() {
+    let s = setup();
+    let f = FloodingConfig::default();
+    let params = &s.fixture.params;
+    let eps = f.eps_log2(params.default_scale().log2(), params.log_n());
+    let a = hepeft::plan::sanitize::measure_output_error(&s.prepared[0], 3, 1.0, &mut rng(40))
+        .unwrap();
+    let b = hepeft::plan::sanitize::measure_output_error(&s.prepared[1], 3, 1.0, &mut rng(41))
+        .unwrap();
+    eprintln!("public bound eps = 2^{eps:.1}; measured: adapter W 2^{a:.1}, adapter W + K 2^{b:.1}");
+    assert!(a < eps, "measured 2^{a} above the bound 2^{eps}");
+    assert!(b > a + 3.0, "the K block amplifies the error");
+}

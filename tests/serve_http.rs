@@ -243,6 +243,23 @@ fn bad_requests_get_clear_4xx() {
     let (st, msg, _) = post(&format!("{url}/v1/keys"), b"");
     assert_eq!(st, 400, "{msg}");
 
+    // A secret key is refused as such (issue 8).
+    let (st, msg, _) = post(
+        &format!("{url}/v1/keys"),
+        &to_bytes(remote.params(), &keys.secret).unwrap(),
+    );
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("secret key"), "{msg}");
+
+    // Evaluation keys without the client's public key cannot be used for re-randomization.
+    let kg0 = KeyGenerator::new(remote.params());
+    let plan0 = remote.plan();
+    let no_pk = kg0
+        .gen_evaluation_keys(&keys.secret, &plan0.galois_elements(), plan0.needs_relin(), &mut rng(33))
+        .unwrap();
+    let err = client.register_keys(&no_pk).unwrap_err();
+    assert!(err.to_string().contains("public key"), "{err}");
+
     // Malformed key id.
     let (st, msg, _) = post(&format!("{url}/v1/evaluate/..%2Fetc"), b"x");
     assert_eq!(st, 400, "{msg}");

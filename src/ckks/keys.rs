@@ -140,7 +140,8 @@ impl EvaluationKeys {
     pub fn galois_elements(&self) -> Vec<u64> {
         self.galois.keys().copied().collect()
     }
-    /// Stored size in bytes (seeded halves count 32 bytes).
+    /// Stored size in bytes of the switching keys (seeded halves count 32 bytes; the
+    /// public key, if carried, is not counted).
     pub fn stored_bytes(&self) -> usize {
         self.relin.as_ref().map_or(0, |r| r.0.stored_bytes())
             + self

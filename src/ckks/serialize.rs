@@ -35,14 +35,24 @@ pub trait HeObject: Sized {
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self>;
 }
 
-/// Serializes `obj` into a complete envelope.
+/// Serializes `obj` into a complete envelope. For a secret key the intermediate payload
+/// buffer is zeroized; the returned bytes are the caller's to wipe.
 pub fn to_bytes<T: HeObject>(params: &CkksParams, obj: &T) -> Result<Vec<u8>> {
     params.check_digest(T::WHAT, &obj.digest())?;
     let mut w = PayloadWriter::new();
     obj.write_payload(params, &mut w)?;
     let mut out = Vec::with_capacity(w.len() + 64);
-    write_envelope(&mut out, T::KIND, &params.digest(), w.as_slice())?;
+    let r = write_envelope(&mut out, T::KIND, &params.digest(), w.as_slice());
+    wipe_if_secret::<T>(w.into_bytes());
+    r?;
     Ok(out)
+}
+
+/// Zeroizes `buf` when `T` is a secret key (payload buffers and file contents).
+fn wipe_if_secret<T: HeObject>(mut buf: Vec<u8>) {
+    if T::KIND == FileKind::SecretKey {
+        zeroize::Zeroize::zeroize(&mut buf);
+    }
 }
 
 /// Parses an envelope of the right kind made under `params`.
@@ -51,9 +61,9 @@ pub fn from_bytes<T: HeObject>(params: &CkksParams, bytes: &[u8]) -> Result<T> {
     let env = read_envelope_bytes(bytes, T::KIND, MAX_PAYLOAD)?;
     env.check_params(&params.digest(), T::WHAT)?;
     let mut r = PayloadReader::new(&env.payload, T::WHAT);
-    let obj = T::read_payload(params, &mut r)?;
-    r.finish()?;
-    Ok(obj)
+    let obj = T::read_payload(params, &mut r).and_then(|o| r.finish().map(|()| o));
+    wipe_if_secret::<T>(env.payload);
+    obj
 }
 
 /// Writes `obj` to `path` atomically; secret keys get mode 0600.
@@ -62,14 +72,18 @@ pub fn save<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams, obj: &T) -
     let mut w = PayloadWriter::new();
     obj.write_payload(params, &mut w)?;
     let mode = (T::KIND == FileKind::SecretKey).then_some(0o600);
-    write_file_atomic(path, T::KIND, &params.digest(), w.as_slice(), mode)
+    let r = write_file_atomic(path, T::KIND, &params.digest(), w.as_slice(), mode);
+    wipe_if_secret::<T>(w.into_bytes());
+    r
 }
 
 /// Reads `obj` from `path`.
 pub fn load<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams) -> Result<T> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    from_bytes(params, &bytes)
+    let obj = from_bytes(params, &bytes);
+    wipe_if_secret::<T>(bytes);
+    obj
 }
 
 // ------------------------------------------------------------------ polynomials

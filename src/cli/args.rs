@@ -194,6 +194,8 @@ pub struct SelectArgs {
     /// Where to write the chosen parameters (TOML).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub flooding: FloodingArgs,
 }
 
 #[derive(Debug, Args)]

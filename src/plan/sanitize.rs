@@ -70,6 +70,11 @@ use serde::Serialize;
 /// Bits added to the precision model's error to get the bound `eps` used for flooding.
 pub const EPS_MARGIN_BITS: f64 = 3.0;
 
+/// log2(3): precision figures after flooding count three standard deviations of the
+/// flooding noise, so that (like the unflooded precision model) they bound the error of
+/// each logit with high probability (99.7% per logit), not its typical size.
+pub const THREE_SIGMA_BITS: f64 = 1.584_962_500_721_156;
+
 /// Default statistical security of the flooding, bits.
 pub const DEFAULT_STATISTICAL_SECURITY: u32 = 40;
 
@@ -136,10 +141,11 @@ impl FloodingConfig {
         self.eps_log2(log_scale, log_n) + self.cost_bits(log_n)
     }
 
-    /// Predicted precision (bits, unit-sized output) after flooding: `-log2` of the flooding
-    /// noise's per-slot standard deviation. Negative means nothing survives.
+    /// Predicted precision (bits, unit-sized output) after flooding without a mask:
+    /// `-log2` of three standard deviations of the flooding noise per slot. Negative means
+    /// nothing survives.
     pub fn precision_after(&self, log_scale: f64, log_n: u32) -> f64 {
-        -self.slot_std_log2(log_scale, log_n)
+        -self.slot_std_log2(log_scale, log_n) - THREE_SIGMA_BITS
     }
 }
 
@@ -193,7 +199,8 @@ pub struct FloodingReport {
     pub slot_std_log2: f64,
     /// Bits lost against `eps`.
     pub cost_bits: f64,
-    /// Predicted precision after flooding (bits, unit-sized output).
+    /// Predicted precision after flooding (bits, unit-sized output): `-log2` of three
+    /// standard deviations of the per-slot flooding noise.
     pub precision_bits_after: f64,
     /// log2 of the statistical-distance bound between two adapters' views over `t` queries.
     pub distance_bound_log2: f64,
@@ -325,7 +332,7 @@ impl Plan {
                     sigma_log2,
                     slot_std_log2,
                     cost_bits: slot_std_log2 - eps_log2,
-                    precision_bits_after: -slot_std_log2,
+                    precision_bits_after: -slot_std_log2 - THREE_SIGMA_BITS,
                     distance_bound_log2: -(f.statistical_security as f64) / 2.0 - 1.0,
                 });
             }
@@ -348,6 +355,33 @@ impl Plan {
                 flooding: flood_report,
             },
         ))
+    }
+}
+
+impl Plan {
+    /// Predicted output precision (bits, unit-sized output) after [`Plan::sanitize`] with
+    /// flooding `f`: the same `sigma` as `sanitize` computes (masked when the output has a
+    /// level left in latency mode), as three standard deviations per slot. Depends only on the plan's structure
+    /// and parameters.
+    pub fn flooded_precision_bits(&self, f: &FloodingConfig) -> f64 {
+        let params = &self.params;
+        let half_n = params.slots() as f64;
+        let masked = self.options.mode == Mode::Latency && self.output_level() >= 1;
+        let d2_units: f64 = if masked {
+            self.output_segments()
+                .iter()
+                .map(|s| 4.0 * s.dim.max(1) as f64 / half_n)
+                .sum()
+        } else {
+            4.0 * self.output_ciphertexts() as f64
+        };
+        let eps_log2 = f.eps_log2(params.default_scale().log2(), params.log_n());
+        let slot_std_log2 = f.statistical_security as f64 / 2.0
+            + (f.queries.max(1) as f64).log2() / 2.0
+            + d2_units.log2() / 2.0
+            + eps_log2
+            + half_n.log2() / 2.0;
+        -slot_std_log2 - THREE_SIGMA_BITS
     }
 }
 

@@ -345,6 +345,16 @@ async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult
             "empty body: expected an evaluation key envelope",
         ));
     }
+    // A secret key must never reach the server: say so, and keep nothing of it.
+    if crate::io::format::peek_header(&body)
+        .is_ok_and(|h| h.kind == crate::io::format::FileKind::SecretKey)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "this is a secret key: the server must never receive it; upload eval.keys \
+             (and consider the secret key compromised)",
+        ));
+    }
     let id = sha256_hex(&body);
     if let Some(bytes) = st.keys.lookup(&id) {
         return Ok((
@@ -363,6 +373,13 @@ async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult
     let bytes = body.len() as u64;
     st.compute(admitted, slot, move |st| {
         let keys: EvaluationKeys = from_bytes(&st.params, &body)?;
+        if keys.public_key().is_none() {
+            return Err(Error::MissingKey {
+                what: "public key in the evaluation keys (the server re-randomizes every result \
+                       under it; regenerate the keys with this version)"
+                    .into(),
+            });
+        }
         let plan = st.prepared.plan();
         let missing: Vec<u64> = plan
             .galois_elements()
