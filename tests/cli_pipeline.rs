@@ -587,7 +587,7 @@ fn evaluate_floods_by_default() {
             &"--input",
             &f.query,
             &"--out",
-            out,
+            &out,
         ];
         args.extend_from_slice(extra);
         args.append(&mut tail);
