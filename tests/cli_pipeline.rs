@@ -572,12 +572,8 @@ fn usage_errors_exit_2() {
 fn evaluate_floods_by_default() {
     let f = fixture();
     let base = |extra: &[&dyn AsRef<std::ffi::OsStr>], out: &Path| {
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
-            &"--json",
-            &"evaluate",
-            &"--model",
-            &f.card,
-        ];
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"--json", &"evaluate", &"--model", &f.card];
         let ek = f.keys.join("eval.keys");
         let mut tail: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
             &"--eval-keys",
@@ -594,7 +590,11 @@ fn evaluate_floods_by_default() {
         hepeft(&args)
     };
     let refused = f.dir.join("server/flood40.ct");
-    fails(base(&[], &refused), 1, "noise flooding at 40 bits would leave");
+    fails(
+        base(&[], &refused),
+        1,
+        "noise flooding at 40 bits would leave",
+    );
     assert!(!refused.exists());
 
     let out = f.dir.join("server/flood20.ct");
@@ -622,6 +622,13 @@ fn evaluate_floods_by_default() {
         .iter()
         .zip(want.iter())
         .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("flooding 20 bits: predicted {bits:.1} bits, measured {:.1} bits", -err.log2());
-    assert!(-err.log2() >= bits - 1.5, "error 2^{} vs predicted 2^-{bits}", err.log2());
+    eprintln!(
+        "flooding 20 bits: predicted {bits:.1} bits, measured {:.1} bits",
+        -err.log2()
+    );
+    assert!(
+        -err.log2() >= bits - 1.5,
+        "error 2^{} vs predicted 2^-{bits}",
+        err.log2()
+    );
 }

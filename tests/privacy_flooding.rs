@@ -40,9 +40,9 @@ fn adapters() -> (Adapter, Adapter) {
         if j < USED {
             0.0
         } else if (i + j) % 2 == 0 {
-            60.0
+            6.0
         } else {
-            -60.0
+            -6.0
         }
     });
     let bias = Array1::from_vec(vec![0.1, -0.2, 0.3, 0.0]);
@@ -183,7 +183,7 @@ fn flooding_closes_the_weight_leak() {
         ratio_off > 10.0,
         "the leak should be measurable: ratio {ratio_off}"
     );
-    assert!(acc_off > 0.95, "accuracy without flooding {acc_off}");
+    assert!(acc_off > 0.9, "accuracy without flooding {acc_off}");
 
     // Flooding on at the default 40 bits, covering the n queries of each class.
     let flood = FloodingConfig::new(40, n as u64);
@@ -295,19 +295,23 @@ fn sanitized_result_keeps_only_the_outputs() {
     assert_eq!(clean[0].level(), 0);
 }
 
-/// The server-side check of the public error bound: the honest adapter's measured error
-/// sits below the bound `eps` the flooding is computed from.
+/// The server-side check of the public error bound: both adapters' measured errors sit
+/// below the bound `eps` the flooding is computed from, so the leak test above is inside
+/// the guarantee (with `K = 60` instead of 6 the second adapter exceeds it by 2.6 bits).
 #[test]
 fn measured_error_respects_the_public_bound() {
     let s = setup();
     let f = FloodingConfig::default();
     let params = &s.fixture.params;
     let eps = f.eps_log2(params.default_scale().log2(), params.log_n());
-    let a = hepeft::plan::sanitize::measure_output_error(&s.prepared[0], 3, 1.0, &mut rng(40))
-        .unwrap();
-    let b = hepeft::plan::sanitize::measure_output_error(&s.prepared[1], 3, 1.0, &mut rng(41))
-        .unwrap();
-    eprintln!("public bound eps = 2^{eps:.1}; measured: adapter W 2^{a:.1}, adapter W + K 2^{b:.1}");
+    let a =
+        hepeft::plan::sanitize::measure_output_error(&s.prepared[0], 3, 1.0, &mut rng(40)).unwrap();
+    let b =
+        hepeft::plan::sanitize::measure_output_error(&s.prepared[1], 3, 1.0, &mut rng(41)).unwrap();
+    eprintln!(
+        "public bound eps = 2^{eps:.1}; measured: adapter W 2^{a:.1}, adapter W + K 2^{b:.1}"
+    );
     assert!(a < eps, "measured 2^{a} above the bound 2^{eps}");
+    assert!(b < eps, "measured 2^{b} above the bound 2^{eps}");
     assert!(b > a + 3.0, "the K block amplifies the error");
 }

@@ -255,7 +255,12 @@ fn bad_requests_get_clear_4xx() {
     let kg0 = KeyGenerator::new(remote.params());
     let plan0 = remote.plan();
     let no_pk = kg0
-        .gen_evaluation_keys(&keys.secret, &plan0.galois_elements(), plan0.needs_relin(), &mut rng(33))
+        .gen_evaluation_keys(
+            &keys.secret,
+            &plan0.galois_elements(),
+            plan0.needs_relin(),
+            &mut rng(33),
+        )
         .unwrap();
     let err = client.register_keys(&no_pk).unwrap_err();
     assert!(err.to_string().contains("public key"), "{err}");
