@@ -627,3 +627,32 @@ fn load() {
     assert_eq!(wrong, 0);
     server.shutdown().unwrap();
 }
+
+/// The service refuses to start with noise flooding its parameters cannot carry (40 bits at
+/// a 2^40 scale), and starts with flooding it can.
+#[test]
+fn server_refuses_flooding_it_cannot_carry() {
+    let mut cfg = config(Mode::Latency);
+    cfg.sanitize = hepeft::plan::SanitizeConfig::flooded();
+    let err = serve::spawn(lora(), params(), cfg).err().expect("refused");
+    assert!(err.to_string().contains("flooding at 40 bits"), "{err}");
+    let mut cfg = config(Mode::Latency);
+    cfg.sanitize = hepeft::plan::SanitizeConfig {
+        flooding: Some(hepeft::plan::FloodingConfig::new(16, 1)),
+    };
+    let server = serve::spawn(lora(), params(), cfg).unwrap();
+    let client = QueryClient::new(&server.url()).unwrap();
+    let adapter = lora();
+    let (x, want) = inputs(&adapter, 1, 51);
+    let got = client.query(lora_keys(), &views(&x)).unwrap();
+    let (bits, _) = compare(&got, &want);
+    let predicted = Plan::compile(&adapter, &params(), PlanOptions::default())
+        .unwrap()
+        .flooded_precision_bits(&hepeft::plan::FloodingConfig::new(16, 1));
+    eprintln!("serve with 16-bit flooding: predicted {predicted:.1} bits, measured {bits:.1} bits");
+    assert!(
+        bits >= predicted - 1.5,
+        "measured {bits:.1}, predicted {predicted:.1}"
+    );
+    server.shutdown().unwrap();
+}

@@ -146,9 +146,9 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
         }
         let extra = ((log_n as f64 - 12.0) / 2.0).ceil() as u32;
         let mut log_scale = req.precision_bits + 16 + extra; // one bit of margin over the model
-        // The output mask (latency mode, with flooding) takes one more level.
-        let levels = depth
-            + usize::from(req.flooding.is_some() && req.options.mode == Mode::Latency);
+                                                             // The output mask (latency mode, with flooding) takes one more level.
+        let levels =
+            depth + usize::from(req.flooding.is_some() && req.options.mode == Mode::Latency);
         // With flooding the scale must also pay for the flooding noise; its cost does not
         // depend on the scale, so one correction after a first compilation suffices.
         let mut attempt = 0;
@@ -198,7 +198,8 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
                 continue;
             }
             Ok(Ok((params, plan))) => {
-                let mut report = report_for(&params, &plan, bound, sec_bits, depth, refused.clone());
+                let mut report =
+                    report_for(&params, &plan, bound, sec_bits, depth, refused.clone());
                 if let Some(f) = &req.flooding {
                     report.flooded_precision_bits = Some(plan.flooded_precision_bits(f));
                     report.flooding_bits = Some(f.statistical_security);

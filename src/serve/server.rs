@@ -584,7 +584,9 @@ impl Server {
     ///
     /// # Errors
     /// Plan compilation errors; [`Error::Io`] if the address cannot be bound or the key
-    /// directory cannot be created; [`Error::InvalidParameters`] for a zero limit.
+    /// directory cannot be created; [`Error::InvalidParameters`] for a zero limit;
+    /// [`Error::InvalidValue`] when the configured noise flooding would leave less than one
+    /// bit of precision under these parameters.
     pub async fn bind(adapter: Adapter, params: CkksParams, cfg: ServerConfig) -> Result<Server> {
         if cfg.max_concurrent_evaluations == 0
             || cfg.max_body_bytes == 0
@@ -598,6 +600,20 @@ impl Server {
         let state = tokio::task::spawn_blocking(move || -> Result<AppState> {
             let cfg = cfg2;
             let plan = Plan::compile(&adapter, &params, cfg.mode)?;
+            if let Some(f) = &cfg.sanitize.flooding {
+                let bits = plan.flooded_precision_bits(f);
+                if bits < 1.0 {
+                    return Err(Error::InvalidValue {
+                        context: "noise flooding".into(),
+                        reason: format!(
+                            "flooding at {} bits would leave {bits:.1} bits of precision with these parameters: \
+                             choose parameters with a larger scale (`hepeft params select --flooding-bits {}`), \
+                             lower the flooding, or turn it off for trusted clients only",
+                            f.statistical_security, f.statistical_security
+                        ),
+                    });
+                }
+            }
             let public = public_structure(&adapter)?;
             let (card, zeros) = ModelCard::from_adapter(&public, cfg.model_name.as_deref())?;
             let weights = zeros.to_bytes()?;

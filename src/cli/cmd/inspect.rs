@@ -196,7 +196,11 @@ fn envelope(path: &Path, args: &InspectArgs, out: &mut Out) -> Result<()> {
             out.put(
                 "public_key",
                 "public key (for re-randomization)",
-                if keys.public_key().is_some() { "yes" } else { "no: evaluate and serve refuse this key set" },
+                if keys.public_key().is_some() {
+                    "yes"
+                } else {
+                    "no: evaluate and serve refuse this key set"
+                },
                 json!(keys.public_key().is_some()),
             );
             let shown: Vec<String> = elements
