@@ -268,3 +268,44 @@ proptest! {
         let _ = CkksParams::from_toml(&String::from_utf8_lossy(&params));
     }
 }
+
+/// Secret keys are written with mode 0600 whatever the umask; other objects are not.
+#[cfg(unix)]
+#[test]
+fn secret_key_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let v = valid();
+    let f = Fixture::new(v.params.clone(), 9);
+    let dir = tempfile::tempdir().unwrap();
+    let sk_path = dir.path().join("secret.key");
+    let pk_path = dir.path().join("public.key");
+    save(&sk_path, &v.params, &f.sk).unwrap();
+    save(&pk_path, &v.params, &f.pk).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sk_path), 0o600);
+    assert_ne!(mode(&pk_path), 0o600, "only secrets are restricted");
+    // And it reads back.
+    let back: SecretKey = load(&sk_path, &v.params).unwrap();
+    assert_eq!(format!("{back:?}"), "SecretKey(<redacted>)");
+}
+
+/// Regression for the `model_files` fuzz finding (docs/fuzzing.md): an npy preamble that
+/// declares a 4 GiB header in a 25-byte file made `ndarray-npy` allocate 4 GiB before
+/// noticing the file was short. It is now refused from the preamble.
+#[test]
+fn npy_header_length_is_checked_before_allocation() {
+    let input: [u8; 25] = [
+        147, 78, 85, 77, 80, 89, 3, 0, 0, 0, 0, 253, 0, 0, 0, 0, 61, 91, 46, 13, 91, 46, 113, 113,
+        113,
+    ];
+    let e = features_from_npy_bytes(&input).unwrap_err().to_string();
+    assert!(e.contains("truncated"), "{e}");
+    // Version 1 (u16 length) and an unknown version.
+    let mut v1 = b"\x93NUMPY\x01\x00\xff\xff{".to_vec();
+    assert!(features_from_npy_bytes(&v1).is_err());
+    v1[6] = 9;
+    let e = features_from_npy_bytes(&v1).unwrap_err().to_string();
+    assert!(e.contains("version"), "{e}");
+    // A valid file still reads.
+    assert_eq!(features_from_npy_bytes(&small_npy()).unwrap().dim(), (3, 4));
+}

@@ -642,6 +642,8 @@ fn server_refuses_flooding_it_cannot_carry() {
     };
     let server = serve::spawn(lora(), params(), cfg).unwrap();
     let client = QueryClient::new(&server.url()).unwrap();
+    let described = client.model().unwrap();
+    assert_eq!(described.flooding.unwrap().statistical_security, 16);
     let adapter = lora();
     let (x, want) = inputs(&adapter, 1, 51);
     let got = client.query(lora_keys(), &views(&x)).unwrap();
@@ -649,6 +651,7 @@ fn server_refuses_flooding_it_cannot_carry() {
     let predicted = Plan::compile(&adapter, &params(), PlanOptions::default())
         .unwrap()
         .flooded_precision_bits(&hepeft::plan::FloodingConfig::new(16, 1));
+    assert_eq!(described.flooded_precision_bits, Some(predicted));
     eprintln!("serve with 16-bit flooding: predicted {predicted:.1} bits, measured {bits:.1} bits");
     assert!(
         bits >= predicted - 1.5,

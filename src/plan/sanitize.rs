@@ -87,7 +87,7 @@ pub fn model_precision_bits(log_scale: f64, log_n: u32) -> f64 {
 }
 
 /// Noise flooding settings.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct FloodingConfig {
     /// Statistical security `s`, bits (default 40).
     pub statistical_security: u32,

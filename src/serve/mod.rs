@@ -158,6 +158,13 @@ pub struct ModelDescription {
     pub weights_digest: String,
     /// Largest request body the server accepts.
     pub max_body_bytes: usize,
+    /// Noise flooding on every result (statistical security, queries covered); `None`:
+    /// off. Absent in descriptions from servers that predate issue 8.
+    #[serde(default)]
+    pub flooding: Option<crate::plan::FloodingConfig>,
+    /// Predicted precision of each logit after flooding (bits, unit-sized output).
+    #[serde(default)]
+    pub flooded_precision_bits: Option<f64>,
 }
 
 impl ModelDescription {

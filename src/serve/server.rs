@@ -575,6 +575,12 @@ fn describe(
         card,
         weights_digest: sha256_hex(weights),
         max_body_bytes: cfg.max_body_bytes,
+        flooding: cfg.sanitize.flooding,
+        flooded_precision_bits: cfg
+            .sanitize
+            .flooding
+            .as_ref()
+            .map(|f| plan.flooded_precision_bits(f)),
     })
 }
 
