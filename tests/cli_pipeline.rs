@@ -632,3 +632,27 @@ fn evaluate_floods_by_default() {
         err.log2()
     );
 }
+
+/// The server refuses a client parameter set that opted out of the security check.
+#[test]
+fn evaluate_refuses_unchecked_parameters() {
+    let f = fixture();
+    let path = f.dir.join("client/unchecked.toml");
+    std::fs::write(
+        &path,
+        "log_n = 10\nlog_q = [50, 40]\nlog_p = [50]\nlog_scale = 40\nsecurity = \"unchecked\"\n",
+    )
+    .unwrap();
+    hepeft::ckks::CkksParams::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    fails(
+        evaluate_with(
+            f,
+            &f.keys.join("eval.keys"),
+            &path,
+            &f.query,
+            "unchecked.ct",
+        ),
+        1,
+        "unchecked",
+    );
+}

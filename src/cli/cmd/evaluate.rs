@@ -39,6 +39,16 @@ pub struct EvaluateReport {
 pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let t_load = Instant::now();
     let params = args.params.load()?;
+    // The adapter's privacy rests on RLWE under the client's parameters too (the
+    // re-randomization hides the evaluation's c_1 only if RLWE is hard): refuse a set that
+    // opted out of the security check.
+    if params.security().bits().is_none() {
+        bail!(
+            "the parameter set is marked `security = \"unchecked\"`: the server refuses it, because re-randomizing \
+             results (and the client's own privacy) relies on RLWE at a checked security level; use a preset or \
+             `hepeft params select`"
+        );
+    }
 
     // The evaluation keys: the kind first (a secret key must never get here), then the
     // parameters they were made for.
