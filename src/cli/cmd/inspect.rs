@@ -195,7 +195,7 @@ fn envelope(path: &Path, args: &InspectArgs, out: &mut Out) -> Result<()> {
             );
             out.put(
                 "public_key",
-                "public key (for re-randomization)",
+                "public key",
                 if keys.public_key().is_some() {
                     "yes"
                 } else {
