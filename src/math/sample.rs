@@ -75,7 +75,8 @@ pub fn gaussian<G: RngCore + CryptoRng>(rng: &mut G, n: usize) -> Vec<i64> {
 /// the nearest integer. For `sigma >= 2^4` the rounded and the discrete Gaussian are
 /// statistically indistinguishable for flooding purposes (smoothing: their distance is far
 /// below `2^-100` per coefficient). Tails are cut where the uniform's 53 bits end (about
-/// `8.6 sigma`). Not constant time in `sigma`'s value (public), constant work per sample.
+/// `8.6 sigma`). A fixed number of floating-point operations per sample (`sigma` is
+/// public); floating-point timing is not guaranteed constant.
 pub fn gaussian_wide<G: RngCore + CryptoRng>(rng: &mut G, n: usize, sigma: f64) -> Vec<i64> {
     let unit = |r: &mut G| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let mut out = Vec::with_capacity(n + 1);
