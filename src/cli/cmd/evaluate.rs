@@ -121,6 +121,20 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     if args.flooding.no_flooding {
         ui.note(crate::cli::args::FloodingArgs::WARNING);
     }
+    // Refuse before any work a flooding that would leave no precision (the same prediction
+    // the sanitization report makes).
+    if let Some(f) = &sanitize_cfg.flooding {
+        let bits = plan.flooded_precision_bits(f);
+        if bits < 1.0 {
+            bail!(
+                "noise flooding at {} bits would leave {bits:.1} bits of precision with these parameters: \
+                 choose parameters with a larger scale (`hepeft params select --flooding-bits {}`), lower \
+                 --flooding-bits, or, for a trusted client only, --no-flooding",
+                f.statistical_security,
+                f.statistical_security
+            );
+        }
+    }
     let have = keys.galois_elements();
     let missing: Vec<u64> = plan
         .galois_elements()
@@ -188,19 +202,6 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         let (clean, rep) = plan
             .sanitize(&ev, res, &client_pk, &sanitize_cfg, &mut rng)
             .with_context(|| format!("sanitizing the result of query {qi}"))?;
-        if let Some(f) = &rep.flooding {
-            if f.precision_bits_after < 1.0 {
-                bail!(
-                    "noise flooding at {} bits would leave {:.1} bits of precision with these parameters \
-                     (flooding noise 2^{:.1} per slot): choose parameters with a larger scale (`hepeft params select \
-                     --flooding-bits {}`), lower --flooding-bits, or, for a trusted client only, --no-flooding",
-                    f.statistical_security,
-                    f.precision_bits_after,
-                    f.slot_std_log2,
-                    f.statistical_security
-                );
-            }
-        }
         sanitize_report = Some(rep);
         out.extend(clean);
     }
