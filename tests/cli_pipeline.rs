@@ -128,6 +128,7 @@ fn fixture() -> &'static Fixture {
         let result = dir.join("server/result.ct");
         ok(hepeft(&[
             &"evaluate",
+            &"--no-flooding",
             &"--model",
             &card,
             &"--eval-keys",
@@ -293,6 +294,7 @@ fn params_commands() {
     let out = ok(hepeft(&[
         &"params",
         &"select",
+        &"--no-flooding",
         &"--model",
         &f.public_card,
         &"--precision",
@@ -310,6 +312,7 @@ fn params_commands() {
         hepeft(&[
             &"params",
             &"select",
+            &"--no-flooding",
             &"--model",
             &f.public_card,
             &"--precision",
@@ -377,6 +380,7 @@ fn evaluate_with(
 ) -> Output {
     hepeft(&[
         &"evaluate",
+        &"--no-flooding",
         &"--model",
         &f.card,
         &"--eval-keys",
@@ -571,4 +575,96 @@ fn usage_errors_exit_2() {
     fails(hepeft(&[&"encrypt", &"--keys", &f.keys]), 2, "required");
     fails(hepeft(&[&"frobnicate"]), 2, "unrecognized subcommand");
     ok(hepeft(&[&"--help"]));
+}
+
+/// Noise flooding from the command line: on by default at 40 bits, which the N = 2^13
+/// preset cannot carry (refused with the reason); at 20 bits the result is flooded, the
+/// report says how much precision is left, and decryption stays within it.
+#[test]
+fn evaluate_floods_by_default() {
+    let f = fixture();
+    let base = |extra: &[&dyn AsRef<std::ffi::OsStr>], out: &Path| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"--json", &"evaluate", &"--model", &f.card];
+        let ek = f.keys.join("eval.keys");
+        let mut tail: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"--eval-keys",
+            &ek,
+            &"--params",
+            &PRESET,
+            &"--input",
+            &f.query,
+            &"--out",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        args.append(&mut tail);
+        hepeft(&args)
+    };
+    let refused = f.dir.join("server/flood40.ct");
+    fails(
+        base(&[], &refused),
+        1,
+        "noise flooding at 40 bits would leave",
+    );
+    assert!(!refused.exists());
+
+    let out = f.dir.join("server/flood20.ct");
+    let report = ok(base(&[&"--flooding-bits", &"20"], &out));
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let fl = &v["sanitize"]["flooding"];
+    assert_eq!(fl["statistical_security"], 20);
+    let bits = fl["precision_bits_after"].as_f64().unwrap();
+    assert!(bits > 1.0, "{report}");
+    let logits = f.dir.join("client/flood20.npy");
+    ok(hepeft(&[
+        &"decrypt",
+        &"--keys",
+        &f.keys,
+        &"--model",
+        &f.public_card,
+        &"--input",
+        &out,
+        &"--out",
+        &logits,
+    ]));
+    let got = hepeft::model::load::load_features_npy(&logits).unwrap();
+    let want = hepeft::model::load::load_features_npy(&f.logits).unwrap();
+    let err = got
+        .iter()
+        .zip(want.iter())
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "flooding 20 bits: predicted {bits:.1} bits, measured {:.1} bits",
+        -err.log2()
+    );
+    assert!(
+        -err.log2() >= bits - 1.5,
+        "error 2^{} vs predicted 2^-{bits}",
+        err.log2()
+    );
+}
+
+/// The server refuses a client parameter set that opted out of the security check.
+#[test]
+fn evaluate_refuses_unchecked_parameters() {
+    let f = fixture();
+    let path = f.dir.join("client/unchecked.toml");
+    std::fs::write(
+        &path,
+        "log_n = 10\nlog_q = [50, 40]\nlog_p = [50]\nlog_scale = 40\nsecurity = \"unchecked\"\n",
+    )
+    .unwrap();
+    hepeft::ckks::CkksParams::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    fails(
+        evaluate_with(
+            f,
+            &f.keys.join("eval.keys"),
+            &path,
+            &f.query,
+            "unchecked.ct",
+        ),
+        1,
+        "unchecked",
+    );
 }

@@ -54,6 +54,7 @@ fn serve_and_query_end_to_end() {
         hepeft()
             .args([
                 "serve",
+                "--no-flooding",
                 "--params",
                 PRESET,
                 "--listen",

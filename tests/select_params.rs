@@ -105,3 +105,86 @@ fn the_selected_parameters_deliver_the_predicted_precision() {
     );
     assert!(bits >= 16.0, "measured {bits:.1} bits");
 }
+
+/// `params select` accounts for noise flooding: 40-bit flooding cannot keep 16 bits under a
+/// 2^50 scale and is refused with the reason; at 20 bits, 8 bits of precision are chosen
+/// and then measured on sanitized (masked, re-randomized, flooded) results.
+#[test]
+fn selection_accounts_for_noise_flooding() {
+    use hepeft::ckks::*;
+    use hepeft::model::reference;
+    use hepeft::plan::{FloodingConfig, SanitizeConfig};
+    use ndarray::ArrayView2;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+    let lora = zoo::lora_head(&mut rng, 64, 4, 10).unwrap();
+    let err = select(
+        &lora,
+        &SelectRequest {
+            flooding: Some(FloodingConfig::default()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("flooding"), "{err}");
+
+    let flooding = FloodingConfig::new(20, 1);
+    let s = select(
+        &lora,
+        &SelectRequest {
+            precision_bits: 8,
+            flooding: Some(flooding),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let predicted = s.report.flooded_precision_bits.unwrap();
+    assert!(predicted >= 8.0, "{}", s.report.to_text());
+    let (params, plan) = (&s.params, &s.plan);
+    assert!(plan.output_level() >= 1, "a level is reserved for the mask");
+    let kg = KeyGenerator::new(params);
+    let sk = kg.gen_secret_key(&mut rng);
+    let pk = kg.gen_public_key(&sk, &mut rng).unwrap();
+    let keys = kg
+        .gen_evaluation_keys(&sk, &plan.galois_elements(), plan.needs_relin(), &mut rng)
+        .unwrap();
+    let ev = Evaluator::with_keys(params, std::sync::Arc::new(keys)).unwrap();
+    let enc = Encoder::new(params).unwrap();
+    let prepared = plan.prepare().unwrap();
+    let dec = Decryptor::new(params, &sk).unwrap();
+    let mut worst = f64::INFINITY;
+    for _ in 0..4 {
+        let inputs = zoo::uniform_inputs(&mut rng, &lora, 1);
+        let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
+        let (want, _) = reference::evaluate_batch(&lora, &views).unwrap();
+        let q = plan
+            .encrypt_query(&enc, EncryptionKey::Public(&pk), &views, &mut rng)
+            .unwrap();
+        let out = prepared.evaluate(&ev, &q).unwrap();
+        let cfg = SanitizeConfig {
+            flooding: Some(flooding),
+        };
+        let (clean, rep) = plan.sanitize(&ev, out, &pk, &cfg, &mut rng).unwrap();
+        let f = rep.flooding.unwrap();
+        assert!((f.precision_bits_after - predicted).abs() < 1e-9);
+        let got = plan.decrypt_result(&enc, &dec, &clean, 1).unwrap();
+        let got: Vec<f64> = got.iter().copied().collect();
+        let want: Vec<f64> = want.iter().copied().collect();
+        // Absolute error against a unit-sized output, as the precision model counts.
+        let bits = -got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f64::max)
+            .log2();
+        worst = worst.min(bits);
+    }
+    println!(
+        "flooding 20 bits: selected N = 2^{} scale 2^{}: predicted {predicted:.1} bits (3 std per slot), worst measured {worst:.1} bits (max over 4 x 10 logits)",
+        params.log_n(),
+        s.report.log_scale
+    );
+    // The prediction counts three standard deviations; the largest of 40 Gaussian draws is
+    // below that with probability about 0.9, and below 4 (0.4 bits more) almost surely.
+    assert!(worst >= predicted - 0.5, "measured {worst:.1} bits");
+}

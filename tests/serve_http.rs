@@ -43,6 +43,9 @@ fn config(mode: Mode) -> ServerConfig {
             ..Default::default()
         },
         model_name: Some("test".into()),
+        // The N = 2^13 preset cannot carry 40-bit flooding with useful precision; these
+        // tests check the service's precision, tests/privacy_flooding.rs the flooding.
+        sanitize: hepeft::plan::SanitizeConfig::without_flooding(),
         ..ServerConfig::default()
     }
 }
@@ -240,6 +243,28 @@ fn bad_requests_get_clear_4xx() {
     assert!(msg.contains("malformed"), "{msg}");
     let (st, msg, _) = post(&format!("{url}/v1/keys"), b"");
     assert_eq!(st, 400, "{msg}");
+
+    // A secret key is refused as such (issue 8).
+    let (st, msg, _) = post(
+        &format!("{url}/v1/keys"),
+        &to_bytes(remote.params(), &keys.secret).unwrap(),
+    );
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("secret key"), "{msg}");
+
+    // Evaluation keys without the client's public key cannot be used for re-randomization.
+    let kg0 = KeyGenerator::new(remote.params());
+    let plan0 = remote.plan();
+    let no_pk = kg0
+        .gen_evaluation_keys(
+            &keys.secret,
+            &plan0.galois_elements(),
+            plan0.needs_relin(),
+            &mut rng(33),
+        )
+        .unwrap();
+    let err = client.register_keys(&no_pk).unwrap_err();
+    assert!(err.to_string().contains("public key"), "{err}");
 
     // Malformed key id.
     let (st, msg, _) = post(&format!("{url}/v1/evaluate/..%2Fetc"), b"x");
@@ -695,5 +720,37 @@ fn load() {
     assert!(!lat.is_empty());
     assert_eq!(failed, 0);
     assert_eq!(wrong, 0);
+    server.shutdown().unwrap();
+}
+
+/// The service refuses to start with noise flooding its parameters cannot carry (40 bits at
+/// a 2^40 scale), and starts with flooding it can.
+#[test]
+fn server_refuses_flooding_it_cannot_carry() {
+    let mut cfg = config(Mode::Latency);
+    cfg.sanitize = hepeft::plan::SanitizeConfig::flooded();
+    let err = serve::spawn(lora(), params(), cfg).err().expect("refused");
+    assert!(err.to_string().contains("flooding at 40 bits"), "{err}");
+    let mut cfg = config(Mode::Latency);
+    cfg.sanitize = hepeft::plan::SanitizeConfig {
+        flooding: Some(hepeft::plan::FloodingConfig::new(16, 1)),
+    };
+    let server = serve::spawn(lora(), params(), cfg).unwrap();
+    let client = QueryClient::new(&server.url()).unwrap();
+    let described = client.model().unwrap();
+    assert_eq!(described.flooding.unwrap().statistical_security, 16);
+    let adapter = lora();
+    let (x, want) = inputs(&adapter, 1, 51);
+    let got = client.query(lora_keys(), &views(&x)).unwrap();
+    let (bits, _) = compare(&got, &want);
+    let predicted = Plan::compile(&adapter, &params(), PlanOptions::default())
+        .unwrap()
+        .flooded_precision_bits(&hepeft::plan::FloodingConfig::new(16, 1));
+    assert_eq!(described.flooded_precision_bits, Some(predicted));
+    eprintln!("serve with 16-bit flooding: predicted {predicted:.1} bits, measured {bits:.1} bits");
+    assert!(
+        bits >= predicted - 1.5,
+        "measured {bits:.1}, predicted {predicted:.1}"
+    );
     server.shutdown().unwrap();
 }

@@ -99,6 +99,9 @@ pub struct EvaluationKeys {
     pub(crate) digest: [u8; 32],
     pub(crate) relin: Option<RelinKey>,
     pub(crate) galois: BTreeMap<u64, GaloisKey>,
+    /// The client's public key, so the server can re-randomize results with a fresh
+    /// encryption of zero (see `plan::sanitize`). Optional in the file format.
+    pub(crate) public: Option<PublicKey>,
 }
 
 impl EvaluationKeys {
@@ -114,11 +117,31 @@ impl EvaluationKeys {
     pub fn galois(&self, element: u64) -> Option<&GaloisKey> {
         self.galois.get(&element)
     }
+    /// The client's public key, if the key set carries one.
+    pub fn public_key(&self) -> Option<&PublicKey> {
+        self.public.as_ref()
+    }
+    /// Attaches the client's public key (the server needs it to re-randomize results).
+    ///
+    /// # Errors
+    /// [`crate::Error::ParameterMismatch`] if `pk` was made under other parameters.
+    pub fn with_public_key(mut self, pk: PublicKey) -> crate::Result<Self> {
+        if pk.digest != self.digest {
+            return Err(crate::Error::ParameterMismatch {
+                what: "public key".into(),
+                expected: crate::ckks::params::hex(self.digest.get(..8).unwrap_or(&[])),
+                found: crate::ckks::params::hex(pk.digest.get(..8).unwrap_or(&[])),
+            });
+        }
+        self.public = Some(pk);
+        Ok(self)
+    }
     /// Galois elements present.
     pub fn galois_elements(&self) -> Vec<u64> {
         self.galois.keys().copied().collect()
     }
-    /// Stored size in bytes (seeded halves count 32 bytes).
+    /// Stored size in bytes of the switching keys (seeded halves count 32 bytes; the
+    /// public key, if carried, is not counted).
     pub fn stored_bytes(&self) -> usize {
         self.relin.as_ref().map_or(0, |r| r.0.stored_bytes())
             + self
@@ -126,5 +149,13 @@ impl EvaluationKeys {
                 .values()
                 .map(|g| g.key.stored_bytes())
                 .sum::<usize>()
+            + self.public.as_ref().map_or(0, |p| {
+                p.b.as_words().len() * 8
+                    + if p.seed.is_some() {
+                        32
+                    } else {
+                        p.a.as_words().len() * 8
+                    }
+            })
     }
 }

@@ -11,7 +11,7 @@ use super::keygen::KeyGenerator;
 use super::keys::{EvaluationKeys, GaloisKey, PublicKey, RelinKey, SecretKey, SwitchingKey};
 use super::params::CkksParams;
 use crate::io::format::{
-    read_envelope, write_envelope, write_file_atomic, FileKind, PayloadReader, PayloadWriter,
+    read_envelope_bytes, write_envelope, write_file_atomic, FileKind, PayloadReader, PayloadWriter,
 };
 use crate::math::poly::{Eval, RnsPoly};
 use crate::math::sample;
@@ -35,28 +35,35 @@ pub trait HeObject: Sized {
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self>;
 }
 
-/// Serializes `obj` into a complete envelope.
+/// Serializes `obj` into a complete envelope. For a secret key the intermediate payload
+/// buffer is zeroized; the returned bytes are the caller's to wipe.
 pub fn to_bytes<T: HeObject>(params: &CkksParams, obj: &T) -> Result<Vec<u8>> {
     params.check_digest(T::WHAT, &obj.digest())?;
     let mut w = PayloadWriter::new();
     obj.write_payload(params, &mut w)?;
     let mut out = Vec::with_capacity(w.len() + 64);
-    write_envelope(&mut out, T::KIND, &params.digest(), w.as_slice())?;
+    let r = write_envelope(&mut out, T::KIND, &params.digest(), w.as_slice());
+    wipe_if_secret::<T>(w.into_bytes());
+    r?;
     Ok(out)
+}
+
+/// Zeroizes `buf` when `T` is a secret key (payload buffers and file contents).
+fn wipe_if_secret<T: HeObject>(mut buf: Vec<u8>) {
+    if T::KIND == FileKind::SecretKey {
+        zeroize::Zeroize::zeroize(&mut buf);
+    }
 }
 
 /// Parses an envelope of the right kind made under `params`.
 pub fn from_bytes<T: HeObject>(params: &CkksParams, bytes: &[u8]) -> Result<T> {
-    let mut cursor = bytes;
-    let env = read_envelope(&mut cursor, T::KIND, MAX_PAYLOAD)?;
-    if !cursor.is_empty() {
-        return Err(Error::format(T::WHAT, "trailing bytes after the envelope"));
-    }
+    // The buffer's size is known: a forged payload length is refused before any allocation.
+    let env = read_envelope_bytes(bytes, T::KIND, MAX_PAYLOAD)?;
     env.check_params(&params.digest(), T::WHAT)?;
     let mut r = PayloadReader::new(&env.payload, T::WHAT);
-    let obj = T::read_payload(params, &mut r)?;
-    r.finish()?;
-    Ok(obj)
+    let obj = T::read_payload(params, &mut r).and_then(|o| r.finish().map(|()| o));
+    wipe_if_secret::<T>(env.payload);
+    obj
 }
 
 /// Writes `obj` to `path` atomically; secret keys get mode 0600.
@@ -65,14 +72,18 @@ pub fn save<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams, obj: &T) -
     let mut w = PayloadWriter::new();
     obj.write_payload(params, &mut w)?;
     let mode = (T::KIND == FileKind::SecretKey).then_some(0o600);
-    write_file_atomic(path, T::KIND, &params.digest(), w.as_slice(), mode)
+    let r = write_file_atomic(path, T::KIND, &params.digest(), w.as_slice(), mode);
+    wipe_if_secret::<T>(w.into_bytes());
+    r
 }
 
 /// Reads `obj` from `path`.
 pub fn load<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams) -> Result<T> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    from_bytes(params, &bytes)
+    let obj = from_bytes(params, &bytes);
+    wipe_if_secret::<T>(bytes);
+    obj
 }
 
 // ------------------------------------------------------------------ polynomials
@@ -106,6 +117,18 @@ fn read_poly(
                 "wrong basis (special primes present or missing)",
             ));
         }
+    }
+    // Refuse a polynomial the payload cannot hold before allocating it.
+    let limbs = level + 1 + if extended { params.p().len() } else { 0 };
+    let need = limbs.saturating_mul(params.n()).saturating_mul(8);
+    if need > r.remaining() {
+        return Err(Error::format(
+            "polynomial",
+            format!(
+                "truncated: a level-{level} polynomial needs {need} bytes, {} remain",
+                r.remaining()
+            ),
+        ));
     }
     let ring = params.ring();
     let mut poly = RnsPoly::<Eval>::zero(ring, level, extended);
@@ -153,8 +176,7 @@ pub fn params_to_bytes(params: &CkksParams) -> Result<Vec<u8>> {
 
 /// Reads a parameter file written by [`params_to_bytes`].
 pub fn params_from_bytes(bytes: &[u8]) -> Result<CkksParams> {
-    let mut cursor = bytes;
-    let env = read_envelope(&mut cursor, FileKind::Parameters, 1 << 20)?;
+    let env = read_envelope_bytes(bytes, FileKind::Parameters, 1 << 20)?;
     let text =
         std::str::from_utf8(&env.payload).map_err(|_| Error::format("parameters", "not UTF-8"))?;
     let params = CkksParams::from_toml(text)?;
@@ -436,7 +458,7 @@ impl HeObject for EvaluationKeys {
     fn digest(&self) -> [u8; 32] {
         self.digest
     }
-    fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
+    fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
         match &self.relin {
             Some(k) => {
                 w.u8(1);
@@ -450,6 +472,12 @@ impl HeObject for EvaluationKeys {
         for (g, k) in &self.galois {
             w.u64(*g);
             write_switching_key(w, &k.key);
+        }
+        // Optional trailing section (added with issue 8): the client's public key, which
+        // the server needs to re-randomize results. Files without it end here.
+        if let Some(pk) = &self.public {
+            w.u8(1);
+            pk.write_payload(params, w)?;
         }
         Ok(())
     }
@@ -473,6 +501,15 @@ impl HeObject for EvaluationKeys {
             }
             let key = read_switching_key(params, r)?;
             keys.galois.insert(element, GaloisKey { element, key });
+        }
+        if r.remaining() > 0 {
+            if !r.bool()? {
+                return Err(Error::format(
+                    "evaluation keys",
+                    "public-key section flag is 0 (write nothing instead)",
+                ));
+            }
+            keys.public = Some(PublicKey::read_payload(params, r)?);
         }
         Ok(keys)
     }

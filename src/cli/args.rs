@@ -107,6 +107,55 @@ pub struct ServeArgs {
     /// Burst size of the per-client rate limit.
     #[arg(long, default_value_t = 20, value_name = "N", requires = "rate_limit")]
     pub rate_burst: u32,
+    #[command(flatten)]
+    pub flooding: FloodingArgs,
+}
+
+/// Output sanitization: noise flooding settings (masking, level drop and re-randomization
+/// always run).
+#[derive(Debug, Args, Clone, Copy, PartialEq)]
+pub struct FloodingArgs {
+    /// Statistical security of the noise flooding added to every result, bits.
+    #[arg(long, default_value_t = 40, value_name = "BITS")]
+    pub flooding_bits: u32,
+    /// Result decryptions per key the flooding covers at full strength (the bound degrades
+    /// as sqrt(queries / this) beyond).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub flooding_queries: u64,
+    /// Turn noise flooding off: the client's decryption error then depends on the weights
+    /// and leaks information about them. For tests and trusted clients only.
+    #[arg(long)]
+    pub no_flooding: bool,
+}
+
+impl Default for FloodingArgs {
+    fn default() -> Self {
+        FloodingArgs {
+            flooding_bits: 40,
+            flooding_queries: 1,
+            no_flooding: false,
+        }
+    }
+}
+
+impl FloodingArgs {
+    /// The library configuration.
+    pub fn config(&self) -> hepeft::plan::SanitizeConfig {
+        if self.no_flooding {
+            hepeft::plan::SanitizeConfig::without_flooding()
+        } else {
+            hepeft::plan::SanitizeConfig {
+                flooding: Some(hepeft::plan::FloodingConfig::new(
+                    self.flooding_bits,
+                    self.flooding_queries,
+                )),
+            }
+        }
+    }
+
+    /// The warning `--no-flooding` prints.
+    pub const WARNING: &'static str = "WARNING: noise flooding is OFF (--no-flooding): the decrypted error of every result depends on \
+the adapter's weights and leaks information about them to the client. Use only with a trusted client.\n";
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +215,8 @@ pub struct SelectArgs {
     /// Where to write the chosen parameters (TOML).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub flooding: FloodingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +274,8 @@ pub struct EvaluateArgs {
     /// The encrypted result; its metadata goes to `<OUT>.json`.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub flooding: FloodingArgs,
 }
 
 #[derive(Debug, Args)]

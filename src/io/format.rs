@@ -413,6 +413,18 @@ pub fn read_envelope(r: &mut impl Read, expected: FileKind, max_payload: u64) ->
     read_envelope_sized(r, expected, max_payload, None)
 }
 
+/// Reads and verifies the one envelope that fills `bytes` exactly (see [`read_envelope`]).
+///
+/// Unlike reading from a stream, the total size is known up front, so a header whose
+/// declared length disagrees with the buffer is refused before anything is allocated.
+///
+/// # Errors
+/// As [`read_envelope`]; a length mismatch is "truncated" or "trailing bytes".
+pub fn read_envelope_bytes(bytes: &[u8], expected: FileKind, max_payload: u64) -> Result<Envelope> {
+    let mut cursor = bytes;
+    read_envelope_sized(&mut cursor, expected, max_payload, Some(bytes.len() as u64))
+}
+
 fn read_envelope_sized(
     r: &mut impl Read,
     expected: FileKind,

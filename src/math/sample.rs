@@ -70,6 +70,27 @@ pub fn gaussian<G: RngCore + CryptoRng>(rng: &mut G, n: usize) -> Vec<i64> {
         .collect()
 }
 
+/// Rounded Gaussian coefficients with standard deviation `sigma` (any size up to 2^58), for
+/// noise flooding. Box–Muller on 53-bit uniforms from the caller's CSPRNG, then rounded to
+/// the nearest integer. For `sigma >= 2^4` the rounded and the discrete Gaussian are
+/// statistically indistinguishable for flooding purposes (smoothing: their distance is far
+/// below `2^-100` per coefficient). Tails are cut where the uniform's 53 bits end (about
+/// `8.6 sigma`). A fixed number of floating-point operations per sample (`sigma` is
+/// public); floating-point timing is not guaranteed constant.
+pub fn gaussian_wide<G: RngCore + CryptoRng>(rng: &mut G, n: usize, sigma: f64) -> Vec<i64> {
+    let unit = |r: &mut G| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let (u1, u2) = (unit(rng), unit(rng));
+        let rad = (-2.0 * u1.ln()).sqrt() * sigma;
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        out.push((rad * c).round() as i64);
+        out.push((rad * s).round() as i64);
+    }
+    out.truncate(n);
+    out
+}
+
 /// The uniform polynomial expanded from `seed` on ChaCha20 stream `stream`, with limbs for
 /// `q_0..=q_level` (and the special primes if `extended`), in evaluation form.
 ///

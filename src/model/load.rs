@@ -1284,6 +1284,7 @@ pub fn save_adapter(
 pub fn features_from_npy_bytes(bytes: &[u8]) -> Result<Array2<f64>> {
     use ndarray_npy::ReadNpyExt;
     let what = "npy features";
+    check_npy_preamble(bytes)?;
     let mut cursor = std::io::Cursor::new(bytes);
     let header = ndarray_npy::npy::header::Header::from_reader(&mut cursor)
         .map_err(|e| Error::format(what, e.to_string()))?;
@@ -1340,6 +1341,50 @@ pub fn features_from_npy_bytes(bytes: &[u8]) -> Result<Array2<f64>> {
         });
     }
     Ok(m)
+}
+
+/// Checks the fixed `.npy` preamble (magic, version, header length) against the buffer
+/// before `ndarray-npy` parses the header: its reader allocates the declared header length
+/// up front, so a 26-byte file declaring a 4 GiB header made it allocate 4 GiB (found by
+/// the `model_files` fuzz target, docs/fuzzing.md).
+fn check_npy_preamble(bytes: &[u8]) -> Result<()> {
+    let what = "npy features";
+    let magic = b"\x93NUMPY";
+    if bytes.get(..magic.len()) != Some(&magic[..]) {
+        return Err(Error::format(what, "not an npy file (bad magic)"));
+    }
+    let (header_len, start) = match bytes.get(6) {
+        Some(1) => (
+            bytes
+                .get(8..10)
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]))),
+            10usize,
+        ),
+        Some(2 | 3) => (
+            bytes
+                .get(8..12)
+                .and_then(|b| usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()),
+            12usize,
+        ),
+        Some(v) => {
+            return Err(Error::format(
+                what,
+                format!("unsupported npy format version {v}"),
+            ))
+        }
+        None => return Err(Error::format(what, "truncated npy preamble")),
+    };
+    let header_len = header_len.ok_or_else(|| Error::format(what, "truncated npy preamble"))?;
+    match start.checked_add(header_len) {
+        Some(end) if end <= bytes.len() => Ok(()),
+        _ => Err(Error::format(
+            what,
+            format!(
+                "truncated: the npy header declares {header_len} bytes, the file has {} after the preamble",
+                bytes.len().saturating_sub(start)
+            ),
+        )),
+    }
 }
 
 /// Reads features from a `.npy` file of at most [`MAX_NPY_BYTES`]; see

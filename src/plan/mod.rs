@@ -18,8 +18,10 @@ mod compile;
 mod layout;
 pub mod public;
 mod run_ckks;
+pub mod sanitize;
 
 pub use compile::{Mode, Plan, PlanOptions, StageReport};
 pub use layout::Segment;
 pub use public::public_structure;
 pub use run_ckks::PreparedPlan;
+pub use sanitize::{FloodingConfig, SanitizeConfig, SanitizeReport};

@@ -10,7 +10,7 @@
 use crate::ckks::security::{max_log_qp, Security};
 use crate::ckks::{CkksParams, CkksParamsLiteral};
 use crate::model::Adapter;
-use crate::plan::{Mode, Plan, PlanOptions};
+use crate::plan::{FloodingConfig, Mode, Plan, PlanOptions};
 use crate::{Error, Result};
 use serde::Serialize;
 
@@ -25,6 +25,10 @@ pub struct SelectRequest {
     pub options: PlanOptions,
     /// Samples per query in batch mode (needs N/2 >= batch).
     pub batch: Option<usize>,
+    /// Noise flooding the server will apply (see [`crate::plan::sanitize`]): the precision
+    /// asked for must survive it. In latency mode one extra level is reserved for the
+    /// output mask, which makes flooding much cheaper. `None`: no flooding.
+    pub flooding: Option<FloodingConfig>,
 }
 
 impl Default for SelectRequest {
@@ -34,13 +38,14 @@ impl Default for SelectRequest {
             security: Security::Bits128,
             options: PlanOptions::default(),
             batch: None,
+            flooding: None,
         }
     }
 }
 
 /// Predicted end-to-end precision (bits) for a scale and ring degree.
 pub fn predicted_precision_bits(log_scale: u32, log_n: u32) -> f64 {
-    log_scale as f64 - 15.0 - (log_n as f64 - 12.0) / 2.0
+    crate::plan::sanitize::model_precision_bits(log_scale as f64, log_n)
 }
 
 /// The outcome of a selection, with everything `params select` prints.
@@ -68,6 +73,10 @@ pub struct SelectionReport {
     pub depth: usize,
     /// Predicted output precision, bits.
     pub predicted_precision_bits: f64,
+    /// Predicted precision after noise flooding, bits (when flooding was requested).
+    pub flooded_precision_bits: Option<f64>,
+    /// Flooding statistical security, bits (when requested).
+    pub flooding_bits: Option<u32>,
     /// Rotation keys the client generates.
     pub rotation_keys: usize,
     /// Key switches per query.
@@ -136,61 +145,121 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             }
         }
         let extra = ((log_n as f64 - 12.0) / 2.0).ceil() as u32;
-        let log_scale = req.precision_bits + 16 + extra; // one bit of margin over the model
-        if log_scale > 50 {
-            return Err(Error::params(format!(
-                "{} bits of precision would need a scale of 2^{log_scale}; at most 2^50 is supported (about {} bits)",
-                req.precision_bits,
-                predicted_precision_bits(50, log_n).floor()
-            )));
-        }
-        let log_scale = log_scale.max(25);
-        let q0 = (log_scale + 10).min(60);
-        let bits_special = q0.max(log_scale);
-        let base = q0 + depth as u32 * log_scale;
-        // most special primes that fit: fewer digits, faster key switching
-        let mut chosen = None;
-        for k in (1..=(depth + 1).min(8)).rev() {
-            let total = base + k as u32 * bits_special;
-            if total < bound {
-                chosen = Some(k);
-                break;
+        let mut log_scale = req.precision_bits + 16 + extra; // one bit of margin over the model
+                                                             // The output mask (latency mode, with flooding) takes one more level.
+        let levels =
+            depth + usize::from(req.flooding.is_some() && req.options.mode == Mode::Latency);
+        // With flooding the scale must also pay for the flooding noise; its cost does not
+        // depend on the scale, so one correction after a first compilation suffices.
+        let mut attempt = 0;
+        let found = loop {
+            attempt += 1;
+            if log_scale > 50 {
+                break Err(log_scale);
             }
-        }
-        let Some(k) = chosen else {
-            refused.push(format!(
-                "N = 2^{log_n}: depth {depth} at scale 2^{log_scale} needs log2(QP) >= {} > {bound}",
-                base + bits_special
-            ));
-            continue;
+            let ls = log_scale.max(25);
+            match candidate(adapter, req, log_n, ls, levels, bound)? {
+                Candidate::Refused(reason) => break Ok(Err(reason)),
+                Candidate::Ok(params, plan) => {
+                    let Some(f) = &req.flooding else {
+                        break Ok(Ok((params, plan)));
+                    };
+                    let after = plan.flooded_precision_bits(f);
+                    if after >= req.precision_bits as f64 {
+                        break Ok(Ok((params, plan)));
+                    }
+                    if attempt > 2 {
+                        break Ok(Err(format!(
+                            "N = 2^{log_n}: flooding leaves {after:.1} bits at scale 2^{ls}"
+                        )));
+                    }
+                    log_scale = ls + (req.precision_bits as f64 - after).ceil() as u32;
+                }
+            }
         };
-        let lit = CkksParamsLiteral::new(
-            log_n,
-            [vec![q0], vec![log_scale; depth]].concat(),
-            vec![bits_special; k],
-            log_scale,
-        )
-        .with_security(req.security);
-        let params = match CkksParams::from_literal(lit) {
-            Ok(p) => p,
-            Err(e) => {
-                refused.push(format!("N = 2^{log_n}: {e}"));
+        match found {
+            Err(needed) => {
+                let Some(f) = &req.flooding else {
+                    return Err(Error::params(format!(
+                        "{} bits of precision would need a scale of 2^{needed}; at most 2^50 is supported (about {} bits)",
+                        req.precision_bits,
+                        predicted_precision_bits(50, log_n).floor()
+                    )));
+                };
+                refused.push(format!(
+                    "N = 2^{log_n}: {} bits after {}-bit noise flooding would need a scale of 2^{needed}; \
+                     at most 2^50 is supported",
+                    req.precision_bits, f.statistical_security
+                ));
                 continue;
             }
-        };
-        let plan = Plan::compile(adapter, &params, req.options)?;
-        let report = report_for(&params, &plan, bound, sec_bits, depth, refused.clone());
-        return Ok(Selection {
-            params,
-            plan,
-            report,
-        });
+            Ok(Err(reason)) => {
+                refused.push(reason);
+                continue;
+            }
+            Ok(Ok((params, plan))) => {
+                let mut report =
+                    report_for(&params, &plan, bound, sec_bits, depth, refused.clone());
+                if let Some(f) = &req.flooding {
+                    report.flooded_precision_bits = Some(plan.flooded_precision_bits(f));
+                    report.flooding_bits = Some(f.statistical_security);
+                }
+                return Ok(Selection {
+                    params,
+                    plan,
+                    report,
+                });
+            }
+        }
     }
     Err(Error::params(format!(
         "no parameter set up to N = 2^16 reaches {} bits at {sec_bits}-bit security for this adapter (depth {depth}): {}",
         req.precision_bits,
         refused.join("; ")
     )))
+}
+
+enum Candidate {
+    Ok(CkksParams, Plan),
+    Refused(String),
+}
+
+/// The fastest parameter set at `log_n` with `levels` levels at scale `2^log_scale` under
+/// `bound`, compiled for `adapter`, or why there is none.
+fn candidate(
+    adapter: &Adapter,
+    req: &SelectRequest,
+    log_n: u32,
+    log_scale: u32,
+    levels: usize,
+    bound: u32,
+) -> Result<Candidate> {
+    let q0 = (log_scale + 10).min(60);
+    let bits_special = q0.max(log_scale);
+    let base = q0 + levels as u32 * log_scale;
+    // most special primes that fit: fewer digits, faster key switching
+    let Some(k) = (1..=(levels + 1).min(8))
+        .rev()
+        .find(|&k| base + k as u32 * bits_special < bound)
+    else {
+        return Ok(Candidate::Refused(format!(
+            "N = 2^{log_n}: depth {levels} at scale 2^{log_scale} needs log2(QP) >= {} > {bound}",
+            base + bits_special
+        )));
+    };
+    let lit = CkksParamsLiteral::new(
+        log_n,
+        [vec![q0], vec![log_scale; levels]].concat(),
+        vec![bits_special; k],
+        log_scale,
+    )
+    .with_security(req.security);
+    let params = match CkksParams::from_literal(lit) {
+        Ok(p) => p,
+        Err(e) => return Ok(Candidate::Refused(format!("N = 2^{log_n}: {e}"))),
+    };
+    let plan = Plan::compile(adapter, &params, req.options)?;
+    Ok(Candidate::Ok(params, plan))
 }
 
 /// The report of an existing parameter set for `plan`.
@@ -224,6 +293,8 @@ pub fn report_for(
             params.default_scale().log2().round() as u32,
             params.log_n(),
         ),
+        flooded_precision_bits: None,
+        flooding_bits: None,
         rotation_keys: plan.galois_elements().len(),
         key_switches_per_query: plan.key_switches(),
         switching_key_bytes,
@@ -267,6 +338,11 @@ impl SelectionReport {
             self.result_ciphertexts,
             self.digest
         );
+        if let (Some(p), Some(s_bits)) = (self.flooded_precision_bits, self.flooding_bits) {
+            s.push_str(&format!(
+                "after {s_bits}-bit noise flooding: predicted precision {p:.1} bits\n"
+            ));
+        }
         for r in &self.refused {
             s.push_str(&format!("  refused: {r}\n"));
         }
@@ -284,5 +360,6 @@ pub fn batch_request(precision_bits: u32, security: Security, samples: usize) ->
             ..Default::default()
         },
         batch: Some(samples),
+        flooding: None,
     }
 }

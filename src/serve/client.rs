@@ -112,8 +112,9 @@ impl ClientKeys {
         let kg = KeyGenerator::new(params);
         let secret = kg.gen_secret_key(rng);
         let public = kg.gen_public_key(&secret, rng)?;
-        let eval =
-            kg.gen_evaluation_keys(&secret, &plan.galois_elements(), plan.needs_relin(), rng)?;
+        let eval = kg
+            .gen_evaluation_keys(&secret, &plan.galois_elements(), plan.needs_relin(), rng)?
+            .with_public_key(public.clone())?;
         Ok(ClientKeys {
             secret,
             public: Some(public),

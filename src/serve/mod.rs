@@ -113,6 +113,9 @@ pub struct ServerConfig {
     pub mode: PlanOptions,
     /// Name shown in the model description.
     pub model_name: Option<String>,
+    /// What is done to every result before it leaves (mask, level 0, re-randomization,
+    /// noise flooding); see [`crate::plan::sanitize`]. Flooding is on by default.
+    pub sanitize: crate::plan::SanitizeConfig,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +133,7 @@ impl Default for ServerConfig {
             rate_limit: None,
             mode: PlanOptions::default(),
             model_name: None,
+            sanitize: crate::plan::SanitizeConfig::flooded(),
         }
     }
 }
@@ -174,6 +178,13 @@ pub struct ModelDescription {
     pub weights_digest: String,
     /// Largest request body the server accepts.
     pub max_body_bytes: usize,
+    /// Noise flooding on every result (statistical security, queries covered); `None`:
+    /// off. Absent in descriptions from servers that predate issue 8.
+    #[serde(default)]
+    pub flooding: Option<crate::plan::FloodingConfig>,
+    /// Predicted precision of each logit after flooding (bits, unit-sized output).
+    #[serde(default)]
+    pub flooded_precision_bits: Option<f64>,
 }
 
 impl ModelDescription {

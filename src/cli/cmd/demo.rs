@@ -10,6 +10,8 @@ use anyhow::{bail, Context as _, Result};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
+
+use crate::cli::args::FloodingArgs;
 use serde::Serialize;
 
 use hepeft::ckks::{CkksParams, PrecisionStats};
@@ -297,6 +299,12 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             params: ParamsSource::File(keys_dir.join(PARAMS_TOML)),
             input: query.clone(),
             out: result.clone(),
+            // The presets cannot carry 40-bit flooding with useful precision (see
+            // docs/threat-model.md); the demo shows the pipeline's precision without it.
+            flooding: FloodingArgs {
+                no_flooding: true,
+                ..FloodingArgs::default()
+            },
         },
         &quiet,
     )?;

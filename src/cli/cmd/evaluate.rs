@@ -31,12 +31,24 @@ pub struct EvaluateReport {
     pub prepare_seconds: f64,
     pub evaluate_seconds: f64,
     pub write_seconds: f64,
+    /// What was done to the results before writing them (mask, level, flooding figures).
+    pub sanitize: Option<hepeft::plan::SanitizeReport>,
 }
 
 /// `hepeft evaluate`.
 pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let t_load = Instant::now();
     let params = args.params.load()?;
+    // The adapter's privacy rests on RLWE under the client's parameters too (the
+    // re-randomization hides the evaluation's c_1 only if RLWE is hard): refuse a set that
+    // opted out of the security check.
+    if params.security().bits().is_none() {
+        bail!(
+            "the parameter set is marked `security = \"unchecked\"`: the server refuses it, because re-randomizing \
+             results (and the client's own privacy) relies on RLWE at a checked security level; use a preset or \
+             `hepeft params select`"
+        );
+    }
 
     // The evaluation keys: the kind first (a secret key must never get here), then the
     // parameters they were made for.
@@ -98,6 +110,31 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
 
     let keys: EvaluationKeys = load(&args.eval_keys, &params)
         .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
+    let Some(client_pk) = keys.public_key().cloned() else {
+        bail!(
+            "{} carries no public key: the server re-randomizes every result with a fresh encryption of zero \
+             under the client's public key; regenerate the keys with this version of `hepeft keygen`",
+            args.eval_keys.display()
+        );
+    };
+    let sanitize_cfg = args.flooding.config();
+    if args.flooding.no_flooding {
+        ui.note(crate::cli::args::FloodingArgs::WARNING);
+    }
+    // Refuse before any work a flooding that would leave no precision (the same prediction
+    // the sanitization report makes).
+    if let Some(f) = &sanitize_cfg.flooding {
+        let bits = plan.flooded_precision_bits(f);
+        if bits < 1.0 {
+            bail!(
+                "noise flooding at {} bits would leave {bits:.1} bits of precision with these parameters: \
+                 choose parameters with a larger scale (`hepeft params select --flooding-bits {}`), lower \
+                 --flooding-bits, or, for a trusted client only, --no-flooding",
+                f.statistical_security,
+                f.statistical_security
+            );
+        }
+    }
     let have = keys.galois_elements();
     let missing: Vec<u64> = plan
         .galois_elements()
@@ -152,6 +189,8 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         b
     };
     let t = Instant::now();
+    let mut rng = super::keygen::os_rng()?;
+    let mut sanitize_report = None;
     let mut out = Vec::with_capacity(meta.queries.len() * plan.output_ciphertexts());
     for (qi, cts) in query.items.chunks(per.max(1)).enumerate() {
         bar.set_message(format!("query {}/{}", qi + 1, meta.queries.len()));
@@ -160,7 +199,11 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         let res = prepared
             .evaluate_with_progress(&ev, cts, &progress)
             .with_context(|| format!("evaluating query {qi}"))?;
-        out.extend(res);
+        let (clean, rep) = plan
+            .sanitize(&ev, res, &client_pk, &sanitize_cfg, &mut rng)
+            .with_context(|| format!("sanitizing the result of query {qi}"))?;
+        sanitize_report = Some(rep);
+        out.extend(clean);
     }
     bar.finish_and_clear();
     let evaluate_time = t.elapsed();
@@ -191,6 +234,7 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         prepare_seconds: prepare_time.as_secs_f64(),
         evaluate_seconds: evaluate_time.as_secs_f64(),
         write_seconds: write_time.as_secs_f64(),
+        sanitize: sanitize_report,
     };
     let text = format!(
         "evaluate: {} sample(s) in {} {} quer{}, {} key switches per query\n  load {}, prepare {}, evaluate {}, write {}\n  wrote {} ({} ciphertexts, {}) and {}\n",
@@ -208,6 +252,26 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         human_bytes(report.result_bytes),
         meta_path(&args.out).display()
     );
+    let text =
+        match report.sanitize.as_ref().and_then(|r| r.flooding.as_ref()) {
+            Some(f) => format!(
+            "{text}  sanitized: level 0, re-randomized, {}; flooding at {} bits for {} quer(ies): \
+             noise 2^{:.1} per slot, about {:.1} bits of precision left ({:.1} bits spent)\n",
+            report.sanitize.as_ref().map_or("", |r| r.mask_note.as_str()),
+            f.statistical_security,
+            f.queries,
+            f.slot_std_log2,
+            f.precision_bits_after,
+            f.cost_bits
+        ),
+            None => format!(
+                "{text}  sanitized: level 0, re-randomized, {}; NO noise flooding\n",
+                report
+                    .sanitize
+                    .as_ref()
+                    .map_or("", |r| r.mask_note.as_str())
+            ),
+        };
     ui.report(&report, &text, false)?;
     Ok(report)
 }

@@ -193,6 +193,16 @@ fn envelope(path: &Path, args: &InspectArgs, out: &mut Out) -> Result<()> {
                 if keys.relin().is_some() { "yes" } else { "no" },
                 json!(keys.relin().is_some()),
             );
+            out.put(
+                "public_key",
+                "public key",
+                if keys.public_key().is_some() {
+                    "yes"
+                } else {
+                    "no: evaluate and serve refuse this key set"
+                },
+                json!(keys.public_key().is_some()),
+            );
             let shown: Vec<String> = elements
                 .iter()
                 .map(|g| match steps.get(g) {

@@ -135,7 +135,9 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
         .context("generating the public key")?;
     let evk = kg
         .gen_evaluation_keys(&sk, &galois, plan.needs_relin(), &mut rng)
-        .context("generating the evaluation keys")?;
+        .context("generating the evaluation keys")?
+        // The server re-randomizes results with a fresh encryption of zero under this key.
+        .with_public_key(pk.clone())?;
     let keygen_time = t.elapsed();
 
     let t = Instant::now();

@@ -119,14 +119,20 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
         security: args.security,
         options: plan_options(mode),
         batch: args.batch.map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
+        flooding: args.flooding.config().flooding,
     };
     let sel = select_params(&public, &req).with_context(|| {
         format!(
-            "selecting parameters for {} ({} mode, {} bits, {}-bit security)",
+            "selecting parameters for {} ({} mode, {} bits, {}-bit security, {})",
             args.model.display(),
             mode_name(mode),
             args.precision,
-            args.security.bits().unwrap_or(0)
+            args.security.bits().unwrap_or(0),
+            if args.flooding.no_flooding {
+                "no noise flooding".to_string()
+            } else {
+                format!("{}-bit noise flooding", args.flooding.flooding_bits)
+            }
         )
     })?;
     let toml = sel.params.to_toml()?;

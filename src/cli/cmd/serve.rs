@@ -58,8 +58,12 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
             .model
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
+        sanitize: args.flooding.config(),
         ..defaults
     };
+    if args.flooding.no_flooding {
+        ui.note(crate::cli::args::FloodingArgs::WARNING);
+    }
     ui.note(&format!("parameters: {}\n", params.describe()));
     run_until_signal(adapter, params, cfg, |addr| {
         ui.note(&format!("hepeft serve: listening on http://{addr} (Ctrl-C stops after the requests in flight)\n"));
