@@ -425,6 +425,11 @@ fn render(r: &DemoReport, ev: &evaluate::EvaluateReport, dir: &Path, kept: bool)
         human_bytes(r.bytes.result)
     ));
     let a = &r.accuracy;
+    s.push_str(
+        "\noutput sanitization: non-output slots masked, result dropped to level 0 and re-randomized\n  \
+         under the client's public key; noise flooding OFF in the demo (40-bit flooding needs more\n  \
+         precision than the presets carry: see docs/threat-model.md and `params select --flooding-bits`)\n",
+    );
     s.push_str("\naccuracy against the plaintext twin\n");
     s.push_str(&format!(
         "  argmax agreement   {}/{}\n",
