@@ -18,8 +18,16 @@ mod compile;
 mod layout;
 pub mod public;
 mod run_ckks;
+#[cfg(feature = "exact")]
+pub mod quantize;
+#[cfg(feature = "exact")]
+mod run_exact;
 
 pub use compile::{Mode, Plan, PlanOptions, StageReport};
 pub use layout::Segment;
 pub use public::public_structure;
 pub use run_ckks::PreparedPlan;
+#[cfg(feature = "exact")]
+pub use quantize::{quantize, QuantizeOptions, QuantizedPlan};
+#[cfg(feature = "exact")]
+pub use run_exact::ExactRun;
