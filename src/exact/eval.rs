@@ -36,7 +36,11 @@ impl ExactCiphertext {
         if words.len() != params.big_lwe_dimension() + 1 {
             return Err(Error::format(
                 "exact ciphertext",
-                format!("expected {} words, found {}", params.big_lwe_dimension() + 1, words.len()),
+                format!(
+                    "expected {} words, found {}",
+                    params.big_lwe_dimension() + 1,
+                    words.len()
+                ),
             ));
         }
         Ok(Self {
@@ -81,13 +85,18 @@ impl ClientKey {
     ) -> Result<Vec<ExactCiphertext>> {
         check_log_modulus(p)?;
         let mut seeder = seeder_from(rng);
-        let mut gen = EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), &mut seeder);
+        let mut gen =
+            EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), &mut seeder);
         let big = self.glwe.as_lwe_secret_key();
         let noise = glwe_noise(&self.params);
         Ok(values
             .iter()
             .map(|&v| {
-                let mut ct = LweCiphertext::new(0u64, big.lwe_dimension().to_lwe_size(), CiphertextModulus::new_native());
+                let mut ct = LweCiphertext::new(
+                    0u64,
+                    big.lwe_dimension().to_lwe_size(),
+                    CiphertextModulus::new_native(),
+                );
                 encrypt_lwe_ciphertext(&big, &mut ct, Plaintext(encode(v, p)), noise, &mut gen);
                 ExactCiphertext { ct }
             })
@@ -118,7 +127,11 @@ impl ClientKey {
     pub fn phase(&self, c: &ExactCiphertext) -> Result<u64> {
         let n = self.params.big_lwe_dimension();
         if c.ct.lwe_size().0 != n + 1 {
-            return Err(Error::dims("exact ciphertext size", n + 1, c.ct.lwe_size().0));
+            return Err(Error::dims(
+                "exact ciphertext size",
+                n + 1,
+                c.ct.lwe_size().0,
+            ));
         }
         Ok(decrypt_lwe_ciphertext(&self.glwe.as_lwe_secret_key(), &c.ct).0)
     }
@@ -189,7 +202,12 @@ impl<'a> Evaluator<'a> {
     ///
     /// # Errors
     /// [`Error::DimensionMismatch`] for mismatched lengths or ciphertext sizes.
-    pub fn dot(&self, xs: &[ExactCiphertext], w: &[i64], bias_phase: u64) -> Result<ExactCiphertext> {
+    pub fn dot(
+        &self,
+        xs: &[ExactCiphertext],
+        w: &[i64],
+        bias_phase: u64,
+    ) -> Result<ExactCiphertext> {
         if xs.len() != w.len() {
             return Err(Error::dims("exact dot product", xs.len(), w.len()));
         }
@@ -226,7 +244,12 @@ impl<'a> Evaluator<'a> {
     ///
     /// # Errors
     /// [`Error::DimensionMismatch`] for ciphertexts of the wrong size.
-    pub fn sub_add(&self, a: &ExactCiphertext, b: &ExactCiphertext, phase: u64) -> Result<ExactCiphertext> {
+    pub fn sub_add(
+        &self,
+        a: &ExactCiphertext,
+        b: &ExactCiphertext,
+        phase: u64,
+    ) -> Result<ExactCiphertext> {
         self.check(a)?;
         self.check(b)?;
         let mut out = a.clone();
@@ -255,7 +278,10 @@ impl<'a> Evaluator<'a> {
         keyswitch_lwe_ciphertext(&key.ksk, &c.ct, &mut small);
         let bsk = if lut.fine { &key.bsk_fine } else { &key.bsk };
         let log_modulus = bsk.polynomial_size().to_blind_rotation_input_modulus_log();
-        let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(small.as_view(), log_modulus);
+        let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
+            small.as_view(),
+            log_modulus,
+        );
         let mut acc = lut.acc.clone();
         blind_rotate_assign(&msed, &mut acc, bsk);
         let mut out = LweCiphertext::new(
@@ -281,7 +307,9 @@ impl<'a> Evaluator<'a> {
     /// [`Error::InvalidParameters`] if `p < 5` or `p > 62`.
     pub fn drop_low_nibble(&self, c: &ExactCiphertext, p: u32) -> Result<ExactCiphertext> {
         if !(READ_BITS..=62).contains(&p) {
-            return Err(Error::params(format!("drop_low_nibble needs 5 <= p <= 62, got {p}")));
+            return Err(Error::params(format!(
+                "drop_low_nibble needs 5 <= p <= 62, got {p}"
+            )));
         }
         let params = &self.key.params;
         let top = self.shl(c, p - READ_BITS);

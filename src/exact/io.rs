@@ -5,9 +5,9 @@
 //!
 //! | kind | payload after the tag |
 //! |---|---|
-//! | parameters | u64 length + JSON of [`ExactParamsLiteral`] |
+//! | parameters | u32 length + JSON of [`ExactParamsLiteral`] |
 //! | secret key | n words (small key), then k·N words (GLWE key), binary |
-//! | evaluation keys | u64 length + bincode 1.3 of the seeded keys (tfhe-rs serde) |
+//! | evaluation keys | u32 length + bincode 1.3 of the seeded keys (tfhe-rs serde) |
 //! | ciphertext | u32 log modulus p, u64 count, then count·(k·N+1) words |
 
 use crate::io::format::{FileKind, PayloadReader, PayloadWriter};
@@ -38,7 +38,8 @@ fn tag(r: &mut PayloadReader<'_>, kind: FileKind) -> Result<()> {
 /// # Errors
 /// [`Error::Format`] if JSON encoding fails.
 pub fn params_to_payload(p: &ExactParams) -> Result<Vec<u8>> {
-    let json = serde_json::to_vec(p.literal()).map_err(|e| Error::format("exact parameters", e.to_string()))?;
+    let json = serde_json::to_vec(p.literal())
+        .map_err(|e| Error::format("exact parameters", e.to_string()))?;
     let mut w = PayloadWriter::new();
     w.u32(TAG).len_prefixed_bytes(&json)?;
     Ok(w.into_bytes())
@@ -52,11 +53,10 @@ pub fn params_to_payload(p: &ExactParams) -> Result<Vec<u8>> {
 pub fn params_from_payload(bytes: &[u8]) -> Result<ExactParams> {
     let mut r = PayloadReader::new(bytes, "exact parameters");
     tag(&mut r, FileKind::Parameters)?;
-    let n = r.count("json length", 1 << 16)?;
-    let json = r.bytes(n)?;
+    let json = r.len_prefixed_bytes(1 << 16)?;
     r.finish()?;
-    let lit: ExactParamsLiteral =
-        serde_json::from_slice(json).map_err(|e| Error::format("exact parameters", e.to_string()))?;
+    let lit: ExactParamsLiteral = serde_json::from_slice(json)
+        .map_err(|e| Error::format("exact parameters", e.to_string()))?;
     ExactParams::from_literal(lit)
 }
 
@@ -86,7 +86,8 @@ pub fn client_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<Cli
 /// # Errors
 /// [`Error::Format`] if serialization fails.
 pub fn server_key_to_payload(k: &CompressedServerKey) -> Result<Vec<u8>> {
-    let bytes = bincode1::serialize(k).map_err(|e| Error::format("exact evaluation keys", e.to_string()))?;
+    let bytes = bincode1::serialize(k)
+        .map_err(|e| Error::format("exact evaluation keys", e.to_string()))?;
     let mut w = PayloadWriter::with_capacity(bytes.len() + 12);
     w.u32(TAG).len_prefixed_bytes(&bytes)?;
     Ok(w.into_bytes())
@@ -100,8 +101,7 @@ pub fn server_key_to_payload(k: &CompressedServerKey) -> Result<Vec<u8>> {
 pub fn server_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<CompressedServerKey> {
     let mut r = PayloadReader::new(bytes, "exact evaluation keys");
     tag(&mut r, FileKind::EvaluationKeys)?;
-    let n = r.count("key length", bytes.len())?;
-    let body = r.bytes(n)?;
+    let body = r.len_prefixed_bytes(bytes.len())?;
     r.finish()?;
     let (_, mem) = params.key_bytes();
     let k: CompressedServerKey = bincode1::DefaultOptions::new()
@@ -131,7 +131,10 @@ pub fn ciphertexts_to_payload(p: u32, cts: &[ExactCiphertext]) -> Vec<u8> {
 ///
 /// # Errors
 /// [`Error::Format`] for a malformed payload.
-pub fn ciphertexts_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<(u32, Vec<ExactCiphertext>)> {
+pub fn ciphertexts_from_payload(
+    params: &ExactParams,
+    bytes: &[u8],
+) -> Result<(u32, Vec<ExactCiphertext>)> {
     let mut r = PayloadReader::new(bytes, "exact ciphertext");
     tag(&mut r, FileKind::Ciphertext)?;
     let p = r.u32()?;

@@ -16,15 +16,17 @@ use std::fmt;
 
 use rand::{CryptoRng, Rng};
 use tfhe::core_crypto::commons::generators::DeterministicSeeder;
-use tfhe_csprng::seeders::Seed;
 use tfhe::core_crypto::commons::math::random::DynamicDistribution;
 use tfhe::core_crypto::prelude::*;
+use tfhe_csprng::seeders::Seed;
 use zeroize::Zeroize;
 
 use super::params::ExactParams;
 use crate::{Error, Result};
 
-pub(crate) fn seeder_from(rng: &mut (impl Rng + CryptoRng)) -> DeterministicSeeder<DefaultRandomGenerator> {
+pub(crate) fn seeder_from(
+    rng: &mut (impl Rng + CryptoRng),
+) -> DeterministicSeeder<DefaultRandomGenerator> {
     DeterministicSeeder::<DefaultRandomGenerator>::new(Seed(rng.random::<u128>()))
 }
 
@@ -45,7 +47,11 @@ pub struct ClientKey {
 
 impl fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientKey {{ params: {}, <redacted> }}", self.params.short_digest())
+        write!(
+            f,
+            "ClientKey {{ params: {}, <redacted> }}",
+            self.params.short_digest()
+        )
     }
 }
 
@@ -91,7 +97,8 @@ pub fn generate_keys(
     rng: &mut (impl Rng + CryptoRng),
 ) -> Result<(ClientKey, CompressedServerKey)> {
     let l = params.literal();
-    let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(Seed(rng.random::<u128>()));
+    let mut secret_gen =
+        SecretRandomGenerator::<DefaultRandomGenerator>::new(Seed(rng.random::<u128>()));
     let mut seeder = seeder_from(rng);
     let small = LweSecretKey::generate_new_binary(LweDimension(l.lwe_dimension), &mut secret_gen);
     let glwe = GlweSecretKey::generate_new_binary(
@@ -149,10 +156,16 @@ impl ClientKey {
     /// [`Error::Format`] if a length or a coefficient (not 0/1) is wrong.
     pub fn from_raw(params: &ExactParams, small: Vec<u64>, glwe: Vec<u64>) -> Result<Self> {
         if small.len() != params.lwe_dimension() || glwe.len() != params.big_lwe_dimension() {
-            return Err(Error::format("exact secret key", "wrong key length for these parameters"));
+            return Err(Error::format(
+                "exact secret key",
+                "wrong key length for these parameters",
+            ));
         }
         if small.iter().chain(glwe.iter()).any(|&b| b > 1) {
-            return Err(Error::format("exact secret key", "coefficients must be binary"));
+            return Err(Error::format(
+                "exact secret key",
+                "coefficients must be binary",
+            ));
         }
         Ok(Self {
             params: params.clone(),
@@ -175,20 +188,76 @@ impl CompressedServerKey {
     pub fn check(&self, params: &ExactParams) -> Result<()> {
         let l = params.literal();
         let checks = [
-            ("keyswitch input dimension", self.ksk.input_key_lwe_dimension().0, params.big_lwe_dimension()),
-            ("keyswitch output dimension", self.ksk.output_key_lwe_dimension().0, l.lwe_dimension),
-            ("keyswitch base log", self.ksk.decomposition_base_log().0, l.ks_base_log),
-            ("keyswitch levels", self.ksk.decomposition_level_count().0, l.ks_level),
-            ("bsk input dimension", self.bsk.input_lwe_dimension().0, l.lwe_dimension),
-            ("bsk polynomial size", self.bsk.polynomial_size().0, l.polynomial_size),
-            ("bsk glwe size", self.bsk.glwe_size().0, l.glwe_dimension + 1),
-            ("bsk base log", self.bsk.decomposition_base_log().0, l.pbs_base_log),
-            ("bsk levels", self.bsk.decomposition_level_count().0, l.pbs_level),
-            ("fine bsk input dimension", self.bsk_fine.input_lwe_dimension().0, l.lwe_dimension),
-            ("fine bsk polynomial size", self.bsk_fine.polynomial_size().0, l.polynomial_size),
-            ("fine bsk glwe size", self.bsk_fine.glwe_size().0, l.glwe_dimension + 1),
-            ("fine bsk base log", self.bsk_fine.decomposition_base_log().0, l.fine_base_log),
-            ("fine bsk levels", self.bsk_fine.decomposition_level_count().0, l.fine_level),
+            (
+                "keyswitch input dimension",
+                self.ksk.input_key_lwe_dimension().0,
+                params.big_lwe_dimension(),
+            ),
+            (
+                "keyswitch output dimension",
+                self.ksk.output_key_lwe_dimension().0,
+                l.lwe_dimension,
+            ),
+            (
+                "keyswitch base log",
+                self.ksk.decomposition_base_log().0,
+                l.ks_base_log,
+            ),
+            (
+                "keyswitch levels",
+                self.ksk.decomposition_level_count().0,
+                l.ks_level,
+            ),
+            (
+                "bsk input dimension",
+                self.bsk.input_lwe_dimension().0,
+                l.lwe_dimension,
+            ),
+            (
+                "bsk polynomial size",
+                self.bsk.polynomial_size().0,
+                l.polynomial_size,
+            ),
+            (
+                "bsk glwe size",
+                self.bsk.glwe_size().0,
+                l.glwe_dimension + 1,
+            ),
+            (
+                "bsk base log",
+                self.bsk.decomposition_base_log().0,
+                l.pbs_base_log,
+            ),
+            (
+                "bsk levels",
+                self.bsk.decomposition_level_count().0,
+                l.pbs_level,
+            ),
+            (
+                "fine bsk input dimension",
+                self.bsk_fine.input_lwe_dimension().0,
+                l.lwe_dimension,
+            ),
+            (
+                "fine bsk polynomial size",
+                self.bsk_fine.polynomial_size().0,
+                l.polynomial_size,
+            ),
+            (
+                "fine bsk glwe size",
+                self.bsk_fine.glwe_size().0,
+                l.glwe_dimension + 1,
+            ),
+            (
+                "fine bsk base log",
+                self.bsk_fine.decomposition_base_log().0,
+                l.fine_base_log,
+            ),
+            (
+                "fine bsk levels",
+                self.bsk_fine.decomposition_level_count().0,
+                l.fine_level,
+            ),
         ];
         for (what, found, expected) in checks {
             if found != expected {
@@ -204,7 +273,8 @@ impl CompressedServerKey {
 
     /// Bytes of the seeded key material (what travels to the server).
     pub fn transfer_bytes(&self) -> u64 {
-        8 * (self.ksk.as_ref().len() + self.bsk.as_ref().len() + self.bsk_fine.as_ref().len()) as u64
+        8 * (self.ksk.as_ref().len() + self.bsk.as_ref().len() + self.bsk_fine.as_ref().len())
+            as u64
     }
 
     /// Regenerates the masks and converts the bootstrapping keys to the Fourier domain.

@@ -60,7 +60,9 @@ pub struct ExactParams {
 
 fn vetted_set(name: &str) -> Option<ClassicPBSParameters> {
     match name {
-        DEFAULT_VETTED => Some(tfhe::shortint::parameters::PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128),
+        DEFAULT_VETTED => {
+            Some(tfhe::shortint::parameters::PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)
+        }
         _ => None,
     }
 }
@@ -91,7 +93,9 @@ impl ExactParams {
     /// [`Error::InvalidParameters`] for an unknown name or an invalid decomposition.
     pub fn vetted(name: &str, fine_base_log: usize, fine_level: usize) -> Result<Self> {
         let p = vetted_set(name).ok_or_else(|| {
-            Error::params(format!("unknown vetted TFHE set {name:?} (known: {DEFAULT_VETTED})"))
+            Error::params(format!(
+                "unknown vetted TFHE set {name:?} (known: {DEFAULT_VETTED})"
+            ))
         })?;
         Self::from_literal(ExactParamsLiteral {
             vetted: name.to_string(),
@@ -226,7 +230,10 @@ impl ExactParams {
 
     /// Hex of the first 8 digest bytes, for messages.
     pub fn short_digest(&self) -> String {
-        self.digest()[..8].iter().map(|b| format!("{b:02x}")).collect()
+        self.digest()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Key sizes in bytes: `(transferred, in_memory)`. Transferred keys are seeded (masks
@@ -235,7 +242,11 @@ impl ExactParams {
     /// Fourier bootstrapping key `n·(k+1)²·ℓ·N/2` complex f64 (16 bytes).
     pub fn key_bytes(&self) -> (u64, u64) {
         let l = &self.lit;
-        let (n, k, nn) = (l.lwe_dimension as u64, l.glwe_dimension as u64, l.polynomial_size as u64);
+        let (n, k, nn) = (
+            l.lwe_dimension as u64,
+            l.glwe_dimension as u64,
+            l.polynomial_size as u64,
+        );
         let big = k * nn;
         let levels = (l.pbs_level + l.fine_level) as u64;
         let ks_seeded = big * l.ks_level as u64 * 8;

@@ -138,7 +138,11 @@ struct FloatLayer {
 #[derive(Clone)]
 enum Val {
     Tensor(usize),
-    Affine { src: usize, w: Array2<f64>, b: Array1<f64> },
+    Affine {
+        src: usize,
+        w: Array2<f64>,
+        b: Array1<f64>,
+    },
 }
 
 fn unsupported(what: impl Into<String>) -> Error {
@@ -160,7 +164,10 @@ fn chain(adapter: &Adapter) -> Result<Vec<FloatLayer>> {
         match r {
             NodeRef::Input(0) => Ok(Val::Tensor(0)),
             NodeRef::Input(i) => Err(unsupported(format!("input {i}"))),
-            NodeRef::Node(i) => vals.get(i).cloned().ok_or_else(|| unsupported("dangling node reference")),
+            NodeRef::Node(i) => vals
+                .get(i)
+                .cloned()
+                .ok_or_else(|| unsupported("dangling node reference")),
         }
     };
     let as_affine = |v: Val, dims: &Vec<usize>| -> Result<(usize, Array2<f64>, Array1<f64>)> {
@@ -189,12 +196,20 @@ fn chain(adapter: &Adapter) -> Result<Vec<FloatLayer>> {
             }
             Op::Scale(s) => {
                 let (src, w0, b0) = as_affine(resolve(&vals, first)?, &dims)?;
-                Val::Affine { src, w: w0 * *s, b: b0 * *s }
+                Val::Affine {
+                    src,
+                    w: w0 * *s,
+                    b: b0 * *s,
+                }
             }
             Op::Affine { mul, add } => {
                 let (src, w0, b0) = as_affine(resolve(&vals, first)?, &dims)?;
                 let w = &w0 * &mul.view().insert_axis(ndarray::Axis(1));
-                Val::Affine { src, w, b: &b0 * mul + add }
+                Val::Affine {
+                    src,
+                    w,
+                    b: &b0 * mul + add,
+                }
             }
             Op::Add => {
                 let mut acc: Option<(usize, Array2<f64>, Array1<f64>)> = None;
@@ -220,7 +235,11 @@ fn chain(adapter: &Adapter) -> Result<Vec<FloatLayer>> {
             Op::Poly(act) => match resolve(&vals, first)? {
                 Val::Affine { src, w, b } if src == layers.len() => {
                     dims.push(w.nrows());
-                    layers.push(FloatLayer { w, b, act: Some(act.clone()) });
+                    layers.push(FloatLayer {
+                        w,
+                        b,
+                        act: Some(act.clone()),
+                    });
                     Val::Tensor(layers.len())
                 }
                 _ => {
@@ -230,25 +249,44 @@ fn chain(adapter: &Adapter) -> Result<Vec<FloatLayer>> {
                     )))
                 }
             },
-            Op::Concat => return Err(unsupported(format!("concat node {} is not supported", node.name))),
+            Op::Concat => {
+                return Err(unsupported(format!(
+                    "concat node {} is not supported",
+                    node.name
+                )))
+            }
         };
         vals.push(v);
     }
     match vals.last() {
         Some(Val::Affine { src, w, b }) if *src == layers.len() => {
-            layers.push(FloatLayer { w: w.clone(), b: b.clone(), act: None });
+            layers.push(FloatLayer {
+                w: w.clone(),
+                b: b.clone(),
+                act: None,
+            });
             Ok(layers)
         }
         _ => Err(unsupported("the head must end with a linear map (logits)")),
     }
 }
 
-fn linear_of(m: &Array2<f64>, bias: Option<&Array1<f64>>, src: usize, w0: &Array2<f64>, b0: &Array1<f64>) -> Val {
+fn linear_of(
+    m: &Array2<f64>,
+    bias: Option<&Array1<f64>>,
+    src: usize,
+    w0: &Array2<f64>,
+    b0: &Array1<f64>,
+) -> Val {
     let mut b = m.dot(b0);
     if let Some(bb) = bias {
         b += bb;
     }
-    Val::Affine { src, w: m.dot(w0), b }
+    Val::Affine {
+        src,
+        w: m.dot(w0),
+        b,
+    }
 }
 
 fn act_eval(act: &Activation, z: f64) -> f64 {
@@ -259,7 +297,8 @@ fn act_eval(act: &Activation, z: f64) -> f64 {
 }
 
 fn act_name(act: &Activation) -> String {
-    act.func.map_or_else(|| "poly".to_string(), |f| f.name().to_string())
+    act.func
+        .map_or_else(|| "poly".to_string(), |f| f.name().to_string())
 }
 
 fn bits_for(max_abs: i64) -> u32 {
@@ -328,7 +367,6 @@ pub fn quantize(
 
     let fresh = noise::fresh_variance(params);
     let fine = noise::pbs_variance(params, true);
-    let coarse = noise::pbs_variance(params, false);
     let mut pfails: Vec<(f64, usize)> = Vec::new();
     let mut out_layers = Vec::new();
     let mut overflows = Vec::new();
@@ -340,78 +378,17 @@ pub fn quantize(
         let var_in = if li == 0 { fresh } else { fine };
         let (out_dim, in_dim) = fl.w.dim();
         if let Some(act) = &fl.act {
-            let j = opts.stages;
-            let p = 4 * j + 5;
-            let unit = 1i64 << (4 * j);
-            let range = 8.0 * unit as f64;
-            let qmax_w = ((1i64 << (opts.weight_bits - 1)) - 1) as f64;
-            let mut weights = Vec::with_capacity(out_dim * in_dim);
-            let mut bias = Vec::with_capacity(out_dim);
-            let mut scales = Vec::with_capacity(out_dim);
-            let mut real_tables = Vec::with_capacity(out_dim);
-            for (row, &b) in fl.w.rows().into_iter().zip(fl.b.iter()) {
-                let max_z = xs
-                    .iter()
-                    .map(|x| (row.iter().zip(x).map(|(w, &xi)| w * xi as f64 * s_in).sum::<f64>() + b).abs())
-                    .fold(0.0f64, f64::max);
-                let max_w = row.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                let mut s_w = (max_z / (s_in * range * opts.range_fill)).max(max_w / qmax_w);
-                if !(s_w > 0.0 && s_w.is_finite()) {
-                    s_w = 1.0;
+            let mut bits = opts.weight_bits;
+            let (layer, layer_pf) = loop {
+                let (layer, pf) = quantize_hidden(fl, act, &xs, s_in, bits, opts, params, var_in);
+                let worst = pf.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+                if worst <= MAX_LOG2_P_FAIL || bits <= 2 {
+                    break (layer, pf);
                 }
-                weights.extend(row.iter().map(|w| (w / s_w).round() as i64));
-                bias.push((b / (s_in * s_w)).round() as i64 + 8 * unit);
-                scales.push(s_w);
-                let t: Vec<f64> = (0..BOXES)
-                    .map(|v| act_eval(act, (v as f64 - 8.0 + 0.5) * unit as f64 * s_in * s_w))
-                    .collect();
-                real_tables.push(t);
-            }
-            let max_t = real_tables.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
-            let signed = real_tables.iter().flatten().any(|&v| v < 0.0);
-            let levels = if signed {
-                (1i64 << (opts.hidden_bits - 1)) - 1
-            } else {
-                (1i64 << opts.hidden_bits) - 1
+                bits -= 1;
             };
-            let s_h = if max_t > 0.0 { max_t / levels as f64 } else { 1.0 };
-            let tables: Vec<[i64; BOXES]> = real_tables
-                .iter()
-                .map(|t| {
-                    let mut a = [0i64; BOXES];
-                    for (dst, v) in a.iter_mut().zip(t) {
-                        *dst = (v / s_h).round() as i64;
-                    }
-                    a
-                })
-                .collect();
-            // noise: every stage reads 5 bits; outputs feeding `c` come from the fine key
-            let var_acc = max_row_norm2(&weights, in_dim) * var_in;
-            let mut cur = var_acc;
-            let mut pc = p;
-            for _ in 0..j {
-                let top = cur * 4f64.powi((pc - 5) as i32);
-                pfails.push((noise::pbs_log2_p_fail(params, top), out_dim));
-                pfails.push((noise::pbs_log2_p_fail(params, top + coarse), out_dim));
-                cur += fine;
-                pc -= 4;
-            }
-            pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
-            let layer = QuantizedLayer {
-                in_dim,
-                out_dim,
-                weights,
-                bias,
-                log_modulus: p,
-                input_scale: s_in,
-                weight_scales: scales,
-                activation: Some(QuantizedActivation {
-                    name: act_name(act),
-                    stages: j,
-                    tables,
-                    output_scale: s_h,
-                }),
-            };
+            pfails.extend(layer_pf);
+            let s_h = layer.activation.as_ref().map_or(1.0, |a| a.output_scale);
             let mut over = 0usize;
             xs = xs
                 .iter()
@@ -483,12 +460,9 @@ pub fn quantize(
              use fewer stages or narrower weights"
         )));
     }
-    let union = noise::log2_sum(
-        pfails
-            .iter()
-            .map(|&(pf, n)| pf + (n as f64).log2())
-            .chain(std::iter::once(decrypt_pf + (out_layers.last().map_or(1, |l| l.out_dim) as f64).log2())),
-    );
+    let union = noise::log2_sum(pfails.iter().map(|&(pf, n)| pf + (n as f64).log2()).chain(
+        std::iter::once(decrypt_pf + (out_layers.last().map_or(1, |l| l.out_dim) as f64).log2()),
+    ));
     Ok(QuantizedPlan {
         input_scale,
         input_bits: opts.input_bits,
@@ -504,6 +478,110 @@ pub fn quantize(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
+fn quantize_hidden(
+    fl: &FloatLayer,
+    act: &Activation,
+    xs: &[Vec<i64>],
+    s_in: f64,
+    weight_bits: u32,
+    opts: &QuantizeOptions,
+    params: &ExactParams,
+    var_in: f64,
+) -> (QuantizedLayer, Vec<(f64, usize)>) {
+    let (out_dim, in_dim) = fl.w.dim();
+    let coarse = noise::pbs_variance(params, false);
+    let fine = noise::pbs_variance(params, true);
+    let mut pfails = Vec::new();
+    let j = opts.stages;
+    let p = 4 * j + 5;
+    let unit = 1i64 << (4 * j);
+    let range = 8.0 * unit as f64;
+    let qmax_w = ((1i64 << (weight_bits - 1)) - 1) as f64;
+    let mut weights = Vec::with_capacity(out_dim * in_dim);
+    let mut bias = Vec::with_capacity(out_dim);
+    let mut scales = Vec::with_capacity(out_dim);
+    let mut real_tables = Vec::with_capacity(out_dim);
+    for (row, &b) in fl.w.rows().into_iter().zip(fl.b.iter()) {
+        let max_z = xs
+            .iter()
+            .map(|x| {
+                (row.iter()
+                    .zip(x)
+                    .map(|(w, &xi)| w * xi as f64 * s_in)
+                    .sum::<f64>()
+                    + b)
+                    .abs()
+            })
+            .fold(0.0f64, f64::max);
+        let max_w = row.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let mut s_w = (max_z / (s_in * range * opts.range_fill)).max(max_w / qmax_w);
+        if !(s_w > 0.0 && s_w.is_finite()) {
+            s_w = 1.0;
+        }
+        weights.extend(row.iter().map(|w| (w / s_w).round() as i64));
+        bias.push((b / (s_in * s_w)).round() as i64 + 8 * unit);
+        scales.push(s_w);
+        let t: Vec<f64> = (0..BOXES)
+            .map(|v| act_eval(act, (v as f64 - 8.0 + 0.5) * unit as f64 * s_in * s_w))
+            .collect();
+        real_tables.push(t);
+    }
+    let max_t = real_tables
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    let signed = real_tables.iter().flatten().any(|&v| v < 0.0);
+    let levels = if signed {
+        (1i64 << (opts.hidden_bits - 1)) - 1
+    } else {
+        (1i64 << opts.hidden_bits) - 1
+    };
+    let s_h = if max_t > 0.0 {
+        max_t / levels as f64
+    } else {
+        1.0
+    };
+    let tables: Vec<[i64; BOXES]> = real_tables
+        .iter()
+        .map(|t| {
+            let mut a = [0i64; BOXES];
+            for (dst, v) in a.iter_mut().zip(t) {
+                *dst = (v / s_h).round() as i64;
+            }
+            a
+        })
+        .collect();
+    // noise: every stage reads 5 bits; outputs feeding `c` come from the fine key
+    let var_acc = max_row_norm2(&weights, in_dim) * var_in;
+    let mut cur = var_acc;
+    let mut pc = p;
+    for _ in 0..j {
+        let top = cur * 4f64.powi((pc - 5) as i32);
+        pfails.push((noise::pbs_log2_p_fail(params, top), out_dim));
+        pfails.push((noise::pbs_log2_p_fail(params, top + coarse), out_dim));
+        cur += fine;
+        pc -= 4;
+    }
+    pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
+    let layer = QuantizedLayer {
+        in_dim,
+        out_dim,
+        weights,
+        bias,
+        log_modulus: p,
+        input_scale: s_in,
+        weight_scales: scales,
+        activation: Some(QuantizedActivation {
+            name: act_name(act),
+            stages: j,
+            tables,
+            output_scale: s_h,
+        }),
+    };
+    (layer, pfails)
+}
+
 fn max_row_norm2(w: &[i64], in_dim: usize) -> f64 {
     w.chunks(in_dim.max(1))
         .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
@@ -512,7 +590,9 @@ fn max_row_norm2(w: &[i64], in_dim: usize) -> f64 {
 
 fn quantize_vec(x: ArrayView1<f64>, scale: f64, bits: u32) -> Vec<i64> {
     let q = (1i64 << (bits - 1)) - 1;
-    x.iter().map(|v| ((v / scale).round() as i64).clamp(-q, q)).collect()
+    x.iter()
+        .map(|v| ((v / scale).round() as i64).clamp(-q, q))
+        .collect()
 }
 
 fn wrap(a: i64, p: u32) -> u64 {
@@ -572,7 +652,11 @@ impl QuantizedPlan {
     pub fn predicted_pbs(&self) -> u64 {
         self.layers
             .iter()
-            .filter_map(|l| l.activation.as_ref().map(|a| l.out_dim as u64 * (2 * a.stages as u64 + 1)))
+            .filter_map(|l| {
+                l.activation
+                    .as_ref()
+                    .map(|a| l.out_dim as u64 * (2 * a.stages as u64 + 1))
+            })
             .sum()
     }
 
@@ -600,7 +684,11 @@ impl QuantizedPlan {
     /// [`Error::DimensionMismatch`] for a wrong input width.
     pub fn reference(&self, xq: &[i64]) -> Result<Vec<i64>> {
         if xq.len() != self.input_dim() {
-            return Err(Error::dims("exact reference input", self.input_dim(), xq.len()));
+            return Err(Error::dims(
+                "exact reference input",
+                self.input_dim(),
+                xq.len(),
+            ));
         }
         let mut x = xq.to_vec();
         for layer in &self.layers {
@@ -613,7 +701,10 @@ impl QuantizedPlan {
                     .chunks(layer.in_dim)
                     .zip(&layer.bias)
                     .map(|(row, &b)| {
-                        let acc = row.iter().zip(&x).fold(b, |s, (&w, &xi)| s.wrapping_add(w.wrapping_mul(xi)));
+                        let acc = row
+                            .iter()
+                            .zip(&x)
+                            .fold(b, |s, (&w, &xi)| s.wrapping_add(w.wrapping_mul(xi)));
                         crate::exact::to_signed(wrap(acc, p), p)
                     })
                     .collect();

@@ -58,7 +58,11 @@ impl QuantizedPlan {
     /// [`Error::DimensionMismatch`] for a wrong input count or ciphertext size.
     pub fn evaluate(&self, key: &ServerKey, inputs: &[ExactCiphertext]) -> Result<ExactRun> {
         if inputs.len() != self.input_dim() {
-            return Err(Error::dims("exact encrypted input", self.input_dim(), inputs.len()));
+            return Err(Error::dims(
+                "exact encrypted input",
+                self.input_dim(),
+                inputs.len(),
+            ));
         }
         let ev = Evaluator::new(key);
         let params = key.params();
@@ -83,12 +87,12 @@ impl QuantizedPlan {
                         acc = ev.drop_low_nibble(&acc, pc)?;
                         pc -= 4;
                     }
-                    let table = act
-                        .tables
-                        .get(j)
-                        .copied()
-                        .ok_or_else(|| Error::dims("exact activation tables", layer.out_dim, act.tables.len()))?;
-                    let lut = Lut::new(params, true, move |i| encode(table[i % table.len()], next_p));
+                    let table = act.tables.get(j).copied().ok_or_else(|| {
+                        Error::dims("exact activation tables", layer.out_dim, act.tables.len())
+                    })?;
+                    let lut = Lut::new(params, true, move |i| {
+                        encode(table[i % table.len()], next_p)
+                    });
                     ev.pbs(&acc, &lut)
                 })
                 .collect::<Result<Vec<_>>>()?;
