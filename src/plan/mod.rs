@@ -28,6 +28,6 @@ pub use layout::Segment;
 pub use public::public_structure;
 pub use run_ckks::PreparedPlan;
 #[cfg(feature = "exact")]
-pub use quantize::{quantize, QuantizeOptions, QuantizedPlan};
+pub use quantize::{quantize, QuantPublic, QuantizeOptions, QuantizedPlan};
 #[cfg(feature = "exact")]
 pub use run_exact::ExactRun;

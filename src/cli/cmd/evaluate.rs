@@ -36,7 +36,11 @@ pub struct EvaluateReport {
 /// `hepeft evaluate`.
 pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let t_load = Instant::now();
-    let params = args.params.load()?;
+    let params = args
+        .params
+        .as_ref()
+        .context("--params is required with --backend ckks")?
+        .load()?;
 
     // The evaluation keys: the kind first (a secret key must never get here), then the
     // parameters they were made for.
