@@ -373,6 +373,16 @@ fn keys_of_other_parameters_are_refused() {
     let ck2 = hepeft::exact::io::client_key_from_payload(&k.params, &sk).unwrap();
     assert_eq!(ck2.decrypt(&cts, 9).unwrap(), vec![1, -2, 3]);
     assert!(hepeft::exact::io::client_key_from_payload(&other, &sk[..sk.len() - 8]).is_err());
+    // seeded query: much smaller, decrypts the same after expansion
+    let seeded = k
+        .client
+        .encrypt_seeded(&[5, -6, 7, 100], 12, &mut r)
+        .unwrap();
+    let bytes = hepeft::exact::io::seeded_to_payload(12, &seeded).unwrap();
+    assert!(bytes.len() < 200, "{}", bytes.len());
+    let (p, full) = hepeft::exact::io::ciphertexts_from_payload(&k.params, &bytes).unwrap();
+    assert_eq!(p, 12);
+    assert_eq!(k.client.decrypt(&full, 12).unwrap(), vec![5, -6, 7, 100]);
     assert!(hepeft::exact::io::ciphertexts_from_payload(&k.params, &sk).is_err());
     assert!(format!("{:?}", k.client).contains("redacted"));
 }

@@ -103,6 +103,43 @@ impl ClientKey {
             .collect())
     }
 
+    /// Like [`encrypt`](Self::encrypt) but seeded: the masks are regenerated from a 128-bit
+    /// seed, so a query of `len` values takes `8·len` bytes plus the seed instead of
+    /// `8·len·(k·N+1)`. Expand on the server with [`SeededCiphertexts::expand`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `p` is not in `1..=62` or `values` is empty.
+    pub fn encrypt_seeded(
+        &self,
+        values: &[i64],
+        p: u32,
+        rng: &mut (impl Rng + CryptoRng),
+    ) -> Result<SeededCiphertexts> {
+        check_log_modulus(p)?;
+        if values.is_empty() {
+            return Err(Error::params("encrypt_seeded needs at least one value"));
+        }
+        let mut seeder = seeder_from(rng);
+        let big = self.glwe.as_lwe_secret_key();
+        let mut list = SeededLweCiphertextList::new(
+            0u64,
+            big.lwe_dimension().to_lwe_size(),
+            LweCiphertextCount(values.len()),
+            seeder.seed().into(),
+            CiphertextModulus::new_native(),
+        );
+        let encoded =
+            PlaintextList::from_container(values.iter().map(|&v| encode(v, p)).collect::<Vec<_>>());
+        encrypt_seeded_lwe_ciphertext_list(
+            &big,
+            &mut list,
+            &encoded,
+            glwe_noise(&self.params),
+            &mut seeder,
+        );
+        Ok(SeededCiphertexts { list })
+    }
+
     /// Decrypts to signed integers modulo `2^p` (rounding the phase to the nearest multiple
     /// of `2^(64-p)`).
     ///
@@ -134,6 +171,47 @@ impl ClientKey {
             ));
         }
         Ok(decrypt_lwe_ciphertext(&self.glwe.as_lwe_secret_key(), &c.ct).0)
+    }
+}
+
+/// Seeded ciphertexts (one body each plus a shared seed), as a client uploads them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SeededCiphertexts {
+    pub(crate) list: SeededLweCiphertextListOwned<u64>,
+}
+
+impl SeededCiphertexts {
+    /// Number of ciphertexts.
+    pub fn len(&self) -> usize {
+        self.list.lwe_ciphertext_count().0
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Regenerates the masks: full ciphertexts under the big key.
+    ///
+    /// # Errors
+    /// [`Error::Format`] if the ciphertext size does not match `params`.
+    pub fn expand(&self, params: &ExactParams) -> Result<Vec<ExactCiphertext>> {
+        if self.list.lwe_size().0 != params.big_lwe_dimension() + 1 {
+            return Err(Error::format(
+                "exact seeded ciphertexts",
+                "wrong LWE size for these parameters",
+            ));
+        }
+        let full = self.list.clone().decompress_into_lwe_ciphertext_list();
+        Ok(full
+            .iter()
+            .map(|c| ExactCiphertext {
+                ct: LweCiphertext::from_container(
+                    c.as_ref().to_vec(),
+                    CiphertextModulus::new_native(),
+                ),
+            })
+            .collect())
     }
 }
 

@@ -9,11 +9,12 @@
 //! | secret key | n words (small key), then k·N words (GLWE key), binary |
 //! | evaluation keys | u32 length + bincode 1.3 of the seeded keys (tfhe-rs serde) |
 //! | ciphertext | u32 log modulus p, u64 count, then count·(k·N+1) words |
+//! | seeded ciphertexts (tag `TFHS`) | u32 p, u32 length + bincode 1.3 of the seeded list |
 
 use crate::io::format::{FileKind, PayloadReader, PayloadWriter};
 use crate::{Error, Result};
 
-use super::eval::ExactCiphertext;
+use super::eval::{ExactCiphertext, SeededCiphertexts};
 use super::keys::{ClientKey, CompressedServerKey};
 use super::params::{ExactParams, ExactParamsLiteral};
 
@@ -115,6 +116,21 @@ pub fn server_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<Com
 }
 
 use bincode1::Options;
+
+/// First four payload bytes of a seeded ciphertext list: `b"TFHS"`.
+pub const TAG_SEEDED: u32 = u32::from_le_bytes(*b"TFHS");
+
+/// Seeded ciphertext payload (a query): tag, u32 `p`, u32 length + bincode 1.3 of the list.
+///
+/// # Errors
+/// [`Error::Format`] if serialization fails.
+pub fn seeded_to_payload(p: u32, cts: &SeededCiphertexts) -> Result<Vec<u8>> {
+    let bytes = bincode1::serialize(cts)
+        .map_err(|e| Error::format("exact seeded ciphertexts", e.to_string()))?;
+    let mut w = PayloadWriter::with_capacity(bytes.len() + 12);
+    w.u32(TAG_SEEDED).u32(p).len_prefixed_bytes(&bytes)?;
+    Ok(w.into_bytes())
+}
 
 /// Ciphertext payload: all ciphertexts share the log modulus `p`.
 pub fn ciphertexts_to_payload(p: u32, cts: &[ExactCiphertext]) -> Vec<u8> {

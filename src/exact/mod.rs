@@ -16,6 +16,6 @@ pub mod keys;
 pub mod noise;
 pub mod params;
 
-pub use eval::{encode, to_signed, Evaluator, ExactCiphertext, Lut};
+pub use eval::{encode, to_signed, Evaluator, ExactCiphertext, Lut, SeededCiphertexts};
 pub use keys::{generate_keys, ClientKey, CompressedServerKey, ServerKey};
 pub use params::{ExactParams, ExactParamsLiteral, DEFAULT_VETTED, READ_BITS};

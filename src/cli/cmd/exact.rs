@@ -172,16 +172,16 @@ pub fn encrypt(a: &EncryptArgs, ui: &Ui) -> Result<()> {
     let ck = client_key(&a.keys, &params)?;
     let x = load_features_npy(&a.input[0])?;
     let mut rng = ChaCha20Rng::try_from_os_rng().context("seeding the encryptor from the OS")?;
-    let mut cts = Vec::with_capacity(x.nrows() * q.input_dim);
+    let mut xs = Vec::with_capacity(x.nrows() * q.input_dim);
     for row in x.rows() {
-        let xq = q.quantize_input(row)?;
-        cts.extend(ck.encrypt(&xq, q.input_log_modulus, &mut rng)?);
+        xs.extend(q.quantize_input(row)?);
     }
+    let cts = ck.encrypt_seeded(&xs, q.input_log_modulus, &mut rng)?;
     write_file_atomic(
         &a.out,
         FileKind::Ciphertext,
         &params.digest(),
-        &xio::ciphertexts_to_payload(q.input_log_modulus, &cts),
+        &xio::seeded_to_payload(q.input_log_modulus, &cts)?,
         None,
     )?;
     ui.note(&format!(
