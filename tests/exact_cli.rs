@@ -88,7 +88,7 @@ fn exact_pipeline_on_files() {
         "--out",
         p(&quant),
     ]);
-    assert!(report.contains("predicted PBS per sample: 9"), "{report}");
+    assert!(report.contains("predicted PBS per sample: 15"), "{report}");
     let keys = d.join("keys");
     hepeft(&[
         "keygen",
@@ -158,7 +158,7 @@ fn exact_pipeline_on_files() {
     assert_eq!(got, want);
     let public: QuantPublic =
         serde_json::from_str(&std::fs::read_to_string(&quant).unwrap()).unwrap();
-    assert_eq!(public.predicted_pbs, 9);
+    assert_eq!(public.predicted_pbs, 15);
 
     // a CKKS key directory / wrong backend is refused with a clear error
     let out = Command::new(env!("CARGO_BIN_EXE_hepeft"))

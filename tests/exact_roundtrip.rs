@@ -276,6 +276,42 @@ fn bit_exact_relu_heads() {
 }
 
 #[test]
+fn bit_exact_four_bit_tables() {
+    let mut r = rng(15);
+    let a = head(&mut r, 12, &[3], 3, ActivationFn::Relu);
+    let opts = QuantizeOptions {
+        activation_bits: 4,
+        ..QuantizeOptions::default()
+    };
+    check_bit_exact(&a, &opts, 3, 400);
+}
+
+#[test]
+fn lut5_reads_all_five_bits() {
+    let k = keys();
+    let ev = Evaluator::new(&k.server);
+    let mut r = rng(16);
+    let table: Vec<i64> = (0..32).map(|i| (i * i) as i64 - 100).collect();
+    for v in [0i64, 7, 15, 16, 23, 31] {
+        let ct = k.client.encrypt(&[v], 5, &mut r).unwrap();
+        let out = ev.lut5(&ct[0], &table, 12).unwrap();
+        assert_eq!(
+            k.client.decrypt(&[out], 12).unwrap()[0],
+            table[v as usize],
+            "v = {v}"
+        );
+    }
+    assert_eq!(ev.pbs_count(), 18);
+    assert!(ev
+        .lut5(
+            &k.client.encrypt(&[0], 5, &mut r).unwrap()[0],
+            &table[..16],
+            12
+        )
+        .is_err());
+}
+
+#[test]
 fn bit_exact_gelu_one_stage_and_two_hidden_layers() {
     let mut r = rng(11);
     let a = head(&mut r, 16, &[3], 3, ActivationFn::Gelu);

@@ -372,6 +372,58 @@ impl<'a> Evaluator<'a> {
         Ok(ExactCiphertext { ct: out })
     }
 
+    /// `a + b` (wrapping).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for ciphertexts of the wrong size.
+    pub fn add(&self, a: &ExactCiphertext, b: &ExactCiphertext) -> Result<ExactCiphertext> {
+        self.check(a)?;
+        self.check(b)?;
+        let mut out = a.clone();
+        lwe_ciphertext_add_assign(&mut out.ct, &b.ct);
+        Ok(out)
+    }
+
+    /// Any function of all `READ_BITS` = 5 top phase bits, without padding: for a phase
+    /// `v · 2^59 (+ noise)`, `v` in `[0, 32)`, returns `table[v] mod 2^out_p` at scale
+    /// `2^(64-out_p)`. One PBS only sees 4 bits plus a negacyclic sign, so this takes three:
+    /// a coarse sign PBS clears the top bit (`u = v mod 16`); with `e(u) = T[u] + T[u+16]`
+    /// and `o(u) = T[u] - T[u+16]`, a fine PBS of the padded `u` returns `e(u)/2` and a fine
+    /// negacyclic PBS of `v` returns `±o(u)/2` (`+` below 16, `-` above), whose sum is
+    /// `T[v]`. Halves are exact at scale `2^(63-out_p)`. Output noise: two fine PBS.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `table` does not have 32 entries or `out_p` is not in
+    /// `1..=62`.
+    pub fn lut5(&self, c: &ExactCiphertext, table: &[i64], out_p: u32) -> Result<ExactCiphertext> {
+        let half = 1usize << (READ_BITS - 1);
+        if table.len() != 2 * half {
+            return Err(Error::params(format!(
+                "lut5 needs {} entries, got {}",
+                2 * half,
+                table.len()
+            )));
+        }
+        check_log_modulus(out_p)?;
+        let params = &self.key.params;
+        let sign = Lut::new(params, false, |_| (1u64 << 62).wrapping_neg());
+        let s = self.pbs(c, &sign)?;
+        let u = self.sub_add(c, &s, (1u64 << 62).wrapping_neg())?;
+        let sh = 63 - out_p;
+        let t: Vec<i64> = table.to_vec();
+        let even = Lut::new(params, true, |i| {
+            let x2 = t[i % half].wrapping_add(t[i % half + half]);
+            (x2 as u64).wrapping_shl(sh)
+        });
+        let odd = Lut::new(params, true, |i| {
+            let x2 = t[i % half].wrapping_sub(t[i % half + half]);
+            (x2 as u64).wrapping_shl(sh)
+        });
+        let e = self.pbs(&u, &even)?;
+        let o = self.pbs(c, &odd)?;
+        self.add(&e, &o)
+    }
+
     /// Removes the low 4 bits of a value held modulo `2^p` (`p >= READ_BITS`): returns a
     /// ciphertext of `floor(a / 16) mod 2^(p-4)` at scale `2^(64-p+4)`, i.e. the same phase
     /// minus `(a mod 16) · 2^(64-p)`. Exact (up to the PBS failure probability).

@@ -151,6 +151,27 @@ pub fn ciphertexts_from_payload(
     params: &ExactParams,
     bytes: &[u8],
 ) -> Result<(u32, Vec<ExactCiphertext>)> {
+    if bytes.get(..4) == Some(&TAG_SEEDED.to_le_bytes()[..]) {
+        let mut r = PayloadReader::new(bytes, "exact seeded ciphertexts");
+        r.u32()?;
+        let p = r.u32()?;
+        let body = r.len_prefixed_bytes(bytes.len())?;
+        r.finish()?;
+        let limit = (MAX_CIPHERTEXTS * (params.big_lwe_dimension() + 64)) as u64 * 8;
+        let s: SeededCiphertexts = bincode1::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(limit)
+            .deserialize(body)
+            .map_err(|e| Error::format("exact seeded ciphertexts", e.to_string()))?;
+        if s.len() > MAX_CIPHERTEXTS {
+            return Err(Error::format(
+                "exact seeded ciphertexts",
+                "too many ciphertexts",
+            ));
+        }
+        return Ok((p, s.expand(params)?));
+    }
     let mut r = PayloadReader::new(bytes, "exact ciphertext");
     tag(&mut r, FileKind::Ciphertext)?;
     let p = r.u32()?;

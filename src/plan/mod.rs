@@ -17,17 +17,17 @@
 mod compile;
 mod layout;
 pub mod public;
-mod run_ckks;
 #[cfg(feature = "exact")]
 pub mod quantize;
+mod run_ckks;
 #[cfg(feature = "exact")]
 mod run_exact;
 
 pub use compile::{Mode, Plan, PlanOptions, StageReport};
 pub use layout::Segment;
 pub use public::public_structure;
-pub use run_ckks::PreparedPlan;
 #[cfg(feature = "exact")]
 pub use quantize::{quantize, QuantPublic, QuantizeOptions, QuantizedPlan};
+pub use run_ckks::PreparedPlan;
 #[cfg(feature = "exact")]
 pub use run_exact::ExactRun;

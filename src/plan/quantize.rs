@@ -11,11 +11,13 @@
 //! reproduces exactly):
 //! - inputs: `x_q = clamp(round(x / s_x), -(2^(b-1) - 1), 2^(b-1) - 1)`, per tensor;
 //! - hidden layer (with activation, `J` stages): `acc = (W_q x + b_q) mod 2^p` with
-//!   `p = 4J + 5`; `v = acc >> 4J` (in `[0, 32)`); `h = T[v]` for `v < 16`, `-T[v - 16]`
-//!   otherwise (the negacyclic wrap, reached only on overflow). `b_q` carries the offset
-//!   `8 · 16^J`, so `v - 8 = floor(pre-activation / 16^J)` in `[-8, 8)` when in range;
-//!   `T` holds `round(f(z) / s_h)` at the centre `z` of each of the 16 boxes (per output
-//!   channel, since weight scales are per channel);
+//!   `p = 4J + 5`; `v = acc >> 4J` (in `[0, 32)`). With 5-bit tables (default) `h = T[v]`,
+//!   `b_q` carries the offset `16 · 16^J` and `v - 16 = floor(pre-activation / 16^J)`;
+//!   with 4-bit tables `h = T[v]` for `v < 16` and `-T[v - 16]` otherwise (the negacyclic
+//!   wrap, reached only on overflow), offset `8 · 16^J`. `T` holds `round(f(z) / s_h)` at
+//!   the centre `z` of each box (per output channel, since weight scales are per channel),
+//!   with `s_h` spreading `[min(f, 0), max(f, 0)]` over `2^hidden_bits - 1` steps;
+//!   pre-activations outside the calibrated window wrap modulo `2^p`;
 //! - output layer: `y = (W_q h + b_q) mod 2^p_out`, signed; real value `y · s_in · s_w[j]`.
 //!
 //! Scales are calibrated on sample features: per output channel, the weight scale is the
@@ -44,6 +46,9 @@ pub struct QuantizeOptions {
     pub stages: u32,
     /// Bits of hidden activations (unsigned if the table is never negative).
     pub hidden_bits: u32,
+    /// Bits of the pre-activation the table reads: 4 (16 boxes, one bootstrapping) or 5
+    /// (32 boxes, three bootstrappings, see [`Evaluator::lut5`](crate::exact::Evaluator::lut5)).
+    pub activation_bits: u32,
     /// Largest weight width of the output layer; lowered until decryption is reliable.
     pub output_weight_bits: u32,
     /// Fraction of the representable pre-activation range the calibrated maximum fills.
@@ -57,6 +62,7 @@ impl Default for QuantizeOptions {
             weight_bits: 8,
             stages: 2,
             hidden_bits: 4,
+            activation_bits: 5,
             output_weight_bits: 8,
             range_fill: 0.9,
         }
@@ -70,8 +76,10 @@ pub struct QuantizedActivation {
     pub name: String,
     /// Low-nibble removal stages `J`.
     pub stages: u32,
-    /// One 16-entry table per output channel.
-    pub tables: Vec<[i64; BOXES]>,
+    /// Bits the table reads (4: 16 entries, negacyclic wrap; 5: 32 entries).
+    pub bits: u32,
+    /// One table per output channel (`2^bits` entries).
+    pub tables: Vec<Vec<i64>>,
     /// Real value of one unit of the layer's output.
     pub output_scale: f64,
 }
@@ -322,6 +330,12 @@ fn check_options(o: &QuantizeOptions) -> Result<()> {
     if !(1..=13).contains(&o.stages) {
         return bad(format!("stages {} must be in 1..=13", o.stages));
     }
+    if !(4..=5).contains(&o.activation_bits) {
+        return bad(format!(
+            "activation_bits {} must be 4 or 5",
+            o.activation_bits
+        ));
+    }
     if !(1..=16).contains(&o.hidden_bits) {
         return bad(format!("hidden_bits {} must be in 1..=16", o.hidden_bits));
     }
@@ -374,8 +388,13 @@ pub fn quantize(
     let mut chosen_out_bits = opts.output_weight_bits;
     let mut decrypt_pf = f64::NEG_INFINITY;
     let count = layers.len();
+    let act_var = if opts.activation_bits == 5 {
+        2.0 * fine
+    } else {
+        fine
+    };
     for (li, fl) in layers.iter().enumerate() {
-        let var_in = if li == 0 { fresh } else { fine };
+        let var_in = if li == 0 { fresh } else { act_var };
         let (out_dim, in_dim) = fl.w.dim();
         if let Some(act) = &fl.act {
             let mut bits = opts.weight_bits;
@@ -490,13 +509,15 @@ fn quantize_hidden(
     var_in: f64,
 ) -> (QuantizedLayer, Vec<(f64, usize)>) {
     let (out_dim, in_dim) = fl.w.dim();
-    let coarse = noise::pbs_variance(params, false);
     let fine = noise::pbs_variance(params, true);
+    let coarse = noise::pbs_variance(params, false);
     let mut pfails = Vec::new();
     let j = opts.stages;
     let p = 4 * j + 5;
     let unit = 1i64 << (4 * j);
-    let range = 8.0 * unit as f64;
+    let boxes = 1usize << opts.activation_bits;
+    let half = (boxes / 2) as i64;
+    let range = (half * unit) as f64;
     let qmax_w = ((1i64 << (weight_bits - 1)) - 1) as f64;
     let mut weights = Vec::with_capacity(out_dim * in_dim);
     let mut bias = Vec::with_capacity(out_dim);
@@ -520,37 +541,26 @@ fn quantize_hidden(
             s_w = 1.0;
         }
         weights.extend(row.iter().map(|w| (w / s_w).round() as i64));
-        bias.push((b / (s_in * s_w)).round() as i64 + 8 * unit);
+        bias.push((b / (s_in * s_w)).round() as i64 + half * unit);
         scales.push(s_w);
-        let t: Vec<f64> = (0..BOXES)
-            .map(|v| act_eval(act, (v as f64 - 8.0 + 0.5) * unit as f64 * s_in * s_w))
+        let t: Vec<f64> = (0..boxes)
+            .map(|v| {
+                act_eval(
+                    act,
+                    (v as f64 - half as f64 + 0.5) * unit as f64 * s_in * s_w,
+                )
+            })
             .collect();
         real_tables.push(t);
     }
-    let max_t = real_tables
+    // hidden outputs span [min(T, 0), max(T, 0)] in 2^hidden_bits levels (zero exact)
+    let hi = real_tables.iter().flatten().fold(0.0f64, |m, &v| m.max(v));
+    let lo = real_tables.iter().flatten().fold(0.0f64, |m, &v| m.min(v));
+    let levels = ((1i64 << opts.hidden_bits) - 1) as f64;
+    let s_h = if hi > lo { (hi - lo) / levels } else { 1.0 };
+    let tables: Vec<Vec<i64>> = real_tables
         .iter()
-        .flatten()
-        .fold(0.0f64, |m, v| m.max(v.abs()));
-    let signed = real_tables.iter().flatten().any(|&v| v < 0.0);
-    let levels = if signed {
-        (1i64 << (opts.hidden_bits - 1)) - 1
-    } else {
-        (1i64 << opts.hidden_bits) - 1
-    };
-    let s_h = if max_t > 0.0 {
-        max_t / levels as f64
-    } else {
-        1.0
-    };
-    let tables: Vec<[i64; BOXES]> = real_tables
-        .iter()
-        .map(|t| {
-            let mut a = [0i64; BOXES];
-            for (dst, v) in a.iter_mut().zip(t) {
-                *dst = (v / s_h).round() as i64;
-            }
-            a
-        })
+        .map(|t| t.iter().map(|v| (v / s_h).round() as i64).collect())
         .collect();
     // noise: every stage reads 5 bits; outputs feeding `c` come from the fine key
     let var_acc = max_row_norm2(&weights, in_dim) * var_in;
@@ -564,6 +574,11 @@ fn quantize_hidden(
         pc -= 4;
     }
     pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
+    if opts.activation_bits == 5 {
+        // lut5: sign (coarse) and odd part read `cur`, the even part `cur + coarse`
+        pfails.push((noise::pbs_log2_p_fail(params, cur + coarse), out_dim));
+        pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
+    }
     let layer = QuantizedLayer {
         in_dim,
         out_dim,
@@ -575,6 +590,7 @@ fn quantize_hidden(
         activation: Some(QuantizedActivation {
             name: act_name(act),
             stages: j,
+            bits: opts.activation_bits,
             tables,
             output_scale: s_h,
         }),
@@ -615,12 +631,17 @@ fn hidden_forward(layer: &QuantizedLayer, x: &[i64]) -> (Vec<i64>, usize) {
                 .iter()
                 .zip(x)
                 .fold(b, |s, (&w, &xi)| s.wrapping_add(w.wrapping_mul(xi)));
-            let v = (wrap(acc, layer.log_modulus) >> (4 * act.stages)) as usize;
-            if v < BOXES {
-                t[v]
-            } else {
+            if acc < 0 || acc >= 1i64 << layer.log_modulus {
                 over += 1;
-                -t[(v - BOXES) % BOXES]
+            }
+            let v = (wrap(acc, layer.log_modulus) >> (4 * act.stages)) as usize;
+            let get = |i: usize| t.get(i).copied().unwrap_or(0);
+            if act.bits == 5 {
+                get(v)
+            } else if v < BOXES {
+                get(v)
+            } else {
+                -get(v - BOXES)
             }
         })
         .collect();
@@ -648,14 +669,16 @@ impl QuantizedPlan {
         self.layers.last().map_or(1, |l| l.log_modulus)
     }
 
-    /// Bootstrappings per sample: `(2J + 1)` per hidden neuron, none for linear layers.
+    /// Bootstrappings per sample: `2J + 1` per hidden neuron with 4-bit tables, `2J + 3`
+    /// with 5-bit tables; none for linear layers.
     pub fn predicted_pbs(&self) -> u64 {
         self.layers
             .iter()
             .filter_map(|l| {
-                l.activation
-                    .as_ref()
-                    .map(|a| l.out_dim as u64 * (2 * a.stages as u64 + 1))
+                l.activation.as_ref().map(|a| {
+                    let table = if a.bits == 5 { 3 } else { 1 };
+                    l.out_dim as u64 * (2 * a.stages as u64 + table)
+                })
             })
             .sum()
     }

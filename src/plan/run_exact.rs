@@ -1,8 +1,8 @@
 //! Runs a [`QuantizedPlan`] on TFHE ciphertexts (the exact backend).
 //!
 //! Per hidden neuron: one leveled dot product (no bootstrapping), `J` low-nibble removals
-//! (two bootstrappings each) and one lookup-table bootstrapping that applies the
-//! activation, requantizes and re-encodes the result at the next layer's modulus. The
+//! (two bootstrappings each) and a lookup table (one bootstrapping for 4-bit tables, three
+//! for 5-bit ones) that applies the activation, requantizes and re-encodes the result at the next layer's modulus. The
 //! output layer is a leveled dot product only. Neurons run in parallel with rayon.
 
 use rand::{CryptoRng, Rng};
@@ -87,12 +87,16 @@ impl QuantizedPlan {
                         acc = ev.drop_low_nibble(&acc, pc)?;
                         pc -= 4;
                     }
-                    let table = act.tables.get(j).copied().ok_or_else(|| {
+                    let table = act.tables.get(j).ok_or_else(|| {
                         Error::dims("exact activation tables", layer.out_dim, act.tables.len())
                     })?;
-                    let lut = Lut::new(params, true, move |i| {
-                        encode(table[i % table.len()], next_p)
-                    });
+                    if act.bits == 5 {
+                        return ev.lut5(&acc, table, next_p);
+                    }
+                    if table.len() != 16 {
+                        return Err(Error::dims("exact activation table", 16, table.len()));
+                    }
+                    let lut = Lut::new(params, true, |i| encode(table[i % 16], next_p));
                     ev.pbs(&acc, &lut)
                 })
                 .collect::<Result<Vec<_>>>()?;
