@@ -152,32 +152,41 @@ fn bench_exact(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    for (name, adapter, stages) in [
-        ("relu_384_8_10", &small, 2u32),
-        ("mlp_384_64_10", &mlp, 2),
-        ("mlp_384_64_10", &mlp, 1),
+    let default = QuantizeOptions::default();
+    let four = QuantizeOptions {
+        activation_bits: 4,
+        ..QuantizeOptions::default()
+    };
+    for (name, adapter, opts) in [
+        ("relu_384_8_10", &small, &default),
+        ("mlp_384_64_10", &mlp, &default),
+        ("mlp_384_64_10", &mlp, &four),
     ] {
-        let opts = QuantizeOptions {
-            stages,
-            ..QuantizeOptions::default()
-        };
-        let plan = quantize(adapter, calib.view(), &opts, &params).unwrap();
+        let (stages, tbits) = (opts.stages, opts.activation_bits);
+        let plan = quantize(adapter, calib.view(), opts, &params).unwrap();
         let (f64_out, _) = evaluate_exact_fn_batch(adapter, &[test.view()]).unwrap();
         let q_out = plan.forward_batch(test.view()).unwrap();
         let (agree, rel) = agreement(q_out.view(), f64_out.view());
         let x = test.row(0);
         let xq = plan.quantize_input(x).unwrap();
         let query = plan.encrypt_input(&ck, &xq, &mut rng).unwrap();
+        let seeded = ck
+            .encrypt_seeded(&xq, plan.input_log_modulus(), &mut rng)
+            .unwrap();
+        let seeded_bytes = xio::seeded_to_payload(plan.input_log_modulus(), &seeded)
+            .unwrap()
+            .len();
         let run = plan.evaluate(&sk, &query).unwrap();
         let bit_exact =
             plan.decrypt_output(&ck, &run.outputs).unwrap() == plan.reference(&xq).unwrap();
         println!(
-            "exact-bench: {name} J={stages} | PBS {} (counted {}) | bit-exact {bit_exact} | argmax agreement with f64 {:.3}, rel. RMS error {:.3} (1000 samples) | \
-             query {} B, result {} B | out weight bits {}, calib overflows {:?} | log2 p_fail/PBS {:.1}, /sample {:.1}",
+            "exact-bench: {name} J={stages} table {tbits} bits | PBS {} (counted {}) | bit-exact {bit_exact} | argmax agreement with f64 {:.3}, rel. RMS error {:.3} (1000 samples) | \
+             query {} B seeded ({} B expanded), result {} B | out weight bits {}, calib overflows {:?} | log2 p_fail/PBS {:.1}, /sample {:.1}",
             plan.predicted_pbs(),
             run.pbs,
             agree,
             rel,
+            seeded_bytes,
             xio::ciphertexts_to_payload(0, &query).len(),
             xio::ciphertexts_to_payload(0, &run.outputs).len(),
             plan.report.output_weight_bits,
@@ -186,7 +195,7 @@ fn bench_exact(c: &mut Criterion) {
             plan.report.log2_p_fail_sample
         );
         for (threads, pool) in pools() {
-            g.bench_function(format!("{name}/J{stages}/threads{threads}"), |b| {
+            g.bench_function(format!("{name}/J{stages}_t{tbits}/threads{threads}"), |b| {
                 b.iter(|| pool.install(|| plan.evaluate(&sk, black_box(&query)).unwrap()))
             });
         }
