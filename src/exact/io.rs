@@ -11,6 +11,8 @@
 //! | ciphertext | u32 log modulus p, u64 count, then count·(k·N+1) words |
 //! | seeded ciphertexts (tag `TFHS`) | u32 p, u32 length + bincode 1.3 of the seeded list |
 
+use bincode1::Options;
+
 use crate::io::format::{FileKind, PayloadReader, PayloadWriter};
 use crate::{Error, Result};
 
@@ -115,7 +117,6 @@ pub fn server_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<Com
     Ok(k)
 }
 
-use bincode1::Options;
 
 /// First four payload bytes of a seeded ciphertext list: `b"TFHS"`.
 pub const TAG_SEEDED: u32 = u32::from_le_bytes(*b"TFHS");

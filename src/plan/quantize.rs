@@ -636,9 +636,8 @@ fn hidden_forward(layer: &QuantizedLayer, x: &[i64]) -> (Vec<i64>, usize) {
             }
             let v = (wrap(acc, layer.log_modulus) >> (4 * act.stages)) as usize;
             let get = |i: usize| t.get(i).copied().unwrap_or(0);
-            if act.bits == 5 {
-                get(v)
-            } else if v < BOXES {
+            // 5-bit tables read all 32 boxes; 4-bit tables wrap negacyclically above 16
+            if act.bits == 5 || v < BOXES {
                 get(v)
             } else {
                 -get(v - BOXES)
