@@ -117,7 +117,6 @@ pub fn server_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<Com
     Ok(k)
 }
 
-
 /// First four payload bytes of a seeded ciphertext list: `b"TFHS"`.
 pub const TAG_SEEDED: u32 = u32::from_le_bytes(*b"TFHS");
 
