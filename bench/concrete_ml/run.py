@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--bits", type=int, default=6)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounding", type=int, default=None,
+                    help="rounding_threshold_bits (accumulators rounded to this many bits before each TLU)")
     ap.add_argument("--p-error", type=float, default=None,
                     help="per-PBS error probability (Concrete ML default if omitted)")
     a = ap.parse_args()
@@ -41,6 +43,8 @@ def main() -> None:
 
     t = time.perf_counter()
     kw = {} if a.p_error is None else {"p_error": a.p_error}
+    if a.rounding is not None:
+        kw["rounding_threshold_bits"] = a.rounding
     q = compile_torch_model(model, calib, n_bits=a.bits, **kw)
     compile_s = time.perf_counter() - t
     clear = q.forward(test, fhe="disable")
@@ -67,7 +71,7 @@ def main() -> None:
             fhe_agree += int(np.argmax(out) == np.argmax(clear[i]))
             up, down = len(enc), len(res)
     print(json.dumps({
-        "concrete_ml": "1.9.0", "bits": a.bits, "p_error": a.p_error,
+        "concrete_ml": "1.9.0", "bits": a.bits, "p_error": a.p_error, "rounding_threshold_bits": a.rounding,
         "compile_s": compile_s, "keygen_s": keygen_s,
         "eval_key_bytes": len(ek), "query_bytes": up, "result_bytes": down,
         "server_s_median": statistics.median(times), "server_s_all": times,
