@@ -346,14 +346,36 @@ impl<'a> Evaluator<'a> {
     /// # Errors
     /// [`Error::DimensionMismatch`] for a ciphertext of the wrong size.
     pub fn pbs(&self, c: &ExactCiphertext, lut: &Lut) -> Result<ExactCiphertext> {
+        let small = self.keyswitch(c)?;
+        Ok(self.bootstrap_small(&small, lut))
+    }
+
+    /// Several lookup tables of the same input: one keyswitch, one blind rotation per
+    /// table (each counted as a PBS). Same noise as separate [`pbs`](Self::pbs) calls.
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a ciphertext of the wrong size.
+    pub fn pbs_many(&self, c: &ExactCiphertext, luts: &[&Lut]) -> Result<Vec<ExactCiphertext>> {
+        let small = self.keyswitch(c)?;
+        Ok(luts
+            .iter()
+            .map(|l| self.bootstrap_small(&small, l))
+            .collect())
+    }
+
+    fn keyswitch(&self, c: &ExactCiphertext) -> Result<LweCiphertextOwned<u64>> {
         self.check(c)?;
-        let key = self.key;
         let mut small = LweCiphertext::new(
             0u64,
-            key.ksk.output_key_lwe_dimension().to_lwe_size(),
+            self.key.ksk.output_key_lwe_dimension().to_lwe_size(),
             CiphertextModulus::new_native(),
         );
-        keyswitch_lwe_ciphertext(&key.ksk, &c.ct, &mut small);
+        keyswitch_lwe_ciphertext(&self.key.ksk, &c.ct, &mut small);
+        Ok(small)
+    }
+
+    fn bootstrap_small(&self, small: &LweCiphertextOwned<u64>, lut: &Lut) -> ExactCiphertext {
+        let key = self.key;
         let bsk = if lut.fine { &key.bsk_fine } else { &key.bsk };
         let log_modulus = bsk.polynomial_size().to_blind_rotation_input_modulus_log();
         let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
@@ -369,7 +391,7 @@ impl<'a> Evaluator<'a> {
         );
         extract_lwe_sample_from_glwe_ciphertext(&acc, &mut out, MonomialDegree(0));
         self.pbs_count.fetch_add(1, Ordering::Relaxed);
-        Ok(ExactCiphertext { ct: out })
+        ExactCiphertext { ct: out }
     }
 
     /// `a + b` (wrapping).
@@ -390,7 +412,8 @@ impl<'a> Evaluator<'a> {
     /// a coarse sign PBS clears the top bit (`u = v mod 16`); with `e(u) = T[u] + T[u+16]`
     /// and `o(u) = T[u] - T[u+16]`, a fine PBS of the padded `u` returns `e(u)/2` and a fine
     /// negacyclic PBS of `v` returns `±o(u)/2` (`+` below 16, `-` above), whose sum is
-    /// `T[v]`. Halves are exact at scale `2^(63-out_p)`. Output noise: two fine PBS.
+    /// `T[v]`. Halves are exact at scale `2^(63-out_p)`. Output noise: two fine PBS. The sign
+    /// and odd bootstrappings share one keyswitch (three blind rotations, two keyswitches).
     ///
     /// # Errors
     /// [`Error::InvalidParameters`] if `table` does not have 32 entries or `out_p` is not in
@@ -407,8 +430,6 @@ impl<'a> Evaluator<'a> {
         check_log_modulus(out_p)?;
         let params = &self.key.params;
         let sign = Lut::new(params, false, |_| (1u64 << 62).wrapping_neg());
-        let s = self.pbs(c, &sign)?;
-        let u = self.sub_add(c, &s, (1u64 << 62).wrapping_neg())?;
         let sh = 63 - out_p;
         let t: Vec<i64> = table.to_vec();
         let even = Lut::new(params, true, |i| {
@@ -419,8 +440,13 @@ impl<'a> Evaluator<'a> {
             let x2 = t[i % half].wrapping_sub(t[i % half + half]);
             (x2 as u64).wrapping_shl(sh)
         });
+        // the sign and odd tables read the same input: one shared keyswitch
+        let mut so = self.pbs_many(c, &[&sign, &odd])?.into_iter();
+        let (Some(s), Some(o)) = (so.next(), so.next()) else {
+            return Err(Error::params("lut5: missing bootstrapping output"));
+        };
+        let u = self.sub_add(c, &s, (1u64 << 62).wrapping_neg())?;
         let e = self.pbs(&u, &even)?;
-        let o = self.pbs(c, &odd)?;
         self.add(&e, &o)
     }
 
