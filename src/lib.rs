@@ -5,11 +5,16 @@
 //! Layers point one way only:
 //!
 //! ```text
-//! math  ->  ckks  ->  model  ->  plan  ->  select  ->  cli
+//! math  ->  ckks | exact  ->  model  ->  plan  ->  select  ->  cli
 //! ```
+//!
+//! `exact` (feature `exact`, on by default) is the TFHE backend: quantized heads evaluated
+//! bit-exactly with tfhe-rs (see `docs/exact.md`).
 
 pub mod ckks;
 pub mod error;
+#[cfg(feature = "exact")]
+pub mod exact;
 pub mod io;
 pub mod math;
 pub mod model;

@@ -181,6 +181,15 @@ pub struct QueryArgs {
     pub token_file: Option<PathBuf>,
 }
 
+/// Which scheme a command uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// RNS-CKKS (approximate arithmetic, polynomial activations).
+    Ckks,
+    /// TFHE via tfhe-rs (quantized integers, exact lookup-table activations); see docs/exact.md.
+    Exact,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ParamsCmd {
     /// List the frozen presets.
@@ -212,19 +221,33 @@ pub struct SelectArgs {
     /// Packing layout.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
-    /// Where to write the chosen parameters (TOML).
+    /// Where to write the chosen parameters (TOML; with --backend exact the public
+    /// quantization file, JSON).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     #[command(flatten)]
     pub flooding: FloodingArgs,
+    /// Scheme to select parameters for.
+    #[arg(long, value_enum, default_value_t = Backend::Ckks)]
+    pub backend: Backend,
+    /// Exact backend: calibration features (.npy, samples x width) used to quantize.
+    #[arg(long, value_name = "NPY")]
+    pub calib: Option<PathBuf>,
+    /// Exact backend: low-nibble removal stages per hidden neuron (accumulators of 4J+5 bits).
+    #[arg(long, default_value_t = 2, value_name = "J")]
+    pub stages: u32,
 }
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Parameter set: a preset name or a TOML file (from `params select`).
+    /// Parameter set: a preset name or a TOML file (from `params select`); CKKS only.
     #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
-    pub params: ParamsSource,
-    /// Model card (the public card is enough).
+    pub params: Option<ParamsSource>,
+    /// Scheme of the keys.
+    #[arg(long, value_enum, default_value_t = Backend::Ckks)]
+    pub backend: Backend,
+    /// Model card (the public card is enough); with --backend exact the quantization file
+    /// written by `params select --backend exact`.
     #[arg(long, value_name = "CARD")]
     pub model: PathBuf,
     /// Packing layout the keys are made for.
@@ -243,7 +266,10 @@ pub struct EncryptArgs {
     /// Key directory written by `keygen`.
     #[arg(long, value_name = "DIR")]
     pub keys: PathBuf,
-    /// Model card (the public card is enough).
+    /// Scheme of the keys.
+    #[arg(long, value_enum, default_value_t = Backend::Ckks)]
+    pub backend: Backend,
+    /// Model card (the public card is enough); with --backend exact the quantization file.
     #[arg(long, value_name = "CARD")]
     pub model: PathBuf,
     /// Features, samples x width (.npy, f32 or f64); repeat once per adapter input.
@@ -265,9 +291,18 @@ pub struct EvaluateArgs {
     /// The client's evaluation keys (eval.keys).
     #[arg(long, value_name = "FILE")]
     pub eval_keys: PathBuf,
-    /// Parameter set: a preset name or a TOML file (the client's params.toml).
+    /// Parameter set: a preset name or a TOML file (the client's params.toml); CKKS only.
     #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
-    pub params: ParamsSource,
+    pub params: Option<ParamsSource>,
+    /// Scheme of the query.
+    #[arg(long, value_enum, default_value_t = Backend::Ckks)]
+    pub backend: Backend,
+    /// Exact backend: the quantization file from `params select --backend exact`.
+    #[arg(long, value_name = "FILE")]
+    pub quant: Option<PathBuf>,
+    /// Exact backend: the calibration features the quantization file was made with.
+    #[arg(long, value_name = "NPY")]
+    pub calib: Option<PathBuf>,
     /// The encrypted query (with its `<INPUT>.json` metadata).
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
@@ -283,7 +318,10 @@ pub struct DecryptArgs {
     /// Key directory written by `keygen`.
     #[arg(long, value_name = "DIR")]
     pub keys: PathBuf,
-    /// Model card (the public card is enough).
+    /// Scheme of the keys.
+    #[arg(long, value_enum, default_value_t = Backend::Ckks)]
+    pub backend: Backend,
+    /// Model card (the public card is enough); with --backend exact the quantization file.
     #[arg(long, value_name = "CARD")]
     pub model: PathBuf,
     /// The encrypted result (with its `<INPUT>.json` metadata).

@@ -17,6 +17,8 @@ use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use serde::Serialize;
 
+#[cfg(feature = "exact")]
+use args::Backend;
 use args::{Cli, Command, ParamsCmd};
 
 /// Where output goes.
@@ -102,6 +104,18 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Params(ParamsCmd::List) => cmd::params::list(&ui),
         Command::Params(ParamsCmd::Show { params }) => cmd::params::show(params, &ui),
+        #[cfg(feature = "exact")]
+        Command::Params(ParamsCmd::Select(a)) if a.backend == Backend::Exact => {
+            cmd::exact::select(a, &ui)
+        }
+        #[cfg(feature = "exact")]
+        Command::Keygen(a) if a.backend == Backend::Exact => cmd::exact::keygen(a, &ui),
+        #[cfg(feature = "exact")]
+        Command::Encrypt(a) if a.backend == Backend::Exact => cmd::exact::encrypt(a, &ui),
+        #[cfg(feature = "exact")]
+        Command::Evaluate(a) if a.backend == Backend::Exact => cmd::exact::evaluate(a, &ui),
+        #[cfg(feature = "exact")]
+        Command::Decrypt(a) if a.backend == Backend::Exact => cmd::exact::decrypt(a, &ui),
         Command::Params(ParamsCmd::Select(a)) => cmd::params::select(a, &ui),
         Command::Keygen(a) => cmd::keygen::run(a, &ui).map(|_| ()),
         Command::Encrypt(a) => cmd::encrypt::run(a, &ui).map(|_| ()),

@@ -17,11 +17,19 @@
 mod compile;
 mod layout;
 pub mod public;
+#[cfg(feature = "exact")]
+pub mod quantize;
 mod run_ckks;
 pub mod sanitize;
+#[cfg(feature = "exact")]
+mod run_exact;
 
 pub use compile::{Mode, Plan, PlanOptions, StageReport};
 pub use layout::Segment;
 pub use public::public_structure;
+#[cfg(feature = "exact")]
+pub use quantize::{quantize, QuantPublic, QuantizeOptions, QuantizedPlan};
 pub use run_ckks::PreparedPlan;
 pub use sanitize::{FloodingConfig, SanitizeConfig, SanitizeReport};
+#[cfg(feature = "exact")]
+pub use run_exact::ExactRun;

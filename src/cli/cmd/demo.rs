@@ -21,7 +21,7 @@ use hepeft::plan::Mode;
 
 use super::{decrypt, encrypt, evaluate, keygen, publish};
 use crate::cli::args::{
-    DecryptArgs, DemoArgs, DemoModel, EncryptArgs, EvaluateArgs, KeygenArgs, ParamsSource,
+    Backend, DecryptArgs, DemoArgs, DemoModel, EncryptArgs, EvaluateArgs, KeygenArgs, ParamsSource,
 };
 use crate::cli::common::*;
 use crate::cli::Ui;
@@ -271,7 +271,8 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let keys_dir = client.join("keys");
     let kg = keygen::run(
         &KeygenArgs {
-            params: ParamsSource::Preset(preset.into()),
+            params: Some(ParamsSource::Preset(preset.into())),
+            backend: Backend::Ckks,
             model: public_card.clone(),
             mode: args.mode,
             out: keys_dir.clone(),
@@ -283,6 +284,7 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let enc = encrypt::run(
         &EncryptArgs {
             keys: keys_dir.clone(),
+            backend: Backend::Ckks,
             model: public_card.clone(),
             input: inputs,
             out: query.clone(),
@@ -296,7 +298,10 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             model: private_card.clone(),
             weights: None,
             eval_keys: keys_dir.join(EVAL_KEYS),
-            params: ParamsSource::File(keys_dir.join(PARAMS_TOML)),
+            params: Some(ParamsSource::File(keys_dir.join(PARAMS_TOML))),
+            backend: Backend::Ckks,
+            quant: None,
+            calib: None,
             input: query.clone(),
             out: result.clone(),
             // The presets cannot carry 40-bit flooding with useful precision (see
@@ -312,6 +317,7 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let dec = decrypt::run(
         &DecryptArgs {
             keys: keys_dir.clone(),
+            backend: Backend::Ckks,
             model: public_card.clone(),
             input: result.clone(),
             out: logits_path,

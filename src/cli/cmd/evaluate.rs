@@ -38,7 +38,11 @@ pub struct EvaluateReport {
 /// `hepeft evaluate`.
 pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let t_load = Instant::now();
-    let params = args.params.load()?;
+    let params = args
+        .params
+        .as_ref()
+        .context("--params is required with --backend ckks")?
+        .load()?;
     // The adapter's privacy rests on RLWE under the client's parameters too (the
     // re-randomization hides the evaluation's c_1 only if RLWE is hard): refuse a set that
     // opted out of the security check.

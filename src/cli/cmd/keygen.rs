@@ -111,7 +111,11 @@ pub fn os_rng() -> Result<ChaCha20Rng> {
 
 /// `hepeft keygen`.
 pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
-    let params = args.params.load()?;
+    let params = args
+        .params
+        .as_ref()
+        .context("--params is required with --backend ckks")?
+        .load()?;
     let mode = Mode::from(args.mode);
     let adapter = load_model(&args.model, None)?;
     let plan = public_plan(&adapter, &params, mode)?;
@@ -169,7 +173,7 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
 
     let report = KeygenReport {
         dir: dir.clone(),
-        params: args.params.label(),
+        params: args.params.as_ref().map(|p| p.label()).unwrap_or_default(),
         params_digest: params.digest_short(),
         mode: info.mode.clone(),
         structure_digest: info.structure_digest[..16].to_string(),

@@ -4,6 +4,8 @@ pub mod decrypt;
 pub mod demo;
 pub mod encrypt;
 pub mod evaluate;
+#[cfg(feature = "exact")]
+pub mod exact;
 pub mod inspect;
 pub mod keygen;
 pub mod params;

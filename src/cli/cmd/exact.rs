@@ -1,0 +1,306 @@
+//! `--backend exact` for `params select`, `keygen`, `encrypt`, `evaluate` and `decrypt`:
+//! thin wrappers over `hepeft::exact` and `hepeft::plan::{quantize, QuantizedPlan}`.
+//!
+//! Files: `params select` writes the public quantization file (JSON, no weights); `keygen`
+//! writes `secret.key`, `eval.keys` and `exact.params` (hepeft envelopes carrying the exact
+//! parameter digest); queries and results are envelopes of LWE ciphertexts.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use ndarray::Array2;
+use rand::SeedableRng as _;
+use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+
+use hepeft::exact::{generate_keys, io as xio, ClientKey, ExactParams};
+use hepeft::io::format::{read_file, write_file_atomic, FileKind, DEFAULT_MAX_PAYLOAD};
+use hepeft::model::load::load_features_npy;
+use hepeft::plan::{quantize, QuantPublic, QuantizeOptions};
+
+use crate::cli::args::{DecryptArgs, EncryptArgs, EvaluateArgs, KeygenArgs, SelectArgs};
+use crate::cli::common::*;
+use crate::cli::Ui;
+
+/// Name of the exact parameter file in a key directory.
+pub const EXACT_PARAMS: &str = "exact.params";
+
+fn read_quant(path: &Path) -> Result<(QuantPublic, ExactParams)> {
+    let q: QuantPublic = read_json(path, "exact quantization file")?;
+    let p = q
+        .checked_params()
+        .with_context(|| format!("quantization file {}", path.display()))?;
+    Ok((q, p))
+}
+
+fn client_key(dir: &Path, params: &ExactParams) -> Result<ClientKey> {
+    let path = dir.join(SECRET_KEY);
+    let env = read_file(&path, FileKind::SecretKey, DEFAULT_MAX_PAYLOAD)
+        .with_context(|| format!("reading {}", path.display()))?;
+    env.check_params(&params.digest(), "exact secret key")?;
+    Ok(xio::client_key_from_payload(params, &env.payload)?)
+}
+
+fn read_cts(
+    path: &Path,
+    params: &ExactParams,
+) -> Result<(u32, Vec<hepeft::exact::ExactCiphertext>)> {
+    let env = read_file(path, FileKind::Ciphertext, DEFAULT_MAX_PAYLOAD)
+        .with_context(|| format!("reading {}", path.display()))?;
+    env.check_params(&params.digest(), "exact ciphertext")?;
+    Ok(xio::ciphertexts_from_payload(params, &env.payload)?)
+}
+
+/// `params select --backend exact`: quantize with calibration features, write the public
+/// quantization file, report key sizes and the predicted bootstrapping count.
+pub fn select(a: &SelectArgs, ui: &Ui) -> Result<()> {
+    let adapter = load_model(&a.model, None)?;
+    let calib_path = a
+        .calib
+        .as_ref()
+        .context("--calib is required with --backend exact")?;
+    let calib = load_features_npy(calib_path)?;
+    let params = ExactParams::default_2m128()?;
+    let opts = QuantizeOptions {
+        stages: a.stages,
+        ..QuantizeOptions::default()
+    };
+    let plan = quantize(&adapter, calib.view(), &opts, &params)?;
+    let public = plan.public(&params, &opts);
+    write_json(&a.out, &public)?;
+    let text = format!(
+        "exact backend: {} (digest {})\n\
+         layers: {}, input {} bits at modulus 2^{}, output modulus 2^{}\n\
+         predicted PBS per sample: {}\n\
+         evaluation keys: {} transferred (seeded), {} in server memory\n\
+         ciphertext: {} each ({} per query, {} per result)\n\
+         failure probability: per PBS <= 2^{:.1}, per sample <= 2^{:.1}\n\
+         calibration overflows per hidden layer: {:?}\n\
+         wrote {}\n",
+        params.vetted_name(),
+        params.short_digest(),
+        plan.layers.len(),
+        public.input_bits,
+        public.input_log_modulus,
+        public.output_log_modulus,
+        public.predicted_pbs,
+        human_bytes(public.key_bytes_transferred),
+        human_bytes(public.key_bytes_memory),
+        human_bytes(public.ciphertext_bytes as u64),
+        human_bytes((public.ciphertext_bytes * public.input_dim) as u64),
+        human_bytes((public.ciphertext_bytes * public.output_dim) as u64),
+        public.max_log2_p_fail_pbs,
+        public.log2_p_fail_sample,
+        plan.report.overflows,
+        a.out.display()
+    );
+    ui.report(&public, &text, true)
+}
+
+#[derive(Debug, Serialize)]
+struct ExactKeygenReport {
+    dir: std::path::PathBuf,
+    params_digest: String,
+    secret_key_bytes: u64,
+    eval_keys_bytes: u64,
+    keygen_seconds: f64,
+}
+
+/// `keygen --backend exact --model quant.json --out DIR`.
+pub fn keygen(a: &KeygenArgs, ui: &Ui) -> Result<()> {
+    let (_, params) = read_quant(&a.model)?;
+    if a.out.join(SECRET_KEY).exists() && !a.force {
+        bail!(
+            "{} already holds a secret key; pass --force to replace it",
+            a.out.display()
+        );
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut rng =
+        ChaCha20Rng::try_from_os_rng().context("seeding the key generator from the OS")?;
+    let t = Instant::now();
+    let (ck, sk) = generate_keys(&params, &mut rng)?;
+    let keygen_seconds = t.elapsed().as_secs_f64();
+    let digest = params.digest();
+    write_file_atomic(
+        a.out.join(SECRET_KEY),
+        FileKind::SecretKey,
+        &digest,
+        &xio::client_key_to_payload(&ck),
+        Some(0o600),
+    )?;
+    write_file_atomic(
+        a.out.join(EVAL_KEYS),
+        FileKind::EvaluationKeys,
+        &digest,
+        &xio::server_key_to_payload(&sk)?,
+        None,
+    )?;
+    write_file_atomic(
+        a.out.join(EXACT_PARAMS),
+        FileKind::Parameters,
+        &digest,
+        &xio::params_to_payload(&params)?,
+        None,
+    )?;
+    let r = ExactKeygenReport {
+        dir: a.out.clone(),
+        params_digest: params.short_digest(),
+        secret_key_bytes: file_size(&a.out.join(SECRET_KEY)),
+        eval_keys_bytes: file_size(&a.out.join(EVAL_KEYS)),
+        keygen_seconds,
+    };
+    let text = format!(
+        "exact keys in {} ({}): eval.keys {}, secret.key {}, keygen {:.2} s\n",
+        r.dir.display(),
+        r.params_digest,
+        human_bytes(r.eval_keys_bytes),
+        human_bytes(r.secret_key_bytes),
+        r.keygen_seconds
+    );
+    ui.report(&r, &text, false)
+}
+
+/// `encrypt --backend exact --keys DIR --model quant.json --input x.npy --out q.ct`.
+pub fn encrypt(a: &EncryptArgs, ui: &Ui) -> Result<()> {
+    let (q, params) = read_quant(&a.model)?;
+    ensure!(
+        a.input.len() == 1,
+        "the exact backend takes exactly one --input"
+    );
+    let ck = client_key(&a.keys, &params)?;
+    let x = load_features_npy(&a.input[0])?;
+    let mut rng = ChaCha20Rng::try_from_os_rng().context("seeding the encryptor from the OS")?;
+    let mut xs = Vec::with_capacity(x.nrows() * q.input_dim);
+    for row in x.rows() {
+        xs.extend(q.quantize_input(row)?);
+    }
+    let cts = ck.encrypt_seeded(&xs, q.input_log_modulus, &mut rng)?;
+    write_file_atomic(
+        &a.out,
+        FileKind::Ciphertext,
+        &params.digest(),
+        &xio::seeded_to_payload(q.input_log_modulus, &cts)?,
+        None,
+    )?;
+    ui.note(&format!(
+        "encrypted {} sample(s) x {} features into {} ({})\n",
+        x.nrows(),
+        q.input_dim,
+        a.out.display(),
+        human_bytes(file_size(&a.out))
+    ));
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct ExactEvalReport {
+    samples: usize,
+    pbs: u64,
+    predicted_pbs_per_sample: u64,
+    expand_seconds: f64,
+    evaluate_seconds: f64,
+}
+
+/// `evaluate --backend exact --model CARD --calib NPY --quant quant.json --eval-keys FILE
+/// --input q.ct --out r.ct`: re-quantizes the model (deterministic), checks it matches the
+/// client's quantization file, then evaluates every sample.
+pub fn evaluate(a: &EvaluateArgs, ui: &Ui) -> Result<()> {
+    let quant = a
+        .quant
+        .as_ref()
+        .context("--quant is required with --backend exact")?;
+    let (q, params) = read_quant(quant)?;
+    let adapter = load_model(&a.model, a.weights.as_deref())?;
+    let calib = load_features_npy(
+        a.calib
+            .as_ref()
+            .context("--calib is required with --backend exact")?,
+    )?;
+    let plan = quantize(&adapter, calib.view(), &q.options, &params)?;
+    ensure!(
+        plan.public(&params, &q.options) == q,
+        "the model and calibration features do not reproduce {}: re-run `params select --backend exact`",
+        quant.display()
+    );
+    let env = read_file(&a.eval_keys, FileKind::EvaluationKeys, DEFAULT_MAX_PAYLOAD)
+        .with_context(|| format!("reading {}", a.eval_keys.display()))?;
+    env.check_params(&params.digest(), "exact evaluation keys")?;
+    let t = Instant::now();
+    let sk = xio::server_key_from_payload(&params, &env.payload)?.expand(&params)?;
+    let expand_seconds = t.elapsed().as_secs_f64();
+    let (p, cts) = read_cts(&a.input, &params)?;
+    ensure!(
+        p == plan.input_log_modulus(),
+        "query modulus 2^{p} != plan input modulus 2^{}",
+        plan.input_log_modulus()
+    );
+    ensure!(
+        !cts.is_empty() && cts.len() % plan.input_dim() == 0,
+        "query holds {} ciphertexts, not a multiple of the input width {}",
+        cts.len(),
+        plan.input_dim()
+    );
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let mut pbs = 0;
+    for sample in cts.chunks(plan.input_dim()) {
+        let run = plan.evaluate(&sk, sample)?;
+        pbs += run.pbs;
+        out.extend(run.outputs);
+    }
+    let evaluate_seconds = t.elapsed().as_secs_f64();
+    write_file_atomic(
+        &a.out,
+        FileKind::Ciphertext,
+        &params.digest(),
+        &xio::ciphertexts_to_payload(plan.output_log_modulus(), &out),
+        None,
+    )?;
+    let r = ExactEvalReport {
+        samples: cts.len() / plan.input_dim(),
+        pbs,
+        predicted_pbs_per_sample: plan.predicted_pbs(),
+        expand_seconds,
+        evaluate_seconds,
+    };
+    let text = format!(
+        "evaluated {} sample(s): {} PBS ({} predicted per sample), keys expanded in {:.2} s, evaluation {:.2} s\n",
+        r.samples, r.pbs, r.predicted_pbs_per_sample, r.expand_seconds, r.evaluate_seconds
+    );
+    ui.report(&r, &text, false)
+}
+
+/// `decrypt --backend exact --keys DIR --model quant.json --input r.ct --out logits.npy`.
+pub fn decrypt(a: &DecryptArgs, ui: &Ui) -> Result<()> {
+    let (q, params) = read_quant(&a.model)?;
+    let ck = client_key(&a.keys, &params)?;
+    let (p, cts) = read_cts(&a.input, &params)?;
+    ensure!(
+        p == q.output_log_modulus,
+        "result modulus 2^{p} != output modulus 2^{}",
+        q.output_log_modulus
+    );
+    ensure!(
+        !cts.is_empty() && cts.len() % q.output_dim == 0,
+        "result holds {} ciphertexts, not a multiple of the output width {}",
+        cts.len(),
+        q.output_dim
+    );
+    let samples = cts.len() / q.output_dim;
+    let ints = ck.decrypt(&cts, p)?;
+    let mut logits = Array2::zeros((samples, q.output_dim));
+    for (i, chunk) in ints.chunks(q.output_dim).enumerate() {
+        for (dst, v) in logits.row_mut(i).iter_mut().zip(q.dequantize(chunk)) {
+            *dst = v;
+        }
+    }
+    save_npy_atomic(&a.out, logits.view())?;
+    let top = crate::cli::cmd::decrypt::top_k(&logits, a.top_k.max(1));
+    let mut text = String::new();
+    for (i, t) in top.iter().enumerate() {
+        text.push_str(&format!("sample {i}: {t:?}\n"));
+    }
+    ui.report(&top, &text, true)
+}

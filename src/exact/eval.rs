@@ -1,0 +1,480 @@
+//! Ciphertexts of modular integers and the operations on them.
+//!
+//! Encoding: an integer `a mod 2^p` is the LWE phase `a · 2^(64-p)` (plus noise) in
+//! `Z_{2^64}`, under the big LWE key. Additions and products by cleartext integers are exact
+//! modulo `2^p` (wrapping `u64` arithmetic) and add no bootstrapping. A programmable
+//! bootstrapping ([`Evaluator::pbs`]: keyswitch, centred modulus switch, blind rotation,
+//! sample extraction) reads the top [`READ_BITS`] bits of the phase and returns any
+//! negacyclic function of them at any output scale, with fresh noise.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::{CryptoRng, Rng};
+use tfhe::core_crypto::prelude::*;
+
+use super::keys::{glwe_noise, seeder_from, ClientKey, ServerKey};
+use super::params::{ExactParams, READ_BITS};
+use crate::{Error, Result};
+
+/// One LWE ciphertext under the big key (k·N + 1 words).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExactCiphertext {
+    pub(crate) ct: LweCiphertextOwned<u64>,
+}
+
+impl ExactCiphertext {
+    /// Raw words (mask then body).
+    pub fn as_words(&self) -> &[u64] {
+        self.ct.as_ref()
+    }
+
+    /// Rebuilds a ciphertext from raw words.
+    ///
+    /// # Errors
+    /// [`Error::Format`] if the length is not k·N + 1.
+    pub fn from_words(params: &ExactParams, words: Vec<u64>) -> Result<Self> {
+        if words.len() != params.big_lwe_dimension() + 1 {
+            return Err(Error::format(
+                "exact ciphertext",
+                format!(
+                    "expected {} words, found {}",
+                    params.big_lwe_dimension() + 1,
+                    words.len()
+                ),
+            ));
+        }
+        Ok(Self {
+            ct: LweCiphertext::from_container(words, CiphertextModulus::new_native()),
+        })
+    }
+}
+
+fn check_log_modulus(p: u32) -> Result<()> {
+    if !(1..=62).contains(&p) {
+        return Err(Error::params(format!("log modulus {p} must be in 1..=62")));
+    }
+    Ok(())
+}
+
+/// `a mod 2^p` placed at scale `2^(64-p)`.
+pub fn encode(a: i64, p: u32) -> u64 {
+    (a as u64).wrapping_shl(64 - p)
+}
+
+/// Signed representative in `[-2^(p-1), 2^(p-1))` of `x mod 2^p`.
+pub fn to_signed(x: u64, p: u32) -> i64 {
+    let m = x & ((1u64 << p) - 1);
+    if m >> (p - 1) == 1 {
+        m as i64 - (1i64 << p)
+    } else {
+        m as i64
+    }
+}
+
+impl ClientKey {
+    /// Encrypts each `values[i] mod 2^p` under the big key with the GLWE noise distribution
+    /// (TUniform 2^17 for the default set). Cost: one (k·N)-term inner product each.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `p` is not in `1..=62`.
+    pub fn encrypt(
+        &self,
+        values: &[i64],
+        p: u32,
+        rng: &mut (impl Rng + CryptoRng),
+    ) -> Result<Vec<ExactCiphertext>> {
+        check_log_modulus(p)?;
+        let mut seeder = seeder_from(rng);
+        let mut gen =
+            EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), &mut seeder);
+        let big = self.glwe.as_lwe_secret_key();
+        let noise = glwe_noise(&self.params);
+        Ok(values
+            .iter()
+            .map(|&v| {
+                let mut ct = LweCiphertext::new(
+                    0u64,
+                    big.lwe_dimension().to_lwe_size(),
+                    CiphertextModulus::new_native(),
+                );
+                encrypt_lwe_ciphertext(&big, &mut ct, Plaintext(encode(v, p)), noise, &mut gen);
+                ExactCiphertext { ct }
+            })
+            .collect())
+    }
+
+    /// Like [`encrypt`](Self::encrypt) but seeded: the masks are regenerated from a 128-bit
+    /// seed, so a query of `len` values takes `8·len` bytes plus the seed instead of
+    /// `8·len·(k·N+1)`. Expand on the server with [`SeededCiphertexts::expand`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `p` is not in `1..=62` or `values` is empty.
+    pub fn encrypt_seeded(
+        &self,
+        values: &[i64],
+        p: u32,
+        rng: &mut (impl Rng + CryptoRng),
+    ) -> Result<SeededCiphertexts> {
+        check_log_modulus(p)?;
+        if values.is_empty() {
+            return Err(Error::params("encrypt_seeded needs at least one value"));
+        }
+        let mut seeder = seeder_from(rng);
+        let big = self.glwe.as_lwe_secret_key();
+        let mut list = SeededLweCiphertextList::new(
+            0u64,
+            big.lwe_dimension().to_lwe_size(),
+            LweCiphertextCount(values.len()),
+            seeder.seed().into(),
+            CiphertextModulus::new_native(),
+        );
+        let encoded =
+            PlaintextList::from_container(values.iter().map(|&v| encode(v, p)).collect::<Vec<_>>());
+        encrypt_seeded_lwe_ciphertext_list(
+            &big,
+            &mut list,
+            &encoded,
+            glwe_noise(&self.params),
+            &mut seeder,
+        );
+        Ok(SeededCiphertexts { list })
+    }
+
+    /// Decrypts to signed integers modulo `2^p` (rounding the phase to the nearest multiple
+    /// of `2^(64-p)`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] for a bad `p`, [`Error::DimensionMismatch`] for a
+    /// ciphertext of the wrong size.
+    pub fn decrypt(&self, cts: &[ExactCiphertext], p: u32) -> Result<Vec<i64>> {
+        check_log_modulus(p)?;
+        cts.iter()
+            .map(|c| {
+                let phase = self.phase(c)?;
+                let rounded = phase.wrapping_add(1u64 << (63 - p)) >> (64 - p);
+                Ok(to_signed(rounded, p))
+            })
+            .collect()
+    }
+
+    /// The raw phase `<a, s> - b` (for noise measurements in tests and docs).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a ciphertext of the wrong size.
+    pub fn phase(&self, c: &ExactCiphertext) -> Result<u64> {
+        let n = self.params.big_lwe_dimension();
+        if c.ct.lwe_size().0 != n + 1 {
+            return Err(Error::dims(
+                "exact ciphertext size",
+                n + 1,
+                c.ct.lwe_size().0,
+            ));
+        }
+        Ok(decrypt_lwe_ciphertext(&self.glwe.as_lwe_secret_key(), &c.ct).0)
+    }
+}
+
+/// Seeded ciphertexts (one body each plus a shared seed), as a client uploads them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SeededCiphertexts {
+    pub(crate) list: SeededLweCiphertextListOwned<u64>,
+}
+
+impl SeededCiphertexts {
+    /// Number of ciphertexts.
+    pub fn len(&self) -> usize {
+        self.list.lwe_ciphertext_count().0
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Regenerates the masks: full ciphertexts under the big key.
+    ///
+    /// # Errors
+    /// [`Error::Format`] if the ciphertext size does not match `params`.
+    pub fn expand(&self, params: &ExactParams) -> Result<Vec<ExactCiphertext>> {
+        if self.list.lwe_size().0 != params.big_lwe_dimension() + 1 {
+            return Err(Error::format(
+                "exact seeded ciphertexts",
+                "wrong LWE size for these parameters",
+            ));
+        }
+        let full = self.list.clone().decompress_into_lwe_ciphertext_list();
+        Ok(full
+            .iter()
+            .map(|c| ExactCiphertext {
+                ct: LweCiphertext::from_container(
+                    c.as_ref().to_vec(),
+                    CiphertextModulus::new_native(),
+                ),
+            })
+            .collect())
+    }
+}
+
+/// A lookup table for [`Evaluator::pbs`]: the trivially encrypted GLWE accumulator and which
+/// bootstrapping key it is meant for.
+#[derive(Clone, Debug)]
+pub struct Lut {
+    acc: GlweCiphertextOwned<u64>,
+    fine: bool,
+}
+
+impl Lut {
+    /// Table over the `2^(READ_BITS-1)` boxes of the half torus: an input whose top
+    /// `READ_BITS` phase bits are `i < 16` gives `out(i)` (a raw `u64` phase), and
+    /// `16 + i` gives `-out(i)` (negacyclicity). `fine` selects the fine bootstrapping key
+    /// (lower output noise, about twice the cost).
+    pub fn new(params: &ExactParams, fine: bool, out: impl Fn(usize) -> u64) -> Self {
+        let acc = generate_programmable_bootstrap_glwe_lut(
+            PolynomialSize(params.polynomial_size()),
+            GlweSize(params.glwe_dimension() + 1),
+            1usize << (READ_BITS - 1),
+            CiphertextModulus::new_native(),
+            1u64,
+            |i: u64| out(i as usize),
+        );
+        Self { acc, fine }
+    }
+}
+
+/// Server-side evaluator: linear algebra on ciphertexts and programmable bootstrapping.
+/// Counts the bootstrappings it performs.
+pub struct Evaluator<'a> {
+    key: &'a ServerKey,
+    pbs_count: AtomicU64,
+}
+
+impl<'a> Evaluator<'a> {
+    /// An evaluator over `key`.
+    pub fn new(key: &'a ServerKey) -> Self {
+        Self {
+            key,
+            pbs_count: AtomicU64::new(0),
+        }
+    }
+
+    /// The parameters of the key.
+    pub fn params(&self) -> &ExactParams {
+        &self.key.params
+    }
+
+    /// Bootstrappings performed so far.
+    pub fn pbs_count(&self) -> u64 {
+        self.pbs_count.load(Ordering::Relaxed)
+    }
+
+    fn check(&self, c: &ExactCiphertext) -> Result<()> {
+        let n = self.key.params.big_lwe_dimension() + 1;
+        if c.ct.lwe_size().0 != n {
+            return Err(Error::dims("exact ciphertext size", n, c.ct.lwe_size().0));
+        }
+        Ok(())
+    }
+
+    /// `sum_i w_i · x_i + bias_phase` with wrapping arithmetic: exact modulo `2^p` for any
+    /// encoding scale. Cost: `len · (k·N + 1)` word multiply-adds, no bootstrapping.
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for mismatched lengths or ciphertext sizes.
+    pub fn dot(
+        &self,
+        xs: &[ExactCiphertext],
+        w: &[i64],
+        bias_phase: u64,
+    ) -> Result<ExactCiphertext> {
+        if xs.len() != w.len() {
+            return Err(Error::dims("exact dot product", xs.len(), w.len()));
+        }
+        let n = self.key.params.big_lwe_dimension() + 1;
+        let mut acc = vec![0u64; n];
+        for (x, &wi) in xs.iter().zip(w) {
+            self.check(x)?;
+            if wi == 0 {
+                continue;
+            }
+            let wu = wi as u64;
+            for (a, &c) in acc.iter_mut().zip(x.ct.as_ref()) {
+                *a = a.wrapping_add(c.wrapping_mul(wu));
+            }
+        }
+        if let Some(b) = acc.last_mut() {
+            *b = b.wrapping_add(bias_phase);
+        }
+        Ok(ExactCiphertext {
+            ct: LweCiphertext::from_container(acc, CiphertextModulus::new_native()),
+        })
+    }
+
+    /// `c · 2^shift` (wrapping): moves the low bits of the encoded value to the top.
+    pub fn shl(&self, c: &ExactCiphertext, shift: u32) -> ExactCiphertext {
+        let mut out = c.clone();
+        for w in out.ct.as_mut() {
+            *w = w.wrapping_shl(shift);
+        }
+        out
+    }
+
+    /// `a - b + phase` (wrapping).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for ciphertexts of the wrong size.
+    pub fn sub_add(
+        &self,
+        a: &ExactCiphertext,
+        b: &ExactCiphertext,
+        phase: u64,
+    ) -> Result<ExactCiphertext> {
+        self.check(a)?;
+        self.check(b)?;
+        let mut out = a.clone();
+        lwe_ciphertext_sub_assign(&mut out.ct, &b.ct);
+        lwe_ciphertext_plaintext_add_assign(&mut out.ct, Plaintext(phase));
+        Ok(out)
+    }
+
+    /// Programmable bootstrapping in KS-PBS order: keyswitch to the small key, centred
+    /// modulus switch to 2N (as tfhe-rs's shortint does for these sets), blind rotation of
+    /// `lut`, sample extraction back under the big key.
+    ///
+    /// Cost: one keyswitch (k·N·ℓ_ks·(n+1) word operations) and n external products
+    /// (ℓ per GGSW row; the fine key costs about twice the coarse one).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a ciphertext of the wrong size.
+    pub fn pbs(&self, c: &ExactCiphertext, lut: &Lut) -> Result<ExactCiphertext> {
+        let small = self.keyswitch(c)?;
+        Ok(self.bootstrap_small(&small, lut))
+    }
+
+    /// Several lookup tables of the same input: one keyswitch, one blind rotation per
+    /// table (each counted as a PBS). Same noise as separate [`pbs`](Self::pbs) calls.
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a ciphertext of the wrong size.
+    pub fn pbs_many(&self, c: &ExactCiphertext, luts: &[&Lut]) -> Result<Vec<ExactCiphertext>> {
+        let small = self.keyswitch(c)?;
+        Ok(luts
+            .iter()
+            .map(|l| self.bootstrap_small(&small, l))
+            .collect())
+    }
+
+    fn keyswitch(&self, c: &ExactCiphertext) -> Result<LweCiphertextOwned<u64>> {
+        self.check(c)?;
+        let mut small = LweCiphertext::new(
+            0u64,
+            self.key.ksk.output_key_lwe_dimension().to_lwe_size(),
+            CiphertextModulus::new_native(),
+        );
+        keyswitch_lwe_ciphertext(&self.key.ksk, &c.ct, &mut small);
+        Ok(small)
+    }
+
+    fn bootstrap_small(&self, small: &LweCiphertextOwned<u64>, lut: &Lut) -> ExactCiphertext {
+        let key = self.key;
+        let bsk = if lut.fine { &key.bsk_fine } else { &key.bsk };
+        let log_modulus = bsk.polynomial_size().to_blind_rotation_input_modulus_log();
+        let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
+            small.as_view(),
+            log_modulus,
+        );
+        let mut acc = lut.acc.clone();
+        blind_rotate_assign(&msed, &mut acc, bsk);
+        let mut out = LweCiphertext::new(
+            0u64,
+            LweSize(key.params.big_lwe_dimension() + 1),
+            CiphertextModulus::new_native(),
+        );
+        extract_lwe_sample_from_glwe_ciphertext(&acc, &mut out, MonomialDegree(0));
+        self.pbs_count.fetch_add(1, Ordering::Relaxed);
+        ExactCiphertext { ct: out }
+    }
+
+    /// `a + b` (wrapping).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for ciphertexts of the wrong size.
+    pub fn add(&self, a: &ExactCiphertext, b: &ExactCiphertext) -> Result<ExactCiphertext> {
+        self.check(a)?;
+        self.check(b)?;
+        let mut out = a.clone();
+        lwe_ciphertext_add_assign(&mut out.ct, &b.ct);
+        Ok(out)
+    }
+
+    /// Any function of all `READ_BITS` = 5 top phase bits, without padding: for a phase
+    /// `v · 2^59 (+ noise)`, `v` in `[0, 32)`, returns `table[v] mod 2^out_p` at scale
+    /// `2^(64-out_p)`. One PBS only sees 4 bits plus a negacyclic sign, so this takes three:
+    /// a coarse sign PBS clears the top bit (`u = v mod 16`); with `e(u) = T[u] + T[u+16]`
+    /// and `o(u) = T[u] - T[u+16]`, a fine PBS of the padded `u` returns `e(u)/2` and a fine
+    /// negacyclic PBS of `v` returns `±o(u)/2` (`+` below 16, `-` above), whose sum is
+    /// `T[v]`. Halves are exact at scale `2^(63-out_p)`. Output noise: two fine PBS. The sign
+    /// and odd bootstrappings share one keyswitch (three blind rotations, two keyswitches).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `table` does not have 32 entries or `out_p` is not in
+    /// `1..=62`.
+    pub fn lut5(&self, c: &ExactCiphertext, table: &[i64], out_p: u32) -> Result<ExactCiphertext> {
+        let half = 1usize << (READ_BITS - 1);
+        if table.len() != 2 * half {
+            return Err(Error::params(format!(
+                "lut5 needs {} entries, got {}",
+                2 * half,
+                table.len()
+            )));
+        }
+        check_log_modulus(out_p)?;
+        let params = &self.key.params;
+        let sign = Lut::new(params, false, |_| (1u64 << 62).wrapping_neg());
+        let sh = 63 - out_p;
+        let t: Vec<i64> = table.to_vec();
+        let even = Lut::new(params, true, |i| {
+            let x2 = t[i % half].wrapping_add(t[i % half + half]);
+            (x2 as u64).wrapping_shl(sh)
+        });
+        let odd = Lut::new(params, true, |i| {
+            let x2 = t[i % half].wrapping_sub(t[i % half + half]);
+            (x2 as u64).wrapping_shl(sh)
+        });
+        // the sign and odd tables read the same input: one shared keyswitch
+        let mut so = self.pbs_many(c, &[&sign, &odd])?.into_iter();
+        let (Some(s), Some(o)) = (so.next(), so.next()) else {
+            return Err(Error::params("lut5: missing bootstrapping output"));
+        };
+        let u = self.sub_add(c, &s, (1u64 << 62).wrapping_neg())?;
+        let e = self.pbs(&u, &even)?;
+        self.add(&e, &o)
+    }
+
+    /// Removes the low 4 bits of a value held modulo `2^p` (`p >= READ_BITS`): returns a
+    /// ciphertext of `floor(a / 16) mod 2^(p-4)` at scale `2^(64-p+4)`, i.e. the same phase
+    /// minus `(a mod 16) · 2^(64-p)`. Exact (up to the PBS failure probability).
+    ///
+    /// Two bootstrappings: `c' = c · 2^(p-5)` puts the low 5 bits on top; a coarse "sign"
+    /// PBS returns `∓2^62` by their top bit, which clears it from `c'`; a fine PBS reads the
+    /// remaining 4 bits (now padded) and returns `(a mod 16) · 2^(64-p)`, subtracted from `c`.
+    /// The coarse output only enters the fine PBS's input, so `c` gains one fine PBS noise.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `p < 5` or `p > 62`.
+    pub fn drop_low_nibble(&self, c: &ExactCiphertext, p: u32) -> Result<ExactCiphertext> {
+        if !(READ_BITS..=62).contains(&p) {
+            return Err(Error::params(format!(
+                "drop_low_nibble needs 5 <= p <= 62, got {p}"
+            )));
+        }
+        let params = &self.key.params;
+        let top = self.shl(c, p - READ_BITS);
+        let sign = Lut::new(params, false, |_| (1u64 << 62).wrapping_neg());
+        let s = self.pbs(&top, &sign)?;
+        let low_in = self.sub_add(&top, &s, (1u64 << 62).wrapping_neg())?;
+        let scale_shift = 64 - p;
+        let low = Lut::new(params, true, move |i| (i as u64) << scale_shift);
+        let l = self.pbs(&low_in, &low)?;
+        self.sub_add(c, &l, 0)
+    }
+}

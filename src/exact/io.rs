@@ -1,0 +1,186 @@
+//! Payloads of the exact backend's files. Each is wrapped by the caller in the versioned
+//! envelope of [`io::format`](crate::io::format) with the kind ([`FileKind`]) and the
+//! parameter digest ([`ExactParams::digest`]); every payload starts with [`TAG`] so a CKKS
+//! object of the same kind is refused.
+//!
+//! | kind | payload after the tag |
+//! |---|---|
+//! | parameters | u32 length + JSON of [`ExactParamsLiteral`] |
+//! | secret key | n words (small key), then k·N words (GLWE key), binary |
+//! | evaluation keys | u32 length + bincode 1.3 of the seeded keys (tfhe-rs serde) |
+//! | ciphertext | u32 log modulus p, u64 count, then count·(k·N+1) words |
+//! | seeded ciphertexts (tag `TFHS`) | u32 p, u32 length + bincode 1.3 of the seeded list |
+
+use bincode1::Options;
+
+use crate::io::format::{FileKind, PayloadReader, PayloadWriter};
+use crate::{Error, Result};
+
+use super::eval::{ExactCiphertext, SeededCiphertexts};
+use super::keys::{ClientKey, CompressedServerKey};
+use super::params::{ExactParams, ExactParamsLiteral};
+
+/// First four payload bytes of every exact-backend object: `b"TFHE"`.
+pub const TAG: u32 = u32::from_le_bytes(*b"TFHE");
+
+/// Largest number of ciphertexts in one file.
+const MAX_CIPHERTEXTS: usize = 1 << 20;
+
+fn tag(r: &mut PayloadReader<'_>, kind: FileKind) -> Result<()> {
+    if r.u32()? != TAG {
+        return Err(Error::format(
+            kind.name(),
+            "not an exact-backend (TFHE) object; was it made with --backend ckks?",
+        ));
+    }
+    Ok(())
+}
+
+/// Parameters payload.
+///
+/// # Errors
+/// [`Error::Format`] if JSON encoding fails.
+pub fn params_to_payload(p: &ExactParams) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec(p.literal())
+        .map_err(|e| Error::format("exact parameters", e.to_string()))?;
+    let mut w = PayloadWriter::new();
+    w.u32(TAG).len_prefixed_bytes(&json)?;
+    Ok(w.into_bytes())
+}
+
+/// Parses and checks a parameters payload.
+///
+/// # Errors
+/// [`Error::Format`] for a malformed payload, [`Error::InvalidParameters`] for a literal
+/// that is not a vetted set.
+pub fn params_from_payload(bytes: &[u8]) -> Result<ExactParams> {
+    let mut r = PayloadReader::new(bytes, "exact parameters");
+    tag(&mut r, FileKind::Parameters)?;
+    let json = r.len_prefixed_bytes(1 << 16)?;
+    r.finish()?;
+    let lit: ExactParamsLiteral = serde_json::from_slice(json)
+        .map_err(|e| Error::format("exact parameters", e.to_string()))?;
+    ExactParams::from_literal(lit)
+}
+
+/// Secret-key payload. Secret: write it with owner-only permissions.
+pub fn client_key_to_payload(k: &ClientKey) -> Vec<u8> {
+    let (small, glwe) = k.raw();
+    let mut w = PayloadWriter::with_capacity(4 + 8 * (small.len() + glwe.len()));
+    w.u32(TAG).u64_slice(small).u64_slice(glwe);
+    w.into_bytes()
+}
+
+/// Parses a secret-key payload made for `params`.
+///
+/// # Errors
+/// [`Error::Format`] for a malformed payload.
+pub fn client_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<ClientKey> {
+    let mut r = PayloadReader::new(bytes, "exact secret key");
+    tag(&mut r, FileKind::SecretKey)?;
+    let small = r.u64_vec(params.lwe_dimension(), params.lwe_dimension())?;
+    let glwe = r.u64_vec(params.big_lwe_dimension(), params.big_lwe_dimension())?;
+    r.finish()?;
+    ClientKey::from_raw(params, small, glwe)
+}
+
+/// Evaluation-key payload (seeded keys, bincode 1.3 as tfhe-rs serializes them).
+///
+/// # Errors
+/// [`Error::Format`] if serialization fails.
+pub fn server_key_to_payload(k: &CompressedServerKey) -> Result<Vec<u8>> {
+    let bytes = bincode1::serialize(k)
+        .map_err(|e| Error::format("exact evaluation keys", e.to_string()))?;
+    let mut w = PayloadWriter::with_capacity(bytes.len() + 12);
+    w.u32(TAG).len_prefixed_bytes(&bytes)?;
+    Ok(w.into_bytes())
+}
+
+/// Parses an evaluation-key payload and checks its shapes against `params`.
+///
+/// # Errors
+/// [`Error::Format`] for a malformed payload, [`Error::ParameterMismatch`] for shapes that
+/// do not match.
+pub fn server_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<CompressedServerKey> {
+    let mut r = PayloadReader::new(bytes, "exact evaluation keys");
+    tag(&mut r, FileKind::EvaluationKeys)?;
+    let body = r.len_prefixed_bytes(bytes.len())?;
+    r.finish()?;
+    let (_, mem) = params.key_bytes();
+    let k: CompressedServerKey = bincode1::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(mem)
+        .deserialize(body)
+        .map_err(|e| Error::format("exact evaluation keys", e.to_string()))?;
+    k.check(params)?;
+    Ok(k)
+}
+
+/// First four payload bytes of a seeded ciphertext list: `b"TFHS"`.
+pub const TAG_SEEDED: u32 = u32::from_le_bytes(*b"TFHS");
+
+/// Seeded ciphertext payload (a query): tag, u32 `p`, u32 length + bincode 1.3 of the list.
+///
+/// # Errors
+/// [`Error::Format`] if serialization fails.
+pub fn seeded_to_payload(p: u32, cts: &SeededCiphertexts) -> Result<Vec<u8>> {
+    let bytes = bincode1::serialize(cts)
+        .map_err(|e| Error::format("exact seeded ciphertexts", e.to_string()))?;
+    let mut w = PayloadWriter::with_capacity(bytes.len() + 12);
+    w.u32(TAG_SEEDED).u32(p).len_prefixed_bytes(&bytes)?;
+    Ok(w.into_bytes())
+}
+
+/// Ciphertext payload: all ciphertexts share the log modulus `p`.
+pub fn ciphertexts_to_payload(p: u32, cts: &[ExactCiphertext]) -> Vec<u8> {
+    let words: usize = cts.iter().map(|c| c.as_words().len()).sum();
+    let mut w = PayloadWriter::with_capacity(16 + 8 * words);
+    w.u32(TAG).u32(p).u64(cts.len() as u64);
+    for c in cts {
+        w.u64_slice(c.as_words());
+    }
+    w.into_bytes()
+}
+
+/// Parses a ciphertext payload: `(p, ciphertexts)`.
+///
+/// # Errors
+/// [`Error::Format`] for a malformed payload.
+pub fn ciphertexts_from_payload(
+    params: &ExactParams,
+    bytes: &[u8],
+) -> Result<(u32, Vec<ExactCiphertext>)> {
+    if bytes.get(..4) == Some(&TAG_SEEDED.to_le_bytes()[..]) {
+        let mut r = PayloadReader::new(bytes, "exact seeded ciphertexts");
+        r.u32()?;
+        let p = r.u32()?;
+        let body = r.len_prefixed_bytes(bytes.len())?;
+        r.finish()?;
+        let limit = (MAX_CIPHERTEXTS * (params.big_lwe_dimension() + 64)) as u64 * 8;
+        let s: SeededCiphertexts = bincode1::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(limit)
+            .deserialize(body)
+            .map_err(|e| Error::format("exact seeded ciphertexts", e.to_string()))?;
+        if s.len() > MAX_CIPHERTEXTS {
+            return Err(Error::format(
+                "exact seeded ciphertexts",
+                "too many ciphertexts",
+            ));
+        }
+        return Ok((p, s.expand(params)?));
+    }
+    let mut r = PayloadReader::new(bytes, "exact ciphertext");
+    tag(&mut r, FileKind::Ciphertext)?;
+    let p = r.u32()?;
+    let count = r.count("ciphertext count", MAX_CIPHERTEXTS)?;
+    let size = params.big_lwe_dimension() + 1;
+    let mut out = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        out.push(ExactCiphertext::from_words(params, r.u64_vec(size, size)?)?);
+    }
+    r.finish()?;
+    Ok((p, out))
+}

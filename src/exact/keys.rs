@@ -1,0 +1,321 @@
+//! Client and server keys of the exact backend.
+//!
+//! The client holds a binary small LWE key (dimension n) and a binary GLWE key (k, N) whose
+//! flattening is the *big* LWE key (dimension k·N) every ciphertext of this backend is
+//! encrypted under. The server holds a keyswitching key (big -> small) and two bootstrapping
+//! keys (small -> GLWE) that differ only in their gadget decomposition: the vetted coarse
+//! one and a fine one whose output noise is lower (see [`noise`](super::noise)).
+//!
+//! Randomness: every key is drawn from tfhe-rs's AES-CTR CSPRNG, seeded with 128-bit seeds
+//! taken from the caller's [`CryptoRng`] (one seed for the secret-key generator, one for the
+//! tfhe [`DeterministicSeeder`] that derives the mask and noise seeds). Given a
+//! ChaCha20 RNG seeded from the OS, the keys are as random as tfhe's own `new_seeder()`
+//! would make them; given a fixed seed (tests) they are reproducible.
+
+use std::fmt;
+
+use rand::{CryptoRng, Rng};
+use tfhe::core_crypto::commons::generators::DeterministicSeeder;
+use tfhe::core_crypto::commons::math::random::DynamicDistribution;
+use tfhe::core_crypto::prelude::*;
+use tfhe_csprng::seeders::Seed;
+use zeroize::Zeroize;
+
+use super::params::ExactParams;
+use crate::{Error, Result};
+
+pub(crate) fn seeder_from(
+    rng: &mut (impl Rng + CryptoRng),
+) -> DeterministicSeeder<DefaultRandomGenerator> {
+    DeterministicSeeder::<DefaultRandomGenerator>::new(Seed(rng.random::<u128>()))
+}
+
+pub(crate) fn glwe_noise(p: &ExactParams) -> DynamicDistribution<u64> {
+    DynamicDistribution::new_t_uniform(p.literal().glwe_noise_log2)
+}
+
+pub(crate) fn lwe_noise(p: &ExactParams) -> DynamicDistribution<u64> {
+    DynamicDistribution::new_t_uniform(p.literal().lwe_noise_log2)
+}
+
+/// The client's secret keys. Zeroized on drop; `Debug` never prints key material.
+pub struct ClientKey {
+    pub(crate) params: ExactParams,
+    pub(crate) small: LweSecretKeyOwned<u64>,
+    pub(crate) glwe: GlweSecretKeyOwned<u64>,
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ClientKey {{ params: {}, <redacted> }}",
+            self.params.short_digest()
+        )
+    }
+}
+
+impl Drop for ClientKey {
+    fn drop(&mut self) {
+        self.small.as_mut().zeroize();
+        self.glwe.as_mut().zeroize();
+    }
+}
+
+/// Evaluation keys as sent to the server: seeded (masks are regenerated from a seed), about
+/// `n+1` times smaller than expanded. [`expand`](Self::expand) gives the [`ServerKey`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CompressedServerKey {
+    pub(crate) ksk: SeededLweKeyswitchKeyOwned<u64>,
+    pub(crate) bsk: SeededLweBootstrapKeyOwned<u64>,
+    pub(crate) bsk_fine: SeededLweBootstrapKeyOwned<u64>,
+}
+
+/// Expanded evaluation keys: keyswitching key and the two Fourier bootstrapping keys.
+pub struct ServerKey {
+    pub(crate) params: ExactParams,
+    pub(crate) ksk: LweKeyswitchKeyOwned<u64>,
+    pub(crate) bsk: FourierLweBootstrapKeyOwned,
+    pub(crate) bsk_fine: FourierLweBootstrapKeyOwned,
+}
+
+impl fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerKey {{ params: {} }}", self.params.short_digest())
+    }
+}
+
+/// Generates a client key and the matching (seeded) evaluation keys.
+///
+/// Cost: one keyswitching key (k·N·ℓ_ks encryptions under n) and two bootstrapping keys
+/// (n GGSW encryptions each), about 2-4 s on one core for the default set.
+///
+/// # Errors
+/// None at present; the signature leaves room for parameter checks.
+pub fn generate_keys(
+    params: &ExactParams,
+    rng: &mut (impl Rng + CryptoRng),
+) -> Result<(ClientKey, CompressedServerKey)> {
+    let l = params.literal();
+    let mut secret_gen =
+        SecretRandomGenerator::<DefaultRandomGenerator>::new(Seed(rng.random::<u128>()));
+    let mut seeder = seeder_from(rng);
+    let small = LweSecretKey::generate_new_binary(LweDimension(l.lwe_dimension), &mut secret_gen);
+    let glwe = GlweSecretKey::generate_new_binary(
+        GlweDimension(l.glwe_dimension),
+        PolynomialSize(l.polynomial_size),
+        &mut secret_gen,
+    );
+    let modulus = CiphertextModulus::new_native();
+    let ksk = allocate_and_generate_new_seeded_lwe_keyswitch_key(
+        &glwe.as_lwe_secret_key(),
+        &small,
+        DecompositionBaseLog(l.ks_base_log),
+        DecompositionLevelCount(l.ks_level),
+        lwe_noise(params),
+        modulus,
+        &mut seeder,
+    );
+    let bsk = par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
+        &small,
+        &glwe,
+        DecompositionBaseLog(l.pbs_base_log),
+        DecompositionLevelCount(l.pbs_level),
+        glwe_noise(params),
+        modulus,
+        &mut seeder,
+    );
+    let bsk_fine = par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
+        &small,
+        &glwe,
+        DecompositionBaseLog(l.fine_base_log),
+        DecompositionLevelCount(l.fine_level),
+        glwe_noise(params),
+        modulus,
+        &mut seeder,
+    );
+    Ok((
+        ClientKey {
+            params: params.clone(),
+            small,
+            glwe,
+        },
+        CompressedServerKey { ksk, bsk, bsk_fine },
+    ))
+}
+
+impl ClientKey {
+    /// The parameters the key was made for.
+    pub fn params(&self) -> &ExactParams {
+        &self.params
+    }
+
+    /// Rebuilds a client key from its raw binary coefficients (file loading).
+    ///
+    /// # Errors
+    /// [`Error::Format`] if a length or a coefficient (not 0/1) is wrong.
+    pub fn from_raw(params: &ExactParams, small: Vec<u64>, glwe: Vec<u64>) -> Result<Self> {
+        if small.len() != params.lwe_dimension() || glwe.len() != params.big_lwe_dimension() {
+            return Err(Error::format(
+                "exact secret key",
+                "wrong key length for these parameters",
+            ));
+        }
+        if small.iter().chain(glwe.iter()).any(|&b| b > 1) {
+            return Err(Error::format(
+                "exact secret key",
+                "coefficients must be binary",
+            ));
+        }
+        Ok(Self {
+            params: params.clone(),
+            small: LweSecretKey::from_container(small),
+            glwe: GlweSecretKey::from_container(glwe, PolynomialSize(params.polynomial_size())),
+        })
+    }
+
+    /// Raw coefficients `(small, glwe)` for serialization. Secret: handle with care.
+    pub fn raw(&self) -> (&[u64], &[u64]) {
+        (self.small.as_ref(), self.glwe.as_ref())
+    }
+}
+
+impl CompressedServerKey {
+    /// Checks that the key's shapes match `params`.
+    ///
+    /// # Errors
+    /// [`Error::ParameterMismatch`] naming the first differing dimension.
+    pub fn check(&self, params: &ExactParams) -> Result<()> {
+        let l = params.literal();
+        let checks = [
+            (
+                "keyswitch input dimension",
+                self.ksk.input_key_lwe_dimension().0,
+                params.big_lwe_dimension(),
+            ),
+            (
+                "keyswitch output dimension",
+                self.ksk.output_key_lwe_dimension().0,
+                l.lwe_dimension,
+            ),
+            (
+                "keyswitch base log",
+                self.ksk.decomposition_base_log().0,
+                l.ks_base_log,
+            ),
+            (
+                "keyswitch levels",
+                self.ksk.decomposition_level_count().0,
+                l.ks_level,
+            ),
+            (
+                "bsk input dimension",
+                self.bsk.input_lwe_dimension().0,
+                l.lwe_dimension,
+            ),
+            (
+                "bsk polynomial size",
+                self.bsk.polynomial_size().0,
+                l.polynomial_size,
+            ),
+            (
+                "bsk glwe size",
+                self.bsk.glwe_size().0,
+                l.glwe_dimension + 1,
+            ),
+            (
+                "bsk base log",
+                self.bsk.decomposition_base_log().0,
+                l.pbs_base_log,
+            ),
+            (
+                "bsk levels",
+                self.bsk.decomposition_level_count().0,
+                l.pbs_level,
+            ),
+            (
+                "fine bsk input dimension",
+                self.bsk_fine.input_lwe_dimension().0,
+                l.lwe_dimension,
+            ),
+            (
+                "fine bsk polynomial size",
+                self.bsk_fine.polynomial_size().0,
+                l.polynomial_size,
+            ),
+            (
+                "fine bsk glwe size",
+                self.bsk_fine.glwe_size().0,
+                l.glwe_dimension + 1,
+            ),
+            (
+                "fine bsk base log",
+                self.bsk_fine.decomposition_base_log().0,
+                l.fine_base_log,
+            ),
+            (
+                "fine bsk levels",
+                self.bsk_fine.decomposition_level_count().0,
+                l.fine_level,
+            ),
+        ];
+        for (what, found, expected) in checks {
+            if found != expected {
+                return Err(Error::ParameterMismatch {
+                    what: format!("exact evaluation key ({what})"),
+                    expected: expected.to_string(),
+                    found: found.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the seeded key material (what travels to the server).
+    pub fn transfer_bytes(&self) -> u64 {
+        8 * (self.ksk.as_ref().len() + self.bsk.as_ref().len() + self.bsk_fine.as_ref().len())
+            as u64
+    }
+
+    /// Regenerates the masks and converts the bootstrapping keys to the Fourier domain.
+    ///
+    /// Cost: about 1-2 s (mask regeneration and 2·n·(k+1)·ℓ FFTs), parallel with rayon.
+    ///
+    /// # Errors
+    /// [`Error::ParameterMismatch`] if the key does not match `params`.
+    pub fn expand(&self, params: &ExactParams) -> Result<ServerKey> {
+        self.check(params)?;
+        let ksk = self.ksk.as_view().decompress_into_lwe_keyswitch_key();
+        let to_fourier = |seeded: &SeededLweBootstrapKeyOwned<u64>| {
+            let std_bsk = seeded.as_view().par_decompress_into_lwe_bootstrap_key();
+            let mut f = FourierLweBootstrapKey::new(
+                std_bsk.input_lwe_dimension(),
+                std_bsk.glwe_size(),
+                std_bsk.polynomial_size(),
+                std_bsk.decomposition_base_log(),
+                std_bsk.decomposition_level_count(),
+            );
+            par_convert_standard_lwe_bootstrap_key_to_fourier(&std_bsk, &mut f);
+            f
+        };
+        Ok(ServerKey {
+            params: params.clone(),
+            ksk,
+            bsk: to_fourier(&self.bsk),
+            bsk_fine: to_fourier(&self.bsk_fine),
+        })
+    }
+}
+
+impl ServerKey {
+    /// The parameters the key was made for.
+    pub fn params(&self) -> &ExactParams {
+        &self.params
+    }
+
+    /// Bytes held in memory (keyswitching key words + Fourier coefficients).
+    pub fn memory_bytes(&self) -> u64 {
+        8 * self.ksk.as_ref().len() as u64
+            + 16 * (self.bsk.as_view().data().len() + self.bsk_fine.as_view().data().len()) as u64
+    }
+}

@@ -1,0 +1,109 @@
+//! Runs a [`QuantizedPlan`] on TFHE ciphertexts (the exact backend).
+//!
+//! Per hidden neuron: one leveled dot product (no bootstrapping), `J` low-nibble removals
+//! (two bootstrappings each) and a lookup table (one bootstrapping for 4-bit tables, three
+//! for 5-bit ones) that applies the activation, requantizes and re-encodes the result at the next layer's modulus. The
+//! output layer is a leveled dot product only. Neurons run in parallel with rayon.
+
+use rand::{CryptoRng, Rng};
+use rayon::prelude::*;
+
+use super::quantize::QuantizedPlan;
+use crate::exact::{encode, ClientKey, Evaluator, ExactCiphertext, Lut, ServerKey};
+use crate::{Error, Result};
+
+/// Result of one encrypted evaluation.
+#[derive(Clone, Debug)]
+pub struct ExactRun {
+    /// Encrypted outputs, modulo `2^plan.output_log_modulus()`.
+    pub outputs: Vec<ExactCiphertext>,
+    /// Bootstrappings performed.
+    pub pbs: u64,
+}
+
+impl QuantizedPlan {
+    /// Client side: quantizes nothing, encrypts already quantized inputs at the plan's
+    /// input modulus.
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a wrong width.
+    pub fn encrypt_input(
+        &self,
+        key: &ClientKey,
+        xq: &[i64],
+        rng: &mut (impl Rng + CryptoRng),
+    ) -> Result<Vec<ExactCiphertext>> {
+        if xq.len() != self.input_dim() {
+            return Err(Error::dims("exact input", self.input_dim(), xq.len()));
+        }
+        key.encrypt(xq, self.input_log_modulus(), rng)
+    }
+
+    /// Client side: decrypts the outputs to the integers of [`reference`](Self::reference).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a wrong count.
+    pub fn decrypt_output(&self, key: &ClientKey, cts: &[ExactCiphertext]) -> Result<Vec<i64>> {
+        if cts.len() != self.output_dim() {
+            return Err(Error::dims("exact outputs", self.output_dim(), cts.len()));
+        }
+        key.decrypt(cts, self.output_log_modulus())
+    }
+
+    /// Server side: evaluates the plan on encrypted inputs. Cost:
+    /// [`predicted_pbs`](Self::predicted_pbs) bootstrappings plus one leveled dot product per
+    /// neuron; the count actually performed is returned in [`ExactRun::pbs`].
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a wrong input count or ciphertext size.
+    pub fn evaluate(&self, key: &ServerKey, inputs: &[ExactCiphertext]) -> Result<ExactRun> {
+        if inputs.len() != self.input_dim() {
+            return Err(Error::dims(
+                "exact encrypted input",
+                self.input_dim(),
+                inputs.len(),
+            ));
+        }
+        let ev = Evaluator::new(key);
+        let params = key.params();
+        let mut xs = inputs.to_vec();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let p = layer.log_modulus;
+            let next_p = self.layers.get(li + 1).map_or(p, |l| l.log_modulus);
+            xs = (0..layer.out_dim)
+                .into_par_iter()
+                .map(|j| {
+                    let row = layer
+                        .weights
+                        .get(j * layer.in_dim..(j + 1) * layer.in_dim)
+                        .ok_or_else(|| Error::dims("exact weights", layer.in_dim, 0))?;
+                    let b = layer.bias.get(j).copied().unwrap_or(0);
+                    let mut acc = ev.dot(&xs, row, encode(b, p))?;
+                    let Some(act) = &layer.activation else {
+                        return Ok(acc);
+                    };
+                    let mut pc = p;
+                    for _ in 0..act.stages {
+                        acc = ev.drop_low_nibble(&acc, pc)?;
+                        pc -= 4;
+                    }
+                    let table = act.tables.get(j).ok_or_else(|| {
+                        Error::dims("exact activation tables", layer.out_dim, act.tables.len())
+                    })?;
+                    if act.bits == 5 {
+                        return ev.lut5(&acc, table, next_p);
+                    }
+                    if table.len() != 16 {
+                        return Err(Error::dims("exact activation table", 16, table.len()));
+                    }
+                    let lut = Lut::new(params, true, |i| encode(table[i % 16], next_p));
+                    ev.pbs(&acc, &lut)
+                })
+                .collect::<Result<Vec<_>>>()?;
+        }
+        Ok(ExactRun {
+            outputs: xs,
+            pbs: ev.pbs_count(),
+        })
+    }
+}

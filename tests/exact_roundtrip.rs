@@ -1,0 +1,424 @@
+//! Exact (TFHE) backend: encryption, bootstrapping, noise and bit-exact heads.
+//!
+//! Release mode only in practice (`cargo test --release --test exact_roundtrip`): one key
+//! generation (~ seconds) is shared by all tests of this file.
+#![cfg(feature = "exact")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::OnceLock;
+
+use hepeft::exact::noise;
+use hepeft::exact::{encode, generate_keys, ClientKey, Evaluator, ExactParams, Lut, ServerKey};
+use hepeft::model::{Activation, ActivationFn, Adapter, AdapterBuilder, Op};
+use hepeft::plan::{quantize, QuantizeOptions};
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+struct Keys {
+    params: ExactParams,
+    client: ClientKey,
+    server: ServerKey,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let params = ExactParams::default_2m128().unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let t = std::time::Instant::now();
+        let (client, compressed) = generate_keys(&params, &mut rng).unwrap();
+        let server = compressed.expand(&params).unwrap();
+        eprintln!(
+            "keygen + expand {:.2} s; transferred {} B, in memory {} B",
+            t.elapsed().as_secs_f64(),
+            compressed.transfer_bytes(),
+            server.memory_bytes()
+        );
+        Keys {
+            params,
+            client,
+            server,
+        }
+    })
+}
+
+fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+#[test]
+fn params_are_the_vetted_set_and_reject_changes() {
+    let p = ExactParams::default_2m128().unwrap();
+    assert_eq!(p.lwe_dimension(), 918);
+    assert_eq!(p.big_lwe_dimension(), 2048);
+    assert!(p.vetted_log2_p_fail() <= -128.0);
+    let mut lit = p.literal().clone();
+    lit.lwe_dimension = 800;
+    assert!(ExactParams::from_literal(lit).is_err());
+    let mut lit = p.literal().clone();
+    lit.glwe_noise_log2 = 10;
+    assert!(ExactParams::from_literal(lit).is_err());
+    let mut lit = p.literal().clone();
+    lit.fine_level = 0;
+    assert!(ExactParams::from_literal(lit).is_err());
+    assert!(ExactParams::vetted("PARAM_MADE_UP", 15, 2).is_err());
+    // changing only the fine decomposition is allowed and changes the digest
+    let q = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 11, 3).unwrap();
+    assert_ne!(p.digest(), q.digest());
+    let (t, m) = p.key_bytes();
+    assert!(t < m);
+}
+
+#[test]
+fn noise_model_figures() {
+    let p = ExactParams::default_2m128().unwrap();
+    let lg = |v: f64| v.log2() / 2.0;
+    let coarse = noise::pbs_variance(&p, false);
+    let fine = noise::pbs_variance(&p, true);
+    eprintln!(
+        "sigma (log2): fresh {:.1}, ks {:.1}, ms {:.1}, pbs coarse {:.1}, pbs fine {:.1}",
+        lg(noise::fresh_variance(&p)),
+        lg(noise::keyswitch_variance(&p)),
+        lg(noise::modulus_switch_variance(&p)),
+        lg(coarse),
+        lg(fine)
+    );
+    // the vetted criterion: 5 nominal PBS noises, read at 5 bits, fail at most 2^-128
+    let pf = noise::pbs_log2_p_fail(&p, 5.0 * coarse);
+    eprintln!(
+        "log2 p_fail at the vetted noise level 5: {pf:.1} (tfhe-rs: {:.1})",
+        p.vetted_log2_p_fail()
+    );
+    assert!(
+        (pf - p.vetted_log2_p_fail()).abs() < 3.0,
+        "model {pf} vs tfhe {}",
+        p.vetted_log2_p_fail()
+    );
+    assert!(fine < coarse / 16.0);
+    assert!(noise::log2_erfc(0.0).abs() < 1e-6);
+    assert!((noise::log2_erfc(1.0) - 0.157_299_207_f64.log2()).abs() < 1e-5);
+}
+
+#[test]
+fn encrypt_decrypt_roundtrip_modular() {
+    let k = keys();
+    let mut r = rng(1);
+    for p in [2u32, 8, 13, 30, 40] {
+        let half = 1i64 << (p - 1);
+        let vals: Vec<i64> = (0..8).map(|_| r.random_range(-half..half)).collect();
+        let cts = k.client.encrypt(&vals, p, &mut r).unwrap();
+        assert_eq!(k.client.decrypt(&cts, p).unwrap(), vals, "p = {p}");
+    }
+    assert!(k.client.encrypt(&[1], 0, &mut r).is_err());
+    assert!(k.client.encrypt(&[1], 63, &mut r).is_err());
+}
+
+#[test]
+fn leveled_dot_product_is_exact_mod_2p() {
+    let k = keys();
+    let ev = Evaluator::new(&k.server);
+    let mut r = rng(2);
+    let p = 20;
+    let xs: Vec<i64> = (0..384).map(|_| r.random_range(-31..=31)).collect();
+    let ws: Vec<i64> = (0..384).map(|_| r.random_range(-127..=127)).collect();
+    let cts = k.client.encrypt(&xs, p, &mut r).unwrap();
+    let acc = ev.dot(&cts, &ws, encode(1234, p)).unwrap();
+    let want: i64 = xs.iter().zip(&ws).map(|(x, w)| x * w).sum::<i64>() + 1234;
+    let got = k.client.decrypt(&[acc], p).unwrap()[0];
+    assert_eq!(got, hepeft::exact::to_signed(want as u64, p));
+    assert_eq!(ev.pbs_count(), 0);
+    assert!(ev.dot(&cts, &ws[..10], 0).is_err());
+}
+
+#[test]
+fn drop_low_nibble_is_exact_on_random_values() {
+    let k = keys();
+    let ev = Evaluator::new(&k.server);
+    let mut r = rng(3);
+    for p in [5u32, 9, 13, 21] {
+        for _ in 0..6 {
+            let v: i64 = r.random_range(0..(1i64 << p));
+            let ct = k.client.encrypt(&[v], p, &mut r).unwrap();
+            let out = ev.drop_low_nibble(&ct[0], p).unwrap();
+            let got = k.client.decrypt(&[out], p - 4).unwrap()[0];
+            assert_eq!(
+                got,
+                hepeft::exact::to_signed((v >> 4) as u64, p - 4),
+                "p = {p}, v = {v}"
+            );
+        }
+    }
+    assert_eq!(ev.pbs_count(), 4 * 6 * 2);
+    assert!(ev
+        .drop_low_nibble(&k.client.encrypt(&[1], 4, &mut r).unwrap()[0], 4)
+        .is_err());
+}
+
+/// Measured output noise of both bootstrapping keys against the model.
+#[test]
+fn pbs_noise_matches_model() {
+    let k = keys();
+    let ev = Evaluator::new(&k.server);
+    let mut r = rng(4);
+    let p = 5u32;
+    for fine in [false, true] {
+        let lut = Lut::new(&k.params, fine, |i| encode(i as i64, 10));
+        let mut sq = 0.0f64;
+        let n = 40;
+        for _ in 0..n {
+            let v: i64 = r.random_range(0..16);
+            let ct = k.client.encrypt(&[v], p, &mut r).unwrap();
+            let out = ev.pbs(&ct[0], &lut).unwrap();
+            let phase = k.client.phase(&out).unwrap();
+            let err = phase.wrapping_sub(encode(v, 10)) as i64 as f64;
+            sq += err * err;
+        }
+        let measured = sq / n as f64;
+        let model = noise::pbs_variance(&k.params, fine);
+        let ratio = (measured / model).sqrt();
+        eprintln!(
+            "pbs {} noise: measured sigma 2^{:.2}, model 2^{:.2} (ratio {ratio:.2})",
+            if fine { "fine" } else { "coarse" },
+            measured.log2() / 2.0,
+            model.log2() / 2.0
+        );
+        assert!(ratio > 0.5 && ratio < 1.5, "ratio {ratio}");
+    }
+}
+
+fn head(
+    rng: &mut impl Rng,
+    d: usize,
+    hidden: &[usize],
+    classes: usize,
+    act: ActivationFn,
+) -> Adapter {
+    let mut b = AdapterBuilder::new();
+    let mut x = b.input("x", d).unwrap();
+    let mut width = d;
+    for (i, &h) in hidden.iter().enumerate() {
+        let bound = 1.0 / (width as f64).sqrt();
+        let w = Array2::from_shape_simple_fn((h, width), || rng.random_range(-bound..=bound));
+        let bias = Array1::from_shape_simple_fn(h, || rng.random_range(-0.1..=0.1));
+        x = b
+            .node(
+                &format!("fc{i}"),
+                Op::Linear {
+                    weight: w,
+                    bias: Some(bias),
+                },
+                &[x],
+            )
+            .unwrap();
+        x = b
+            .node(
+                &format!("act{i}"),
+                Op::Poly(Activation::fit(act, -4.0, 4.0, 7).unwrap()),
+                &[x],
+            )
+            .unwrap();
+        width = h;
+    }
+    let bound = 1.0 / (width as f64).sqrt();
+    let w = Array2::from_shape_simple_fn((classes, width), || rng.random_range(-bound..=bound));
+    let bias = Array1::from_shape_simple_fn(classes, || rng.random_range(-0.1..=0.1));
+    b.node(
+        "out",
+        Op::Linear {
+            weight: w,
+            bias: Some(bias),
+        },
+        &[x],
+    )
+    .unwrap();
+    b.build().unwrap()
+}
+
+fn features(rng: &mut impl Rng, n: usize, d: usize) -> Array2<f64> {
+    Array2::from_shape_simple_fn((n, d), || rng.random_range(-1.0..=1.0))
+}
+
+/// The encrypted run equals the integer reference bit for bit, and performs exactly the
+/// predicted number of bootstrappings.
+fn check_bit_exact(adapter: &Adapter, opts: &QuantizeOptions, samples: usize, seed: u64) {
+    let k = keys();
+    let mut r = rng(seed);
+    let d = adapter.input_dims()[0];
+    let calib = features(&mut r, 64, d);
+    let plan = quantize(adapter, calib.view(), opts, &k.params).unwrap();
+    let test = features(&mut r, samples, d);
+    for row in test.rows() {
+        let xq = plan.quantize_input(row).unwrap();
+        let want = plan.reference(&xq).unwrap();
+        let cts = plan.encrypt_input(&k.client, &xq, &mut r).unwrap();
+        let run = plan.evaluate(&k.server, &cts).unwrap();
+        let got = plan.decrypt_output(&k.client, &run.outputs).unwrap();
+        assert_eq!(got, want, "encrypted != integer reference");
+        assert_eq!(run.pbs, plan.predicted_pbs());
+    }
+    eprintln!(
+        "bit-exact on {samples} samples: {} PBS/sample, p_in {}, p_out {}, log2 p_fail/sample {:.1}",
+        plan.predicted_pbs(),
+        plan.input_log_modulus(),
+        plan.output_log_modulus(),
+        plan.report.log2_p_fail_sample
+    );
+}
+
+#[test]
+fn bit_exact_relu_heads() {
+    let mut r = rng(10);
+    for (i, &(d, h, c)) in [(12usize, 3usize, 3usize), (20, 4, 2)].iter().enumerate() {
+        let a = head(&mut r, d, &[h], c, ActivationFn::Relu);
+        check_bit_exact(&a, &QuantizeOptions::default(), 3, 100 + i as u64);
+    }
+}
+
+#[test]
+fn bit_exact_four_bit_tables() {
+    let mut r = rng(15);
+    let a = head(&mut r, 12, &[3], 3, ActivationFn::Relu);
+    let opts = QuantizeOptions {
+        activation_bits: 4,
+        ..QuantizeOptions::default()
+    };
+    check_bit_exact(&a, &opts, 3, 400);
+}
+
+#[test]
+fn lut5_reads_all_five_bits() {
+    let k = keys();
+    let ev = Evaluator::new(&k.server);
+    let mut r = rng(16);
+    let table: Vec<i64> = (0..32).map(|i| (i * i) as i64 - 100).collect();
+    for v in [0i64, 7, 15, 16, 23, 31] {
+        let ct = k.client.encrypt(&[v], 5, &mut r).unwrap();
+        let out = ev.lut5(&ct[0], &table, 12).unwrap();
+        assert_eq!(
+            k.client.decrypt(&[out], 12).unwrap()[0],
+            table[v as usize],
+            "v = {v}"
+        );
+    }
+    assert_eq!(ev.pbs_count(), 18);
+    assert!(ev
+        .lut5(
+            &k.client.encrypt(&[0], 5, &mut r).unwrap()[0],
+            &table[..16],
+            12
+        )
+        .is_err());
+}
+
+#[test]
+fn bit_exact_gelu_one_stage_and_two_hidden_layers() {
+    let mut r = rng(11);
+    let a = head(&mut r, 16, &[3], 3, ActivationFn::Gelu);
+    let opts = QuantizeOptions {
+        stages: 1,
+        ..QuantizeOptions::default()
+    };
+    check_bit_exact(&a, &opts, 3, 200);
+    let a = head(&mut r, 10, &[3, 3], 2, ActivationFn::Relu);
+    check_bit_exact(&a, &QuantizeOptions::default(), 2, 201);
+}
+
+#[test]
+fn bit_exact_lora_head_without_bootstrapping() {
+    let mut r = rng(12);
+    let a = hepeft::model::zoo::lora_head(&mut r, 32, 4, 5).unwrap();
+    check_bit_exact(&a, &QuantizeOptions::default(), 4, 300);
+}
+
+#[test]
+fn unsupported_graphs_and_bad_inputs_are_errors() {
+    let k = keys();
+    let mut r = rng(13);
+    // bottleneck has a residual around the activation
+    let a = hepeft::model::zoo::bottleneck(&mut r, 8, 4, ActivationFn::Relu, 3, (-4.0, 4.0), 3)
+        .unwrap();
+    let calib = features(&mut r, 8, 8);
+    let e = quantize(&a, calib.view(), &QuantizeOptions::default(), &k.params).unwrap_err();
+    assert!(e.to_string().contains("exact backend"), "{e}");
+    let a = head(&mut r, 8, &[3], 2, ActivationFn::Relu);
+    // wrong calibration width, empty calibration, bad options
+    assert!(quantize(
+        &a,
+        features(&mut r, 4, 9).view(),
+        &QuantizeOptions::default(),
+        &k.params
+    )
+    .is_err());
+    assert!(quantize(
+        &a,
+        features(&mut r, 0, 8).view(),
+        &QuantizeOptions::default(),
+        &k.params
+    )
+    .is_err());
+    let bad = QuantizeOptions {
+        stages: 0,
+        ..QuantizeOptions::default()
+    };
+    assert!(quantize(&a, calib.view(), &bad, &k.params).is_err());
+    let bad = QuantizeOptions {
+        input_bits: 1,
+        ..QuantizeOptions::default()
+    };
+    assert!(quantize(&a, calib.view(), &bad, &k.params).is_err());
+    // too many stages: the shifted noise breaks the 2^-128 target and is refused
+    let deep = QuantizeOptions {
+        stages: 12,
+        ..QuantizeOptions::default()
+    };
+    assert!(quantize(&a, calib.view(), &deep, &k.params).is_err());
+    let plan = quantize(&a, calib.view(), &QuantizeOptions::default(), &k.params).unwrap();
+    assert!(plan.quantize_input(Array1::zeros(7).view()).is_err());
+    assert!(plan
+        .quantize_input(Array1::from_elem(8, f64::NAN).view())
+        .is_err());
+    assert!(plan.reference(&[0; 3]).is_err());
+    let cts = k
+        .client
+        .encrypt(&[0; 7], plan.input_log_modulus(), &mut r)
+        .unwrap();
+    assert!(plan.evaluate(&k.server, &cts).is_err());
+    assert!(plan.decrypt_output(&k.client, &cts).is_err());
+}
+
+#[test]
+fn keys_of_other_parameters_are_refused() {
+    let k = keys();
+    let other = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 11, 3).unwrap();
+    let mut r = rng(14);
+    let (_, compressed) = generate_keys(&k.params, &mut r).unwrap();
+    let e = compressed.expand(&other).unwrap_err();
+    assert!(e.to_string().contains("fine bsk"), "{e}");
+    let payload = hepeft::exact::io::server_key_to_payload(&compressed).unwrap();
+    assert!(hepeft::exact::io::server_key_from_payload(&other, &payload).is_err());
+    let back = hepeft::exact::io::server_key_from_payload(&k.params, &payload).unwrap();
+    assert_eq!(back.transfer_bytes(), compressed.transfer_bytes());
+    // ciphertext and key payload round trips, and tag checks
+    let cts = k.client.encrypt(&[1, -2, 3], 9, &mut r).unwrap();
+    let bytes = hepeft::exact::io::ciphertexts_to_payload(9, &cts);
+    let (p, back) = hepeft::exact::io::ciphertexts_from_payload(&k.params, &bytes).unwrap();
+    assert_eq!(p, 9);
+    assert_eq!(k.client.decrypt(&back, 9).unwrap(), vec![1, -2, 3]);
+    let sk = hepeft::exact::io::client_key_to_payload(&k.client);
+    let ck2 = hepeft::exact::io::client_key_from_payload(&k.params, &sk).unwrap();
+    assert_eq!(ck2.decrypt(&cts, 9).unwrap(), vec![1, -2, 3]);
+    assert!(hepeft::exact::io::client_key_from_payload(&other, &sk[..sk.len() - 8]).is_err());
+    // seeded query: much smaller, decrypts the same after expansion
+    let seeded = k
+        .client
+        .encrypt_seeded(&[5, -6, 7, 100], 12, &mut r)
+        .unwrap();
+    let bytes = hepeft::exact::io::seeded_to_payload(12, &seeded).unwrap();
+    assert!(bytes.len() < 200, "{}", bytes.len());
+    let (p, full) = hepeft::exact::io::ciphertexts_from_payload(&k.params, &bytes).unwrap();
+    assert_eq!(p, 12);
+    assert_eq!(k.client.decrypt(&full, 12).unwrap(), vec![5, -6, 7, 100]);
+    assert!(hepeft::exact::io::ciphertexts_from_payload(&k.params, &sk).is_err());
+    assert!(format!("{:?}", k.client).contains("redacted"));
+}
