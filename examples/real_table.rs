@@ -6,8 +6,8 @@
 //! * one query in the latency layout (one sample, rotations), as a client would send it:
 //!   client encrypt, server evaluate with 1 and 2 threads, client decrypt (medians of
 //!   `REPS` samples; the server time includes the output sanitization the CLI and the
-//!   service always run: mask, drop to level 0, re-randomize; flooding off, its predicted
-//!   cost is a separate column), bytes up (query envelope), bytes down (sanitized result
+//!   service always run: mask where a level is left, drop to level 0, re-randomize; noise
+//!   flooding off: see docs/threat-model.md for its cost), bytes up (query envelope), bytes down (sanitized result
 //!   envelope), evaluation key bytes (sent once), parameters and their security;
 //! * the same query turned into end-to-end latency on a LAN (1 Gbps, 0.5 ms round trip) and a
 //!   WAN (400 Mbps, 4 ms), the way CryptPEFT reports its figures (0.79 s LAN / 2.52 s WAN per
@@ -21,7 +21,7 @@ use hepeft::ckks::serialize::CiphertextBundle;
 use hepeft::ckks::*;
 use hepeft::model::load::{load_card, load_features_npy};
 use hepeft::model::{reference, Adapter};
-use hepeft::plan::{public_structure, FloodingConfig, Mode, Plan, PlanOptions, SanitizeConfig};
+use hepeft::plan::{public_structure, Mode, Plan, PlanOptions, SanitizeConfig};
 use hepeft::select::{select, SelectRequest};
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Slice};
 use rand::SeedableRng;
@@ -95,8 +95,6 @@ struct Measured {
     down: usize,
     keys: usize,
     params: String,
-    /// Predicted precision (bits) left by 20-bit noise flooding.
-    flooded20: f64,
 }
 
 fn pools() -> [rayon::ThreadPool; 2] {
@@ -276,7 +274,6 @@ fn measure(task: &Task, adapter_name: &str, reps: usize, pools: &[rayon::ThreadP
             params.max_level(),
             params.security()
         ),
-        flooded20: server_plan.flooded_precision_bits(&FloodingConfig::new(20, 1)),
     }
 }
 
@@ -300,11 +297,11 @@ fn main() {
             rows.push(measure(&task, &name, reps, &pools));
         }
     }
-    println!("| task / adapter | plaintext acc. | encrypted acc. (argmax = plaintext) | client encrypt ms | server evaluate ms, 1 thread | 2 threads | client decrypt ms | bytes up | bytes down | evaluation keys (once) | parameters, security | bits left by 20-bit flooding (predicted) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| task / adapter | plaintext acc. | encrypted acc. (argmax = plaintext) | client encrypt ms | server evaluate ms, 1 thread | 2 threads | client decrypt ms | bytes up | bytes down | evaluation keys (once) | parameters, security |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.4} | {:.4} ({}) | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {:.4} | {:.4} ({}) | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
             r.name,
             r.plain_acc,
             r.enc_acc,
@@ -316,8 +313,7 @@ fn main() {
             mib(r.up),
             mib(r.down),
             mib(r.keys),
-            r.params,
-            r.flooded20
+            r.params
         );
     }
     println!();
