@@ -20,6 +20,7 @@ use rand_chacha::ChaCha20Rng;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use hepeft::model::reference::argmax;
 
 /// d -> h (bias) -> ReLU -> c (bias), weights uniform in ±1/sqrt(fan_in). The activation
 /// node is a degree-`deg` fit of ReLU on [-4, 4]: CKKS evaluates the polynomial, the exact
@@ -68,18 +69,6 @@ fn relu_head(
     (b.build().unwrap(), [w1, w2], [b1, b2])
 }
 
-fn argmax(v: ndarray::ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
-}
 
 /// (argmax agreement, relative RMS error) of `got` against `want`.
 fn agreement(got: ArrayView2<f64>, want: ArrayView2<f64>) -> (f64, f64) {

@@ -23,25 +23,19 @@ use hepeft::model::load::{load_card, load_features_npy};
 use hepeft::model::{reference, Adapter};
 use hepeft::plan::{public_structure, Mode, Plan, PlanOptions, SanitizeConfig};
 use hepeft::select::{select, SelectRequest};
-use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Slice};
+use ndarray::{Array2, ArrayView2, Axis, Slice};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use hepeft::model::reference::argmax;
 
 /// Precision asked of the selector (see tests/real_adapters.rs for why 20 and not 16).
 const PRECISION_BITS: u32 = 20;
 const LAN: (f64, f64) = (1e9, 0.5e-3);
 const WAN: (f64, f64) = (400e6, 4e-3);
 
-fn argmax(v: ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap()
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -19,16 +19,8 @@ use rand_chacha::ChaCha20Rng;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use hepeft::model::reference::argmax;
 
-fn argmax(v: ndarray::ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f64::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
-}
 
 fn main() -> hepeft::Result<()> {
     let args: Vec<String> = std::env::args().collect();

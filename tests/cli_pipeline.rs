@@ -12,6 +12,7 @@ use hepeft::model::{reference, zoo, Adapter};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use hepeft::model::reference::argmax;
 
 const PRESET: &str = "CKKS_N13_QP200_128";
 const OTHER_PRESET: &str = "CKKS_N13_QP212_128";
@@ -172,13 +173,6 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn argmax(v: ndarray::ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0
-}
 
 #[test]
 fn pipeline_matches_the_plaintext_twin() {

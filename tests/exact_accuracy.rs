@@ -12,6 +12,7 @@ use hepeft::plan::{quantize, QuantizeOptions};
 use ndarray::{Array1, Array2, ArrayView2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use hepeft::model::reference::argmax;
 
 fn head(rng: &mut ChaCha20Rng, d: usize, h: usize, c: usize, act: ActivationFn) -> Adapter {
     let mut m = |r: usize, k: usize| {
@@ -49,18 +50,6 @@ fn head(rng: &mut ChaCha20Rng, d: usize, h: usize, c: usize, act: ActivationFn) 
     b.build().unwrap()
 }
 
-fn argmax(v: ndarray::ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
-}
 
 fn agreement(got: ArrayView2<f64>, want: ArrayView2<f64>) -> (f64, f64) {
     let agree = got

@@ -11,19 +11,13 @@ use hepeft::plan::{Mode, Plan, PlanOptions};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use std::sync::Arc;
+use hepeft::model::reference::argmax;
 
 struct Outcome {
     bits: f64,
     argmax_equal: bool,
 }
 
-fn argmax(v: ndarray::ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap()
-}
 
 /// Runs `adapter` encrypted on `samples` random inputs and compares with the reference.
 fn run(

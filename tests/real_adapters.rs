@@ -10,24 +10,18 @@ use hepeft::model::load::{load_card, load_features_npy};
 use hepeft::model::{reference, Adapter};
 use hepeft::plan::{public_structure, Mode, Plan, PlanOptions};
 use hepeft::select::{select, SelectRequest};
-use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use hepeft::model::reference::argmax;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real")
 }
 
-fn argmax(v: ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap()
-}
 
 fn accuracy(logits: &Array2<f64>, labels: &[usize]) -> f64 {
     let hits = logits

@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use hepeft::model::reference::argmax;
 
 const PRESET: &str = "CKKS_N13_QP200_128";
 
@@ -59,13 +60,6 @@ fn lora_keys() -> &'static ClientKeys {
     })
 }
 
-fn argmax(v: ndarray::ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap()
-}
 
 /// Bits of precision relative to the largest logit, and whether every argmax agrees.
 fn compare(got: &Array2<f64>, want: &Array2<f64>) -> (f64, bool) {

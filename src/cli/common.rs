@@ -360,10 +360,4 @@ pub fn secs(d: std::time::Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
 }
 
-/// Index of the largest value (NaN-safe total order).
-pub fn argmax(v: ndarray::ArrayView1<f64>) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
+pub use hepeft::model::reference::argmax;

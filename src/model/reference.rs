@@ -118,6 +118,34 @@ enum PolyMode {
     ExactFn,
 }
 
+/// Index of the largest entry of `v` (the first on ties, in IEEE total order); 0 for an
+/// empty vector. O(len).
+pub fn argmax(v: ArrayView1<f64>) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if v.get(best).is_some_and(|b| x.total_cmp(b) == std::cmp::Ordering::Greater) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// How many rows of `got` have the same [`argmax`] as the matching row of `want` (the
+/// "argmax agreement" every encrypted-vs-plaintext comparison reports).
+///
+/// # Errors
+/// [`Error::DimensionMismatch`] if the shapes differ.
+pub fn argmax_agreement(got: ArrayView2<f64>, want: ArrayView2<f64>) -> Result<usize> {
+    if got.dim() != want.dim() {
+        return Err(Error::dims("rows x columns", want.len(), got.len()));
+    }
+    Ok(got
+        .axis_iter(Axis(0))
+        .zip(want.axis_iter(Axis(0)))
+        .filter(|(a, b)| argmax(*a) == argmax(*b))
+        .count())
+}
+
 /// Evaluates `adapter` on one sample; `inputs[i]` is the vector for input `i`.
 ///
 /// Returns the output vector (width [`Adapter::output_dim`]) and the interval report.
@@ -343,4 +371,23 @@ fn run(
         .pop()
         .ok_or_else(|| Error::model("adapter has no node"))?;
     Ok((out, report))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(array![0.5, 2.0, -1.0, 2.0].view()), 1);
+        assert_eq!(argmax(array![-3.0].view()), 0);
+        assert_eq!(argmax(Array1::<f64>::zeros(0).view()), 0);
+        assert_eq!(argmax(array![1.0, f64::INFINITY, 3.0].view()), 1);
+        let got = array![[0.1, 0.9], [0.8, 0.2], [0.5, 0.4]];
+        let want = array![[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]];
+        assert_eq!(argmax_agreement(got.view(), want.view()).unwrap(), 2);
+        assert!(argmax_agreement(got.view(), want.t()).is_err());
+    }
 }
