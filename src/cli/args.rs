@@ -236,6 +236,10 @@ pub struct SelectArgs {
     /// Exact backend: low-nibble removal stages per hidden neuron (accumulators of 4J+5 bits).
     #[arg(long, default_value_t = 2, value_name = "J")]
     pub stages: u32,
+    /// Exact backend: the server returns an encrypted one-hot vector of the predicted class
+    /// instead of the logits (recorded in the quantization file; at most 16 classes).
+    #[arg(long)]
+    pub argmax: bool,
 }
 
 #[derive(Debug, Args)]

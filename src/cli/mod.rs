@@ -116,6 +116,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) if a.backend == Backend::Exact => cmd::exact::evaluate(a, &ui),
         #[cfg(feature = "exact")]
         Command::Decrypt(a) if a.backend == Backend::Exact => cmd::exact::decrypt(a, &ui),
+        Command::Params(ParamsCmd::Select(a)) if a.argmax => Err(anyhow::anyhow!(
+            "--argmax (encrypted argmax) needs --backend exact"
+        )),
         Command::Params(ParamsCmd::Select(a)) => cmd::params::select(a, &ui),
         Command::Keygen(a) => cmd::keygen::run(a, &ui).map(|_| ()),
         Command::Encrypt(a) => cmd::encrypt::run(a, &ui).map(|_| ()),

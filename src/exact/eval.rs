@@ -462,18 +462,33 @@ impl<'a> Evaluator<'a> {
     /// # Errors
     /// [`Error::InvalidParameters`] if `p < 5` or `p > 62`.
     pub fn drop_low_nibble(&self, c: &ExactCiphertext, p: u32) -> Result<ExactCiphertext> {
-        if !(READ_BITS..=62).contains(&p) {
+        self.drop_low_bits(c, p, READ_BITS - 1)
+    }
+
+    /// Removes the low `k` bits (`1 <= k <= 4`) of a value held modulo `2^p`
+    /// (`k + 1 <= p <= 62`): returns `floor(a / 2^k) mod 2^(p-k)` at scale `2^(64-p+k)`, the
+    /// same phase minus `(a mod 2^k) · 2^(64-p)`. As [`drop_low_nibble`](Self::drop_low_nibble)
+    /// (which is `k = 4`), with `c · 2^(p-k-1)` putting the low `k + 1` bits on top: they
+    /// sit at multiples of `2^(63-k)`, which are box centres for `k <= 4`, so the same two
+    /// bootstrappings (coarse sign, fine low part) read them exactly, with the same noise.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `k` or `p` is out of range.
+    pub fn drop_low_bits(&self, c: &ExactCiphertext, p: u32, k: u32) -> Result<ExactCiphertext> {
+        if !(1..READ_BITS).contains(&k) || !(k + 1..=62).contains(&p) {
             return Err(Error::params(format!(
-                "drop_low_nibble needs 5 <= p <= 62, got {p}"
+                "drop_low_bits needs 1 <= k <= 4 and k + 1 <= p <= 62, got k = {k}, p = {p}"
             )));
         }
         let params = &self.key.params;
-        let top = self.shl(c, p - READ_BITS);
+        let top = self.shl(c, p - k - 1);
         let sign = Lut::new(params, false, |_| (1u64 << 62).wrapping_neg());
         let s = self.pbs(&top, &sign)?;
         let low_in = self.sub_add(&top, &s, (1u64 << 62).wrapping_neg())?;
         let scale_shift = 64 - p;
-        let low = Lut::new(params, true, move |i| (i as u64) << scale_shift);
+        // box i holds the low value u = i >> (4 - k) (values sit at u · 2^(63-k))
+        let spread = READ_BITS - 1 - k;
+        let low = Lut::new(params, true, move |i| ((i as u64) >> spread) << scale_shift);
         let l = self.pbs(&low_in, &low)?;
         self.sub_add(c, &l, 0)
     }

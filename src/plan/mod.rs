@@ -20,16 +20,19 @@ pub mod public;
 #[cfg(feature = "exact")]
 pub mod quantize;
 mod run_ckks;
-pub mod sanitize;
 #[cfg(feature = "exact")]
 mod run_exact;
+pub mod sanitize;
 
 pub use compile::{Mode, Plan, PlanOptions, StageReport};
 pub use layout::Segment;
 pub use public::public_structure;
 #[cfg(feature = "exact")]
-pub use quantize::{quantize, QuantPublic, QuantizeOptions, QuantizedPlan};
+pub use quantize::{
+    argmax_one_hot, argmax_pbs, argmax_reductions, quantize, QuantPublic, QuantizeOptions,
+    QuantizedPlan, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES,
+};
 pub use run_ckks::PreparedPlan;
-pub use sanitize::{FloodingConfig, SanitizeConfig, SanitizeReport};
 #[cfg(feature = "exact")]
 pub use run_exact::ExactRun;
+pub use sanitize::{FloodingConfig, SanitizeConfig, SanitizeReport};

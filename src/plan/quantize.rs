@@ -34,6 +34,89 @@ use crate::{Error, Result};
 /// Boxes one bootstrapping distinguishes on the padded half torus.
 const BOXES: usize = 16;
 
+/// Most classes the encrypted argmax handles: the win count of a class (`0..classes`) is
+/// read by one bootstrapping, which distinguishes 16 values.
+pub const ARGMAX_MAX_CLASSES: usize = 16;
+
+/// Modulus (log2) of the encrypted one-hot bits the client decrypts.
+pub const ARGMAX_LOG_MODULUS: u32 = 2;
+
+/// The integer reference of the encrypted argmax: the one-hot vector of the logits `l`
+/// (signed, held modulo `2^p`). For every pair `i < j`, `d = (l_i - l_j) mod 2^p` read as a
+/// signed `p`-bit integer; `i` beats `j` iff `d >= 0` (ties go to the lower index), else `j`
+/// beats `i`. Class `i` gets 1 iff it beats all `classes - 1` others. Without wrap-around
+/// (`|l_i - l_j| < 2^(p-1)`, which the planner's headroom gives on calibration data) this is
+/// the one-hot of the first maximal logit; with wrap-around the tournament may have no
+/// winner (all zeros), never two.
+pub fn argmax_one_hot(logits: &[i64], p: u32) -> Vec<i64> {
+    let p = p.clamp(1, 62);
+    let c = logits.len();
+    let mut wins = vec![0usize; c];
+    for (i, &a) in logits.iter().enumerate() {
+        for (j, &b) in logits.iter().enumerate().skip(i + 1) {
+            let d = crate::exact::to_signed(wrap(a.wrapping_sub(b), p), p);
+            if let Some(w) = wins.get_mut(if d >= 0 { i } else { j }) {
+                *w += 1;
+            }
+        }
+    }
+    wins.iter().map(|&w| i64::from(w + 1 == c)).collect()
+}
+
+/// Bits removed by each reduction stage of a logit difference held modulo `2^p` before its
+/// sign is read with one bootstrapping (5 bits are left): stages of 4, then a last stage of
+/// `(p - 5) mod 4` bits if that is not zero. Empty for `p <= 5`. The 4-bit stages come
+/// first because the first stage reads the difference with its full noise multiplied by
+/// `2^(p-k-1)`, which is smallest (`2^(p-5)`, the same margin as decrypting the logit) for
+/// `k = 4`.
+pub fn argmax_reductions(p: u32) -> Vec<u32> {
+    if p <= 5 {
+        return Vec::new();
+    }
+    let r = (p - 5) % 4;
+    let mut v: Vec<u32> = std::iter::repeat_n(4, ((p - 5) / 4) as usize).collect();
+    if r > 0 {
+        v.push(r);
+    }
+    v
+}
+
+/// Bootstrappings of the encrypted argmax of `classes` logits held modulo `2^p`:
+/// `C(C-1)/2 · (2R + 1) + C` with `R = ceil((p - 5) / 4)` reduction stages per pair (two
+/// bootstrappings each), one sign read per pair and one equality read per class.
+pub fn argmax_pbs(classes: usize, p: u32) -> u64 {
+    let c = classes as u64;
+    let pairs = c * c.saturating_sub(1) / 2;
+    pairs * (2 * argmax_reductions(p).len() as u64 + 1) + c
+}
+
+/// Per-bootstrapping failure probabilities (log2, with multiplicities) of the encrypted
+/// argmax, for differences of noise variance `var_diff`: per stage, the coarse read of the
+/// shifted difference and the fine read of its low part (as in the hidden layers), then the
+/// fine sign read, then the coarse read of each win count (a sum of `classes - 1` fine
+/// sign outputs).
+fn argmax_pfails(params: &ExactParams, p: u32, var_diff: f64, classes: usize) -> Vec<(f64, usize)> {
+    let fine = noise::pbs_variance(params, true);
+    let coarse = noise::pbs_variance(params, false);
+    let pairs = (classes * classes.saturating_sub(1) / 2).max(1);
+    let mut out = Vec::new();
+    let mut cur = var_diff;
+    let mut pc = p.max(5);
+    for k in argmax_reductions(p) {
+        let top = cur * 4f64.powi((pc - k - 1) as i32);
+        out.push((noise::pbs_log2_p_fail(params, top), pairs));
+        out.push((noise::pbs_log2_p_fail(params, top + coarse), pairs));
+        cur += fine;
+        pc -= k;
+    }
+    out.push((noise::pbs_log2_p_fail(params, cur), pairs));
+    out.push((
+        noise::pbs_log2_p_fail(params, classes.saturating_sub(1) as f64 * fine),
+        classes,
+    ));
+    out
+}
+
 /// Options of [`quantize`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QuantizeOptions {
@@ -53,6 +136,11 @@ pub struct QuantizeOptions {
     pub output_weight_bits: u32,
     /// Fraction of the representable pre-activation range the calibrated maximum fills.
     pub range_fill: f64,
+    /// Encrypted argmax: the server returns an encrypted one-hot vector of the predicted
+    /// class (see [`argmax_one_hot`]) instead of the logits. At most [`ARGMAX_MAX_CLASSES`]
+    /// classes.
+    #[serde(default)]
+    pub argmax: bool,
 }
 
 impl Default for QuantizeOptions {
@@ -65,6 +153,7 @@ impl Default for QuantizeOptions {
             activation_bits: 5,
             output_weight_bits: 8,
             range_fill: 0.9,
+            argmax: false,
         }
     }
 }
@@ -132,6 +221,8 @@ pub struct QuantizedPlan {
     pub input_bits: u32,
     /// The layers, input to output.
     pub layers: Vec<QuantizedLayer>,
+    /// Outputs are the one-hot argmax of the logits (see [`argmax_one_hot`]).
+    pub argmax: bool,
     /// Calibration and noise report.
     pub report: QuantReport,
 }
@@ -360,6 +451,14 @@ pub fn quantize(
 ) -> Result<QuantizedPlan> {
     check_options(opts)?;
     let layers = chain(adapter)?;
+    if opts.argmax {
+        let classes = layers.last().map_or(0, |l| l.w.nrows());
+        if !(1..=ARGMAX_MAX_CLASSES).contains(&classes) {
+            return Err(Error::params(format!(
+                "exact backend: encrypted argmax supports 1..={ARGMAX_MAX_CLASSES} classes, the head has {classes}"
+            )));
+        }
+    }
     let d = adapter.inputs()[0].dim;
     if calib.ncols() != d {
         return Err(Error::dims("exact calibration features", d, calib.ncols()));
@@ -447,8 +546,30 @@ pub fn quantize(
                 let p = bits_for(max_acc).max(opts.input_bits + 1).max(2);
                 let var = max_row_norm2(&weights, in_dim) * var_in;
                 let pf = noise::log2_p_fail(var, 2f64.powi(63 - p as i32));
-                if p <= 62 && pf <= MAX_LOG2_P_FAIL {
-                    decrypt_pf = pf;
+                let arg_pf = if opts.argmax && p <= 62 {
+                    // both logits read the same input noise: the difference's noise is
+                    // (w_i - w_j) · e, so its variance is ‖w_i - w_j‖² var_in
+                    argmax_pfails(
+                        params,
+                        p,
+                        max_pair_diff_norm2(&weights, in_dim) * var_in,
+                        out_dim,
+                    )
+                } else {
+                    Vec::new()
+                };
+                let arg_worst = arg_pf.iter().map(|q| q.0).fold(f64::NEG_INFINITY, f64::max);
+                if p <= 62 && pf <= MAX_LOG2_P_FAIL && arg_worst <= MAX_LOG2_P_FAIL {
+                    decrypt_pf = if opts.argmax {
+                        // the client decrypts the one-hot bits (coarse PBS outputs)
+                        noise::log2_p_fail(
+                            noise::pbs_variance(params, false),
+                            2f64.powi(63 - ARGMAX_LOG_MODULUS as i32),
+                        )
+                    } else {
+                        pf
+                    };
+                    pfails.extend(arg_pf);
                     break QuantizedLayer {
                         in_dim,
                         out_dim,
@@ -462,8 +583,10 @@ pub fn quantize(
                 }
                 if bits <= 2 {
                     return Err(Error::params(format!(
-                        "exact backend: no output weight width keeps decryption below 2^{MAX_LOG2_P_FAIL} \
-                         (last try: {bits} bits, log modulus {p}, log2 p_fail {pf:.1})"
+                        "exact backend: no output weight width keeps decryption{} below 2^{MAX_LOG2_P_FAIL} \
+                         (last try: {bits} bits, log modulus {p}, log2 p_fail {pf:.1}{})",
+                        if opts.argmax { " and the argmax bootstrappings" } else { "" },
+                        if opts.argmax { format!(", argmax {arg_worst:.1}") } else { String::new() }
                     )));
                 }
                 bits -= 1;
@@ -486,6 +609,7 @@ pub fn quantize(
         input_scale,
         input_bits: opts.input_bits,
         layers: out_layers,
+        argmax: opts.argmax,
         report: QuantReport {
             samples: calib.nrows(),
             overflows,
@@ -604,6 +728,26 @@ fn max_row_norm2(w: &[i64], in_dim: usize) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Largest `‖w_i - w_j‖²` over pairs of rows (0 for fewer than two rows).
+fn max_pair_diff_norm2(w: &[i64], in_dim: usize) -> f64 {
+    let rows: Vec<&[i64]> = w.chunks(in_dim.max(1)).collect();
+    let mut best = 0.0f64;
+    for (i, a) in rows.iter().enumerate() {
+        for b in rows.iter().skip(i + 1) {
+            let n: f64 = a
+                .iter()
+                .zip(b.iter())
+                .map(|(&x, &y)| {
+                    let d = (x - y) as f64;
+                    d * d
+                })
+                .sum();
+            best = best.max(n);
+        }
+    }
+    best
+}
+
 fn quantize_vec(x: ArrayView1<f64>, scale: f64, bits: u32) -> Vec<i64> {
     let q = (1i64 << (bits - 1)) - 1;
     x.iter()
@@ -663,23 +807,40 @@ impl QuantizedPlan {
         self.layers.first().map_or(1, |l| l.log_modulus)
     }
 
-    /// Modulus (log2) of the outputs the client decrypts.
+    /// Modulus (log2) of the outputs the client decrypts: the logits' modulus, or
+    /// [`ARGMAX_LOG_MODULUS`] with the encrypted argmax.
     pub fn output_log_modulus(&self) -> u32 {
+        if self.argmax {
+            ARGMAX_LOG_MODULUS
+        } else {
+            self.logits_log_modulus()
+        }
+    }
+
+    /// Modulus (log2) the logits are held at (the output layer's accumulator).
+    pub fn logits_log_modulus(&self) -> u32 {
         self.layers.last().map_or(1, |l| l.log_modulus)
     }
 
     /// Bootstrappings per sample: `2J + 1` per hidden neuron with 4-bit tables, `2J + 3`
-    /// with 5-bit tables; none for linear layers.
+    /// with 5-bit tables; none for linear layers; plus [`argmax_pbs`] with the argmax.
     pub fn predicted_pbs(&self) -> u64 {
-        self.layers
-            .iter()
-            .filter_map(|l| {
-                l.activation.as_ref().map(|a| {
-                    let table = if a.bits == 5 { 3 } else { 1 };
-                    l.out_dim as u64 * (2 * a.stages as u64 + table)
+        let argmax = if self.argmax {
+            argmax_pbs(self.output_dim(), self.logits_log_modulus())
+        } else {
+            0
+        };
+        argmax
+            + self
+                .layers
+                .iter()
+                .filter_map(|l| {
+                    l.activation.as_ref().map(|a| {
+                        let table = if a.bits == 5 { 3 } else { 1 };
+                        l.out_dim as u64 * (2 * a.stages as u64 + table)
+                    })
                 })
-            })
-            .sum()
+                .sum::<u64>()
     }
 
     /// Quantizes one input vector (clamped to the input width).
@@ -700,11 +861,26 @@ impl QuantizedPlan {
         Ok(quantize_vec(x, self.input_scale, self.input_bits))
     }
 
-    /// The integer reference: outputs modulo `2^output_log_modulus`, signed.
+    /// The integer reference: outputs modulo `2^output_log_modulus`, signed (the one-hot
+    /// [`argmax_one_hot`] of the logits with the argmax).
     ///
     /// # Errors
     /// [`Error::DimensionMismatch`] for a wrong input width.
     pub fn reference(&self, xq: &[i64]) -> Result<Vec<i64>> {
+        let logits = self.reference_logits(xq)?;
+        Ok(if self.argmax {
+            argmax_one_hot(&logits, self.logits_log_modulus())
+        } else {
+            logits
+        })
+    }
+
+    /// The integer logits modulo `2^logits_log_modulus`, signed (what the encrypted run
+    /// computes before the argmax, if any).
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a wrong input width.
+    pub fn reference_logits(&self, xq: &[i64]) -> Result<Vec<i64>> {
         if xq.len() != self.input_dim() {
             return Err(Error::dims(
                 "exact reference input",
@@ -735,8 +911,12 @@ impl QuantizedPlan {
         Ok(x)
     }
 
-    /// Real outputs from integer outputs (`y_j · s_in · s_w[j]`).
+    /// Real outputs from integer outputs (`y_j · s_in · s_w[j]`; the one-hot unchanged with
+    /// the argmax).
     pub fn dequantize(&self, y: &[i64]) -> Vec<f64> {
+        if self.argmax {
+            return y.iter().map(|&v| v as f64).collect();
+        }
         match self.layers.last() {
             Some(l) => y
                 .iter()
@@ -791,7 +971,8 @@ pub struct QuantPublic {
     pub input_log_modulus: u32,
     /// Modulus (log2) of encrypted outputs.
     pub output_log_modulus: u32,
-    /// Real value of one output unit, per output.
+    /// Real value of one output unit, per output (all 1 with the argmax: the outputs are
+    /// the one-hot vector, see [`QuantizeOptions::argmax`], recorded in `options`).
     pub output_scales: Vec<f64>,
     /// Bootstrappings per sample.
     pub predicted_pbs: u64,
@@ -822,11 +1003,14 @@ impl QuantizedPlan {
             input_bits: self.input_bits,
             input_log_modulus: self.input_log_modulus(),
             output_log_modulus: self.output_log_modulus(),
-            output_scales: self
-                .layers
-                .last()
-                .map(|l| l.weight_scales.iter().map(|s| s * l.input_scale).collect())
-                .unwrap_or_default(),
+            output_scales: if self.argmax {
+                vec![1.0; self.output_dim()]
+            } else {
+                self.layers
+                    .last()
+                    .map(|l| l.weight_scales.iter().map(|s| s * l.input_scale).collect())
+                    .unwrap_or_default()
+            },
             predicted_pbs: self.predicted_pbs(),
             key_bytes_transferred: t,
             key_bytes_memory: m,

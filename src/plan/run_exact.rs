@@ -3,12 +3,14 @@
 //! Per hidden neuron: one leveled dot product (no bootstrapping), `J` low-nibble removals
 //! (two bootstrappings each) and a lookup table (one bootstrapping for 4-bit tables, three
 //! for 5-bit ones) that applies the activation, requantizes and re-encodes the result at the next layer's modulus. The
-//! output layer is a leveled dot product only. Neurons run in parallel with rayon.
+//! output layer is a leveled dot product only. Neurons run in parallel with rayon. With
+//! [`QuantizeOptions::argmax`](super::QuantizeOptions::argmax) the logits are then turned
+//! into an encrypted one-hot vector (see `encrypted_argmax`).
 
 use rand::{CryptoRng, Rng};
 use rayon::prelude::*;
 
-use super::quantize::QuantizedPlan;
+use super::quantize::{argmax_reductions, QuantizedPlan, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES};
 use crate::exact::{encode, ClientKey, Evaluator, ExactCiphertext, Lut, ServerKey};
 use crate::{Error, Result};
 
@@ -101,9 +103,77 @@ impl QuantizedPlan {
                 })
                 .collect::<Result<Vec<_>>>()?;
         }
+        if self.argmax {
+            xs = encrypted_argmax(&ev, &xs, self.logits_log_modulus())?;
+        }
         Ok(ExactRun {
             outputs: xs,
             pbs: ev.pbs_count(),
         })
     }
+}
+
+/// The encrypted one-hot argmax of logits held modulo `2^p` (the twin of
+/// [`argmax_one_hot`](super::quantize::argmax_one_hot)): per pair `i < j`, the difference
+/// `l_i - l_j` (leveled), reduced to its top 5 bits by [`argmax_reductions`] (two
+/// bootstrappings per stage), then a fine sign bootstrapping returning `+2^58` if `i` wins
+/// (`d >= 0`) and `-2^58` otherwise; the win count of class `i`, at scale `2^59`, is the
+/// leveled sum `(C-1)·2^58 + Σ_{j>i} s_ij - Σ_{j<i} s_ji`; one coarse bootstrapping per
+/// class maps `C - 1` wins to 1 and anything else to 0, at modulus
+/// `2^`[`ARGMAX_LOG_MODULUS`]. Cost: [`argmax_pbs`](super::quantize::argmax_pbs).
+fn encrypted_argmax(
+    ev: &Evaluator<'_>,
+    logits: &[ExactCiphertext],
+    p: u32,
+) -> Result<Vec<ExactCiphertext>> {
+    let c = logits.len();
+    if c > ARGMAX_MAX_CLASSES {
+        return Err(Error::params(format!(
+            "encrypted argmax supports at most {ARGMAX_MAX_CLASSES} classes, got {c}"
+        )));
+    }
+    let params = ev.params();
+    let stages = argmax_reductions(p);
+    let half_box = 1u64 << 58;
+    let sign = Lut::new(params, true, |_| half_box);
+    let pairs: Vec<(usize, usize)> = (0..c)
+        .flat_map(|i| (i + 1..c).map(move |j| (i, j)))
+        .collect();
+    let signs = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            let (Some(a), Some(b)) = (logits.get(i), logits.get(j)) else {
+                return Err(Error::dims("exact argmax logits", c, logits.len()));
+            };
+            // for p < 5 the phase d·2^(64-p) already is (d·2^(5-p))·2^59
+            let mut d = ev.sub_add(a, b, 0)?;
+            let mut pc = p.max(5);
+            for &k in &stages {
+                d = ev.drop_low_bits(&d, pc, k)?;
+                pc -= k;
+            }
+            ev.pbs(&d, &sign)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let one = encode(1, ARGMAX_LOG_MODULUS);
+    let target = c.saturating_sub(1);
+    let is_winner = Lut::new(params, false, move |v| if v == target { one } else { 0 });
+    (0..c)
+        .into_par_iter()
+        .map(|i| {
+            let mut acc = ev.dot(
+                &[],
+                &[],
+                (c.saturating_sub(1) as u64).wrapping_mul(half_box),
+            )?;
+            for (&(a, b), s) in pairs.iter().zip(&signs) {
+                if a == i {
+                    acc = ev.add(&acc, s)?;
+                } else if b == i {
+                    acc = ev.sub_add(&acc, s, 0)?;
+                }
+            }
+            ev.pbs(&acc, &is_winner)
+        })
+        .collect()
 }

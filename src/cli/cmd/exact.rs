@@ -64,6 +64,7 @@ pub fn select(a: &SelectArgs, ui: &Ui) -> Result<()> {
     let params = ExactParams::default_2m128()?;
     let opts = QuantizeOptions {
         stages: a.stages,
+        argmax: a.argmax,
         ..QuantizeOptions::default()
     };
     let plan = quantize(&adapter, calib.view(), &opts, &params)?;
