@@ -10,6 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hepeft::ckks::{CkksParams, Encoder, EncryptionKey, Evaluator, KeyGenerator};
 use hepeft::exact::{generate_keys, io as xio, ExactParams};
 use hepeft::model::load::save_features_npy;
+use hepeft::model::reference::argmax;
 use hepeft::model::{
     evaluate_exact_fn_batch, Activation, ActivationFn, Adapter, AdapterBuilder, Op,
 };
@@ -20,7 +21,6 @@ use rand_chacha::ChaCha20Rng;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use hepeft::model::reference::argmax;
 
 /// d -> h (bias) -> ReLU -> c (bias), weights uniform in ±1/sqrt(fan_in). The activation
 /// node is a degree-`deg` fit of ReLU on [-4, 4]: CKKS evaluates the polynomial, the exact
@@ -68,7 +68,6 @@ fn relu_head(
     .unwrap();
     (b.build().unwrap(), [w1, w2], [b1, b2])
 }
-
 
 /// (argmax agreement, relative RMS error) of `got` against `want`.
 fn agreement(got: ArrayView2<f64>, want: ArrayView2<f64>) -> (f64, f64) {

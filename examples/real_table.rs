@@ -20,6 +20,7 @@
 use hepeft::ckks::serialize::CiphertextBundle;
 use hepeft::ckks::*;
 use hepeft::model::load::{load_card, load_features_npy};
+use hepeft::model::reference::argmax;
 use hepeft::model::{reference, Adapter};
 use hepeft::plan::{public_structure, Mode, Plan, PlanOptions, SanitizeConfig};
 use hepeft::select::{select, SelectRequest};
@@ -29,13 +30,11 @@ use rand_chacha::ChaCha20Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use hepeft::model::reference::argmax;
 
 /// Precision asked of the selector (see tests/real_adapters.rs for why 20 and not 16).
 const PRECISION_BITS: u32 = 20;
 const LAN: (f64, f64) = (1e9, 0.5e-3);
 const WAN: (f64, f64) = (400e6, 4e-3);
-
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -100,7 +99,12 @@ fn pools() -> [rayon::ThreadPool; 2] {
     })
 }
 
-fn measure(task: &Task, adapter_name: &str, reps: usize, pools: &[rayon::ThreadPool; 2]) -> Measured {
+fn measure(
+    task: &Task,
+    adapter_name: &str,
+    reps: usize,
+    pools: &[rayon::ThreadPool; 2],
+) -> Measured {
     let entry = &task.manifest["adapters"][adapter_name];
     let adapter: Adapter = load_card(task.dir.join(entry["card"].as_str().unwrap())).unwrap();
     let features: Vec<Array2<f64>> = adapter
@@ -111,11 +115,12 @@ fn measure(task: &Task, adapter_name: &str, reps: usize, pools: &[rayon::ThreadP
             load_features_npy(task.dir.join(file)).unwrap()
         })
         .collect();
-    let labels: Vec<usize> = load_features_npy(task.dir.join(task.manifest["labels"].as_str().unwrap()))
-        .unwrap()
-        .iter()
-        .map(|&y| y as usize)
-        .collect();
+    let labels: Vec<usize> =
+        load_features_npy(task.dir.join(task.manifest["labels"].as_str().unwrap()))
+            .unwrap()
+            .iter()
+            .map(|&y| y as usize)
+            .collect();
     let n = labels.len();
     let views: Vec<ArrayView2<f64>> = features.iter().map(|a| a.view()).collect();
     let (want, _) = reference::evaluate_batch(&adapter, &views).unwrap();
@@ -226,7 +231,13 @@ fn measure(task: &Task, adapter_name: &str, reps: usize, pools: &[rayon::ThreadP
             result = pool
                 .install(|| {
                     let out = prepared.evaluate(&ev, &q)?;
-                    server_plan.sanitize(&ev, out, &pk, &SanitizeConfig::without_flooding(), &mut rng.clone())
+                    server_plan.sanitize(
+                        &ev,
+                        out,
+                        &pk,
+                        &SanitizeConfig::without_flooding(),
+                        &mut rng.clone(),
+                    )
                 })
                 .unwrap()
                 .0;
@@ -311,7 +322,9 @@ fn main() {
         );
     }
     println!();
-    println!("| per query | rounds | bytes per query | LAN (1 Gbps, 0.5 ms) | WAN (400 Mbps, 4 ms) |");
+    println!(
+        "| per query | rounds | bytes per query | LAN (1 Gbps, 0.5 ms) | WAN (400 Mbps, 4 ms) |"
+    );
     println!("|---|---|---|---|---|");
     println!("| CryptPEFT (MPC, reported) | 29 | 0.053 GB | 0.79 s | 2.52 s |");
     for r in &rows {

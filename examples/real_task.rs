@@ -11,6 +11,7 @@
 use hepeft::ckks::{Decryptor, Encoder, EncryptionKey, Evaluator, KeyGenerator};
 use hepeft::model::load::{load_card, load_features_npy};
 use hepeft::model::reference;
+use hepeft::model::reference::argmax;
 use hepeft::plan::{public_structure, Mode, Plan, PlanOptions};
 use hepeft::select::{select, SelectRequest};
 use ndarray::{ArrayView2, Axis, Slice};
@@ -19,8 +20,6 @@ use rand_chacha::ChaCha20Rng;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use hepeft::model::reference::argmax;
-
 
 fn main() -> hepeft::Result<()> {
     let args: Vec<String> = std::env::args().collect();

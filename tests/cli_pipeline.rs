@@ -8,11 +8,11 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use hepeft::model::load::{load_features_npy, save_adapter, save_features_npy};
+use hepeft::model::reference::argmax;
 use hepeft::model::{reference, zoo, Adapter};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use hepeft::model::reference::argmax;
 
 const PRESET: &str = "CKKS_N13_QP200_128";
 const OTHER_PRESET: &str = "CKKS_N13_QP212_128";
@@ -173,7 +173,6 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-
 #[test]
 fn pipeline_matches_the_plaintext_twin() {
     let f = fixture();
@@ -267,7 +266,15 @@ fn demo_runs() {
     assert!(out.contains("fine-food reviews (real)"), "{out}");
     assert!(out.contains("true labels        great great"), "{out}");
     // The digits task: the first 8 held-out digits are all classified right.
-    let out = ok(hepeft(&[&"demo", &"--model", &"digits", &"--samples", &"8", &"--mode", &"batch"]));
+    let out = ok(hepeft(&[
+        &"demo",
+        &"--model",
+        &"digits",
+        &"--samples",
+        &"8",
+        &"--mode",
+        &"batch",
+    ]));
     assert!(out.contains("argmax agreement   8/8"), "{out}");
     assert!(out.contains("accuracy           1.000"), "{out}");
     // A synthetic adapter still runs, and asking for more samples than shipped is refused.

@@ -49,7 +49,11 @@ fn serve_and_query_end_to_end() {
         .status
         .success());
     let tokens = dir.path().join("tokens.txt");
-    std::fs::write(&tokens, "# one token per line\nquery-token-0123456789abcdef\n").unwrap();
+    std::fs::write(
+        &tokens,
+        "# one token per line\nquery-token-0123456789abcdef\n",
+    )
+    .unwrap();
     let mut server = Child(
         hepeft()
             .args([
@@ -109,7 +113,11 @@ fn serve_and_query_end_to_end() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = hepeft()
         .args(["query", "--server", &url, "--top-k", "2", "--token-file"])
         .arg(&tokens)
@@ -157,7 +165,14 @@ fn serve_refuses_a_public_address_without_tokens() {
     let card = dir.path().join("private.toml");
     save_adapter(&adapter, &card, None).unwrap();
     let out = hepeft()
-        .args(["serve", "--params", PRESET, "--listen", "0.0.0.0:0", "--model"])
+        .args([
+            "serve",
+            "--params",
+            PRESET,
+            "--listen",
+            "0.0.0.0:0",
+            "--model",
+        ])
         .arg(&card)
         .output()
         .unwrap();
@@ -168,7 +183,14 @@ fn serve_refuses_a_public_address_without_tokens() {
     let tokens = dir.path().join("tokens.txt");
     std::fs::write(&tokens, "tooshort\n").unwrap();
     let out = hepeft()
-        .args(["serve", "--params", PRESET, "--listen", "127.0.0.1:0", "--token-file"])
+        .args([
+            "serve",
+            "--params",
+            PRESET,
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+        ])
         .arg(&tokens)
         .arg("--model")
         .arg(&card)
@@ -176,5 +198,8 @@ fn serve_refuses_a_public_address_without_tokens() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("at least 22") && !err.contains("tooshort"), "{err}");
+    assert!(
+        err.contains("at least 22") && !err.contains("tooshort"),
+        "{err}"
+    );
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hepeft::exact::ExactParams;
+use hepeft::model::reference::argmax;
 use hepeft::model::{
     evaluate_exact_fn_batch, Activation, ActivationFn, Adapter, AdapterBuilder, Op,
 };
@@ -12,7 +13,6 @@ use hepeft::plan::{quantize, QuantizeOptions};
 use ndarray::{Array1, Array2, ArrayView2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use hepeft::model::reference::argmax;
 
 fn head(rng: &mut ChaCha20Rng, d: usize, h: usize, c: usize, act: ActivationFn) -> Adapter {
     let mut m = |r: usize, k: usize| {
@@ -49,7 +49,6 @@ fn head(rng: &mut ChaCha20Rng, d: usize, h: usize, c: usize, act: ActivationFn) 
     .unwrap();
     b.build().unwrap()
 }
-
 
 fn agreement(got: ArrayView2<f64>, want: ArrayView2<f64>) -> (f64, f64) {
     let agree = got

@@ -6,18 +6,17 @@
 mod common;
 use common::*;
 use hepeft::ckks::*;
+use hepeft::model::reference::argmax;
 use hepeft::model::{reference, zoo, ActivationFn, Adapter};
 use hepeft::plan::{Mode, Plan, PlanOptions};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use std::sync::Arc;
-use hepeft::model::reference::argmax;
 
 struct Outcome {
     bits: f64,
     argmax_equal: bool,
 }
-
 
 /// Runs `adapter` encrypted on `samples` random inputs and compares with the reference.
 fn run(

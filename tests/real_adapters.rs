@@ -7,6 +7,7 @@
 
 use hepeft::ckks::*;
 use hepeft::model::load::{load_card, load_features_npy};
+use hepeft::model::reference::argmax;
 use hepeft::model::{reference, Adapter};
 use hepeft::plan::{public_structure, Mode, Plan, PlanOptions};
 use hepeft::select::{select, SelectRequest};
@@ -16,12 +17,10 @@ use rand_chacha::ChaCha20Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use hepeft::model::reference::argmax;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real")
 }
-
 
 fn accuracy(logits: &Array2<f64>, labels: &[usize]) -> f64 {
     let hits = logits

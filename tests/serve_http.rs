@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hepeft::ckks::{to_bytes, CkksParams, EncryptionKey, KeyGenerator};
+use hepeft::model::reference::argmax;
 use hepeft::model::{reference, zoo, Adapter};
 use hepeft::plan::{Mode, Plan, PlanOptions};
 use hepeft::serve::client::{remote_error, remote_status, ClientKeys, QueryClient};
@@ -13,7 +14,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use hepeft::model::reference::argmax;
 
 const PRESET: &str = "CKKS_N13_QP200_128";
 
@@ -59,7 +59,6 @@ fn lora_keys() -> &'static ClientKeys {
         ClientKeys::generate(&plan, &mut rng(7)).unwrap()
     })
 }
-
 
 /// Bits of precision relative to the largest logit, and whether every argmax agrees.
 fn compare(got: &Array2<f64>, want: &Array2<f64>) -> (f64, bool) {
@@ -383,17 +382,28 @@ fn access_tokens_guard_every_api_endpoint() {
     let adapter = lora();
     let mut cfg = config(Mode::Latency);
     cfg.auth = AuthTokens::new(&[TOKEN, "second-token-0123456789abcdef"]).unwrap();
-    assert!(!format!("{cfg:?}").contains(TOKEN), "tokens leak into Debug");
+    assert!(
+        !format!("{cfg:?}").contains(TOKEN),
+        "tokens leak into Debug"
+    );
     let server = serve::spawn(adapter.clone(), params(), cfg).unwrap();
     let url = server.url();
     // Probes stay open; the API does not.
     assert_eq!(get_with(&format!("{url}/healthz"), None).0, 200);
     assert_eq!(get_with(&format!("{url}/metrics"), None).0, 200);
-    for path in ["/v1/model", "/v1/model/params", &format!("/v1/keys/{}", "a".repeat(64))] {
+    for path in [
+        "/v1/model",
+        "/v1/model/params",
+        &format!("/v1/keys/{}", "a".repeat(64)),
+    ] {
         let (status, challenge, _) = get_with(&format!("{url}{path}"), None);
         assert_eq!(status, 401, "{path}");
         assert_eq!(challenge.as_deref(), Some("Bearer realm=\"hepeft\""));
-        let wrong = get_with(&format!("{url}{path}"), Some("Bearer test-token-0123456789abcdeX")).0;
+        let wrong = get_with(
+            &format!("{url}{path}"),
+            Some("Bearer test-token-0123456789abcdeX"),
+        )
+        .0;
         assert_eq!(wrong, 401, "{path}");
     }
     // A request with a body is refused before the body is parsed.
@@ -450,7 +460,10 @@ fn key_directory_stays_within_its_disk_budget() {
     assert!(!dir.path().join(format!("{id1}.evk")).exists());
     assert!(dir.path().join(format!("{id2}.evk")).is_file());
     assert!(!client.has_keys(&id1).unwrap());
-    assert_eq!(metric(&server, "hepeft_key_store_disk_deletions_total"), 1.0);
+    assert_eq!(
+        metric(&server, "hepeft_key_store_disk_deletions_total"),
+        1.0
+    );
     // The first client just uploads again on its next query.
     let (x, want) = inputs(&adapter, 1, 53);
     let got = client.query(keys, &views(&x)).unwrap();

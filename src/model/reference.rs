@@ -123,7 +123,9 @@ enum PolyMode {
 pub fn argmax(v: ArrayView1<f64>) -> usize {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
-        if v.get(best).is_some_and(|b| x.total_cmp(b) == std::cmp::Ordering::Greater) {
+        if v.get(best)
+            .is_some_and(|b| x.total_cmp(b) == std::cmp::Ordering::Greater)
+        {
             best = i;
         }
     }

@@ -202,10 +202,14 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_redacted() {
-        let t = AuthTokens::new(&["a-long-enough-secret-token-1", "another-secret-token-22"]).unwrap();
+        let t =
+            AuthTokens::new(&["a-long-enough-secret-token-1", "another-secret-token-22"]).unwrap();
         assert!(t.is_required());
         assert_eq!(t.check(Some("Bearer another-secret-token-22")), Some(1));
-        assert_eq!(t.check(Some("Bearer a-long-enough-secret-token-1")), Some(0));
+        assert_eq!(
+            t.check(Some("Bearer a-long-enough-secret-token-1")),
+            Some(0)
+        );
         assert_eq!(t.check(Some("Bearer a-long-enough-secret-token-2")), None);
         assert_eq!(t.check(Some("a-long-enough-secret-token-1")), None);
         assert_eq!(t.check(None), None);

@@ -537,7 +537,10 @@ async fn access(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Re
             st.metrics.rejected_rate.fetch_add(1, Ordering::Relaxed);
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("rate limit of {} requests/s exceeded; retry in {wait} s", limiter.per_second()),
+                format!(
+                    "rate limit of {} requests/s exceeded; retry in {wait} s",
+                    limiter.per_second()
+                ),
             );
             e.retry_after = Some(wait);
             return st.reject(req.into_body(), e).await.into_response();
@@ -749,8 +752,8 @@ impl Server {
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(Error::from)
+        .await
+        .map_err(Error::from)
     }
 }
 

@@ -165,7 +165,9 @@ fn demo_case(which: DemoModel, server: &Path, samples: usize) -> Result<DemoCase
                 all.nrows()
             );
         }
-        let rows = all.slice_axis(Axis(0), ndarray::Slice::from(0..samples)).to_owned();
+        let rows = all
+            .slice_axis(Axis(0), ndarray::Slice::from(0..samples))
+            .to_owned();
         let truth: Vec<usize> = labels.iter().take(samples).map(|&y| y as usize).collect();
         return Ok(DemoCase {
             adapter,
@@ -373,7 +375,11 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             precision_bits_median: stats.median_bits,
         },
         label_accuracy: truth.as_ref().map(|(y, _)| {
-            let hits = predictions.iter().zip(y).filter(|((g, _), t)| g == *t).count();
+            let hits = predictions
+                .iter()
+                .zip(y)
+                .filter(|((g, _), t)| g == *t)
+                .count();
             hits as f64 / y.len().max(1) as f64
         }),
         labels: truth.as_ref().map(|(y, _)| y.clone()),
