@@ -6,7 +6,7 @@
 
 use hepeft::ckks::{CkksParams, Decryptor, Encoder, EncryptionKey, Evaluator, KeyGenerator};
 use hepeft::model::{reference, zoo, ActivationFn};
-use hepeft::plan::{public_structure, Plan, PlanOptions};
+use hepeft::plan::{public_structure, Plan, PlanOptions, SanitizeConfig};
 use ndarray::ArrayView2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -63,8 +63,20 @@ fn run(d: usize, hidden: usize, classes: usize, preset: &str) -> hepeft::Result<
     let evaluator = Evaluator::with_keys(&params, Arc::new(eval_keys))?;
     let start = Instant::now();
     let result = prepared.evaluate(&evaluator, &query)?;
+    // Before anything leaves the server: mask the non-output slots, drop to level 0 and
+    // re-randomize under the client's public key (it travels in eval.keys). Noise flooding
+    // is off here: at 40 bits it needs a larger scale than this preset carries
+    // (docs/threat-model.md); `SanitizeConfig::flooded()` turns it on where it fits.
+    let mut server_rng = ChaCha20Rng::from_os_rng();
+    let (result, _) = server_plan.sanitize(
+        &evaluator,
+        result,
+        &pk,
+        &SanitizeConfig::without_flooding(),
+        &mut server_rng,
+    )?;
     println!(
-        "server evaluation: {:.1} ms",
+        "server evaluation and sanitization: {:.1} ms",
         start.elapsed().as_secs_f64() * 1e3
     );
 
