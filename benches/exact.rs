@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hepeft::ckks::{CkksParams, Encoder, EncryptionKey, Evaluator, KeyGenerator};
 use hepeft::exact::{generate_keys, io as xio, ExactParams};
 use hepeft::model::load::save_features_npy;
-use hepeft::model::reference::argmax;
+use hepeft::model::reference;
 use hepeft::model::{
     evaluate_exact_fn_batch, Activation, ActivationFn, Adapter, AdapterBuilder, Op,
 };
@@ -71,15 +71,9 @@ fn relu_head(
 
 /// (argmax agreement, relative RMS error) of `got` against `want`.
 fn agreement(got: ArrayView2<f64>, want: ArrayView2<f64>) -> (f64, f64) {
-    let agree = got
-        .rows()
-        .into_iter()
-        .zip(want.rows())
-        .filter(|(a, b)| argmax(a.view()) == argmax(b.view()))
-        .count();
-    let num: f64 = (&got - &want).iter().map(|v| v * v).sum();
-    let den: f64 = want.iter().map(|v| v * v).sum();
-    (agree as f64 / got.nrows() as f64, (num / den).sqrt())
+    let agree = reference::argmax_agreement(got, want).unwrap();
+    let rel = reference::relative_rms_error(got, want).unwrap();
+    (agree as f64 / got.nrows() as f64, rel)
 }
 
 fn uniform(rng: &mut ChaCha20Rng, n: usize, d: usize) -> Array2<f64> {

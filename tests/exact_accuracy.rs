@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hepeft::exact::ExactParams;
-use hepeft::model::reference::argmax;
+use hepeft::model::reference;
 use hepeft::model::{
     evaluate_exact_fn_batch, Activation, ActivationFn, Adapter, AdapterBuilder, Op,
 };
@@ -51,15 +51,9 @@ fn head(rng: &mut ChaCha20Rng, d: usize, h: usize, c: usize, act: ActivationFn) 
 }
 
 fn agreement(got: ArrayView2<f64>, want: ArrayView2<f64>) -> (f64, f64) {
-    let agree = got
-        .rows()
-        .into_iter()
-        .zip(want.rows())
-        .filter(|(a, b)| argmax(a.view()) == argmax(b.view()))
-        .count();
-    let num: f64 = (&got - &want).iter().map(|v| v * v).sum();
-    let den: f64 = want.iter().map(|v| v * v).sum();
-    (agree as f64 / got.nrows() as f64, (num / den).sqrt())
+    let agree = reference::argmax_agreement(got, want).unwrap();
+    let rel = reference::relative_rms_error(got, want).unwrap();
+    (agree as f64 / got.nrows() as f64, rel)
 }
 
 #[test]

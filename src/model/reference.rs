@@ -148,6 +148,24 @@ pub fn argmax_agreement(got: ArrayView2<f64>, want: ArrayView2<f64>) -> Result<u
         .count())
 }
 
+/// Relative RMS error `||got - want||_2 / ||want||_2` over all entries (the figure the
+/// quantized and encrypted paths report next to [`argmax_agreement`]).
+///
+/// # Errors
+/// [`Error::DimensionMismatch`] if the shapes differ.
+pub fn relative_rms_error(got: ArrayView2<f64>, want: ArrayView2<f64>) -> Result<f64> {
+    if got.dim() != want.dim() {
+        return Err(Error::dims("rows x columns", want.len(), got.len()));
+    }
+    let num: f64 = got
+        .iter()
+        .zip(want.iter())
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum();
+    let den: f64 = want.iter().map(|v| v * v).sum();
+    Ok((num / den).sqrt())
+}
+
 /// Evaluates `adapter` on one sample; `inputs[i]` is the vector for input `i`.
 ///
 /// Returns the output vector (width [`Adapter::output_dim`]) and the interval report.
@@ -391,5 +409,8 @@ mod tests {
         let want = array![[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]];
         assert_eq!(argmax_agreement(got.view(), want.view()).unwrap(), 2);
         assert!(argmax_agreement(got.view(), want.t()).is_err());
+        let rel = relative_rms_error(got.view(), want.view()).unwrap();
+        let num: f64 = [0.01, 0.01, 0.64, 0.64, 0.25, 0.16].iter().sum();
+        assert!((rel - (num / 3.0f64).sqrt()).abs() < 1e-12, "{rel}");
     }
 }

@@ -100,18 +100,19 @@ struct DemoReport {
 /// A trained adapter with held-out data, embedded from `assets/real/<task>/`.
 struct RealTask {
     card_toml: &'static str,
+    /// Written next to the card under [`REAL_WEIGHTS_FILE`], the name its `weights` field gives.
     weights: &'static [u8],
-    /// The card's `weights` file name.
-    weights_name: &'static str,
     features: &'static [u8],
     labels: &'static [u8],
     classes: &'static [&'static str],
 }
 
+/// The weights file name every shipped card (`assets/real/*/*/card.toml`) refers to.
+const REAL_WEIGHTS_FILE: &str = "adapter.safetensors";
+
 const REVIEWS: RealTask = RealTask {
     card_toml: include_str!("../../../assets/real/finefoods/bottleneck/card.toml"),
     weights: include_bytes!("../../../assets/real/finefoods/bottleneck/adapter.safetensors"),
-    weights_name: "adapter.safetensors",
     features: include_bytes!("../../../assets/real/finefoods/features/emb.npy"),
     labels: include_bytes!("../../../assets/real/finefoods/features/labels.npy"),
     classes: &["other", "great"],
@@ -120,7 +121,6 @@ const REVIEWS: RealTask = RealTask {
 const DIGITS: RealTask = RealTask {
     card_toml: include_str!("../../../assets/real/digits/bottleneck/card.toml"),
     weights: include_bytes!("../../../assets/real/digits/bottleneck/adapter.safetensors"),
-    weights_name: "adapter.safetensors",
     features: include_bytes!("../../../assets/real/digits/features/pixels.npy"),
     labels: include_bytes!("../../../assets/real/digits/features/labels.npy"),
     classes: &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
@@ -154,7 +154,7 @@ fn demo_case(which: DemoModel, server: &Path, samples: usize) -> Result<DemoCase
     if let Some((task, label)) = real {
         std::fs::write(&private_card, task.card_toml)
             .with_context(|| format!("writing {}", private_card.display()))?;
-        let w = server.join(task.weights_name);
+        let w = server.join(REAL_WEIGHTS_FILE);
         std::fs::write(&w, task.weights).with_context(|| format!("writing {}", w.display()))?;
         let adapter = load_model(&private_card, None)?;
         let all = features_from_npy_bytes(task.features).context("embedded features")?;
