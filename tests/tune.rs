@@ -314,3 +314,73 @@ fn differential_privacy_is_accounted() {
     };
     assert!(TuneClient::new(vec![0], bad, &mut rng(1)).is_err());
 }
+
+/// `hepeft tune` through the binary: runs, writes a loadable card, resumes from its state
+/// directory (a second call with more steps runs only the remaining ones) and refuses the
+/// default flooding with the reason when the parameters cannot carry it.
+#[test]
+fn cli_tunes_and_resumes() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real/digits");
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    let run = |steps: &str, extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "--json",
+            "tune",
+            "--model",
+            &path(root.join("probe/card.toml")),
+            "--features",
+            &path(root.join("features/pixels.npy")),
+            "--labels",
+            &path(root.join("features/labels.npy")),
+            "--trainable",
+            "bias",
+            "--directions",
+            "2",
+            "--validation-split",
+            "0.5",
+            "--steps",
+            steps,
+            "--state",
+            &path(d.join("state")),
+            "--out",
+            &path(d.join("tuned.toml")),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_hepeft"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let refused = run("2", &[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("noise flooding"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let first = run("2", &["--no-flooding"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(report["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(report["steps"][0]["bytes_up"], 18 + 8 * 2);
+    let second = run("3", &["--no-flooding"]);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "the resumed run only does the missing step");
+    assert_eq!(steps[0]["step"], 2);
+    hepeft::model::load::load_card(d.join("tuned.toml")).unwrap();
+}

@@ -21,10 +21,12 @@
 //! [`crate::model::reference::evaluate_batch`] and feed the logits to the same
 //! [`TuneClient::reply`]; encrypted and plaintext trajectories then differ only by CKKS noise.
 
+pub mod local;
 pub mod privacy;
 pub mod protocol;
 pub mod theta;
 
+pub use local::{run_local, run_plain, LocalReport, LocalRun, StepRecord};
 pub use privacy::{PrivacyLedger, ReplyPrivacy};
 pub use protocol::{
     batch_options, loss_and_accuracy, per_sample_cross_entropy, Applied, StepReply, StepResults,
