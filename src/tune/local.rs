@@ -75,6 +75,9 @@ pub struct LocalReport {
     pub dp_epsilon: Option<f64>,
 }
 
+/// The server's and the client's checkpoint paths.
+type CheckpointPaths = Option<(PathBuf, PathBuf)>;
+
 /// The server and client of a run: resumed from `run.state_dir` when both checkpoints are
 /// there, else new, with their secrets (direction seed, privacy-noise seed) from `party_rng`.
 fn parties<G: RngCore + CryptoRng>(
@@ -82,7 +85,7 @@ fn parties<G: RngCore + CryptoRng>(
     train_y: &[usize],
     run: &LocalRun,
     party_rng: &mut G,
-) -> Result<(TuneServer, TuneClient, Option<(PathBuf, PathBuf)>)> {
+) -> Result<(TuneServer, TuneClient, CheckpointPaths)> {
     let paths = run
         .state_dir
         .as_ref()
