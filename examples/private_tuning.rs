@@ -6,7 +6,8 @@
 //! encrypted run beside its plaintext twin (same seeds), then the accuracy before and after
 //! beside first-order gradient descent on the same parameters.
 //!
-//! `cargo run --release --example private_tuning [steps]` (default 30 steps).
+//! `cargo run --release --example private_tuning [steps] [learning-rate] [plain]` (default 30
+//! steps at 0.5; `plain` runs only the plaintext twin and the first-order baseline).
 
 use anyhow::{Context as _, Result};
 use hepeft::model::load::{load_card, load_features_npy};
@@ -26,6 +27,11 @@ fn main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(30);
+    let lr: f64 = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0.5);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real/finefoods");
     let trained = load_card(root.join("lora/card.toml"))?;
     let x = load_features_npy(root.join("features/emb.npy"))?;
@@ -42,7 +48,7 @@ fn main() -> Result<()> {
         tune: TuneConfig {
             directions: 4,
             perturbation: 1e-2,
-            learning_rate: 2.0,
+            learning_rate: lr,
             trainable: Trainable::LoraB,
         },
         privacy: ReplyPrivacy::default(),
@@ -77,6 +83,15 @@ fn main() -> Result<()> {
         &run,
         &mut ChaCha20Rng::seed_from_u64(1),
     )?;
+    if std::env::args().nth(3).as_deref() == Some("plain") {
+        for r in &twin {
+            let (vl, va) = r.validation.unwrap_or((f64::NAN, f64::NAN));
+            println!("{:>4} | train loss {:.6} | val loss {vl:.4} | val acc {va:.3}", r.step, r.train_loss);
+        }
+        let fo = first_order(&start, train_x, train_y, steps, lr)?;
+        println!("first-order: validation accuracy {:.3}", accuracy(&fo, val_x, val_y)?);
+        return Ok(());
+    }
     println!("step | train loss (encrypted) | plaintext twin | |diff|   | val loss | val acc | s/step | down KiB | up B");
     let mut i = 0;
     let mut worst = 0f64;
@@ -119,7 +134,7 @@ fn main() -> Result<()> {
     );
     println!("largest |encrypted - plaintext| training loss over the run: {worst:.2e}");
 
-    let fo = first_order(&start, train_x, train_y, steps, 2.0)?;
+    let fo = first_order(&start, train_x, train_y, steps, lr)?;
     println!(
         "validation accuracy after {steps} steps: private zeroth-order {:.3} (plaintext twin {:.3}), first-order gradient descent on B {:.3}",
         accuracy(&tuned, val_x, val_y)?,
