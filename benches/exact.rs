@@ -173,7 +173,7 @@ fn bench_exact(c: &mut Criterion) {
             xio::ciphertexts_to_payload(0, &run.outputs).len(),
             plan.report.output_weight_bits,
             plan.report.overflows,
-            plan.report.max_log2_p_fail_pbs,
+            plan.report.max_log2_p_fail_pbs.unwrap_or(f64::NEG_INFINITY),
             plan.report.log2_p_fail_sample
         );
         for (threads, pool) in pools() {

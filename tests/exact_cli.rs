@@ -31,6 +31,89 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// `params select -> keygen -> encrypt -> evaluate -> decrypt` with `--backend exact` on files in
+/// `d`; returns the select report and the decrypted outputs.
+fn exact_pipeline(
+    d: &Path,
+    card: &Path,
+    calib_path: &Path,
+    feats_path: &Path,
+    select_extra: &[&str],
+) -> (String, Array2<f64>) {
+    let quant = d.join("quant.json");
+    let mut select = vec![
+        "params",
+        "select",
+        "--backend",
+        "exact",
+        "--model",
+        p(card),
+        "--calib",
+        p(calib_path),
+        "--out",
+        p(&quant),
+    ];
+    select.extend_from_slice(select_extra);
+    let report = hepeft(&select);
+    let keys = d.join("keys");
+    hepeft(&[
+        "keygen",
+        "--backend",
+        "exact",
+        "--model",
+        p(&quant),
+        "--out",
+        p(&keys),
+    ]);
+    let q = d.join("q.ct");
+    hepeft(&[
+        "encrypt",
+        "--backend",
+        "exact",
+        "--keys",
+        p(&keys),
+        "--model",
+        p(&quant),
+        "--input",
+        p(feats_path),
+        "--out",
+        p(&q),
+    ]);
+    let r = d.join("r.ct");
+    hepeft(&[
+        "evaluate",
+        "--backend",
+        "exact",
+        "--model",
+        p(card),
+        "--calib",
+        p(calib_path),
+        "--quant",
+        p(&quant),
+        "--eval-keys",
+        p(&keys.join("eval.keys")),
+        "--input",
+        p(&q),
+        "--out",
+        p(&r),
+    ]);
+    let logits = d.join("logits.npy");
+    hepeft(&[
+        "decrypt",
+        "--backend",
+        "exact",
+        "--keys",
+        p(&keys),
+        "--model",
+        p(&quant),
+        "--input",
+        p(&r),
+        "--out",
+        p(&logits),
+    ]);
+    (report, load_features_npy(&logits).unwrap())
+}
+
 #[test]
 fn exact_pipeline_on_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,79 +156,11 @@ fn exact_pipeline_on_files() {
     save_features_npy(&calib_path, calib.view()).unwrap();
     save_features_npy(&feats_path, feats.view()).unwrap();
 
-    let quant = d.join("quant.json");
-    let report = hepeft(&[
-        "params",
-        "select",
-        "--backend",
-        "exact",
-        "--model",
-        p(&card),
-        "--calib",
-        p(&calib_path),
-        "--stages",
-        "1",
-        "--out",
-        p(&quant),
-    ]);
+    let (report, got) = exact_pipeline(d, &card, &calib_path, &feats_path, &["--stages", "1"]);
     assert!(report.contains("predicted PBS per sample: 15"), "{report}");
+    let quant = d.join("quant.json");
     let keys = d.join("keys");
-    hepeft(&[
-        "keygen",
-        "--backend",
-        "exact",
-        "--model",
-        p(&quant),
-        "--out",
-        p(&keys),
-    ]);
-    let q = d.join("q.ct");
-    hepeft(&[
-        "encrypt",
-        "--backend",
-        "exact",
-        "--keys",
-        p(&keys),
-        "--model",
-        p(&quant),
-        "--input",
-        p(&feats_path),
-        "--out",
-        p(&q),
-    ]);
-    let r = d.join("r.ct");
-    hepeft(&[
-        "evaluate",
-        "--backend",
-        "exact",
-        "--model",
-        p(&card),
-        "--calib",
-        p(&calib_path),
-        "--quant",
-        p(&quant),
-        "--eval-keys",
-        p(&keys.join("eval.keys")),
-        "--input",
-        p(&q),
-        "--out",
-        p(&r),
-    ]);
-    let logits = d.join("logits.npy");
-    hepeft(&[
-        "decrypt",
-        "--backend",
-        "exact",
-        "--keys",
-        p(&keys),
-        "--model",
-        p(&quant),
-        "--input",
-        p(&r),
-        "--out",
-        p(&logits),
-    ]);
-    let got = load_features_npy(&logits).unwrap();
+    let (q, r) = (d.join("q.ct"), d.join("r.ct"));
 
     // the library's integer reference, dequantized, must match exactly
     let params = ExactParams::default_2m128().unwrap();
@@ -179,4 +194,33 @@ fn exact_pipeline_on_files() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--quant is required"));
+}
+
+/// Regression (issue 19): a head with no lookup table (the shipped digits probe, one linear
+/// layer) needs no bootstrapping. Its quantization file used to carry `null` for the per-PBS
+/// failure probability, which `keygen` then refused to read.
+#[test]
+fn exact_probe_without_bootstrapping_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real/digits");
+    let card = root.join("probe/card.toml");
+    let pixels = load_features_npy(&root.join("features/pixels.npy")).unwrap();
+    let calib = pixels.select(ndarray::Axis(0), &(0..200).collect::<Vec<_>>());
+    let feats = pixels.select(ndarray::Axis(0), &[200, 201, 202]);
+    let (calib_path, feats_path) = (d.join("calib.npy"), d.join("x.npy"));
+    save_features_npy(&calib_path, calib.view()).unwrap();
+    save_features_npy(&feats_path, feats.view()).unwrap();
+    let (report, got) = exact_pipeline(d, &card, &calib_path, &feats_path, &[]);
+    assert!(report.contains("predicted PBS per sample: 0"), "{report}");
+    assert!(report.contains("per PBS (no bootstrapping)"), "{report}");
+    let public: QuantPublic =
+        serde_json::from_str(&std::fs::read_to_string(d.join("quant.json")).unwrap()).unwrap();
+    assert_eq!(public.max_log2_p_fail_pbs, None);
+
+    let adapter = hepeft::model::load::load_card(&card).unwrap();
+    let params = ExactParams::default_2m128().unwrap();
+    let plan = quantize(&adapter, calib.view(), &QuantizeOptions::default(), &params).unwrap();
+    assert_eq!(plan.predicted_pbs(), 0);
+    assert_eq!(got, plan.forward_batch(feats.view()).unwrap());
 }

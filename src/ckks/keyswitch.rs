@@ -179,7 +179,10 @@ pub(crate) fn inner_product(
 /// ModDown: `round(x / P)` from `Q_l·P` to `Q_l`, in evaluation form, computed as
 /// `(x + h - [x + h]_P) / P` with `h = (P-1)/2` so the division rounds instead of flooring
 /// (a floor would add a bias of 1/2 to every coefficient, which concentrates in the slots
-/// near the root 1). Cost: K inverse NTTs, (l+1) NTTs, `N·K·(l+2)` word products.
+/// near the root 1). The conversion of `[x + h]_P` to `Q_l` is exact
+/// ([`BasisConverter::convert_exact`](crate::math::rns::BasisConverter::convert_exact)): the fast
+/// approximate one would leave `-u`, `0 <= u < K`, in every coefficient, the same kind of
+/// constant-sign bias. Cost: K inverse NTTs, (l+1) NTTs, `N·K·(l+2)` word products.
 pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> {
     let ring = params.ring();
     let level = x.level();
@@ -204,7 +207,7 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
     let mut conv = scratch::dirty((level + 1) * n);
     {
         let mut outs: Vec<&mut [u64]> = conv.chunks_exact_mut(n).collect();
-        params.p_to_q(level).convert(&src, &mut outs);
+        params.p_to_q(level).convert_exact(&src, &mut outs);
     }
     let p_inv = params.p_inv_mod_q();
     let body = |i: usize, o: &mut [u64], c: &mut [u64]| {

@@ -163,6 +163,10 @@ pub struct BasisConverter {
     hat_inv: Vec<(u64, u64)>,
     /// `hat_mod[t * src.len() + j] = (S/s_j) mod dst_t`.
     hat_mod: Vec<u64>,
+    /// `S mod dst_t`, for the exact conversion's correction.
+    s_mod: Vec<u64>,
+    /// `1 / s_j` as `f64`, for the exact conversion's overflow estimate.
+    inv_src_f64: Vec<f64>,
 }
 
 impl BasisConverter {
@@ -191,11 +195,21 @@ impl BasisConverter {
                 hat_mod.push(prod);
             }
         }
+        let s_mod = dst
+            .iter()
+            .map(|t| {
+                src.iter()
+                    .fold(1u64, |acc, s| t.mul(acc, t.reduce(s.value())))
+            })
+            .collect();
+        let inv_src_f64 = src.iter().map(|s| 1.0 / s.value() as f64).collect();
         Ok(BasisConverter {
             src: src.to_vec(),
             dst: dst.to_vec(),
             hat_inv,
             hat_mod,
+            s_mod,
+            inv_src_f64,
         })
     }
 
@@ -231,6 +245,50 @@ impl BasisConverter {
                     acc += v[j] as u128 * row[j] as u128;
                 }
                 out[c] = self.dst[t].reduce_u128(acc);
+            }
+        }
+    }
+}
+
+impl BasisConverter {
+    /// Exact basis conversion: like [`convert`](Self::convert), but returns `x mod t` for the
+    /// representative `x` in `[0, S)`, with no multiple of `S` added. The overflow
+    /// `u = floor(sum_j v_j / s_j)` (with `v_j = [x_j (S/s_j)^-1]_{s_j}`) is estimated in
+    /// `f64` and subtracted as `u·S mod t` (Halevi-Polyakov-Shoup). The estimate can be off by
+    /// one only when `x` lies within about `|S|·2^-50` of `0` or `S`, where it returns
+    /// `x ± S`: an error of one unit after a division by `S`, never a bias.
+    ///
+    /// ModDown needs this: the approximate conversion's `u·S` term, divided by `S = P`, adds
+    /// `-u` with `0 <= u < K` (mean about `(K-1)/2`) to every coefficient, a constant-sign
+    /// bias that piles up on the slots next to the root 1.
+    ///
+    /// Cost: `N·|S|·(1 + |T|)` word products plus `N·|S|` floating-point products.
+    pub fn convert_exact(&self, input: &[&[u64]], output: &mut [&mut [u64]]) {
+        let ns = self.src.len();
+        if ns == 1 {
+            // One source prime: the conversion is already exact.
+            self.convert(input, output);
+            return;
+        }
+        let n = input.first().map_or(0, |l| l.len());
+        let mut v = vec![0u64; ns];
+        for c in 0..n {
+            let mut frac = 0f64;
+            for j in 0..ns {
+                let (w, ws) = self.hat_inv[j];
+                v[j] = self.src[j].mul_shoup(input[j][c], w, ws);
+                frac += v[j] as f64 * self.inv_src_f64[j];
+            }
+            // 0 <= u < ns; the float sum is within ns·2^-52 of the exact one.
+            let u = (frac.floor() as u64).min(ns as u64 - 1);
+            for (t, out) in output.iter_mut().enumerate() {
+                let row = &self.hat_mod[t * ns..(t + 1) * ns];
+                let mut acc: u128 = 0;
+                for j in 0..ns {
+                    acc += v[j] as u128 * row[j] as u128;
+                }
+                let m = self.dst[t];
+                out[c] = m.sub(m.reduce_u128(acc), m.mul(m.reduce(u), self.s_mod[t]));
             }
         }
     }
@@ -332,6 +390,24 @@ mod tests {
                 dst.iter().zip(&out).all(|(t, o)| (y % t.value() as u128) as u64 == o[0])
             });
             prop_assert!(ok);
+        }
+
+        #[test]
+        fn exact_basis_conversion_adds_no_multiple_of_s(x in any::<u128>(), ks in 1usize..6) {
+            let src = moduli(25, ks, &[]);
+            let dst = moduli(58, 3, &[]);
+            let s_prod: u128 = src.iter().map(|m| m.value() as u128).product();
+            // keep x away from the 2^-50-wide ambiguity window at either end of [0, S)
+            let margin = (s_prod >> 48).max(1);
+            let x = margin + x % (s_prod - 2 * margin);
+            let input: Vec<Vec<u64>> = src.iter().map(|m| vec![(x % m.value() as u128) as u64]).collect();
+            let input_refs: Vec<&[u64]> = input.iter().map(|v| v.as_slice()).collect();
+            let mut out = vec![vec![0u64; 1]; 3];
+            let mut out_refs: Vec<&mut [u64]> = out.iter_mut().map(|v| v.as_mut_slice()).collect();
+            BasisConverter::new(&src, &dst).unwrap().convert_exact(&input_refs, &mut out_refs);
+            for (t, o) in dst.iter().zip(&out) {
+                prop_assert_eq!((x % t.value() as u128) as u64, o[0]);
+            }
         }
 
         #[test]

@@ -204,8 +204,9 @@ pub struct QuantReport {
     pub overflows: Vec<usize>,
     /// Output weight width chosen.
     pub output_weight_bits: u32,
-    /// Largest per-bootstrapping failure probability (log2) of the plan.
-    pub max_log2_p_fail_pbs: f64,
+    /// Largest per-bootstrapping failure probability (log2) of the plan; `None` when the plan
+    /// has no bootstrapping at all (a linear probe).
+    pub max_log2_p_fail_pbs: Option<f64>,
     /// Decryption failure probability of the worst output (log2).
     pub log2_p_fail_decrypt: f64,
     /// Union bound of all failures for one sample (log2).
@@ -595,8 +596,8 @@ pub fn quantize(
             out_layers.push(layer);
         }
     }
-    let max_pf = pfails.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
-    if max_pf > MAX_LOG2_P_FAIL {
+    let max_pf = pfails.iter().map(|p| p.0).reduce(f64::max);
+    if let Some(max_pf) = max_pf.filter(|&pf| pf > MAX_LOG2_P_FAIL) {
         return Err(Error::params(format!(
             "exact backend: a bootstrapping would fail with probability 2^{max_pf:.1} > 2^{MAX_LOG2_P_FAIL}; \
              use fewer stages or narrower weights"
@@ -982,8 +983,9 @@ pub struct QuantPublic {
     pub key_bytes_memory: u64,
     /// Bytes of one ciphertext.
     pub ciphertext_bytes: usize,
-    /// Largest per-bootstrapping failure probability (log2).
-    pub max_log2_p_fail_pbs: f64,
+    /// Largest per-bootstrapping failure probability (log2); `None` (JSON `null`) when the plan
+    /// has no bootstrapping.
+    pub max_log2_p_fail_pbs: Option<f64>,
     /// Union bound of all failures for one sample (log2).
     pub log2_p_fail_sample: f64,
 }

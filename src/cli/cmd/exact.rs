@@ -76,7 +76,7 @@ pub fn select(a: &SelectArgs, ui: &Ui) -> Result<()> {
          predicted PBS per sample: {}\n\
          evaluation keys: {} transferred (seeded), {} in server memory\n\
          ciphertext: {} each ({} per query, {} per result)\n\
-         failure probability: per PBS <= 2^{:.1}, per sample <= 2^{:.1}\n\
+         failure probability: per PBS {}, per sample {}\n\
          calibration overflows per hidden layer: {:?}\n\
          wrote {}\n",
         params.vetted_name(),
@@ -91,8 +91,10 @@ pub fn select(a: &SelectArgs, ui: &Ui) -> Result<()> {
         human_bytes(public.ciphertext_bytes as u64),
         human_bytes((public.ciphertext_bytes * public.input_dim) as u64),
         human_bytes((public.ciphertext_bytes * public.output_dim) as u64),
-        public.max_log2_p_fail_pbs,
-        public.log2_p_fail_sample,
+        public
+            .max_log2_p_fail_pbs
+            .map_or("(no bootstrapping)".to_string(), log2_probability),
+        log2_probability(public.log2_p_fail_sample),
         plan.report.overflows,
         a.out.display()
     );
@@ -304,4 +306,14 @@ pub fn decrypt(a: &DecryptArgs, ui: &Ui) -> Result<()> {
         text.push_str(&format!("sample {i}: {t:?}\n"));
     }
     ui.report(&top, &text, true)
+}
+
+/// `<= 2^x` for a log2 probability, with bounds below 2^-1000 shown as `< 2^-1000` (a bound that
+/// small says only "never"; its digits carry no information).
+fn log2_probability(log2_p: f64) -> String {
+    if log2_p < -1000.0 {
+        "< 2^-1000".to_string()
+    } else {
+        format!("<= 2^{log2_p:.1}")
+    }
 }
