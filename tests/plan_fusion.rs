@@ -16,9 +16,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::sync::Arc;
 
-/// TEST-ONLY (insecure at N = 2^12): 7 levels at scale 2^40, two special primes.
+/// TEST-ONLY (insecure at N = 2^12): 11 levels at scale 2^40, two special primes.
 fn params() -> CkksParams {
-    let lit = CkksParamsLiteral::new(12, [vec![50], vec![40; 7]].concat(), vec![50, 50], 40);
+    let lit = CkksParamsLiteral::new(12, [vec![50], vec![40; 11]].concat(), vec![50, 50], 40);
     CkksParams::from_literal(lit.with_security(Security::Unchecked)).unwrap()
 }
 
@@ -124,7 +124,10 @@ fn cases() -> Vec<Case> {
     let l = b.low_rank(x, la, lb, 2.0, None).unwrap();
     let s = b.add(&[d, l]).unwrap();
     let a = b
-        .poly(s, Activation::fit(ActivationFn::Silu, -4.0, 4.0, 3).unwrap())
+        .poly(
+            s,
+            Activation::fit(ActivationFn::Silu, -4.0, 4.0, 3).unwrap(),
+        )
         .unwrap();
     lin(&mut b, rng, a, 10, 16);
     out.push(Case {
@@ -151,7 +154,10 @@ fn cases() -> Vec<Case> {
         .unwrap();
     let h3 = lin(&mut b, rng, l1, 16, 16);
     let a4 = b
-        .poly(h3, Activation::fit(ActivationFn::Gelu, -4.0, 4.0, 4).unwrap())
+        .poly(
+            h3,
+            Activation::fit(ActivationFn::Gelu, -4.0, 4.0, 4).unwrap(),
+        )
         .unwrap();
     lin(&mut b, rng, a4, 10, 16);
     // input affine+square 2, linear 1, affine+square 2, (degree 1 folds into the next
@@ -175,8 +181,7 @@ fn cases() -> Vec<Case> {
     });
     out.push(Case {
         label: "zoo bottleneck square",
-        adapter: zoo::bottleneck(rng, 32, 8, ActivationFn::Square, 2, (-4.0, 4.0), 10)
-            .unwrap(),
+        adapter: zoo::bottleneck(rng, 32, 8, ActivationFn::Square, 2, (-4.0, 4.0), 10).unwrap(),
         depth: 3,
     });
     out
@@ -282,7 +287,11 @@ fn check_all(mode: Mode, samples: usize) {
             plan.key_switches(),
         );
         assert_eq!(plan.depth(), case.depth, "{}: depth", case.label);
-        assert!(plan.depth() >= bound, "{}: below the lower bound", case.label);
+        assert!(
+            plan.depth() >= bound,
+            "{}: below the lower bound",
+            case.label
+        );
         assert!(plan.depth() <= unfused_depth, "{}: deeper", case.label);
         assert_eq!(plan.depth_lower_bound(), bound);
         assert!(
