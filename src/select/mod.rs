@@ -131,7 +131,7 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
     };
     let depth = required_depth(adapter, req.options)?;
     let mut refused = Vec::new();
-    for log_n in 13u32..=16 {
+    for log_n in 12u32..=16 {
         let Some(bound) = max_log_qp(log_n, req.security) else {
             refused.push(format!(
                 "N = 2^{log_n}: no {sec_bits}-bit entry in the table"
