@@ -306,3 +306,36 @@ fn refusals_state_a_true_inequality() {
     assert!(!sel.report.refused.is_empty());
     let _ = PlanOptions::default();
 }
+
+/// `hepeft params select --model <head (a)> --no-flooding --precision 16` through the binary.
+#[test]
+fn cli_params_select_picks_n13_for_head_a() {
+    let dir = std::env::temp_dir().join(format!("hepeft-select-head-a-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = dir.join("head_a.toml");
+    hepeft::model::load::save_adapter(&square_mlp(8, 768, 64, 100), &card, Some("head_a")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hepeft"))
+        .args([
+            "params",
+            "select",
+            "--no-flooding",
+            "--precision",
+            "16",
+            "--model",
+        ])
+        .arg(&card)
+        .arg("--out")
+        .arg(dir.join("selected.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(text.contains("N = 2^13"), "{text}");
+    assert!(text.contains("adapter uses 3, lower bound 3"), "{text}");
+}
