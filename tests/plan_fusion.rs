@@ -168,6 +168,13 @@ fn cases() -> Vec<Case> {
         depth: 10,
     });
 
+    // a power-of-two degree keeps ceil(log2(d + 1)) levels: one above the bound
+    out.push(Case {
+        label: "zoo bottleneck GELU8",
+        adapter: zoo::bottleneck(rng, 32, 8, ActivationFn::Gelu, 8, (-4.0, 4.0), 10).unwrap(),
+        depth: 6,
+    });
+
     // the zoo's shapes
     out.push(Case {
         label: "zoo LoRA head",
