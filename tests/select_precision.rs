@@ -60,19 +60,17 @@ fn square_mlp(seed: u64, d: usize, hidden: usize, classes: usize) -> Adapter {
 /// returns (predicted bits, worst measured bits over every output slot of every sample:
 /// absolute error against the unfused twin, unit-sized output as the model counts).
 fn measure(label: &str, adapter: &Adapter, mode: Mode, samples: usize, seed: u64) -> (f64, f64) {
-    measure_at(label, adapter, mode, samples, seed, 16, 13, 3)
+    measure_at(label, adapter, mode, samples, seed, (16, 13, 3))
 }
 
-/// [`measure`] for `bits` of precision, expecting N = 2^`log_n`.
+/// [`measure`] for `bits` of precision, expecting N = 2^`log_n` and `depth` levels.
 fn measure_at(
     label: &str,
     adapter: &Adapter,
     mode: Mode,
     samples: usize,
     seed: u64,
-    bits: u32,
-    log_n: u32,
-    depth: usize,
+    (bits, log_n, depth): (u32, u32, usize),
 ) -> (f64, f64) {
     let req = match mode {
         Mode::Latency => SelectRequest {
@@ -254,7 +252,7 @@ fn head_b_at_24_bits_with_several_special_primes() {
     let a = square_mlp(12, 384, 8, 10);
     for (mode, samples) in [(Mode::Latency, 4), (Mode::Batch, 128)] {
         let (predicted, measured) =
-            measure_at("head (b) 24 bits", &a, mode, samples, 360, 24, 14, 3);
+            measure_at("head (b) 24 bits", &a, mode, samples, 360, (24, 14, 3));
         assert!(
             measured >= predicted,
             "{mode:?}: measured {measured:.1} bits < predicted {predicted:.1}"
@@ -269,7 +267,7 @@ fn lora_head_at_12_bits_takes_n12() {
     let a = zoo::lora_head(&mut rng(13), 384, 8, 10).unwrap();
     for (mode, samples) in [(Mode::Latency, 4), (Mode::Batch, 64)] {
         let (predicted, measured) =
-            measure_at("LoRA 384 r8 12 bits", &a, mode, samples, 370, 12, 12, 1);
+            measure_at("LoRA 384 r8 12 bits", &a, mode, samples, 370, (12, 12, 1));
         assert!(
             measured >= predicted,
             "{mode:?}: measured {measured:.1} bits < predicted {predicted:.1}"

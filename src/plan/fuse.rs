@@ -105,10 +105,7 @@ pub(crate) fn fuse(
         let base = score(&stages, n_inputs, slots, latency);
         let mut best: Option<(Score, Vec<Stage>)> = None;
         let live = live_set(&stages);
-        for c in n_inputs..stages.len() {
-            if !live[c] {
-                continue;
-            }
+        for c in (n_inputs..stages.len()).filter(|&c| live[c]) {
             for cand in candidates(&stages, n_inputs, c) {
                 let sc = score(&cand, n_inputs, slots, latency);
                 if sc.better_than(&base) && best.as_ref().is_none_or(|(b, _)| sc.lex() < b.lex()) {
