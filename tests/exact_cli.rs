@@ -205,7 +205,7 @@ fn exact_probe_without_bootstrapping_runs_end_to_end() {
     let d = dir.path();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real/digits");
     let card = root.join("probe/card.toml");
-    let pixels = load_features_npy(&root.join("features/pixels.npy")).unwrap();
+    let pixels = load_features_npy(root.join("features/pixels.npy")).unwrap();
     let calib = pixels.select(ndarray::Axis(0), &(0..200).collect::<Vec<_>>());
     let feats = pixels.select(ndarray::Axis(0), &[200, 201, 202]);
     let (calib_path, feats_path) = (d.join("calib.npy"), d.join("x.npy"));

@@ -127,7 +127,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => cmd::inspect::run(a, &ui),
         Command::Publish(a) => cmd::publish::run(a, &ui).map(|_| ()),
         Command::Demo(a) => cmd::demo::run(a, &ui),
+        #[cfg(feature = "serve")]
         Command::Serve(a) => cmd::serve::run(a, &ui),
+        #[cfg(feature = "serve")]
         Command::Query(a) => cmd::serve::query(a, &ui),
+        #[cfg(not(feature = "serve"))]
+        Command::Serve(_) | Command::Query(_) => Err(anyhow::anyhow!(
+            "this hepeft was built without the `serve` feature (cargo build --features serve)"
+        )),
     }
 }

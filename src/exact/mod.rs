@@ -7,7 +7,7 @@
 //! removal with two bootstrappings ([`Evaluator::drop_low_nibble`]), lookup tables at any
 //! output scale ([`Lut`]), the noise and failure-probability model ([`noise`]) and the file
 //! payloads ([`io`]). The quantized plan that drives it lives in
-//! [`plan::quantize`](crate::plan::quantize). Design and parameter justification:
+//! [`plan::quantize`](fn@crate::plan::quantize). Design and parameter justification:
 //! `docs/exact.md`.
 
 pub mod eval;

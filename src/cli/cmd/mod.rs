@@ -10,4 +10,5 @@ pub mod inspect;
 pub mod keygen;
 pub mod params;
 pub mod publish;
+#[cfg(feature = "serve")]
 pub mod serve;
