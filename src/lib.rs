@@ -22,6 +22,7 @@ pub mod plan;
 pub mod select;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod tune;
 
 pub use error::Error;
 

@@ -56,6 +56,63 @@ pub enum Command {
     Serve(ServeArgs),
     /// Client: query a `hepeft serve` instance (encrypt, send, decrypt) with the keys of DIR.
     Query(QueryArgs),
+    /// Tune an adapter privately on labelled features with encrypted forward passes only
+    /// (both parties in one process; see docs/tuning.md).
+    Tune(TuneArgs),
+}
+
+/// `hepeft tune`.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// The server's model card (the starting weights).
+    #[arg(long, value_name = "CARD")]
+    pub model: PathBuf,
+    /// The client's features (.npy, samples x features; one input adapters).
+    #[arg(long, value_name = "NPY")]
+    pub features: PathBuf,
+    /// The client's labels (.npy, one class index per sample).
+    #[arg(long, value_name = "NPY")]
+    pub labels: PathBuf,
+    /// Fraction of the samples (from the end) the client keeps for validation.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub validation_split: f64,
+    /// Steps in total (a resumed run continues up to this count).
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    /// Random directions per step (2k encrypted forward passes each).
+    #[arg(long, default_value_t = 4, value_name = "K")]
+    pub directions: usize,
+    /// Perturbation size eps.
+    #[arg(long, default_value_t = 1e-2, value_name = "EPS")]
+    pub perturbation: f64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1.0, value_name = "LR")]
+    pub learning_rate: f64,
+    /// Which parameters move: all, lora, lora_b or bias.
+    #[arg(long, default_value = "all")]
+    pub trainable: String,
+    /// Per-sample clipping bound of the client's finite differences.
+    #[arg(long, default_value_t = 10.0)]
+    pub clip: f64,
+    /// Gaussian noise on the replies, in units of their sensitivity (differential privacy).
+    #[arg(long, value_name = "SIGMA")]
+    pub noise_multiplier: Option<f64>,
+    /// delta of the reported (epsilon, delta)-DP.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    /// Precision asked of the parameter selection (bits).
+    #[arg(long, default_value_t = 16)]
+    pub precision: u32,
+    /// Turn noise flooding of the results OFF (weakens adapter privacy; see
+    /// docs/threat-model.md).
+    #[arg(long)]
+    pub no_flooding: bool,
+    /// Directory for both parties' checkpoints; a run finding them resumes.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Where the server writes the tuned card (and its weights beside it).
+    #[arg(long, value_name = "CARD")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

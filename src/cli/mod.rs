@@ -131,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => cmd::serve::run(a, &ui),
         #[cfg(feature = "serve")]
         Command::Query(a) => cmd::serve::query(a, &ui),
+        Command::Tune(a) => cmd::tune::run(a, &ui),
         #[cfg(not(feature = "serve"))]
         Command::Serve(_) | Command::Query(_) => Err(anyhow::anyhow!(
             "this hepeft was built without the `serve` feature (cargo build --features serve)"

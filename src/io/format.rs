@@ -552,7 +552,29 @@ pub fn write_file_atomic(
     payload: &[u8],
     mode: Option<u32>,
 ) -> Result<()> {
-    let path = path.as_ref();
+    write_atomic_with(path.as_ref(), mode, |w, tmp| {
+        write_envelope(w, kind, params_digest, payload).map_err(|e| with_path(e, tmp))
+    })
+}
+
+/// Writes raw `bytes` to `path` atomically, like [`write_file_atomic`] but with no
+/// envelope (for JSON checkpoints and reports that carry their own format tag).
+///
+/// # Errors
+/// [`Error::Io`] with the path on any file-system failure; the temporary file is removed.
+pub fn write_bytes_atomic(path: impl AsRef<Path>, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    write_atomic_with(path.as_ref(), mode, |w, tmp| {
+        w.write_all(bytes).map_err(|e| Error::io(tmp, e))
+    })
+}
+
+/// The temporary-file, sync, rename and directory-sync sequence behind the atomic writers;
+/// `fill` writes the content.
+fn write_atomic_with(
+    path: &Path,
+    mode: Option<u32>,
+    fill: impl FnOnce(&mut BufWriter<File>, &Path) -> Result<()>,
+) -> Result<()> {
     let file_name = path.file_name().ok_or_else(|| {
         Error::io(
             path,
@@ -566,7 +588,7 @@ pub fn write_file_atomic(
     let (file, tmp) = create_temp(&dir, file_name, mode)?;
     let guard = TempGuard(Some(tmp.clone()));
     let mut w = BufWriter::new(file);
-    write_envelope(&mut w, kind, params_digest, payload).map_err(|e| with_path(e, &tmp))?;
+    fill(&mut w, &tmp)?;
     let file = w
         .into_inner()
         .map_err(|e| Error::io(&tmp, e.into_error()))?;
@@ -580,6 +602,38 @@ pub fn write_file_atomic(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Reads a whole regular file of at most `limit` bytes (larger files are refused before
+/// reading; a file that grows while read is cut at `limit + 1` bytes and refused).
+///
+/// # Errors
+/// [`Error::Io`] for file-system failures; [`Error::Format`] for a file over the limit.
+pub fn read_bytes_limited(path: impl AsRef<Path>, limit: u64) -> Result<Vec<u8>> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let what = path.display().to_string();
+    if !meta.is_file() {
+        return Err(Error::format(what, "not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(Error::format(
+            what,
+            format!("{} bytes, more than the limit of {limit}", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::format(
+            what,
+            format!("grew past the limit of {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Removes the temporary file unless disarmed.

@@ -78,14 +78,25 @@ pub fn gaussian<G: RngCore + CryptoRng>(rng: &mut G, n: usize) -> Vec<i64> {
 /// `8.6 sigma`). A fixed number of floating-point operations per sample (`sigma` is
 /// public); floating-point timing is not guaranteed constant.
 pub fn gaussian_wide<G: RngCore + CryptoRng>(rng: &mut G, n: usize, sigma: f64) -> Vec<i64> {
+    normal_f64(rng, n, sigma)
+        .into_iter()
+        .map(|x| x.round() as i64)
+        .collect()
+}
+
+/// `n` real Gaussian samples of standard deviation `sigma` (Box–Muller on 53-bit uniforms from
+/// the caller's CSPRNG, two samples per pair of uniforms; tails cut near `8.6 sigma`).
+/// [`gaussian_wide`] rounds these; tuning draws its perturbation directions and its
+/// differential-privacy noise from them.
+pub fn normal_f64<G: RngCore + CryptoRng>(rng: &mut G, n: usize, sigma: f64) -> Vec<f64> {
     let unit = |r: &mut G| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {
         let (u1, u2) = (unit(rng), unit(rng));
         let rad = (-2.0 * u1.ln()).sqrt() * sigma;
         let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-        out.push((rad * c).round() as i64);
-        out.push((rad * s).round() as i64);
+        out.push(rad * c);
+        out.push(rad * s);
     }
     out.truncate(n);
     out

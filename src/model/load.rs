@@ -1407,6 +1407,40 @@ pub fn load_features_npy(path: impl AsRef<Path>) -> Result<Array2<f64>> {
     })
 }
 
+/// Reads class labels (one per sample) from a `.npy` file: a 1-D array or a single column,
+/// f32 or f64, every value a class index (a non-negative integer below 2^20).
+///
+/// # Errors
+/// As [`load_features_npy`]; [`Error::InvalidValue`] for a value that is not a class index,
+/// [`Error::Format`] for more than one column.
+pub fn load_labels_npy(path: impl AsRef<Path>) -> Result<Vec<usize>> {
+    let path = path.as_ref();
+    let a = load_features_npy(path)?;
+    if a.nrows() != 1 && a.ncols() != 1 {
+        return Err(Error::format(
+            "npy labels",
+            format!(
+                "{}: shape {:?}, expected one label per sample",
+                path.display(),
+                a.shape()
+            ),
+        ));
+    }
+    a.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v >= 0.0 && v < (1 << 20) as f64 && v.fract() == 0.0 {
+                Ok(v as usize)
+            } else {
+                Err(Error::InvalidValue {
+                    context: format!("{}: label {i}", path.display()),
+                    reason: format!("{v} is not a class index"),
+                })
+            }
+        })
+        .collect()
+}
+
 /// Writes `samples x features` as an f64 `.npy` file (C order).
 ///
 /// # Errors

@@ -12,3 +12,4 @@ pub mod params;
 pub mod publish;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod tune;

@@ -1,0 +1,112 @@
+//! `hepeft tune`: both parties of a private tuning run in one process ([`run_local`]), a
+//! progress bar with the client's loss and validation accuracy, the tuned card written at the
+//! end.
+
+use anyhow::{bail, Context as _, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use hepeft::model::load::{load_card, load_features_npy, load_labels_npy, save_adapter};
+use hepeft::plan::{FloodingConfig, SanitizeConfig};
+use hepeft::tune::{run_local, LocalRun, ReplyPrivacy, Trainable, TuneConfig};
+use ndarray::Axis;
+
+use crate::cli::args::TuneArgs;
+use crate::cli::common::human_bytes;
+use crate::cli::Ui;
+
+/// Runs the command.
+pub fn run(a: &TuneArgs, ui: &Ui) -> Result<()> {
+    let adapter = load_card(&a.model).context("loading the model card")?;
+    let x = load_features_npy(&a.features).context("loading the features")?;
+    let y = load_labels_npy(&a.labels).context("loading the labels")?;
+    if x.nrows() != y.len() {
+        bail!("{} feature rows but {} labels", x.nrows(), y.len());
+    }
+    if !(0.0..1.0).contains(&a.validation_split) {
+        bail!("--validation-split must be in [0, 1)");
+    }
+    let n_val = (x.nrows() as f64 * a.validation_split).round() as usize;
+    let n_train = x.nrows() - n_val;
+    if n_train == 0 {
+        bail!("no training sample left after the validation split");
+    }
+    let (train_x, val_x) = x.view().split_at(Axis(0), n_train);
+    let (train_y, val_y) = y.split_at(n_train);
+    if a.no_flooding {
+        ui.note("WARNING: --no-flooding: results are not flooded; the decrypted error depends on the weights (docs/threat-model.md)\n");
+    }
+    let run = LocalRun {
+        tune: TuneConfig {
+            directions: a.directions,
+            perturbation: a.perturbation,
+            learning_rate: a.learning_rate,
+            trainable: Trainable::parse(&a.trainable)?,
+        },
+        privacy: ReplyPrivacy {
+            clip: Some(a.clip),
+            noise_multiplier: a.noise_multiplier,
+            delta: a.delta,
+        },
+        steps: a.steps,
+        sanitize: if a.no_flooding {
+            SanitizeConfig::without_flooding()
+        } else {
+            SanitizeConfig {
+                flooding: Some(FloodingConfig::new(40, 2 * a.directions as u64 * a.steps)),
+            }
+        },
+        precision_bits: a.precision,
+        state_dir: a.state.clone(),
+    };
+    let bar = ProgressBar::new(a.steps);
+    if ui.quiet || ui.json {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} steps {msg}",
+    )?);
+    let validation = (n_val > 0).then_some((val_x, val_y));
+    let (tuned, report) = run_local(
+        &adapter,
+        train_x,
+        train_y,
+        validation,
+        &run,
+        &mut |r| {
+            let v = r.validation.map_or(String::new(), |(l, acc)| {
+                format!(", validation loss {l:.4} accuracy {acc:.3}")
+            });
+            bar.set_position(r.step + 1);
+            bar.set_message(format!("train loss {:.4}{v}", r.train_loss));
+        },
+        &mut ChaCha20Rng::from_os_rng(),
+        &mut ChaCha20Rng::from_os_rng(),
+    )?;
+    bar.finish();
+    let weights = save_adapter(&tuned, &a.out, None).context("writing the tuned card")?;
+    let per_step =
+        report.steps.iter().map(|r| r.seconds).sum::<f64>() / report.steps.len().max(1) as f64;
+    let down = report.steps.first().map_or(0, |r| r.bytes_down) as u64;
+    let up = report.steps.first().map_or(0, |r| r.bytes_up);
+    let dp = report
+        .dp_epsilon
+        .map_or("none (no noise on the replies)".into(), |e| {
+            format!("epsilon = {e:.3} at delta = {}", a.delta)
+        });
+    let text = format!(
+        "tuned {} steps at N = 2^{} ({} encrypted passes per step): {per_step:.2} s, {} down and {up} B up per step; query {} and keys {} once\n\
+         differential privacy of the replies: {dp}\n\
+         wrote {} and {}\n",
+        report.steps.len(),
+        report.log_n,
+        report.passes_per_step,
+        human_bytes(down),
+        human_bytes(report.query_bytes as u64),
+        human_bytes(report.key_bytes as u64),
+        a.out.display(),
+        weights.display()
+    );
+    ui.report(&report, &text, true)
+}
