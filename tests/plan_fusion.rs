@@ -160,12 +160,31 @@ fn cases() -> Vec<Case> {
         )
         .unwrap();
     lin(&mut b, rng, a4, 10, 16);
-    // input affine+square 2, linear 1, affine+square 2, (degree 1 folds into the next
-    // linear) linear 1, degree 4 as Chebyshev 3, linear 1
+    // input square with its map in the consumer 1, linear 1, affine+square on a shared
+    // producer read by an add 2, (degree 1 folds into the next linear) linear 1, degree 4
+    // as Chebyshev 3, linear 1
     out.push(Case {
         label: "unfoldable squares, degree 1, degree 4",
         adapter: b.build().unwrap(),
-        depth: 10,
+        depth: 9,
+    });
+
+    // a square on the input and on a shared layer, each read by one dense layer: the map
+    // goes to the consumer, one level each
+    let mut b = AdapterBuilder::new();
+    let x = b.input("x", 24).unwrap();
+    let q = quad(rng);
+    let a = b.poly(x, q).unwrap();
+    let h = lin(&mut b, rng, a, 16, 24);
+    let q = quad(rng);
+    let a2 = b.poly(h, q).unwrap();
+    let h2 = lin(&mut b, rng, a2, 16, 16);
+    let r = b.add(&[h2, h]).unwrap();
+    lin(&mut b, rng, r, 10, 16);
+    out.push(Case {
+        label: "squares on an input and a shared layer",
+        adapter: b.build().unwrap(),
+        depth: 4,
     });
 
     // a power-of-two degree keeps ceil(log2(d + 1)) levels: one above the bound

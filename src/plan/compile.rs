@@ -82,9 +82,17 @@ pub(crate) enum StageOp {
     /// `y = sign * x^2 + offset` (a degree-2 activation whose affine map was folded into the
     /// producer, which also multiplies by `sqrt(q_l / Delta)` so that the square lands at
     /// scale `Delta`): one ciphertext product, one level.
+    ///
+    /// `consumer_scaled`: the producer could not take the affine map (an adapter input, or
+    /// a stage with other consumers), so the square is `(x + shift)^2` with `shift` a free
+    /// constant addition, and the single dense consumer's columns carry both the leading
+    /// coefficient and the `q_l / Delta` correction (the square is then declared at scale
+    /// `Delta`); `sign = 1`, `offset = 0` (in the consumer's bias).
     Square {
         sign: f64,
         offset: f64,
+        shift: f64,
+        consumer_scaled: bool,
     },
     Add,
     Concat,

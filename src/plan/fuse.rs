@@ -24,9 +24,11 @@
 //!    `u = sqrt|b2| (x + b1 / (2 b2))`, and the affine map `x -> u` is folded into the
 //!    producer: **one level** (one ciphertext product, no constant product). Higher degrees
 //!    get the interval normalisation `t = alpha x + beta` folded into the producer (their
-//!    Chebyshev evaluation then costs `ceil(log2(d + 1))` levels). A producer that is not a
-//!    dense or affine stage feeding only the activation gets an explicit affine stage
-//!    (one level).
+//!    Chebyshev evaluation then costs `ceil(log2(d + 1))` levels). When the producer cannot
+//!    take the map (an adapter input, or a stage with other consumers) but a single dense
+//!    stage reads the square, the square is `(x + b1/(2 b2))^2` (a free constant addition)
+//!    and the consumer's columns take `b2` and its bias the constant: still one level.
+//!    Otherwise an explicit affine stage goes before the activation (one level).
 //!
 //! The square form is exact; its conditioning depends on `b2`: the error of `u` is
 //! multiplied by `2|u|`, i.e. by about `|b1| / sqrt|b2|` when the linear term dominates.
@@ -136,8 +138,41 @@ pub(crate) fn apply_square_scales(stages: &mut [Stage], q: &[u64], delta: f64) {
         let Some(&ql) = q.get(stages[p].level) else {
             continue;
         };
-        let f = (ql as f64 / delta).sqrt();
-        scale_rows(&mut stages[p].op, f, 0.0);
+        if let StageOp::Square {
+            consumer_scaled: true,
+            ..
+        } = stages[idx].op
+        {
+            if let Some(c) = stages.iter().position(|s| s.inputs.contains(&idx)) {
+                scale_columns_of(stages, c, idx, ql as f64 / delta, 0.0);
+            }
+        } else {
+            scale_rows(&mut stages[p].op, (ql as f64 / delta).sqrt(), 0.0);
+        }
+    }
+}
+
+/// Replaces the operand `operand` of dense stage `c` by `f * operand + k`: its columns are
+/// multiplied by `f` and `k` times their row sums is added to the bias.
+fn scale_columns_of(stages: &mut [Stage], c: usize, operand: usize, f: f64, k: f64) {
+    let widths: Vec<usize> = stages[c]
+        .inputs
+        .iter()
+        .map(|&i| stages[i].out_dim)
+        .collect();
+    let hits: Vec<bool> = stages[c].inputs.iter().map(|&i| i == operand).collect();
+    if let StageOp::Dense { weight, bias } = &mut stages[c].op {
+        let mut at = 0;
+        for (w, hit) in widths.iter().zip(hits) {
+            if hit {
+                let mut cols = weight.slice_axis_mut(Axis(1), (at..at + w).into());
+                if k != 0.0 {
+                    add_bias(bias, cols.sum_axis(Axis(1)) * k);
+                }
+                cols.mapv_inplace(|v| v * f);
+            }
+            at += w;
+        }
     }
 }
 
@@ -507,20 +542,12 @@ fn candidates(stages: &[Stage], n_inputs: usize, c: usize) -> Vec<Vec<Stage>> {
 /// `(g, h, sign, offset)` with `p(x) = sign (g x + h)^2 + offset` for the degree-2 series
 /// `cheb` on `t = alpha x + beta`.
 fn square_form(cheb: &[f64], alpha: f64, beta: f64, name: &str) -> Result<(f64, f64, f64, f64)> {
-    let c = |k: usize| cheb.get(k).copied().unwrap_or(0.0);
-    // in t: T_2 = 2 t^2 - 1
-    let (a2, a1, a0) = (2.0 * c(2), c(1), c(0) - c(2));
-    // in x
-    let b2 = a2 * alpha * alpha;
-    let b1 = 2.0 * a2 * alpha * beta + a1 * alpha;
-    let b0 = a2 * beta * beta + a1 * beta + a0;
+    let (b2, b1, b0) = power_coeffs_in_x(cheb, alpha, beta);
     if b2 == 0.0 {
         if b1 == 0.0 {
             return Ok((0.0, 0.0, 1.0, b0));
         }
-        return Err(Error::model(format!(
-            "activation '{name}' is declared with degree 2 but its leading coefficient is 0: declare it with degree 1"
-        )));
+        return Err(zero_leading(name));
     }
     let sign = b2.signum();
     let r = b2.abs().sqrt();
@@ -534,6 +561,25 @@ fn square_form(cheb: &[f64], alpha: f64, beta: f64, name: &str) -> Result<(f64, 
         });
     }
     Ok((g, h, sign, offset))
+}
+
+/// `(b2, b1, b0)` with `p(x) = b2 x^2 + b1 x + b0` for the degree-2 Chebyshev series `cheb`
+/// on `t = alpha x + beta`.
+fn power_coeffs_in_x(cheb: &[f64], alpha: f64, beta: f64) -> (f64, f64, f64) {
+    let c = |k: usize| cheb.get(k).copied().unwrap_or(0.0);
+    // in t: T_2 = 2 t^2 - 1
+    let (a2, a1, a0) = (2.0 * c(2), c(1), c(0) - c(2));
+    (
+        a2 * alpha * alpha,
+        2.0 * a2 * alpha * beta + a1 * alpha,
+        a2 * beta * beta + a1 * beta + a0,
+    )
+}
+
+fn zero_leading(name: &str) -> Error {
+    Error::model(format!(
+        "activation '{name}' is declared with degree 2 but its leading coefficient is 0: declare it with degree 1"
+    ))
 }
 
 /// Pass 3 (see the module docs). Inserted affine stages are appended; [`compact`] puts them
@@ -562,9 +608,39 @@ fn fold_activations(mut stages: Vec<Stage>, n_inputs: usize) -> Result<Vec<Stage
                 stages[src].op,
                 StageOp::Dense { .. } | StageOp::Affine { .. }
             );
+        let consumer = (0..n).find(|&c| live[c] && stages[c].inputs.contains(&idx));
+        let dense_consumer = cons[idx] == 1
+            && consumer.is_some_and(|c| matches!(stages[c].op, StageOp::Dense { .. }));
+        if cheb.len() == 3 && !foldable && dense_consumer {
+            // (x + shift)^2 with the coefficient and the constant in the consumer
+            let (b2, b1, b0) = power_coeffs_in_x(&cheb, alpha, beta);
+            let (lambda, shift, k) = if b2 == 0.0 {
+                if b1 != 0.0 {
+                    return Err(zero_leading(&stages[idx].name));
+                }
+                (0.0, 0.0, b0)
+            } else {
+                (b2, b1 / (2.0 * b2), b0 - b1 * b1 / (4.0 * b2))
+            };
+            if let Some(c) = consumer {
+                scale_columns_of(&mut stages, c, idx, lambda, k);
+            }
+            stages[idx].op = StageOp::Square {
+                sign: 1.0,
+                offset: 0.0,
+                shift,
+                consumer_scaled: true,
+            };
+            continue;
+        }
         let (g, h) = if cheb.len() == 3 {
             let (g, h, sign, offset) = square_form(&cheb, alpha, beta, &stages[idx].name)?;
-            stages[idx].op = StageOp::Square { sign, offset };
+            stages[idx].op = StageOp::Square {
+                sign,
+                offset,
+                shift: 0.0,
+                consumer_scaled: false,
+            };
             (g, h)
         } else {
             if let StageOp::Poly { normalized, .. } = &mut stages[idx].op {

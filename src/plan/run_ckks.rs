@@ -497,9 +497,17 @@ impl PreparedPlan {
                 .par_iter()
                 .map(|x| poly(ev, x, cheb, *alpha, *beta, *normalized))
                 .collect(),
-            (StageOp::Square { sign, offset }, _) => aligned
+            (
+                StageOp::Square {
+                    sign,
+                    offset,
+                    shift,
+                    ..
+                },
+                _,
+            ) => aligned
                 .par_iter()
-                .map(|x| square(ev, x, *sign, *offset))
+                .map(|x| square(ev, x, *sign, *offset, *shift))
                 .collect(),
             (StageOp::Add, _) => add_all(ev, inputs, st.in_level),
             (StageOp::Concat, _) => Ok(flat),
@@ -540,11 +548,24 @@ fn add_all(ev: &Evaluator, inputs: &[&Vec<Ciphertext>], level: usize) -> Result<
     Ok(acc)
 }
 
-/// `sign * x^2 + offset`, where the producer delivered `x * sqrt(q_l / Delta)` at scale
-/// `Delta`: the rescaled square then holds `x^2` at scale `Delta` exactly. One ciphertext
-/// product and relinearization, one level.
-fn square(ev: &Evaluator, x: &Ciphertext, sign: f64, offset: f64) -> Result<Ciphertext> {
+/// `sign * (x + shift)^2 + offset`, where the producer delivered `x * sqrt(q_l / Delta)` at
+/// scale `Delta` (or the consumer multiplies by `q_l / Delta`): the rescaled square is then
+/// declared at scale `Delta`. One ciphertext product and relinearization, one level.
+fn square(
+    ev: &Evaluator,
+    x: &Ciphertext,
+    sign: f64,
+    offset: f64,
+    shift: f64,
+) -> Result<Ciphertext> {
     let delta = ev.params().default_scale();
+    let shifted;
+    let x = if shift != 0.0 {
+        shifted = ev.add_const(x, shift)?;
+        &shifted
+    } else {
+        x
+    };
     let mut y = ev.mul_relin(x, x)?;
     ev.rescale_assign(&mut y)?;
     y.set_scale(delta);
@@ -631,9 +652,14 @@ fn stage_batch(ev: &Evaluator, st: &Stage, inputs: &[&Vec<Ciphertext>]) -> Resul
             .par_iter()
             .map(|xj| poly(ev, xj, cheb, *alpha, *beta, *normalized))
             .collect(),
-        StageOp::Square { sign, offset } => x
+        StageOp::Square {
+            sign,
+            offset,
+            shift,
+            ..
+        } => x
             .par_iter()
-            .map(|xj| square(ev, xj, *sign, *offset))
+            .map(|xj| square(ev, xj, *sign, *offset, *shift))
             .collect(),
         StageOp::Add => add_all(ev, inputs, st.in_level),
         StageOp::Concat => Ok(x),
