@@ -15,14 +15,24 @@ use std::time::Duration;
 
 /// 768 -> 64 -> (0.5 t + 0.25 t^2) -> 100: the head the SEAL/OpenFHE peer figures use.
 fn square_mlp(rng: &mut ChaCha20Rng) -> hepeft::Result<hepeft::model::Adapter> {
+    square_mlp_sized(rng, 768, 64, 100)
+}
+
+/// `d -> hidden -> (0.5 t + 0.25 t^2) -> classes`: head (a) is 768/64/100, head (b) 384/8/10.
+fn square_mlp_sized(
+    rng: &mut ChaCha20Rng,
+    d: usize,
+    hidden: usize,
+    classes: usize,
+) -> hepeft::Result<hepeft::model::Adapter> {
     let mut m = |r: usize, c: usize| {
         ndarray::Array2::from_shape_simple_fn((r, c), || {
             rng.random_range(-1.0..1.0) / (c as f64).sqrt()
         })
     };
-    let (w1, w2) = (m(64, 768), m(100, 64));
+    let (w1, w2) = (m(hidden, d), m(classes, hidden));
     let mut b = AdapterBuilder::new();
-    let x = b.input("x", 768)?;
+    let x = b.input("x", d)?;
     let h = b.node(
         "down",
         Op::Linear {
@@ -101,5 +111,60 @@ fn bench_heads(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_heads);
+/// Heads (a) and (b) on the parameters `hepeft params select --precision 16 --no-flooding`
+/// picks for them, one thread (the issue-13 comparison with SEAL). Run:
+/// `RAYON_NUM_THREADS=1 cargo bench --bench head -- head_selected`.
+fn bench_selected(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let cases = [
+        ("a_768_64_100", square_mlp_sized(&mut rng, 768, 64, 100)),
+        ("b_384_8_10", square_mlp_sized(&mut rng, 384, 8, 10)),
+    ];
+    let mut g = c.benchmark_group("head_selected");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for (name, adapter) in cases {
+        let adapter = adapter.expect("adapter");
+        let sel = hepeft::select::select(
+            &adapter,
+            &hepeft::select::SelectRequest {
+                precision_bits: 16,
+                ..Default::default()
+            },
+        )
+        .expect("select");
+        let (params, plan) = (sel.params, sel.plan);
+        let kg = KeyGenerator::new(&params);
+        let sk = kg.gen_secret_key(&mut rng);
+        let pk = kg.gen_public_key(&sk, &mut rng).expect("pk");
+        let keys = kg
+            .gen_evaluation_keys(&sk, &plan.galois_elements(), plan.needs_relin(), &mut rng)
+            .expect("keys");
+        let ev = Evaluator::with_keys(&params, Arc::new(keys)).expect("evaluator");
+        let enc = Encoder::new(&params).expect("encoder");
+        let inputs = zoo::uniform_inputs(&mut rng, &adapter, 1);
+        let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
+        let query = plan
+            .encrypt_query(&enc, EncryptionKey::Public(&pk), &views, &mut rng)
+            .expect("query");
+        let prepared = plan.prepare().expect("prepare");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool");
+        eprintln!(
+            "head_selected/{name}: N = 2^{}, depth {}, {} key switches",
+            params.log_n(),
+            plan.depth(),
+            plan.key_switches()
+        );
+        g.bench_function(format!("{name}/N{}/threads1", params.log_n()), |b| {
+            b.iter(|| pool.install(|| prepared.evaluate(&ev, black_box(&query))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_heads, bench_selected);
 criterion_main!(benches);

@@ -86,10 +86,16 @@ fn main() -> Result<()> {
     if std::env::args().nth(3).as_deref() == Some("plain") {
         for r in &twin {
             let (vl, va) = r.validation.unwrap_or((f64::NAN, f64::NAN));
-            println!("{:>4} | train loss {:.6} | val loss {vl:.4} | val acc {va:.3}", r.step, r.train_loss);
+            println!(
+                "{:>4} | train loss {:.6} | val loss {vl:.4} | val acc {va:.3}",
+                r.step, r.train_loss
+            );
         }
         let fo = first_order(&start, train_x, train_y, steps, lr)?;
-        println!("first-order: validation accuracy {:.3}", accuracy(&fo, val_x, val_y)?);
+        println!(
+            "first-order: validation accuracy {:.3}",
+            accuracy(&fo, val_x, val_y)?
+        );
         return Ok(());
     }
     println!("step | train loss (encrypted) | plaintext twin | |diff|   | val loss | val acc | s/step | down KiB | up B");

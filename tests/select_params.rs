@@ -12,8 +12,14 @@ fn selects_secure_parameters_with_enough_depth() {
     let lora = zoo::lora_head(&mut rng, 768, 8, 10).unwrap();
     let s = select(&lora, &SelectRequest::default()).unwrap();
     println!("{}", s.report.to_text());
-    assert_eq!(s.report.depth, 2);
-    assert_eq!(s.params.log_n(), 13, "a depth-2 head fits N = 2^13");
+    // the LoRA product fuses with the head: one dense map, depth 1
+    assert_eq!(s.report.depth, 1);
+    assert_eq!(s.report.depth_lower_bound, 1);
+    assert_eq!(
+        s.params.log_n(),
+        13,
+        "a depth-1 head at 16 bits fits N = 2^13"
+    );
     assert!(s.report.log_qp <= s.report.max_log_qp as f64);
     assert!(s.report.predicted_precision_bits >= 16.0);
 
@@ -21,13 +27,14 @@ fn selects_secure_parameters_with_enough_depth() {
         zoo::bottleneck(&mut rng, 768, 64, ActivationFn::Gelu, 7, (-4.0, 4.0), 100).unwrap();
     assert_eq!(
         required_depth(&bottleneck, Default::default()).unwrap(),
-        6,
-        "linear + GELU7 (3) + linear + head"
+        5,
+        "linear + GELU7 (3) + (up and head fused across the residual)"
     );
     let s = select(&bottleneck, &SelectRequest::default()).unwrap();
     println!("{}", s.report.to_text());
     assert!(s.params.log_n() >= 14);
-    assert_eq!(s.plan.depth(), 6);
+    assert_eq!(s.plan.depth(), 5);
+    assert_eq!(s.report.depth_lower_bound, 5);
 }
 
 #[test]

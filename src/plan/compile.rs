@@ -39,8 +39,12 @@ impl Mode {
 pub struct PlanOptions {
     /// Packing layout.
     pub mode: Mode,
-    /// Fold the `[lo, hi] -> [-1, 1]` map of an activation into the linear layer feeding it
-    /// (saves one level) when that layer feeds nothing else.
+    /// Rewrite the graph before layout (the passes of `plan::fuse`, documented in
+    /// `docs/design.md`): fuse chains of linear, affine and scale maps (also across residual
+    /// adds and concatenations) where that lowers the cost, fold activation maps into the
+    /// producing layer, and evaluate degree-2 activations as one square (one level). `false`
+    /// keeps the graph as written (one stage per node, activations normalised by a separate
+    /// constant product).
     pub fold_normalization: bool,
 }
 
@@ -74,6 +78,21 @@ pub(crate) enum StageOp {
         alpha: f64,
         beta: f64,
         normalized: bool,
+    },
+    /// `y = sign * x^2 + offset` (a degree-2 activation whose affine map was folded into the
+    /// producer, which also multiplies by `sqrt(q_l / Delta)` so that the square lands at
+    /// scale `Delta`): one ciphertext product, one level.
+    ///
+    /// `consumer_scaled`: the producer could not take the affine map (an adapter input, or
+    /// a stage with other consumers), so the square is `(x + shift)^2` with `shift` a free
+    /// constant addition, and the single dense consumer's columns carry both the leading
+    /// coefficient and the `q_l / Delta` correction (the square is then declared at scale
+    /// `Delta`); `sign = 1`, `offset = 0` (in the consumer's bias).
+    Square {
+        sign: f64,
+        offset: f64,
+        shift: f64,
+        consumer_scaled: bool,
     },
     Add,
     Concat,
@@ -125,6 +144,7 @@ pub struct Plan {
     rotations: BTreeSet<i64>,
     needs_relin: bool,
     report: Vec<StageReport>,
+    depth_lower_bound: usize,
 }
 
 fn dense_rotations(out_segs: &[Segment], in_segs: &[Segment]) -> (Vec<i64>, usize) {
@@ -282,7 +302,7 @@ impl Plan {
             return Err(Error::model("the adapter has no operations"));
         }
         if options.fold_normalization {
-            fold_normalizations(&mut stages);
+            stages = super::fuse::fuse(stages, n_inputs, slots, options.mode == Mode::Latency)?;
         }
         let mut plan = Plan {
             params: params.clone(),
@@ -292,8 +312,14 @@ impl Plan {
             rotations: BTreeSet::new(),
             needs_relin: false,
             report: vec![],
+            depth_lower_bound: super::fuse::depth_lower_bound(adapter),
         };
         plan.lay_out()?;
+        super::fuse::apply_square_scales(
+            &mut plan.stages,
+            plan.params.q(),
+            plan.params.default_scale(),
+        );
         Ok(plan)
     }
 
@@ -381,6 +407,20 @@ impl Plan {
                         "poly",
                     )
                 }
+                StageOp::Square { .. } => {
+                    let cts = if latency {
+                        self.stages[ins[0]].segments.len()
+                    } else {
+                        out_dim
+                    };
+                    relin = cts;
+                    needs_relin = true;
+                    (
+                        need(1, "activation")?,
+                        self.stages[ins[0]].segments.clone(),
+                        "square",
+                    )
+                }
                 StageOp::Add => {
                     let first = &self.stages[ins[0]].segments;
                     if latency && ins.iter().any(|&i| self.stages[i].segments != *first) {
@@ -455,6 +495,12 @@ impl Plan {
     pub fn depth(&self) -> usize {
         self.params.max_level() - self.output_level()
     }
+    /// The fewest levels any plan of this adapter can consume (see
+    /// [`depth_lower_bound`](super::depth_lower_bound)); [`Plan::depth`] reaches it when
+    /// the rewriting passes could fold everything.
+    pub fn depth_lower_bound(&self) -> usize {
+        self.depth_lower_bound
+    }
     /// Rotation steps the server performs (the client generates exactly these keys).
     pub fn rotation_steps(&self) -> Vec<i64> {
         self.rotations.iter().copied().collect()
@@ -528,9 +574,10 @@ impl Plan {
     /// Human-readable summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "plan ({:?}): depth {} of {}, {} rotation keys, relinearization {}, {} key switches per query, {} -> {} ciphertexts\n",
+            "plan ({:?}): depth {} (lower bound {}) of {}, {} rotation keys, relinearization {}, {} key switches per query, {} -> {} ciphertexts\n",
             self.options.mode,
             self.depth(),
+            self.depth_lower_bound,
             self.params.max_level(),
             self.rotations.len(),
             if self.needs_relin { "yes" } else { "no" },
@@ -550,48 +597,4 @@ impl Plan {
 
 fn unreachable_input() -> (usize, Vec<Segment>, &'static str) {
     (0, vec![], "input")
-}
-
-/// Folds `t = alpha x + beta` of each activation into its producer when the producer is a
-/// dense or affine stage that feeds only that activation.
-fn fold_normalizations(stages: &mut [Stage]) {
-    let mut consumers = vec![0usize; stages.len()];
-    for s in stages.iter() {
-        for &i in &s.inputs {
-            consumers[i] += 1;
-        }
-    }
-    for idx in 0..stages.len() {
-        let (alpha, beta, src) = match &stages[idx].op {
-            StageOp::Poly {
-                alpha,
-                beta,
-                normalized: false,
-                ..
-            } if stages[idx].inputs.len() == 1 => (*alpha, *beta, stages[idx].inputs[0]),
-            _ => continue,
-        };
-        if consumers[src] != 1 {
-            continue;
-        }
-        let folded = match &mut stages[src].op {
-            StageOp::Dense { weight, bias } => {
-                weight.mapv_inplace(|w| w * alpha);
-                let b = bias.take().unwrap_or_else(|| Array1::zeros(weight.nrows()));
-                *bias = Some(b.mapv(|v| v * alpha + beta));
-                true
-            }
-            StageOp::Affine { mul, add } => {
-                mul.mapv_inplace(|m| m * alpha);
-                add.mapv_inplace(|a| a * alpha + beta);
-                true
-            }
-            _ => false,
-        };
-        if folded {
-            if let StageOp::Poly { normalized, .. } = &mut stages[idx].op {
-                *normalized = true;
-            }
-        }
-    }
 }

@@ -15,6 +15,7 @@
 //!   Linear layers need no rotation at all (constant products only).
 
 mod compile;
+mod fuse;
 mod layout;
 pub mod public;
 #[cfg(feature = "exact")]
@@ -25,6 +26,7 @@ mod run_exact;
 pub mod sanitize;
 
 pub use compile::{Mode, Plan, PlanOptions, StageReport};
+pub use fuse::depth_lower_bound;
 pub use layout::Segment;
 pub use public::public_structure;
 #[cfg(feature = "exact")]

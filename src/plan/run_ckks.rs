@@ -99,11 +99,13 @@ impl Plan {
                 let q_in = params.q()[st.in_level] as f64;
                 match &st.op {
                     StageOp::Dense { weight, bias } => {
-                        let in_segs: Vec<Segment> = st
-                            .inputs
-                            .iter()
-                            .flat_map(|&i| self.stages[i].segments.clone())
-                            .collect();
+                        // the weight acts on the concatenation of the operands
+                        let mut in_segs: Vec<Segment> = Vec::new();
+                        let mut shift = 0;
+                        for &i in &st.inputs {
+                            in_segs.extend(layout::shifted(&self.stages[i].segments, shift));
+                            shift += self.stages[i].out_dim;
+                        }
                         let blocks = st
                             .segments
                             .par_iter()
@@ -495,6 +497,18 @@ impl PreparedPlan {
                 .par_iter()
                 .map(|x| poly(ev, x, cheb, *alpha, *beta, *normalized))
                 .collect(),
+            (
+                StageOp::Square {
+                    sign,
+                    offset,
+                    shift,
+                    ..
+                },
+                _,
+            ) => aligned
+                .par_iter()
+                .map(|x| square(ev, x, *sign, *offset, *shift))
+                .collect(),
             (StageOp::Add, _) => add_all(ev, inputs, st.in_level),
             (StageOp::Concat, _) => Ok(flat),
             _ => Err(Error::model(format!(
@@ -532,6 +546,36 @@ fn add_all(ev: &Evaluator, inputs: &[&Vec<Ciphertext>], level: usize) -> Result<
         }
     }
     Ok(acc)
+}
+
+/// `sign * (x + shift)^2 + offset`, where the producer delivered `x * sqrt(q_l / Delta)` at
+/// scale `Delta` (or the consumer multiplies by `q_l / Delta`): the rescaled square is then
+/// declared at scale `Delta`. One ciphertext product and relinearization, one level.
+fn square(
+    ev: &Evaluator,
+    x: &Ciphertext,
+    sign: f64,
+    offset: f64,
+    shift: f64,
+) -> Result<Ciphertext> {
+    let delta = ev.params().default_scale();
+    let shifted;
+    let x = if shift != 0.0 {
+        shifted = ev.add_const(x, shift)?;
+        &shifted
+    } else {
+        x
+    };
+    let mut y = ev.mul_relin(x, x)?;
+    ev.rescale_assign(&mut y)?;
+    y.set_scale(delta);
+    if sign < 0.0 {
+        ev.neg_assign(&mut y)?;
+    }
+    if offset != 0.0 {
+        ev.add_const_assign(&mut y, offset)?;
+    }
+    Ok(y)
 }
 
 fn poly(
@@ -607,6 +651,15 @@ fn stage_batch(ev: &Evaluator, st: &Stage, inputs: &[&Vec<Ciphertext>]) -> Resul
         } => x
             .par_iter()
             .map(|xj| poly(ev, xj, cheb, *alpha, *beta, *normalized))
+            .collect(),
+        StageOp::Square {
+            sign,
+            offset,
+            shift,
+            ..
+        } => x
+            .par_iter()
+            .map(|xj| square(ev, xj, *sign, *offset, *shift))
             .collect(),
         StageOp::Add => add_all(ev, inputs, st.in_level),
         StageOp::Concat => Ok(x),

@@ -217,7 +217,7 @@ impl Plan {
                     .stages
                     .get(idx)
                     .is_some_and(|s| s.inputs.iter().all(|&i| clean(plan, i))),
-                Some(StageOp::Poly { .. }) | None => false,
+                Some(StageOp::Poly { .. } | StageOp::Square { .. }) | None => false,
             }
         }
         self.stages

@@ -71,6 +71,9 @@ pub struct SelectionReport {
     pub levels: usize,
     /// Levels the adapter consumes.
     pub depth: usize,
+    /// The fewest levels any plan of the adapter can consume
+    /// ([`crate::plan::depth_lower_bound`]).
+    pub depth_lower_bound: usize,
     /// Predicted output precision, bits.
     pub predicted_precision_bits: f64,
     /// Predicted precision after noise flooding, bits (when flooding was requested).
@@ -128,7 +131,7 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
     };
     let depth = required_depth(adapter, req.options)?;
     let mut refused = Vec::new();
-    for log_n in 13u32..=16 {
+    for log_n in 12u32..=16 {
         let Some(bound) = max_log_qp(log_n, req.security) else {
             refused.push(format!(
                 "N = 2^{log_n}: no {sec_bits}-bit entry in the table"
@@ -237,29 +240,35 @@ fn candidate(
     let q0 = (log_scale + 10).min(60);
     let bits_special = q0.max(log_scale);
     let base = q0 + levels as u32 * log_scale;
-    // most special primes that fit: fewer digits, faster key switching
-    let Some(k) = (1..=(levels + 1).min(8))
-        .rev()
-        .find(|&k| base + k as u32 * bits_special < bound)
-    else {
-        return Ok(Candidate::Refused(format!(
-            "N = 2^{log_n}: depth {levels} at scale 2^{log_scale} needs log2(QP) >= {} > {bound}",
+    // most special primes that fit: fewer digits, faster key switching; the security check
+    // of `CkksParams::from_literal` (on the actual primes) has the last word
+    let mut last_err = None;
+    for k in (1..=(levels + 1).min(8)).rev() {
+        if base + k as u32 * bits_special > bound {
+            continue;
+        }
+        let lit = CkksParamsLiteral::new(
+            log_n,
+            [vec![q0], vec![log_scale; levels]].concat(),
+            vec![bits_special; k],
+            log_scale,
+        )
+        .with_security(req.security);
+        match CkksParams::from_literal(lit) {
+            Ok(params) => {
+                let plan = Plan::compile(adapter, &params, req.options)?;
+                return Ok(Candidate::Ok(params, plan));
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Ok(Candidate::Refused(match last_err {
+        Some(e) => format!("N = 2^{log_n}: {e}"),
+        None => format!(
+            "N = 2^{log_n}: depth {levels} at scale 2^{log_scale} needs log2(QP) >= {} (q0 {q0} + {levels} x {log_scale} + one {bits_special}-bit special prime), above the bound of {bound}",
             base + bits_special
-        )));
-    };
-    let lit = CkksParamsLiteral::new(
-        log_n,
-        [vec![q0], vec![log_scale; levels]].concat(),
-        vec![bits_special; k],
-        log_scale,
-    )
-    .with_security(req.security);
-    let params = match CkksParams::from_literal(lit) {
-        Ok(p) => p,
-        Err(e) => return Ok(Candidate::Refused(format!("N = 2^{log_n}: {e}"))),
-    };
-    let plan = Plan::compile(adapter, &params, req.options)?;
-    Ok(Candidate::Ok(params, plan))
+        ),
+    }))
 }
 
 /// The report of an existing parameter set for `plan`.
@@ -289,6 +298,7 @@ pub fn report_for(
         security_bits: sec_bits,
         levels: top,
         depth,
+        depth_lower_bound: plan.depth_lower_bound(),
         predicted_precision_bits: predicted_precision_bits(
             params.default_scale().log2().round() as u32,
             params.log_n(),
@@ -314,7 +324,7 @@ impl SelectionReport {
         let mut s = format!(
             "N = 2^{}  log Q = {:?}  log P = {:?}  scale 2^{}  dnum {}\n\
              log2(QP) = {:.1} <= {} (HomomorphicEncryption.org, {}-bit, ternary secret)\n\
-             levels {} (adapter uses {}), predicted precision {:.1} bits\n\
+             levels {} (adapter uses {}, lower bound {}), predicted precision {:.1} bits\n\
              rotation keys {}, key switches per query {}\n\
              evaluation keys {:.1} MiB ({:.1} MiB each), ciphertext {:.2} MiB, query {} ciphertext(s), result {} ciphertext(s)\n\
              digest {}\n",
@@ -328,6 +338,7 @@ impl SelectionReport {
             self.security_bits,
             self.levels,
             self.depth,
+            self.depth_lower_bound,
             self.predicted_precision_bits,
             self.rotation_keys,
             self.key_switches_per_query,
