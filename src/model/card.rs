@@ -1,7 +1,7 @@
 //! Model cards: TOML / JSON descriptions of an adapter graph ([`ModelCard`]), [`load_card`]
 //! and [`save_adapter`]. The format is documented in `docs/model-card.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2};
@@ -17,8 +17,44 @@ use crate::{Error, Result};
 
 /// Largest model card read (1 MiB).
 pub const MAX_CARD_BYTES: u64 = 1 << 20;
-/// The model card format version this code reads and writes.
+/// The model card format version [`save_adapter`] writes (one weights file).
 pub const CARD_VERSION: u32 = 1;
+/// The newest card format version this code reads: version 2 allows `weights` to be a list
+/// of files (written by `hepeft import-peft`).
+pub const CARD_VERSION_MAX: u32 = 2;
+
+/// The `weights` field of a card: one safetensors file, or (version 2) several, whose tensor
+/// names must be unique across the files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WeightFiles {
+    /// `weights = "adapter.safetensors"`.
+    One(String),
+    /// `weights = ["base.safetensors", "adapter_model.safetensors"]` (card version 2).
+    Many(Vec<String>),
+}
+
+impl WeightFiles {
+    /// The file paths, as written in the card.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            WeightFiles::One(p) => vec![p.as_str()],
+            WeightFiles::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl From<String> for WeightFiles {
+    fn from(p: String) -> Self {
+        WeightFiles::One(p)
+    }
+}
+
+impl From<&str> for WeightFiles {
+    fn from(p: &str) -> Self {
+        WeightFiles::One(p.to_string())
+    }
+}
 
 /// Paths of a PEFT checkpoint referenced by a card (relative to the card's directory).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,14 +168,14 @@ pub struct NodeCard {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelCard {
-    /// Card format version, must be [`CARD_VERSION`].
+    /// Card format version, 1 or 2 ([`CARD_VERSION`] ..= [`CARD_VERSION_MAX`]).
     pub version: u32,
     /// Optional human-readable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Path of the safetensors weights file, relative to the card's directory.
+    /// Path(s) of the safetensors weights file(s), relative to the card's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weights: Option<String>,
+    pub weights: Option<WeightFiles>,
     /// PEFT checkpoint used by `lora` nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peft: Option<PeftFiles>,
@@ -195,6 +231,21 @@ fn need_store<'a>(store: Option<&'a TensorStore>, node: &str) -> Result<&'a Tens
 }
 
 impl NodeCard {
+    /// Names of the tensors this node takes from the weights files.
+    pub fn tensor_names(&self) -> Vec<&str> {
+        [
+            &self.weight,
+            &self.bias,
+            &self.a,
+            &self.b,
+            &self.mul,
+            &self.add,
+        ]
+        .into_iter()
+        .filter_map(|f| f.as_deref())
+        .collect()
+    }
+
     fn set_fields(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         let mut f = |name: &'static str, set: bool| {
@@ -300,7 +351,7 @@ impl NodeCard {
                         "card node '{name}': op lora needs a [peft] checkpoint in the card"
                     ))
                 })?;
-                peft.get(module)?.to_op()
+                peft.get(module)?.to_op()?
             }
             OpKind::Affine => {
                 let s = need_store(store, name)?;
@@ -410,11 +461,35 @@ impl ModelCard {
         weights: Option<&TensorStore>,
         peft: Option<&PeftLora>,
     ) -> Result<Adapter> {
-        if self.version != CARD_VERSION {
+        if !(CARD_VERSION..=CARD_VERSION_MAX).contains(&self.version) {
             return Err(Error::model(format!(
-                "model card version {} is not supported (expected {CARD_VERSION})",
+                "model card version {} is not supported (expected {CARD_VERSION} to {CARD_VERSION_MAX})",
                 self.version
             )));
+        }
+        if self.version < 2 && matches!(self.weights, Some(WeightFiles::Many(_))) {
+            return Err(Error::model(
+                "model card: a list of weights files needs version = 2",
+            ));
+        }
+        if let Some(p) = peft {
+            // A checkpoint that replaces base tensors (modules_to_save, saved biases) must have
+            // them used, or the card computes something other than PEFT.
+            let used: BTreeSet<&str> = self.nodes.iter().flat_map(NodeCard::tensor_names).collect();
+            let missing: Vec<String> = p
+                .replacements()
+                .into_iter()
+                .filter(|(raw, _)| !used.contains(raw.as_str()))
+                .map(|(raw, what)| format!("'{raw}' (replaces {what})"))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::model(format!(
+                    "the card's PEFT checkpoint replaces base tensors the card does not use: {}; \
+                     list adapter_model.safetensors among the card's weights and use these tensors \
+                     in place of the base ones, or write the card with `hepeft import-peft`",
+                    missing.join(", ")
+                )));
+            }
         }
         let mut builder = AdapterBuilder::new();
         let mut refs: BTreeMap<&str, NodeRef> = BTreeMap::new();
@@ -553,7 +628,13 @@ pub fn load_card(path: impl AsRef<Path>) -> Result<Adapter> {
     let card = ModelCard::from_path(path)?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     let store = match &card.weights {
-        Some(w) => Some(TensorStore::from_path(resolve(base, w))?),
+        Some(w) => {
+            let mut store = TensorStore::new();
+            for p in w.paths() {
+                store.merge(TensorStore::from_path(resolve(base, p))?)?;
+            }
+            Some(store)
+        }
         None => None,
     };
     let peft = match &card.peft {
@@ -591,7 +672,7 @@ pub fn save_adapter(
     let weights_name = format!("{stem}.safetensors");
     let weights_path = card_path.with_file_name(&weights_name);
     let (mut card, store) = ModelCard::from_adapter(adapter, name)?;
-    card.weights = Some(weights_name);
+    card.weights = Some(WeightFiles::One(weights_name));
     store.write(&weights_path)?;
     let text = card.to_string(format)?;
     std::fs::write(card_path, text).map_err(|e| Error::io(card_path, e))?;

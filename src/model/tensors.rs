@@ -245,6 +245,30 @@ impl TensorStore {
         Ok(())
     }
 
+    /// Moves every tensor of `other` into this store (for a card naming several weights
+    /// files).
+    ///
+    /// # Errors
+    /// [`Error::Model`] if both stores hold a tensor of the same name (naming both files).
+    pub fn merge(&mut self, other: TensorStore) -> Result<()> {
+        for name in other.names() {
+            if self.tensors.contains_key(name) || self.unsupported.contains_key(name) {
+                return Err(Error::model(format!(
+                    "tensor '{name}' is in both {} and {}; tensor names must be unique across a card's weights files",
+                    self.source, other.source
+                )));
+            }
+        }
+        self.source = if self.source.is_empty() {
+            other.source
+        } else {
+            format!("{} + {}", self.source, other.source)
+        };
+        self.tensors.extend(other.tensors);
+        self.unsupported.extend(other.unsupported);
+        Ok(())
+    }
+
     /// Serializes all convertible tensors as F64 safetensors.
     ///
     /// # Errors
