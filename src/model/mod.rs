@@ -6,12 +6,14 @@
 //! * [`zoo`]: seeded random adapters for tests, benches and demos.
 //! * [`load`]: model cards + safetensors, Hugging Face PEFT LoRA files, `.npy` features,
 //!   re-exported from [`tensors`], [`peft`], [`card`] and [`npy`].
+//! * [`import`]: a model card from a PEFT checkpoint and the base weights (`hepeft import-peft`).
 //!
 //! Everything here is `f64` and knows nothing about encryption.
 
 pub mod activation;
 pub mod adapter;
 pub mod card;
+pub mod import;
 pub mod layer;
 pub mod load;
 pub mod npy;

@@ -239,6 +239,11 @@ struct OrderedPatterns {
 /// Compiles a Python regular expression for the `regex` crate, anchored as `^(?:p)$`
 /// (`fullmatch`) or `^(?:p)` (`match`).
 fn python_regex(p: &str, full: bool, field: &str) -> Result<regex::Regex> {
+    python_regex_for(p, full, field, p)
+}
+
+/// [`python_regex`] for a pattern built around the config key `key` (named in errors).
+fn python_regex_for(p: &str, full: bool, field: &str, key: &str) -> Result<regex::Regex> {
     let anchored = if full {
         format!("^(?:{p})$")
     } else {
@@ -246,7 +251,7 @@ fn python_regex(p: &str, full: bool, field: &str) -> Result<regex::Regex> {
     };
     regex::Regex::new(&anchored).map_err(|e| {
         Error::model(format!(
-            "adapter_config.json: {field} key '{p}' is not a regular expression this loader can match as PEFT does: {e}"
+            "adapter_config.json: {field} key '{key}' is not a regular expression this loader can match as PEFT does: {e}"
         ))
     })
 }
@@ -259,7 +264,7 @@ fn pattern_lookup<'a, V>(
     field: &str,
 ) -> Result<Option<(&'a str, &'a V)>> {
     for (k, v) in patterns {
-        if python_regex(&format!(r"(.*\.)?({k})$"), false, field)?.is_match(module) {
+        if python_regex_for(&format!(r"(.*\.)?({k})$"), false, field, k)?.is_match(module) {
             return Ok(Some((k.as_str(), v)));
         }
     }
@@ -396,10 +401,10 @@ impl PeftConfig {
             })
             .collect::<Result<Vec<_>>>()?;
         for (k, _) in &rank_pattern {
-            python_regex(&format!(r"(.*\.)?({k})$"), false, "rank_pattern")?;
+            python_regex_for(&format!(r"(.*\.)?({k})$"), false, "rank_pattern", k)?;
         }
         for (k, _) in &alpha_pattern {
-            python_regex(&format!(r"(.*\.)?({k})$"), false, "alpha_pattern")?;
+            python_regex_for(&format!(r"(.*\.)?({k})$"), false, "alpha_pattern", k)?;
         }
         let bias = match get("bias") {
             Value::Null => BiasMode::None,
@@ -573,8 +578,13 @@ impl PeftConfig {
             }
         }
         for m in &self.modules_to_save {
-            if python_regex(&format!(r"(^|.*\.){m}($|\..*)"), false, "modules_to_save")?
-                .is_match(module)
+            if python_regex_for(
+                &format!(r"(^|.*\.){m}($|\..*)"),
+                false,
+                "modules_to_save",
+                m,
+            )?
+            .is_match(module)
             {
                 return Ok(Some(false));
             }
@@ -596,10 +606,11 @@ impl PeftConfig {
                         } else {
                             let mut hit = None;
                             for p in &self.layers_pattern {
-                                let re = python_regex(
+                                let re = python_regex_for(
                                     &format!(r"(?:^|.*?\.){p}\.(?P<idx>\d+)\."),
                                     false,
                                     "layers_pattern",
+                                    p,
                                 )?;
                                 if let Some(c) = re.captures(module) {
                                     hit = Some(c["idx"].to_string());
@@ -971,9 +982,16 @@ fn parse_peft_name(name: &str) -> Option<(String, Part, Option<String>)> {
 /// The modules of `modules_to_save` that `module` belongs to (PEFT's
 /// `(^|.*\.)m($|\..*)`), as a bool.
 fn is_saved_module(cfg: &PeftConfig, module: &str) -> bool {
-    cfg.modules_to_save
-        .iter()
-        .any(|m| module == m || module.ends_with(&format!(".{m}")))
+    cfg.modules_to_save.iter().any(|m| saved_match(m, module))
+}
+
+/// PEFT's `(^|.*\.)m($|\..*)` for a literal `m`: `module` is `m`, or `m` is one of its
+/// dotted segments' runs (`a.m`, `m.b`, `a.m.b`).
+fn saved_match(m: &str, module: &str) -> bool {
+    module == m
+        || module.ends_with(&format!(".{m}"))
+        || module.starts_with(&format!("{m}."))
+        || module.contains(&format!(".{m}."))
 }
 
 impl PeftLora {
@@ -1250,10 +1268,7 @@ impl PeftLora {
             return Err(Error::model("PEFT file holds no lora_A / lora_B tensors"));
         }
         for m in &config.modules_to_save {
-            if !saved_modules
-                .keys()
-                .any(|k| k == m || k.ends_with(&format!(".{m}")))
-            {
+            if !saved_modules.keys().any(|k| saved_match(m, k)) {
                 return Err(Error::model(format!(
                     "adapter_config.json lists '{m}' in modules_to_save but the file has no copy of it"
                 )));
