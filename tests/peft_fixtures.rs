@@ -355,3 +355,50 @@ fn config_and_tensors_must_agree() {
     let e = model_error(PeftLora::load_dir(fixture("pickle")));
     assert!(e.contains("adapter_model.bin"), "{e}");
 }
+
+#[test]
+fn cli_import_peft_writes_a_loadable_card() {
+    let out = tempfile::tempdir().unwrap();
+    let card = out.path().join("card.toml");
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "--json".into(),
+            "import-peft".into(),
+            "--adapter".into(),
+            fixture("multi").display().to_string(),
+            "--base".into(),
+            fixture("multi")
+                .join("base.safetensors")
+                .display()
+                .to_string(),
+            "--head".into(),
+            "dense,classifier".into(),
+            "--activation".into(),
+            "square".into(),
+            "--interval".into(),
+            "-16,16".into(),
+            "--degree".into(),
+            "2".into(),
+            "--out".into(),
+            card.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_hepeft"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    // Two adapters and no name: refused, naming them.
+    let o = run(&[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("alpha, beta"), "{err}");
+    // Named: the card reproduces PyTorch's logits.
+    let o = run(&["--adapter-name", "alpha"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["adapter_name"], "alpha");
+    assert_eq!(report["modules"].as_array().unwrap().len(), 2);
+    let (_, got, want) = plaintext("multi", &load_card(&card).unwrap());
+    assert!(max_rel_err(&got, &want) <= 1e-9);
+}
