@@ -1546,6 +1546,44 @@ mod tests {
     }
 
     #[test]
+    fn targets_follow_peft() {
+        let cfg = |extra: &str| {
+            PeftConfig::from_json(&format!(r#"{{"r": 2, "lora_alpha": 4{extra}}}"#)).unwrap()
+        };
+        let c = cfg(r#", "target_modules": ["query"], "layers_to_transform": [1]"#);
+        assert_eq!(
+            c.targets("encoder.layer.1.attention.query").unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            c.targets("encoder.layer.0.attention.query").unwrap(),
+            Some(false)
+        );
+        assert_eq!(c.targets("query").unwrap(), Some(true)); // named exactly: no layer check
+        let c = cfg(
+            r#", "target_modules": ["query"], "layers_to_transform": 0, "layers_pattern": "blocks""#,
+        );
+        assert_eq!(c.targets("m.blocks.0.query").unwrap(), Some(true));
+        assert_eq!(c.targets("m.layer.0.query").unwrap(), Some(false));
+        let c = cfg(r#", "target_modules": ".*\\.(q|v)", "exclude_modules": ["enc.v"]"#);
+        assert_eq!(c.targets("enc.q").unwrap(), Some(true));
+        assert_eq!(c.targets("enc.v").unwrap(), Some(false));
+        assert_eq!(c.targets("q").unwrap(), Some(false)); // fullmatch needs the dot
+        assert_eq!(cfg("").targets("anything").unwrap(), None);
+        let c = cfg(r#", "target_modules": ["dense"], "modules_to_save": ["head"]"#);
+        assert_eq!(c.targets("head.dense").unwrap(), Some(false));
+        // Refused and unknown fields name themselves.
+        let e = PeftConfig::from_json(r#"{"r": 2, "lora_alpha": 4, "use_qalora": true}"#);
+        assert!(matches!(e, Err(Error::Model { reason }) if reason.contains("'use_qalora'")));
+        let e = PeftConfig::from_json(r#"{"r": 2, "lora_alpha": 4, "init_lora_weights": "pissa"}"#);
+        assert!(matches!(e, Err(Error::Model { reason }) if reason.contains("init_lora_weights")));
+        let ok = PeftConfig::from_json(
+            r#"{"r": 2, "lora_alpha": 4, "use_qalora": false, "loftq_config": {}}"#,
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
     fn jacobi_truncation_matches_rank() {
         // w = U diag(s) V^T with known orthonormal U (5x4) and V (4x4): dropping the smallest
         // component gives U diag(s') V^T with the last singular value zeroed.
