@@ -266,12 +266,12 @@ pub fn build_card(
                         "head module '{m}': unexpected LoRA form"
                     )));
                 };
-                let a_name = if a == &pair.a {
+                let a_name = if *a == pair.a {
                     pair.tensors.a.clone()
                 } else {
                     put_matrix(&mut derived, format!("import.{m}.lora_A"), a)?
                 };
-                let b_name = if b == &pair.b {
+                let b_name = if *b == pair.b {
                     pair.tensors.b.clone()
                 } else {
                     put_matrix(&mut derived, format!("import.{m}.lora_B"), b)?

@@ -1189,16 +1189,13 @@ impl PeftLora {
                     a.ncols(),
                 )));
             }
-            match (&config.target_modules, config.targets(&module)?) {
-                (Some(t), Some(false)) => {
-                    return Err(Error::model(format!(
+            if let (Some(t), Some(false)) = (&config.target_modules, config.targets(&module)?) {
+                return Err(Error::model(format!(
                         "PEFT module '{module}' has LoRA tensors ('{a_name}') but adapter_config.json \
                          does not target it (target_modules {t:?}, exclude_modules {:?}, \
                          layers_to_transform {:?}, layers_pattern {:?}); the checkpoint is inconsistent",
                         config.exclude_modules, config.layers_to_transform, config.layers_pattern
-                    )))
-                }
-                _ => {}
+                )));
             }
             let vec_of =
                 |n: &Option<String>, len: usize, what: &str| -> Result<Option<Array1<f64>>> {
@@ -1267,13 +1264,9 @@ impl PeftLora {
         if modules.is_empty() {
             return Err(Error::model("PEFT file holds no lora_A / lora_B tensors"));
         }
-        for m in &config.modules_to_save {
-            if !saved_modules.keys().any(|k| saved_match(m, k)) {
-                return Err(Error::model(format!(
-                    "adapter_config.json lists '{m}' in modules_to_save but the file has no copy of it"
-                )));
-            }
-        }
+        // A module listed in modules_to_save without a saved copy is not an error: PEFT
+        // ignores names that match no module (its sequence-classification models list
+        // "classifier" and "score"), and uses the base module when the copy is absent.
         Ok(PeftLora {
             config,
             modules,
