@@ -402,3 +402,88 @@ fn cli_import_peft_writes_a_loadable_card() {
     let (_, got, want) = plaintext("multi", &load_card(&card).unwrap());
     assert!(max_rel_err(&got, &want) <= 1e-9);
 }
+
+/// A hand-written card with a `[peft]` section and `lora` nodes must use the tensors the
+/// checkpoint replaces (here the `modules_to_save` classifier), from a list of weights files.
+#[test]
+fn hand_written_card_must_use_replaced_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "base.safetensors",
+    ] {
+        std::fs::copy(fixture("modules_to_save").join(f), dir.path().join(f)).unwrap();
+    }
+    let card = |classifier: &str, version: u32| {
+        format!(
+            r#"version = {version}
+weights = ["base.safetensors", "adapter_model.safetensors"]
+peft = {{ weights = "adapter_model.safetensors", config = "adapter_config.json" }}
+[[inputs]]
+name = "x"
+dim = 16
+[[nodes]]
+name = "dense"
+op = "linear"
+inputs = ["x"]
+weight = "dense.weight"
+bias = "dense.bias"
+[[nodes]]
+name = "delta"
+op = "lora"
+inputs = ["x"]
+peft_module = "dense"
+[[nodes]]
+name = "h"
+op = "add"
+inputs = ["dense", "delta"]
+[[nodes]]
+name = "sq"
+op = "poly"
+inputs = ["h"]
+func = "square"
+interval = [-16.0, 16.0]
+degree = 2
+[[nodes]]
+name = "logits"
+op = "linear"
+inputs = ["sq"]
+weight = "{classifier}.weight"
+bias = "{classifier}.bias"
+"#
+        )
+    };
+    let path = dir.path().join("card.toml");
+    // The base classifier: refused, naming the tensors to use instead.
+    std::fs::write(&path, card("classifier", 2)).unwrap();
+    let e = model_error(load_card(&path));
+    assert!(
+        e.contains("'base_model.model.classifier.weight' (replaces classifier.weight)"),
+        "{e}"
+    );
+    // A list of weights files needs version 2.
+    std::fs::write(&path, card("base_model.model.classifier", 1)).unwrap();
+    let e = model_error(load_card(&path));
+    assert!(e.contains("version = 2"), "{e}");
+    // The saved classifier: PyTorch's logits.
+    std::fs::write(&path, card("base_model.model.classifier", 2)).unwrap();
+    let (_, got, want) = plaintext("modules_to_save", &load_card(&path).unwrap());
+    assert!(max_rel_err(&got, &want) <= 1e-9);
+    // The same tensor name in two weights files is an error.
+    std::fs::copy(
+        dir.path().join("base.safetensors"),
+        dir.path().join("copy.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        card("base_model.model.classifier", 2).replace(
+            r#"weights = ["base.safetensors","#,
+            r#"weights = ["base.safetensors", "copy.safetensors","#,
+        ),
+    )
+    .unwrap();
+    let e = model_error(load_card(&path));
+    assert!(e.contains("copy.safetensors") && e.contains("unique"), "{e}");
+}

@@ -602,7 +602,11 @@ impl PeftConfig {
                         let caps = if self.layers_pattern.is_empty() {
                             regex::Regex::new(r"^.*?\.[^.]*\.(?P<idx>\d+)\.")
                                 .ok()
-                                .and_then(|re| re.captures(module).map(|c| c["idx"].to_string()))
+                                .and_then(|re| {
+                                    re.captures(module)?
+                                        .name("idx")
+                                        .map(|m| m.as_str().to_string())
+                                })
                         } else {
                             let mut hit = None;
                             for p in &self.layers_pattern {
@@ -613,7 +617,7 @@ impl PeftConfig {
                                     p,
                                 )?;
                                 if let Some(c) = re.captures(module) {
-                                    hit = Some(c["idx"].to_string());
+                                    hit = c.name("idx").map(|m| m.as_str().to_string());
                                     break;
                                 }
                             }
