@@ -485,5 +485,8 @@ bias = "{classifier}.bias"
     )
     .unwrap();
     let e = model_error(load_card(&path));
-    assert!(e.contains("copy.safetensors") && e.contains("unique"), "{e}");
+    assert!(
+        e.contains("copy.safetensors") && e.contains("unique"),
+        "{e}"
+    );
 }

@@ -173,7 +173,16 @@ pub fn build_card(
     let mut derived = TensorStore::new();
     let mut nodes: Vec<NodeCard> = Vec::new();
     let mut summary = Vec::new();
-    let mut prev = "x".to_string();
+    // The input's name: "x" unless a node would clash with it.
+    let mut input = "x".to_string();
+    while head.iter().any(|m| {
+        [String::new(), ".lora".into(), ".out".into(), ".act".into()]
+            .iter()
+            .any(|suffix| format!("{m}{suffix}") == input)
+    }) {
+        input.push('_');
+    }
+    let mut prev = input.clone();
     let mut in_dim = None;
     for (i, m) in head.iter().enumerate() {
         let lora = peft.modules.get(m);
@@ -339,7 +348,7 @@ pub fn build_card(
         weights: None,
         peft: None,
         inputs: vec![InputCard {
-            name: "x".into(),
+            name: input,
             dim: in_dim.unwrap_or(0),
         }],
         nodes,
