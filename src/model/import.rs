@@ -9,7 +9,7 @@
 //! * the bias: a saved one (`modules_to_save`, or `bias = "all" / "lora_only"`) if any,
 //!   else the base `<module>.bias` if present;
 //! * the LoRA update if the module is adapted, exactly as PEFT computes it
-//!   ([`LoraPair::adapt`]: DoRA and KaSA change the weight and fold into the factors).
+//!   ([`LoraPair::adapt`](super::peft::LoraPair::adapt): DoRA and KaSA change the weight and fold into the factors).
 //!
 //! Tensors used as stored are referenced in the base file and in `adapter_model.safetensors`
 //! directly (the card lists both as `weights`, card version 2); tensors hepeft computes
