@@ -2,7 +2,8 @@
 //! training/peft_fixtures.py with peft 0.21.2 / torch 2.15): every applied variant is
 //! imported as a card (`hepeft::model::import`), its f64 twin must give PyTorch's float64
 //! logits to 1e-9 relative (KaSA: 1e-6, see below), and its encrypted run (small insecure
-//! test ring) must agree with the twin to 16 bits with the same argmax. Refused variants
+//! test ring; batch mode, and latency mode for DoRA / KaSA) must agree with the twin to 16
+//! bits with the same argmax. Refused variants
 //! are checked for their message; unknown fields and tensors are errors unless allowed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -489,4 +490,56 @@ bias = "{classifier}.bias"
         e.contains("copy.safetensors") && e.contains("unique"),
         "{e}"
     );
+}
+
+/// Latency mode (one sample per query, rotations) on the variants that change the base
+/// weight: the same agreement as batch mode.
+#[test]
+fn dora_and_kasa_match_encrypted_in_latency_mode() {
+    let params = deep_test_params();
+    let opts = PlanOptions {
+        mode: Mode::Latency,
+        ..Default::default()
+    };
+    for (i, name) in ["dora", "kasa"].into_iter().enumerate() {
+        let (adapter, _) = import(&fixture(name), name, &options(None, false)).unwrap();
+        let (x, want, _) = plaintext(name, &adapter);
+        let plan = Plan::compile(&adapter, &params, opts).unwrap();
+        let seed = 5000 + 10 * i as u64;
+        let f = Fixture::new(params.clone(), seed);
+        let keys = KeyGenerator::new(&params)
+            .gen_evaluation_keys(
+                &f.sk,
+                &plan.galois_elements(),
+                plan.needs_relin(),
+                &mut rng(seed + 1),
+            )
+            .unwrap();
+        let ev = Evaluator::with_keys(&params, Arc::new(keys)).unwrap();
+        let prepared = plan.prepare().unwrap();
+        let dec = Decryptor::new(&params, &f.sk).unwrap();
+        let row = x.select(Axis(0), &[0]);
+        let q = plan
+            .encrypt_query(
+                &f.encoder,
+                EncryptionKey::Public(&f.pk),
+                &[row.view()],
+                &mut rng(seed + 2),
+            )
+            .unwrap();
+        let out = prepared.evaluate(&ev, &q).unwrap();
+        let got = plan.decrypt_result(&f.encoder, &dec, &out, 1).unwrap();
+        let want0 = want.select(Axis(0), &[0]);
+        let stats = PrecisionStats::relative_to_largest(
+            &got.iter().copied().collect::<Vec<_>>(),
+            &want0.iter().copied().collect::<Vec<_>>(),
+        );
+        println!("{name:<16} latency mode: {:.1} bits", stats.min_bits);
+        assert!(
+            stats.min_bits >= 16.0,
+            "{name}: only {:.1} bits",
+            stats.min_bits
+        );
+        assert_eq!(argmax(got.row(0)), argmax(want0.row(0)), "{name}: argmax");
+    }
 }
