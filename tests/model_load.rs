@@ -284,7 +284,8 @@ fn card_errors_are_reported() {
     let edit = |from: &str, to: &str| ModelCard::from_toml_str(&CARD.replacen(from, to, 1));
     let build =
         |card: hepeft::Result<ModelCard>| card.and_then(|c| c.to_adapter(Some(&store), None));
-    assert!(build(edit("version = 1", "version = 2")).is_err());
+    assert!(build(edit("version = 1", "version = 3")).is_err());
+    assert!(build(edit("version = 1", "version = 2")).is_ok());
     assert!(
         matches!(edit("factor = -1", "factr = -1"), Err(Error::Format { .. })),
         "unknown field"
@@ -395,7 +396,11 @@ fn peft_config(extra: &str) -> String {
 }
 
 fn peft_weights() -> Vec<u8> {
-    serialize(&[
+    serialize(&peft_weights_tensors())
+}
+
+fn peft_weights_tensors() -> Vec<(&'static str, Raw)> {
+    vec![
         // With prefix and adapter name, F32.
         (
             "base_model.model.encoder.query.lora_A.default.weight",
@@ -417,12 +422,7 @@ fn peft_weights() -> Vec<u8> {
             "pooler.dense.lora_B.weight",
             bf16s(&[2, 4], &[1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 0.0, -0.25]),
         ),
-        // Not LoRA: kept aside.
-        (
-            "base_model.model.classifier.modules_to_save.default.weight",
-            f32s(&[2, 3], &[0.0; 6]),
-        ),
-    ])
+    ]
 }
 
 #[test]
@@ -434,9 +434,29 @@ fn peft_lora_loads_with_normalised_names() {
         peft.modules.keys().collect::<Vec<_>>(),
         ["encoder.query", "pooler.dense"]
     );
+    assert!(peft.other_tensors.is_empty() && peft.warnings().is_empty());
+    // A modules_to_save copy is refused unless the config lists the module, then kept as a
+    // replacement of the base module.
+    let mut with_saved = peft_weights_tensors();
+    with_saved.push((
+        "base_model.model.classifier.modules_to_save.default.weight",
+        f32s(&[2, 3], &[0.0; 6]),
+    ));
+    let with_saved = serialize(&with_saved);
+    assert!(
+        matches!(PeftLora::from_bytes(&with_saved, &cfg), Err(Error::Model { reason }) if reason.contains("modules_to_save"))
+    );
+    let saved = PeftLora::from_bytes(
+        &with_saved,
+        &peft_config(r#", "rank_pattern": {"pooler.dense": 4}, "modules_to_save": ["classifier"]"#),
+    )
+    .unwrap();
     assert_eq!(
-        peft.other_tensors,
-        ["base_model.model.classifier.modules_to_save.default.weight"]
+        saved.replacements(),
+        [(
+            "base_model.model.classifier.modules_to_save.default.weight".to_string(),
+            "classifier.weight".to_string()
+        )]
     );
     let q = peft.get("base_model.model.encoder.query").unwrap();
     assert_eq!((q.rank(), q.in_dim(), q.out_dim(), q.scale), (2, 3, 3, 4.0));

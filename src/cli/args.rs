@@ -50,6 +50,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Server: write the public model card (structure only, every weight zero) for clients.
     Publish(PublishArgs),
+    /// Write a model card from a Hugging Face PEFT checkpoint and the base model's weights.
+    ImportPeft(ImportPeftArgs),
     /// Run the whole client -> server -> client pipeline on an embedded example.
     Demo(DemoArgs),
     /// Server: serve the adapter over HTTP (model description, key registration, evaluation).
@@ -418,6 +420,42 @@ pub struct PublishArgs {
     /// Name recorded in the public card (default: the private card's name).
     #[arg(long)]
     pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportPeftArgs {
+    /// The checkpoint directory (adapter_config.json + adapter_model.safetensors, or one
+    /// subfolder per named adapter).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// The base model's weights (`<module>.weight`, `<module>.bias`).
+    #[arg(long, value_name = "SAFETENSORS")]
+    pub base: PathBuf,
+    /// The head's base modules, input first (default: the base file's only linear module).
+    #[arg(long, value_delimiter = ',', value_name = "MODULE,...")]
+    pub head: Vec<String>,
+    /// Activation between consecutive head modules (square, gelu, relu, silu, tanh,
+    /// sigmoid, identity).
+    #[arg(long, value_name = "FUNC")]
+    pub activation: Option<String>,
+    /// Interval of the activation's polynomial.
+    #[arg(long, allow_hyphen_values = true, value_name = "LO,HI")]
+    pub interval: Option<String>,
+    /// Chebyshev degree of the activation's polynomial.
+    #[arg(long, default_value_t = 15, value_name = "D")]
+    pub degree: usize,
+    /// In a directory of several named adapters, the one to import.
+    #[arg(long, value_name = "NAME")]
+    pub adapter_name: Option<String>,
+    /// Ignore unknown config fields and tensors (listed as warnings) instead of refusing.
+    #[arg(long)]
+    pub allow_unknown: bool,
+    /// Name recorded in the card.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The card to write (.toml or .json); derived tensors go to `<stem>.safetensors` beside it.
+    #[arg(long, value_name = "CARD")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

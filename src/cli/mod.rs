@@ -126,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Decrypt(a) => cmd::decrypt::run(a, &ui).map(|_| ()),
         Command::Inspect(a) => cmd::inspect::run(a, &ui),
         Command::Publish(a) => cmd::publish::run(a, &ui).map(|_| ()),
+        Command::ImportPeft(a) => cmd::import_peft::run(a, &ui).map(|_| ()),
         Command::Demo(a) => cmd::demo::run(a, &ui),
         #[cfg(feature = "serve")]
         Command::Serve(a) => cmd::serve::run(a, &ui),

@@ -6,6 +6,7 @@ pub mod encrypt;
 pub mod evaluate;
 #[cfg(feature = "exact")]
 pub mod exact;
+pub mod import_peft;
 pub mod inspect;
 pub mod keygen;
 pub mod params;
