@@ -11,7 +11,6 @@ use hepeft::model::{reference, zoo, ActivationFn, Adapter};
 use hepeft::plan::{Mode, Plan, PlanOptions};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
-use std::sync::Arc;
 
 struct Outcome {
     bits: f64,
@@ -45,53 +44,7 @@ fn run(
         },
     )
     .unwrap();
-    let f = Fixture::new(params.clone(), seed + 1);
-    let keys = KeyGenerator::new(params)
-        .gen_evaluation_keys(
-            &f.sk,
-            &plan.galois_elements(),
-            plan.needs_relin(),
-            &mut rng(seed + 2),
-        )
-        .unwrap();
-    let ev = Evaluator::with_keys(params, Arc::new(keys)).unwrap();
-    let prepared = plan.prepare().unwrap();
-    let dec = Decryptor::new(params, &f.sk).unwrap();
-    let mut got = Array2::zeros(want.raw_dim());
-    match mode {
-        Mode::Latency => {
-            for s in 0..samples {
-                let rows: Vec<Array2<f64>> =
-                    inputs.iter().map(|a| a.select(Axis(0), &[s])).collect();
-                let one: Vec<ArrayView2<f64>> = rows.iter().map(|a| a.view()).collect();
-                let q = plan
-                    .encrypt_query(
-                        &f.encoder,
-                        EncryptionKey::Public(&f.pk),
-                        &one,
-                        &mut rng(seed + 10 + s as u64),
-                    )
-                    .unwrap();
-                let out = prepared.evaluate(&ev, &q).unwrap();
-                let row = plan.decrypt_result(&f.encoder, &dec, &out, 1).unwrap();
-                got.row_mut(s).assign(&row.row(0));
-            }
-        }
-        Mode::Batch => {
-            let q = plan
-                .encrypt_query(
-                    &f.encoder,
-                    EncryptionKey::Public(&f.pk),
-                    &views,
-                    &mut rng(seed + 10),
-                )
-                .unwrap();
-            let out = prepared.evaluate(&ev, &q).unwrap();
-            got = plan
-                .decrypt_result(&f.encoder, &dec, &out, samples)
-                .unwrap();
-        }
-    }
+    let got = run_plan_encrypted(&plan, &inputs, seed);
     let stats = PrecisionStats::relative_to_largest(
         &got.iter().copied().collect::<Vec<_>>(),
         &want.iter().copied().collect::<Vec<_>>(),

@@ -11,10 +11,9 @@ use hepeft::ckks::*;
 use hepeft::model::{reference, zoo, Activation, ActivationFn, Adapter, AdapterBuilder, Op};
 use hepeft::plan::sanitize::model_precision_bits;
 use hepeft::plan::{depth_lower_bound, Mode, Plan, PlanOptions};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::sync::Arc;
 
 /// TEST-ONLY (insecure at N = 2^12): 11 levels at scale 2^40, two special primes.
 fn params() -> CkksParams {
@@ -233,53 +232,7 @@ fn run(
         fold_normalization: fold,
     };
     let plan = Plan::compile(adapter, p, opts).unwrap();
-    let f = Fixture::new(p.clone(), seed + 1);
-    let keys = KeyGenerator::new(p)
-        .gen_evaluation_keys(
-            &f.sk,
-            &plan.galois_elements(),
-            plan.needs_relin(),
-            &mut rng(seed + 2),
-        )
-        .unwrap();
-    let ev = Evaluator::with_keys(p, Arc::new(keys)).unwrap();
-    let prepared = plan.prepare().unwrap();
-    let dec = Decryptor::new(p, &f.sk).unwrap();
-    let mut got = Array2::zeros(want.raw_dim());
-    match mode {
-        Mode::Latency => {
-            for s in 0..samples {
-                let rows: Vec<Array2<f64>> =
-                    inputs.iter().map(|a| a.select(Axis(0), &[s])).collect();
-                let one: Vec<ArrayView2<f64>> = rows.iter().map(|a| a.view()).collect();
-                let q = plan
-                    .encrypt_query(
-                        &f.encoder,
-                        EncryptionKey::Public(&f.pk),
-                        &one,
-                        &mut rng(seed + 10 + s as u64),
-                    )
-                    .unwrap();
-                let out = prepared.evaluate(&ev, &q).unwrap();
-                let row = plan.decrypt_result(&f.encoder, &dec, &out, 1).unwrap();
-                got.row_mut(s).assign(&row.row(0));
-            }
-        }
-        Mode::Batch => {
-            let q = plan
-                .encrypt_query(
-                    &f.encoder,
-                    EncryptionKey::Public(&f.pk),
-                    &views,
-                    &mut rng(seed + 10),
-                )
-                .unwrap();
-            let out = prepared.evaluate(&ev, &q).unwrap();
-            got = plan
-                .decrypt_result(&f.encoder, &dec, &out, samples)
-                .unwrap();
-        }
-    }
+    let got = run_plan_encrypted(&plan, &inputs, seed);
     let stats = PrecisionStats::compare(
         &got.iter().copied().collect::<Vec<_>>(),
         &want.iter().copied().collect::<Vec<_>>(),

@@ -12,10 +12,9 @@ use hepeft::ckks::*;
 use hepeft::model::{reference, zoo, Activation, Adapter, AdapterBuilder, Op};
 use hepeft::plan::{Mode, PlanOptions};
 use hepeft::select::{batch_request, select, SelectRequest};
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::sync::Arc;
 
 /// `d -> hidden -> (0.5 t + 0.25 t^2) on [-4, 4] -> classes`, weights uniform in
 /// `±1/sqrt(fan_in)`, no bias: the benchmark heads.
@@ -98,57 +97,7 @@ fn measure_at(
     let inputs = zoo::uniform_inputs(&mut r, adapter, samples);
     let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
     let (want, _) = reference::evaluate_batch(adapter, &views).unwrap();
-    let f = Fixture::new(p.clone(), seed + 1);
-    let keys = KeyGenerator::new(p)
-        .gen_evaluation_keys(
-            &f.sk,
-            &plan.galois_elements(),
-            plan.needs_relin(),
-            &mut rng(seed + 2),
-        )
-        .unwrap();
-    let ev = Evaluator::with_keys(p, Arc::new(keys)).unwrap();
-    let prepared = plan.prepare().unwrap();
-    let dec = Decryptor::new(p, &f.sk).unwrap();
-    let mut got = Array2::zeros(want.raw_dim());
-    match mode {
-        Mode::Latency => {
-            for s in 0..samples {
-                let rows: Vec<Array2<f64>> =
-                    inputs.iter().map(|a| a.select(Axis(0), &[s])).collect();
-                let one: Vec<ArrayView2<f64>> = rows.iter().map(|a| a.view()).collect();
-                let q = plan
-                    .encrypt_query(
-                        &f.encoder,
-                        EncryptionKey::Public(&f.pk),
-                        &one,
-                        &mut rng(seed + 10 + s as u64),
-                    )
-                    .unwrap();
-                let out = prepared.evaluate(&ev, &q).unwrap();
-                got.row_mut(s).assign(
-                    &plan
-                        .decrypt_result(&f.encoder, &dec, &out, 1)
-                        .unwrap()
-                        .row(0),
-                );
-            }
-        }
-        Mode::Batch => {
-            let q = plan
-                .encrypt_query(
-                    &f.encoder,
-                    EncryptionKey::Public(&f.pk),
-                    &views,
-                    &mut rng(seed + 10),
-                )
-                .unwrap();
-            let out = prepared.evaluate(&ev, &q).unwrap();
-            got = plan
-                .decrypt_result(&f.encoder, &dec, &out, samples)
-                .unwrap();
-        }
-    }
+    let got = run_plan_encrypted(plan, &inputs, seed);
     let g: Vec<f64> = got.iter().copied().collect();
     let w: Vec<f64> = want.iter().copied().collect();
     let abs = PrecisionStats::compare(&g, &w);

@@ -148,44 +148,7 @@ fn head_errors(params: &CkksParams, mode: Mode, samples: usize, seed: u64) -> Ar
         },
     )
     .unwrap();
-    let f = Fixture::new(params.clone(), seed + 1);
-    let keys = KeyGenerator::new(params)
-        .gen_evaluation_keys(
-            &f.sk,
-            &plan.galois_elements(),
-            plan.needs_relin(),
-            &mut rng(seed + 2),
-        )
-        .unwrap();
-    let ev = Evaluator::with_keys(params, Arc::new(keys)).unwrap();
-    let prepared = plan.prepare().unwrap();
-    let dec = Decryptor::new(params, &f.sk).unwrap();
-    let pk = EncryptionKey::Public(&f.pk);
-    let got = match mode {
-        Mode::Latency => {
-            let mut got = Array2::zeros(want.raw_dim());
-            for s in 0..samples {
-                let rows: Vec<Array2<f64>> =
-                    inputs.iter().map(|a| a.select(Axis(0), &[s])).collect();
-                let one: Vec<ArrayView2<f64>> = rows.iter().map(|a| a.view()).collect();
-                let q = plan
-                    .encrypt_query(&f.encoder, pk, &one, &mut rng(seed + 10 + s as u64))
-                    .unwrap();
-                let out = prepared.evaluate(&ev, &q).unwrap();
-                let row = plan.decrypt_result(&f.encoder, &dec, &out, 1).unwrap();
-                got.row_mut(s).assign(&row.row(0));
-            }
-            got
-        }
-        Mode::Batch => {
-            let q = plan
-                .encrypt_query(&f.encoder, pk, &views, &mut rng(seed + 10))
-                .unwrap();
-            let out = prepared.evaluate(&ev, &q).unwrap();
-            plan.decrypt_result(&f.encoder, &dec, &out, samples)
-                .unwrap()
-        }
-    };
+    let got = run_plan_encrypted(&plan, &inputs, seed);
     got - want
 }
 

@@ -77,3 +77,57 @@ pub fn deep_test_params() -> CkksParams {
     let lit = CkksParamsLiteral::new(12, [vec![55], vec![40; 8]].concat(), vec![55, 55], 40);
     CkksParams::from_literal(lit.with_security(Security::Unchecked)).unwrap()
 }
+
+/// Runs `plan` encrypted on `inputs` (one `samples x dim` matrix per adapter input) and
+/// returns the decrypted outputs, `samples x outputs`: keys from seeds `seed + 1` (secret and
+/// public) and `seed + 2` (evaluation), one query per sample in the latency layout (seed
+/// `seed + 10 + s`) or one query for all samples in the batch layout (seed `seed + 10`).
+pub fn run_plan_encrypted(
+    plan: &hepeft::plan::Plan,
+    inputs: &[ndarray::Array2<f64>],
+    seed: u64,
+) -> ndarray::Array2<f64> {
+    use hepeft::plan::Mode;
+    use ndarray::{ArrayView2, Axis};
+    let p = plan.params();
+    let samples = inputs[0].nrows();
+    let f = Fixture::new(p.clone(), seed + 1);
+    let keys = KeyGenerator::new(p)
+        .gen_evaluation_keys(
+            &f.sk,
+            &plan.galois_elements(),
+            plan.needs_relin(),
+            &mut rng(seed + 2),
+        )
+        .unwrap();
+    let ev = Evaluator::with_keys(p, std::sync::Arc::new(keys)).unwrap();
+    let prepared = plan.prepare().unwrap();
+    let dec = Decryptor::new(p, &f.sk).unwrap();
+    let pk = EncryptionKey::Public(&f.pk);
+    match plan.options().mode {
+        Mode::Latency => {
+            let mut got = ndarray::Array2::zeros((samples, plan.output_dim()));
+            for s in 0..samples {
+                let rows: Vec<ndarray::Array2<f64>> =
+                    inputs.iter().map(|a| a.select(Axis(0), &[s])).collect();
+                let one: Vec<ArrayView2<f64>> = rows.iter().map(|a| a.view()).collect();
+                let q = plan
+                    .encrypt_query(&f.encoder, pk, &one, &mut rng(seed + 10 + s as u64))
+                    .unwrap();
+                let out = prepared.evaluate(&ev, &q).unwrap();
+                let row = plan.decrypt_result(&f.encoder, &dec, &out, 1).unwrap();
+                got.row_mut(s).assign(&row.row(0));
+            }
+            got
+        }
+        Mode::Batch => {
+            let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
+            let q = plan
+                .encrypt_query(&f.encoder, pk, &views, &mut rng(seed + 10))
+                .unwrap();
+            let out = prepared.evaluate(&ev, &q).unwrap();
+            plan.decrypt_result(&f.encoder, &dec, &out, samples)
+                .unwrap()
+        }
+    }
+}
