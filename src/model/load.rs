@@ -36,10 +36,28 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// The model card format version this code reads and writes.
 pub const CARD_VERSION: u32 = 1;
 
-/// Reads a whole file, refusing files larger than `limit` bytes.
+/// Deserializes `[lo, hi]`, refusing a list of any other length (serde's `[f64; 2]`
+/// would silently ignore a third element in some formats).
+fn exactly_two<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<[f64; 2]>, D::Error> {
+    let v: Option<Vec<f64>> = Option::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(v) => match v.as_slice() {
+            [lo, hi] => Ok(Some([*lo, *hi])),
+            other => Err(serde::de::Error::custom(format!(
+                "`interval` must be two numbers [lo, hi], found {} ({other:?})",
+                other.len()
+            ))),
+        },
+    }
+}
+
+/// Reads a whole regular file (no device, FIFO or directory, also behind a symlink),
+/// refusing files larger than `limit` bytes.
 fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (file, len) = crate::io::limits::open_regular(path)?;
     if len > limit {
         return Err(Error::format(
             what,
@@ -782,8 +800,12 @@ pub struct NodeCard {
     /// `poly`: the named function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub func: Option<ActivationFn>,
-    /// `poly`: the interval `[lo, hi]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `poly`: the interval `[lo, hi]` (exactly two numbers).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "exactly_two"
+    )]
     pub interval: Option<[f64; 2]>,
     /// `poly`: the Chebyshev fit degree (with `func`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -209,6 +209,10 @@ pub struct KeyInfo {
     pub bytes: u64,
     /// Whether the keys were already known before this request.
     pub existing: bool,
+    /// Key-set id (16 hex digits) of the public key the keys carry: queries evaluated
+    /// under them must be bound to it (issue 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_set: Option<String>,
 }
 
 /// Name of a mode in descriptions and reports.

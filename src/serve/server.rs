@@ -8,7 +8,7 @@ use super::{
     DESCRIPTION_FORMAT, QUERIES_HEADER,
 };
 use crate::ckks::serialize::params_to_bytes;
-use crate::ckks::{from_bytes, CkksParams, EvaluationKeys, Evaluator};
+use crate::ckks::{from_bytes_bound, CkksParams, EvaluationKeys, Evaluator};
 use crate::io::format::digest_hex;
 use crate::model::load::ModelCard;
 use crate::model::Adapter;
@@ -60,7 +60,8 @@ pub(crate) fn status_of(e: &Error) -> StatusCode {
         | Error::LevelExhausted { .. }
         | Error::OutOfInterval { .. }
         | Error::InvalidParameters { .. } => StatusCode::BAD_REQUEST,
-        Error::ParameterMismatch { .. } => StatusCode::CONFLICT,
+        Error::ParameterMismatch { .. } | Error::Mismatch { .. } => StatusCode::CONFLICT,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::MissingKey { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -311,15 +312,26 @@ async fn key_info(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Ap
     check_id(&id)?;
     let st2 = st.clone();
     let id2 = id.clone();
-    let bytes = tokio::task::spawn_blocking(move || st2.keys.lookup(&id2))
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| unknown_key(&id))?;
+    let found = tokio::task::spawn_blocking(move || {
+        let bytes = st2.keys.lookup(&id2)?;
+        let key_set = st2
+            .keys
+            .load(&id2)
+            .ok()
+            .flatten()
+            .and_then(|k| crate::session::eval_keys_id(&st2.params, &k).ok())
+            .map(|k| k.hex());
+        Some((bytes, key_set))
+    })
+    .await
+    .ok()
+    .flatten();
+    let (bytes, key_set) = found.ok_or_else(|| unknown_key(&id))?;
     Ok(axum::Json(KeyInfo {
         id,
         bytes,
         existing: true,
+        key_set,
     })
     .into_response())
 }
@@ -367,6 +379,7 @@ async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult
                 id,
                 bytes,
                 existing: true,
+                key_set: None,
             }),
         )
             .into_response());
@@ -376,35 +389,14 @@ async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult
     let id2 = id.clone();
     let bytes = body.len() as u64;
     st.compute(admitted, slot, move |st| {
-        let keys: EvaluationKeys = from_bytes(&st.params, &body)?;
-        if keys.public_key().is_none() {
-            return Err(Error::MissingKey {
-                what: "public key in the evaluation keys (the server re-randomizes every result \
-                       under it; regenerate the keys with this version)"
-                    .into(),
-            });
-        }
-        let plan = st.prepared.plan();
-        let missing: Vec<u64> = plan
-            .galois_elements()
-            .into_iter()
-            .filter(|g| keys.galois(*g).is_none())
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::MissingKey {
-                what: format!(
-                    "the keys lack {} of the {} Galois keys the plan needs (elements {:?}); generate them from the plan of GET /v1/model",
-                    missing.len(),
-                    plan.galois_elements().len(),
-                    missing
-                ),
-            });
-        }
-        if plan.needs_relin() && keys.relin().is_none() {
-            return Err(Error::MissingKey {
-                what: "the plan needs a relinearization key and the upload has none".into(),
-            });
-        }
+        let (keys, binding): (EvaluationKeys, _) = from_bytes_bound(&st.params, &body)?;
+        // Bound to the public key they carry and to the served plan, and covering it.
+        crate::session::check_eval_keys(
+            &st.params,
+            &keys,
+            binding.as_ref(),
+            Some(st.prepared.plan()),
+        )?;
         let resident = super::keystore::resident_bytes(&keys);
         if resident > st.keys.capacity() {
             return Err(Error::InvalidValue {
@@ -425,6 +417,7 @@ async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult
             id,
             bytes,
             existing: false,
+            key_set: None,
         }),
     )
         .into_response())
@@ -455,7 +448,9 @@ async fn evaluate(
                 what: format!("key id {id} (dropped while the request waited)"),
             })?;
             let plan = st.prepared.plan();
-            let queries = wire::read_queries(&st.params, &body, plan.input_ciphertexts())?;
+            // Every query must be encrypted under the key set of these evaluation keys.
+            let key_set = crate::session::eval_keys_id(&st.params, &keys)?;
+            let (queries, result_binding) = wire::read_queries(&st.params, &body, plan, key_set)?;
             let pk = keys
                 .public_key()
                 .cloned()
@@ -477,7 +472,10 @@ async fn evaluate(
                 let (clean, _) = plan.sanitize(&ev, res, &pk, &st.cfg.sanitize, &mut rng)?;
                 out.extend(clean);
             }
-            Ok((wire::write_bundle(&st.params, out)?, queries.len()))
+            Ok((
+                wire::write_bundle(&st.params, out, &result_binding)?,
+                queries.len(),
+            ))
         })
         .await?;
     let m = &st.metrics;
