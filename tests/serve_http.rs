@@ -761,3 +761,60 @@ fn server_refuses_flooding_it_cannot_carry() {
     );
     server.shutdown().unwrap();
 }
+
+/// Issue 20: the server refuses a query bound to another key set than the registered
+/// evaluation keys, an unbound query, and a result-role bundle; evaluation keys whose
+/// binding names another key set than the public key they carry are refused too.
+#[test]
+fn service_refuses_mixed_up_keys_and_queries() {
+    use hepeft::io::{Binding, KeySetId, Role};
+    let adapter = lora();
+    let server = serve::spawn(adapter.clone(), params(), config(Mode::Latency)).unwrap();
+    let url = server.url();
+    let client = QueryClient::new(&url).unwrap();
+    let remote = client.connect().unwrap();
+    let plan = remote.plan();
+    let keys_a = lora_keys();
+    let keys_b = ClientKeys::generate(plan, &mut rng(91)).unwrap();
+    let id_b = client.register_keys(&keys_b.eval).unwrap();
+    let (x, _) = inputs(&adapter, 1, 92);
+    let query = plan
+        .encrypt_query(
+            remote.encoder(),
+            EncryptionKey::Secret(&keys_a.secret),
+            &views(&x),
+            &mut rng(93),
+        )
+        .unwrap();
+    let bundle = hepeft::ckks::CiphertextBundle {
+        digest: remote.params().digest(),
+        items: query,
+    };
+    // A's query, honestly bound to A's key set, sent under B's keys: 409, named.
+    let bound_a = hepeft::session::query_binding(keys_a.binding.key_set, plan, &[1]);
+    let body = hepeft::ckks::to_bytes_bound(remote.params(), &bundle, &bound_a).unwrap();
+    let (st, msg, _) = post(&format!("{url}/v1/evaluate/{id_b}"), &body);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("key set mismatch"), "{msg}");
+    // No binding at all: 409, named.
+    let body = to_bytes(remote.params(), &bundle).unwrap();
+    let (st, msg, _) = post(&format!("{url}/v1/evaluate/{id_b}"), &body);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("no binding block"), "{msg}");
+    // Bound as a result: 409, named.
+    let as_result = Binding {
+        role: Role::Result,
+        ..hepeft::session::query_binding(keys_b.binding.key_set, plan, &[1])
+    };
+    let body = hepeft::ckks::to_bytes_bound(remote.params(), &bundle, &as_result).unwrap();
+    let (st, msg, _) = post(&format!("{url}/v1/evaluate/{id_b}"), &body);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("role mismatch"), "{msg}");
+    // Evaluation keys whose binding names another key set than the public key inside.
+    let forged = Binding::keys(KeySetId([7; 8]), plan.structure_digest());
+    let body = hepeft::ckks::to_bytes_bound(remote.params(), &keys_a.eval, &forged).unwrap();
+    let (st, msg, _) = post(&format!("{url}/v1/keys"), &body);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("key set mismatch"), "{msg}");
+    server.shutdown().unwrap();
+}

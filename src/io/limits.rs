@@ -136,7 +136,7 @@ pub fn refuse_key_overwrite(path: &Path, writing: Option<FileKind>) -> Result<()
             std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 format!(
-                    "refusing to overwrite a {} file with {}: choose another output path",
+                    "refusing to overwrite an existing {} file with {}: choose another output path",
                     h.kind,
                     writing.map_or_else(|| "this output".to_string(), |k| format!("a {k} file"))
                 ),
