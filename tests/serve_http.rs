@@ -818,3 +818,134 @@ fn service_refuses_mixed_up_keys_and_queries() {
     assert!(msg.contains("key set mismatch"), "{msg}");
     server.shutdown().unwrap();
 }
+
+/// Writes `req` on a fresh loopback connection and returns everything the server sends
+/// until it closes the connection or `limit` passes (a generous bound, not a timing claim).
+fn raw_exchange(addr: std::net::SocketAddr, req: &[u8], limit: Duration) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.write_all(req).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if t0.elapsed() > limit {
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
+}
+
+/// Issue 20: idle and slow-header connections are closed, the connection limit holds and
+/// the service stays healthy; oversized, unauthenticated and junk uploads are refused from
+/// their headers or first bytes (no `100 Continue`, no full read); the `Bearer` scheme is
+/// case-insensitive. Bounded in count (a handful of sockets) and time (generous limits).
+#[test]
+fn slow_idle_and_oversized_clients_are_refused_early() {
+    let mut cfg = config(Mode::Latency);
+    cfg.header_timeout = Duration::from_secs(1);
+    cfg.idle_timeout = Duration::from_secs(1);
+    cfg.body_timeout = Duration::from_secs(2);
+    cfg.max_connections = 4;
+    cfg.max_body_bytes = 1 << 20;
+    cfg.auth = AuthTokens::new(&["a-long-enough-secret-token-1"]).unwrap();
+    let server = serve::spawn(lora(), params(), cfg).unwrap();
+    let addr = server.addr();
+    let generous = Duration::from_secs(20);
+
+    // An idle connection (nothing sent) and a slow header are closed by the server.
+    let (got, t) = raw_exchange(addr, b"", generous);
+    assert!(
+        t < generous,
+        "idle connection still open after {t:?}: {got}"
+    );
+    let (_, t) = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", generous);
+    assert!(
+        t < generous,
+        "slow-header connection still open after {t:?}"
+    );
+
+    // The connection limit: 4 idle sockets hold every place; a 5th is closed at once.
+    let hold: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (got, t) = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", generous);
+    assert!(
+        got.is_empty() && t < generous,
+        "a 5th connection was served past the limit: {got}"
+    );
+    drop(hold);
+    // Once the held sockets are gone (closed by us, or idle-timed-out), health is fine.
+    let mut healthy = false;
+    for _ in 0..40 {
+        let (got, _) = raw_exchange(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            generous,
+        );
+        if got.starts_with("HTTP/1.1 200") {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        healthy,
+        "the service did not recover after the connection limit"
+    );
+    assert!(metric(&server, "hepeft_refused_connections_total") >= 1.0);
+
+    // Unauthenticated upload with Expect: 100-continue: 401 at once, never 100 Continue.
+    let (got, t) = raw_exchange(
+        addr,
+        b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\nExpect: 100-continue\r\n\r\n",
+        generous,
+    );
+    assert!(got.starts_with("HTTP/1.1 401"), "{got}");
+    assert!(!got.contains("100 Continue"), "{got}");
+    assert!(t < generous);
+
+    // A Content-Length over the limit: 413 before any body byte is read.
+    let auth = "Authorization: bearer a-long-enough-secret-token-1\r\n";
+    let req = format!(
+        "POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 600000000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let (got, _) = raw_exchange(addr, req.as_bytes(), generous);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(!got.contains("100 Continue"), "{got}");
+
+    // Authenticated junk announced as 900 KiB: refused after its first bytes (400), the
+    // rest is never sent.
+    let mut req =
+        format!("POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 921600\r\n\r\n")
+            .into_bytes();
+    req.extend_from_slice(&[0x42; 64]);
+    let (got, _) = raw_exchange(addr, &req, generous);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains("not a hepeft file"), "{got}");
+
+    // A body that stops arriving: 408 from the body timeout.
+    let mut req =
+        format!("POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1000\r\n\r\n")
+            .into_bytes();
+    req.extend_from_slice(&[0x89; 10]);
+    let (got, t) = raw_exchange(addr, &req, generous);
+    assert!(
+        got.starts_with("HTTP/1.1 408") || got.is_empty(),
+        "stalled body: {got}"
+    );
+    assert!(t < generous);
+
+    // Shutdown is bounded even with a half-sent request open.
+    let mut half = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut half, b"POST /v1/keys HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t0 = Instant::now();
+    server.shutdown().unwrap();
+    assert!(t0.elapsed() < generous, "shutdown took {:?}", t0.elapsed());
+}
