@@ -326,7 +326,8 @@ fn device_files_and_oversized_inputs_are_refused() {
             "character device",
         );
     }
-    // A 3 GB (sparse) secret key with a valid header: refused on its size, unread.
+    // A 3 GB (sparse) secret key with a valid header: refused on its size against the
+    // header, unread.
     let keys = f.dir.join("keys-huge");
     copy_dir(&f.keys_a, &keys);
     let sk = std::fs::OpenOptions::new()
@@ -337,7 +338,23 @@ fn device_files_and_oversized_inputs_are_refused() {
     drop(sk);
     refused(
         decrypt(&keys, &f.card, &f.result_a3, &f.dir.join("h.npy")),
-        "exceeds the limit",
+        "trailing bytes: the file is 3221225472 bytes",
+    );
+    // A secret key whose header declares 3 GB: refused by the kind's cap (N + 56 bytes).
+    let keys = f.dir.join("keys-forged");
+    copy_dir(&f.keys_a, &keys);
+    let mut bytes = std::fs::read(keys.join("secret.key")).unwrap();
+    bytes[48..56].copy_from_slice(&(3u64 << 30).to_le_bytes());
+    std::fs::write(keys.join("secret.key"), &bytes).unwrap();
+    let sk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(keys.join("secret.key"))
+        .unwrap();
+    sk.set_len((3 << 30) + 64).unwrap();
+    drop(sk);
+    refused(
+        decrypt(&keys, &f.card, &f.result_a3, &f.dir.join("g.npy")),
+        "is too large",
     );
     // A 2 MiB params.toml.
     let keys = f.dir.join("keys-bigtoml");

@@ -207,6 +207,47 @@ pub fn load_bound<T: HeObject>(
 ) -> Result<(T, Option<Binding>)> {
     let path = path.as_ref();
     let cap = T::max_payload(params).saturating_add((HEADER_LEN + CHECKSUM_LEN) as u64);
+    // The header first: its declared size must be the file's size and within the cap,
+    // checked before the payload is read (a 3 GB file costs 56 bytes, not 3 GB).
+    {
+        use std::io::Read as _;
+        let (file, size) = crate::io::limits::open_regular(path)?;
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        file.take(HEADER_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::io(path, e))?;
+        let what = format!("{} {}", T::WHAT, path.display());
+        let h = crate::io::format::peek_header(&head).map_err(|e| match e {
+            Error::Format { reason, .. } => Error::format(&what, reason),
+            other => other,
+        })?;
+        match h.total_len() {
+            Some(t) if t > cap => {
+                return Err(Error::TooLarge {
+                    what,
+                    found: format!("a declared size of {t} bytes"),
+                    limit: format!("{cap} bytes for these parameters"),
+                })
+            }
+            Some(t) if t != size => {
+                return Err(Error::format(
+                    what,
+                    format!(
+                        "{}: the file is {size} bytes, its header declares {t}",
+                        if size < t {
+                            "truncated"
+                        } else {
+                            "trailing bytes"
+                        }
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::format(what, "declared payload length overflows"));
+            }
+            _ => {}
+        }
+    }
     let bytes = crate::io::limits::read_bounded(path, cap, T::WHAT)?;
     let obj = from_bytes_bound(params, &bytes).map_err(|e| match e {
         Error::Format { what, reason } => {
