@@ -65,7 +65,6 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
         sanitize: args.flooding.config(),
-        ..defaults
     };
     if args.flooding.no_flooding {
         ui.note(crate::cli::args::FloodingArgs::WARNING);
