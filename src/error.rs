@@ -81,6 +81,20 @@ pub enum Error {
     #[error("malformed {what}: {reason}")]
     Format { what: String, reason: String },
 
+    /// Objects that must belong together do not: another key set, plan, role or level
+    /// (see `session::binding`). `what` names the kind of mismatch ("key set", "plan",
+    /// "role", "level"), `reason` both sides.
+    #[error("{what} mismatch: {reason}")]
+    Mismatch { what: String, reason: String },
+
+    /// An input is larger than its limit (a file, a payload, a thread count).
+    #[error("{what} is too large: {found} exceeds the limit of {limit}")]
+    TooLarge {
+        what: String,
+        found: String,
+        limit: String,
+    },
+
     /// A model description or weight file is inconsistent.
     #[error("invalid model: {reason}")]
     Model { reason: String },
@@ -98,6 +112,14 @@ impl Error {
     /// Shorthand for [`Error::Format`].
     pub fn format(what: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Format {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Mismatch`].
+    pub fn mismatch(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Mismatch {
             what: what.into(),
             reason: reason.into(),
         }

@@ -5,7 +5,7 @@
 //! Layers point one way only:
 //!
 //! ```text
-//! math  ->  ckks | exact  ->  model  ->  plan  ->  select  ->  cli
+//! math  ->  ckks | exact  ->  model  ->  plan  ->  select  ->  session  ->  cli | serve
 //! ```
 //!
 //! `exact` (feature `exact`, on by default) is the TFHE backend: quantized heads evaluated
@@ -22,6 +22,7 @@ pub mod plan;
 pub mod select;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod session;
 pub mod tune;
 
 pub use error::Error;

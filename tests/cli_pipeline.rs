@@ -476,7 +476,7 @@ fn eval_keys_of_another_model_lack_galois_keys() {
     fails(
         evaluate_with(f, &keys.join("eval.keys"), &PRESET, &f.query, "r5.ct"),
         1,
-        "missing Galois keys",
+        "missing key: Galois keys for elements",
     );
     // And the client cannot encrypt for a model its keys were not made for.
     fails(

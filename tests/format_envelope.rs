@@ -111,8 +111,9 @@ fn unsupported_version_unknown_kind_and_flags() {
     file[10..12].copy_from_slice(&999u16.to_le_bytes());
     assert!(reason(read(&file, FileKind::Ciphertext)).contains("unknown file kind 999"));
 
+    // Bit 0 is FLAG_BOUND (issue 20); bit 1 is unknown.
     let mut file = small_file(FileKind::Ciphertext);
-    file[12] = 1;
+    file[12] = 2;
     assert!(reason(read(&file, FileKind::Ciphertext)).contains("unsupported flags"));
 }
 
@@ -171,6 +172,8 @@ fn every_bit_flip_is_detected() {
                 0..=7 => &["not a hepeft file"],
                 8..=9 => &["unsupported format version"],
                 10..=11 => &["unknown file kind", "wrong kind"],
+                // Bit 0 of the flags is FLAG_BOUND: a flip there is caught by the checksum.
+                12 if bit == 0 => &["checksum mismatch"],
                 12..=15 => &["unsupported flags"],
                 // A shorter length makes the reader take payload bytes as the checksum.
                 48..=55 => &[

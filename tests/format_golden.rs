@@ -56,3 +56,57 @@ fn golden_envelope_reads_back() {
     assert_eq!(r.u64_vec(3, 3).unwrap(), vec![1, 1 << 59, (1 << 60) - 1]);
     r.finish().unwrap();
 }
+
+/// SHA-256 of a bound envelope (issue 20): flag bit 0, a binding block (version 1, role
+/// query, key set 01..08, structure digest 0xaa x 32, 1 ciphertext per query, queries
+/// [1, 3]) and an empty bundle count; computed independently with Python's `struct` and
+/// `hashlib` from the table in `docs/file-formats.md`.
+const GOLDEN_BOUND_SHA256: &str =
+    "301e2e612f99a53cdeb1a9af33fea4f9ae255e062d8687c0f3a0499deb5545e6";
+
+fn golden_bound_file() -> Vec<u8> {
+    use hepeft::io::{Binding, KeySetId, Role};
+    let mut digest = [0u8; 32];
+    for (i, d) in digest.iter_mut().enumerate() {
+        *d = (i as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    let b = Binding {
+        role: Role::Query,
+        key_set: KeySetId([1, 2, 3, 4, 5, 6, 7, 8]),
+        structure: [0xaa; 32],
+        per_query: 1,
+        queries: vec![1, 3],
+    };
+    let mut p = PayloadWriter::new();
+    b.write(&mut p).unwrap();
+    p.u64(0);
+    let mut out = Vec::new();
+    hepeft::io::format::write_envelope_flagged(
+        &mut out,
+        FileKind::Ciphertext,
+        &digest,
+        hepeft::io::FLAG_BOUND,
+        p.as_slice(),
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn golden_bound_envelope_bytes_are_pinned() {
+    let file = golden_bound_file();
+    assert_eq!(file.len(), 132);
+    assert_eq!(
+        hex(&Sha256::digest(&file)),
+        GOLDEN_BOUND_SHA256,
+        "the binding block changed; bytes: {}",
+        hex(&file)
+    );
+    let env = read_envelope(&mut file.as_slice(), FileKind::Ciphertext, 1024).unwrap();
+    assert_eq!(env.flags, hepeft::io::FLAG_BOUND);
+    let mut r = PayloadReader::new(&env.payload, "golden");
+    let b = hepeft::io::Binding::read(&mut r).unwrap();
+    assert_eq!(b.queries, vec![1, 3]);
+    assert_eq!(r.u64().unwrap(), 0);
+    r.finish().unwrap();
+}

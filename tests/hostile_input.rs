@@ -309,3 +309,104 @@ fn npy_header_length_is_checked_before_allocation() {
     // A valid file still reads.
     assert_eq!(features_from_npy_bytes(&small_npy()).unwrap().dim(), (3, 4));
 }
+
+/// Issue 20: weights, biases and polynomial coefficients the scale and modulus cannot
+/// carry are refused by `Plan::prepare`, naming the layer and the value, instead of
+/// wrapping silently; a non-finite weight is refused with its position.
+#[test]
+fn out_of_range_weights_and_coefficients_are_refused() {
+    use hepeft::model::activation::Activation;
+    use hepeft::model::{AdapterBuilder, Op};
+    use hepeft::plan::{Plan, PlanOptions};
+    use ndarray::Array2;
+    let params = CkksParams::preset("CKKS_N13_QP200_128").unwrap();
+    let linear = |w: Array2<f64>| {
+        let mut b = AdapterBuilder::new();
+        let x = b.input("x", w.ncols()).unwrap();
+        b.node(
+            "head",
+            Op::Linear {
+                weight: w,
+                bias: None,
+            },
+            &[x],
+        )
+        .unwrap();
+        b.build().unwrap()
+    };
+    let prepare = |a: &hepeft::model::Adapter| {
+        Plan::compile(a, &params, PlanOptions::default())
+            .unwrap()
+            .prepare()
+            .map(|_| ())
+    };
+    // Ordinary weights pass.
+    prepare(&linear(Array2::from_elem((4, 64), 0.1))).unwrap();
+    // One weight of 1e6; all weights 100 through a second layer; a byte flip's -1.7e19.
+    let mut w = Array2::from_elem((4, 64), 0.1);
+    w[[2, 5]] = 1e6;
+    let e = prepare(&linear(w)).unwrap_err().to_string();
+    assert!(
+        e.contains("layer 'head'") && e.contains("weight[2][5] = 1e6"),
+        "{e}"
+    );
+    let mut w = Array2::from_elem((4, 64), 0.1);
+    w[[0, 0]] = -1.7e19;
+    let e = prepare(&linear(w)).unwrap_err().to_string();
+    assert!(e.contains("-1.7e19"), "{e}");
+    let mut b = AdapterBuilder::new();
+    let x = b.input("x", 384).unwrap();
+    let h = b
+        .node(
+            "down",
+            Op::Linear {
+                weight: Array2::from_elem((16, 384), 100.0),
+                bias: None,
+            },
+            &[x],
+        )
+        .unwrap();
+    b.node(
+        "up",
+        Op::Linear {
+            weight: Array2::from_elem((4, 16), 100.0),
+            bias: None,
+        },
+        &[h],
+    )
+    .unwrap();
+    let e = prepare(&b.build().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("values too large to encrypt"), "{e}");
+    // A non-finite weight (the model layer refuses it already, or prepare does).
+    let mut w = Array2::from_elem((2, 8), 0.1);
+    w[[1, 3]] = f64::NAN;
+    let mut b = AdapterBuilder::new();
+    let x = b.input("x", 8).unwrap();
+    let built = b
+        .node(
+            "head",
+            Op::Linear {
+                weight: w,
+                bias: None,
+            },
+            &[x],
+        )
+        .and_then(|_| b.build());
+    if let Ok(a) = built {
+        let e = prepare(&a).unwrap_err().to_string();
+        assert!(e.contains("weight[1][3] is NaN"), "{e}");
+    }
+    // coeffs = [0.25, 0.5, 1e10] on [-4, 4].
+    let act = Activation::from_power_coeffs(&[0.25, 0.5, 1e10], -4.0, 4.0).unwrap();
+    let mut b = AdapterBuilder::new();
+    let x = b.input("x", 8).unwrap();
+    b.node("act", Op::Poly(act), &[x]).unwrap();
+    let deep = deep_test_params();
+    let e = Plan::compile(&b.build().unwrap(), &deep, PlanOptions::default())
+        .unwrap()
+        .prepare()
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 'act'") && e.contains("Chebyshev"), "{e}");
+}

@@ -761,3 +761,191 @@ fn server_refuses_flooding_it_cannot_carry() {
     );
     server.shutdown().unwrap();
 }
+
+/// Issue 20: the server refuses a query bound to another key set than the registered
+/// evaluation keys, an unbound query, and a result-role bundle; evaluation keys whose
+/// binding names another key set than the public key they carry are refused too.
+#[test]
+fn service_refuses_mixed_up_keys_and_queries() {
+    use hepeft::io::{Binding, KeySetId, Role};
+    let adapter = lora();
+    let server = serve::spawn(adapter.clone(), params(), config(Mode::Latency)).unwrap();
+    let url = server.url();
+    let client = QueryClient::new(&url).unwrap();
+    let remote = client.connect().unwrap();
+    let plan = remote.plan();
+    let keys_a = lora_keys();
+    let keys_b = ClientKeys::generate(plan, &mut rng(91)).unwrap();
+    let id_b = client.register_keys(&keys_b.eval).unwrap();
+    let (x, _) = inputs(&adapter, 1, 92);
+    let query = plan
+        .encrypt_query(
+            remote.encoder(),
+            EncryptionKey::Secret(&keys_a.secret),
+            &views(&x),
+            &mut rng(93),
+        )
+        .unwrap();
+    let bundle = hepeft::ckks::CiphertextBundle {
+        digest: remote.params().digest(),
+        items: query,
+    };
+    // A's query, honestly bound to A's key set, sent under B's keys: 409, named.
+    let bound_a = hepeft::session::query_binding(keys_a.binding.key_set, plan, &[1]);
+    let body = hepeft::ckks::to_bytes_bound(remote.params(), &bundle, &bound_a).unwrap();
+    let (st, msg, _) = post(&format!("{url}/v1/evaluate/{id_b}"), &body);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("key set mismatch"), "{msg}");
+    // No binding at all: 409, named.
+    let body = to_bytes(remote.params(), &bundle).unwrap();
+    let (st, msg, _) = post(&format!("{url}/v1/evaluate/{id_b}"), &body);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("no binding block"), "{msg}");
+    // Bound as a result: 409, named.
+    let as_result = Binding {
+        role: Role::Result,
+        ..hepeft::session::query_binding(keys_b.binding.key_set, plan, &[1])
+    };
+    let body = hepeft::ckks::to_bytes_bound(remote.params(), &bundle, &as_result).unwrap();
+    let (st, msg, _) = post(&format!("{url}/v1/evaluate/{id_b}"), &body);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("role mismatch"), "{msg}");
+    // Evaluation keys whose binding names another key set than the public key inside.
+    let forged = Binding::keys(KeySetId([7; 8]), plan.structure_digest());
+    let body = hepeft::ckks::to_bytes_bound(remote.params(), &keys_a.eval, &forged).unwrap();
+    let (st, msg, _) = post(&format!("{url}/v1/keys"), &body);
+    assert_eq!(st, 409, "{msg}");
+    assert!(msg.contains("key set mismatch"), "{msg}");
+    server.shutdown().unwrap();
+}
+
+/// Writes `req` on a fresh loopback connection and returns everything the server sends
+/// until it closes the connection or `limit` passes (a generous bound, not a timing claim).
+fn raw_exchange(addr: std::net::SocketAddr, req: &[u8], limit: Duration) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.write_all(req).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if t0.elapsed() > limit {
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
+}
+
+/// Issue 20: idle and slow-header connections are closed, the connection limit holds and
+/// the service stays healthy; oversized, unauthenticated and junk uploads are refused from
+/// their headers or first bytes (no `100 Continue`, no full read); the `Bearer` scheme is
+/// case-insensitive. Bounded in count (a handful of sockets) and time (generous limits).
+#[test]
+fn slow_idle_and_oversized_clients_are_refused_early() {
+    let mut cfg = config(Mode::Latency);
+    cfg.header_timeout = Duration::from_secs(1);
+    cfg.idle_timeout = Duration::from_secs(1);
+    cfg.body_timeout = Duration::from_secs(2);
+    cfg.max_connections = 4;
+    cfg.max_body_bytes = 1 << 20;
+    cfg.auth = AuthTokens::new(&["a-long-enough-secret-token-1"]).unwrap();
+    let server = serve::spawn(lora(), params(), cfg).unwrap();
+    let addr = server.addr();
+    let generous = Duration::from_secs(20);
+
+    // An idle connection (nothing sent) and a slow header are closed by the server.
+    let (got, t) = raw_exchange(addr, b"", generous);
+    assert!(
+        t < generous,
+        "idle connection still open after {t:?}: {got}"
+    );
+    let (_, t) = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", generous);
+    assert!(
+        t < generous,
+        "slow-header connection still open after {t:?}"
+    );
+
+    // The connection limit: 4 idle sockets hold every place; a 5th is closed at once.
+    let hold: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (got, t) = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", generous);
+    assert!(
+        got.is_empty() && t < generous,
+        "a 5th connection was served past the limit: {got}"
+    );
+    drop(hold);
+    // Once the held sockets are gone (closed by us, or idle-timed-out), health is fine.
+    let mut healthy = false;
+    for _ in 0..40 {
+        let (got, _) = raw_exchange(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            generous,
+        );
+        if got.starts_with("HTTP/1.1 200") {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        healthy,
+        "the service did not recover after the connection limit"
+    );
+    assert!(metric(&server, "hepeft_refused_connections_total") >= 1.0);
+
+    // Unauthenticated upload with Expect: 100-continue: 401 at once, never 100 Continue.
+    let (got, t) = raw_exchange(
+        addr,
+        b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\nExpect: 100-continue\r\n\r\n",
+        generous,
+    );
+    assert!(got.starts_with("HTTP/1.1 401"), "{got}");
+    assert!(!got.contains("100 Continue"), "{got}");
+    assert!(t < generous);
+
+    // A Content-Length over the limit: 413 before any body byte is read.
+    let auth = "Authorization: bearer a-long-enough-secret-token-1\r\n";
+    let req = format!(
+        "POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 600000000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let (got, _) = raw_exchange(addr, req.as_bytes(), generous);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(!got.contains("100 Continue"), "{got}");
+
+    // Authenticated junk announced as 900 KiB: refused after its first bytes (400), the
+    // rest is never sent.
+    let mut req =
+        format!("POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 921600\r\n\r\n")
+            .into_bytes();
+    req.extend_from_slice(&[0x42; 64]);
+    let (got, _) = raw_exchange(addr, &req, generous);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains("not a hepeft file"), "{got}");
+
+    // A body that stops arriving: 408 from the body timeout.
+    let mut req =
+        format!("POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1000\r\n\r\n")
+            .into_bytes();
+    req.extend_from_slice(&[0x89; 10]);
+    let (got, t) = raw_exchange(addr, &req, generous);
+    assert!(
+        got.starts_with("HTTP/1.1 408") || got.is_empty(),
+        "stalled body: {got}"
+    );
+    assert!(t < generous);
+
+    // Shutdown is bounded even with a half-sent request open.
+    let mut half = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut half, b"POST /v1/keys HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t0 = Instant::now();
+    server.shutdown().unwrap();
+    assert!(t0.elapsed() < generous, "shutdown took {:?}", t0.elapsed());
+}

@@ -30,4 +30,7 @@ pub use lintrans::LinearTransform;
 pub use params::{CkksParams, CkksParamsLiteral, SecretDistribution, PRESETS};
 pub use precision::PrecisionStats;
 pub use security::Security;
-pub use serialize::{from_bytes, load, save, to_bytes, CiphertextBundle, HeObject};
+pub use serialize::{
+    from_bytes, from_bytes_bound, load, load_bound, save, save_bound, to_bytes, to_bytes_bound,
+    CiphertextBundle, HeObject,
+};

@@ -10,16 +10,50 @@ use super::ciphertext::{Ciphertext, Plaintext};
 use super::keygen::KeyGenerator;
 use super::keys::{EvaluationKeys, GaloisKey, PublicKey, RelinKey, SecretKey, SwitchingKey};
 use super::params::CkksParams;
+use crate::io::binding::Binding;
 use crate::io::format::{
-    read_envelope_bytes, write_envelope, write_file_atomic, FileKind, PayloadReader, PayloadWriter,
+    read_envelope_bytes, write_envelope, write_envelope_flagged, write_file_atomic_flagged,
+    FileKind, PayloadReader, PayloadWriter, CHECKSUM_LEN, FLAG_BOUND, HEADER_LEN,
 };
 use crate::math::poly::{Eval, RnsPoly};
 use crate::math::sample;
 use crate::{Error, Result};
 use std::path::Path;
 
-/// Largest payload any reader accepts (64 GiB); each reader also checks exact sizes.
+/// Largest payload any reader accepts (64 GiB); each kind has a tighter cap computed from
+/// the parameters ([`HeObject::max_payload`]), and each reader also checks exact sizes.
 pub const MAX_PAYLOAD: u64 = 64 << 30;
+
+/// Most ciphertexts one bundle file may hold (a query or result of many samples).
+pub const MAX_BUNDLE_CIPHERTEXTS: usize = 1 << 16;
+
+/// Most Galois keys one evaluation-key file may hold (plans use tens to a few hundred).
+pub const MAX_GALOIS_KEYS: usize = 4096;
+
+/// Bytes of a binding block for key material (no queries listed).
+const KEY_BINDING_LEN: u64 = 52;
+
+/// Bytes of one serialized polynomial with `limbs` limbs (level, basis flag, words).
+fn poly_bytes(params: &CkksParams, limbs: usize) -> u64 {
+    5 + (limbs as u64) * (params.n() as u64) * 8
+}
+
+/// Largest serialized ciphertext: 3 parts at the top level, unseeded.
+fn max_ct_bytes(params: &CkksParams) -> u64 {
+    8 + 1 + 1 + 3 * poly_bytes(params, params.max_level() + 1)
+}
+
+/// Largest serialized public key (unseeded, extended basis).
+fn max_pk_bytes(params: &CkksParams) -> u64 {
+    1 + 2 * poly_bytes(params, params.max_level() + 1 + params.p().len())
+}
+
+/// Largest serialized switching key (unseeded).
+fn max_switching_key_bytes(params: &CkksParams) -> u64 {
+    8 + 1
+        + 2 * (params.num_digits() as u64)
+            * poly_bytes(params, params.max_level() + 1 + params.p().len())
+}
 
 /// An object with a file format of its own.
 pub trait HeObject: Sized {
@@ -33,16 +67,56 @@ pub trait HeObject: Sized {
     fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()>;
     /// Parses and checks the payload.
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self>;
+    /// Largest payload (including a binding block) a file of this kind can have under
+    /// `params`: readers refuse a larger declared length before reading anything.
+    fn max_payload(_params: &CkksParams) -> u64 {
+        MAX_PAYLOAD
+    }
 }
 
 /// Serializes `obj` into a complete envelope. For a secret key the intermediate payload
 /// buffer is zeroized; the returned bytes are the caller's to wipe.
 pub fn to_bytes<T: HeObject>(params: &CkksParams, obj: &T) -> Result<Vec<u8>> {
+    to_bytes_inner(params, obj, None)
+}
+
+/// [`to_bytes`] with a binding block (envelope flag `FLAG_BOUND`): the key set, plan and
+/// role the object belongs to, inside the checksummed envelope.
+pub fn to_bytes_bound<T: HeObject>(
+    params: &CkksParams,
+    obj: &T,
+    binding: &Binding,
+) -> Result<Vec<u8>> {
+    to_bytes_inner(params, obj, Some(binding))
+}
+
+fn payload_of<T: HeObject>(
+    params: &CkksParams,
+    obj: &T,
+    binding: Option<&Binding>,
+) -> Result<(PayloadWriter, u32)> {
     params.check_digest(T::WHAT, &obj.digest())?;
     let mut w = PayloadWriter::new();
-    obj.write_payload(params, &mut w)?;
+    let mut flags = 0;
+    if let Some(b) = binding {
+        b.write(&mut w)?;
+        flags |= FLAG_BOUND;
+    }
+    if let Err(e) = obj.write_payload(params, &mut w) {
+        wipe_if_secret::<T>(w.into_bytes());
+        return Err(e);
+    }
+    Ok((w, flags))
+}
+
+fn to_bytes_inner<T: HeObject>(
+    params: &CkksParams,
+    obj: &T,
+    binding: Option<&Binding>,
+) -> Result<Vec<u8>> {
+    let (w, flags) = payload_of(params, obj, binding)?;
     let mut out = Vec::with_capacity(w.len() + 64);
-    let r = write_envelope(&mut out, T::KIND, &params.digest(), w.as_slice());
+    let r = write_envelope_flagged(&mut out, T::KIND, &params.digest(), flags, w.as_slice());
     wipe_if_secret::<T>(w.into_bytes());
     r?;
     Ok(out)
@@ -56,32 +130,131 @@ fn wipe_if_secret<T: HeObject>(mut buf: Vec<u8>) {
 }
 
 /// Parses an envelope of the right kind made under `params`.
+///
+/// A binding block, if present, is skipped; use [`from_bytes_bound`] where it matters.
 pub fn from_bytes<T: HeObject>(params: &CkksParams, bytes: &[u8]) -> Result<T> {
-    // The buffer's size is known: a forged payload length is refused before any allocation.
-    let env = read_envelope_bytes(bytes, T::KIND, MAX_PAYLOAD)?;
+    from_bytes_bound(params, bytes).map(|(obj, _)| obj)
+}
+
+/// Parses an envelope of the right kind made under `params`, and its binding block if the
+/// envelope has one (`None` for files written without, or before issue 20).
+///
+/// The declared payload length is checked against [`HeObject::max_payload`] and against
+/// the buffer's size before anything is allocated.
+pub fn from_bytes_bound<T: HeObject>(
+    params: &CkksParams,
+    bytes: &[u8],
+) -> Result<(T, Option<Binding>)> {
+    let env = read_envelope_bytes(bytes, T::KIND, T::max_payload(params))?;
     env.check_params(&params.digest(), T::WHAT)?;
     let mut r = PayloadReader::new(&env.payload, T::WHAT);
-    let obj = T::read_payload(params, &mut r).and_then(|o| r.finish().map(|()| o));
+    let obj = (|| {
+        let binding = if env.flags & FLAG_BOUND != 0 {
+            Some(Binding::read(&mut r)?)
+        } else {
+            None
+        };
+        let obj = T::read_payload(params, &mut r)?;
+        r.finish()?;
+        Ok((obj, binding))
+    })();
     wipe_if_secret::<T>(env.payload);
     obj
 }
 
 /// Writes `obj` to `path` atomically; secret keys get mode 0600.
+///
+/// Refuses to replace an existing key file with an object of another kind (a result
+/// written over `secret.key`): see [`crate::io::limits::refuse_key_overwrite`].
 pub fn save<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams, obj: &T) -> Result<()> {
-    params.check_digest(T::WHAT, &obj.digest())?;
-    let mut w = PayloadWriter::new();
-    obj.write_payload(params, &mut w)?;
+    save_inner(path.as_ref(), params, obj, None)
+}
+
+/// [`save`] with a binding block (see [`to_bytes_bound`]).
+pub fn save_bound<T: HeObject>(
+    path: impl AsRef<Path>,
+    params: &CkksParams,
+    obj: &T,
+    binding: &Binding,
+) -> Result<()> {
+    save_inner(path.as_ref(), params, obj, Some(binding))
+}
+
+fn save_inner<T: HeObject>(
+    path: &Path,
+    params: &CkksParams,
+    obj: &T,
+    binding: Option<&Binding>,
+) -> Result<()> {
+    let (w, flags) = payload_of(params, obj, binding)?;
     let mode = (T::KIND == FileKind::SecretKey).then_some(0o600);
-    let r = write_file_atomic(path, T::KIND, &params.digest(), w.as_slice(), mode);
+    let r = write_file_atomic_flagged(path, T::KIND, &params.digest(), flags, w.as_slice(), mode);
     wipe_if_secret::<T>(w.into_bytes());
     r
 }
 
-/// Reads `obj` from `path`.
+/// Reads `obj` from `path` (a binding block, if present, is skipped).
 pub fn load<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams) -> Result<T> {
+    load_bound(path, params).map(|(obj, _)| obj)
+}
+
+/// Reads `obj` and its binding block from `path` (see [`from_bytes_bound`]). The path
+/// must be a regular file no larger than the kind's cap plus the envelope framing,
+/// checked before it is read.
+pub fn load_bound<T: HeObject>(
+    path: impl AsRef<Path>,
+    params: &CkksParams,
+) -> Result<(T, Option<Binding>)> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let obj = from_bytes(params, &bytes);
+    let cap = T::max_payload(params).saturating_add((HEADER_LEN + CHECKSUM_LEN) as u64);
+    // The header first: its declared size must be the file's size and within the cap,
+    // checked before the payload is read (a 3 GB file costs 56 bytes, not 3 GB).
+    {
+        use std::io::Read as _;
+        let (file, size) = crate::io::limits::open_regular(path)?;
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        file.take(HEADER_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::io(path, e))?;
+        let what = format!("{} {}", T::WHAT, path.display());
+        let h = crate::io::format::peek_header(&head).map_err(|e| match e {
+            Error::Format { reason, .. } => Error::format(&what, reason),
+            other => other,
+        })?;
+        match h.total_len() {
+            Some(t) if t > cap => {
+                return Err(Error::TooLarge {
+                    what,
+                    found: format!("a declared size of {t} bytes"),
+                    limit: format!("{cap} bytes for these parameters"),
+                })
+            }
+            Some(t) if t != size => {
+                return Err(Error::format(
+                    what,
+                    format!(
+                        "{}: the file is {size} bytes, its header declares {t}",
+                        if size < t {
+                            "truncated"
+                        } else {
+                            "trailing bytes"
+                        }
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::format(what, "declared payload length overflows"));
+            }
+            _ => {}
+        }
+    }
+    let bytes = crate::io::limits::read_bounded(path, cap, T::WHAT)?;
+    let obj = from_bytes_bound(params, &bytes).map_err(|e| match e {
+        Error::Format { what, reason } => {
+            Error::format(format!("{what} {}", path.display()), reason)
+        }
+        other => other,
+    });
     wipe_if_secret::<T>(bytes);
     obj
 }
@@ -195,6 +368,9 @@ impl HeObject for Ciphertext {
         write_ct(w, self);
         Ok(())
     }
+    fn max_payload(params: &CkksParams) -> u64 {
+        8 + max_ct_bytes(params) + KEY_BINDING_LEN + 4
+    }
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
         let count = r.count("ciphertext count", 1)?;
         if count != 1 {
@@ -230,8 +406,12 @@ impl HeObject for CiphertextBundle {
         }
         Ok(())
     }
+    fn max_payload(params: &CkksParams) -> u64 {
+        let n = MAX_BUNDLE_CIPHERTEXTS as u64;
+        8 + n * max_ct_bytes(params) + KEY_BINDING_LEN + 4 * n
+    }
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
-        let count = r.count("ciphertext count", 1 << 20)?;
+        let count = r.count("ciphertext count", MAX_BUNDLE_CIPHERTEXTS)?;
         let items = (0..count)
             .map(|_| read_ct(params, r))
             .collect::<Result<Vec<_>>>()?;
@@ -307,6 +487,9 @@ impl HeObject for Plaintext {
         write_poly(w, self.poly());
         Ok(())
     }
+    fn max_payload(params: &CkksParams) -> u64 {
+        8 + poly_bytes(params, params.max_level() + 1)
+    }
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
         let scale = r.finite_f64("scale")?;
         let poly = read_poly(params, r, Some(false))?;
@@ -327,6 +510,10 @@ impl HeObject for SecretKey {
         w.bytes(&bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
         Ok(())
+    }
+    fn max_payload(params: &CkksParams) -> u64 {
+        // Exact: ring degree, one byte per coefficient, and the key binding block.
+        4 + params.n() as u64 + KEY_BINDING_LEN
     }
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
         let n = r.u32()? as usize;
@@ -368,6 +555,9 @@ impl HeObject for PublicKey {
             }
         }
         Ok(())
+    }
+    fn max_payload(params: &CkksParams) -> u64 {
+        max_pk_bytes(params)
     }
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
         let seeded = r.bool()?;
@@ -481,6 +671,16 @@ impl HeObject for EvaluationKeys {
         }
         Ok(())
     }
+    fn max_payload(params: &CkksParams) -> u64 {
+        let g = MAX_GALOIS_KEYS.min(params.n()) as u64;
+        KEY_BINDING_LEN
+            + 1
+            + max_switching_key_bytes(params)
+            + 8
+            + g * (8 + max_switching_key_bytes(params))
+            + 1
+            + max_pk_bytes(params)
+    }
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
         let mut keys = EvaluationKeys {
             digest: params.digest(),
@@ -489,7 +689,7 @@ impl HeObject for EvaluationKeys {
         if r.bool()? {
             keys.relin = Some(RelinKey(read_switching_key(params, r)?));
         }
-        let count = r.count("Galois keys", params.n())?;
+        let count = r.count("Galois keys", MAX_GALOIS_KEYS.min(params.n()))?;
         let two_n = 2 * params.n() as u64;
         for _ in 0..count {
             let element = r.u64()?;

@@ -149,9 +149,29 @@ pub struct ServeArgs {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     pub timeout_secs: u64,
-    /// Disk budget of --key-store, MiB: least recently used key files are deleted above it.
+    /// Disk budget of --key-store, MiB: least recently used key files are deleted above it
+    /// (default 4096).
     #[arg(long, value_name = "MIB", requires = "key_store")]
     pub key_store_max_disk_mib: Option<u64>,
+    /// Memory budget of the key store, MiB: least recently used key sets leave memory
+    /// above it.
+    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    pub key_store_max_mib: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub header_timeout_secs: u64,
+    /// Seconds after which a connection with no request in flight and no traffic is closed.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body (408 past it).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub body_timeout_secs: u64,
+    /// Connections open at once; further ones are closed at once.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_connections: usize,
+    /// Seconds given to requests in flight after SIGTERM / SIGINT before exiting.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub shutdown_grace_secs: u64,
     /// File of access tokens, one per line: every /v1 request must carry
     /// `Authorization: Bearer <token>` (401 otherwise). Required to listen on a
     /// non-loopback address unless --insecure-no-auth is given.

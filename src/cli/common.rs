@@ -121,7 +121,8 @@ pub fn short(digest: &[u8; 32]) -> String {
 
 /// SHA-256 of a file's bytes, first 16 hex digits: identifies a public key.
 pub fn file_id(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = hepeft::io::limits::read_bounded(path, 64 << 30, "key file")
+        .with_context(|| format!("reading {}", path.display()))?;
     let d: [u8; 32] = Sha256::digest(&bytes).into();
     Ok(short(&d))
 }
@@ -181,15 +182,63 @@ pub fn meta_path(ct: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Reads a JSON file (at most 16 MiB).
+/// Reads a JSON file: a regular file of at most `MAX_TEXT_FILE` (1 MiB).
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
-    let mut text = String::new();
-    file.take(16 << 20)
-        .read_to_string(&mut text)
+    let text = hepeft::io::limits::read_text(path, hepeft::io::limits::MAX_TEXT_FILE, what)
         .with_context(|| format!("reading {what} {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{what} {} is malformed", path.display()))
+}
+
+/// Checks every field of a query or result sidecar against the binding inside the
+/// ciphertext envelope (the envelope is authoritative: a ciphertext swapped under an
+/// untouched sidecar, or an edited sidecar, is refused here).
+pub fn check_meta_binding(
+    ct: &Path,
+    meta: &CtMeta,
+    binding: &hepeft::io::Binding,
+    mode: hepeft::plan::Mode,
+) -> Result<()> {
+    let path = meta_path(ct);
+    let mismatch = |field: &str, side: String, env: String| -> Result<()> {
+        if side != env {
+            bail!(
+                "{}: field `{field}` is {side}, but the ciphertext in {} is bound to {env}: the two files \
+                 do not belong together (keep each ciphertext with its own .json)",
+                path.display(),
+                ct.display()
+            );
+        }
+        Ok(())
+    };
+    mismatch("key_id", meta.key_id.clone(), binding.key_set.hex())?;
+    mismatch(
+        "structure_digest",
+        meta.structure_digest.clone(),
+        digest_hex(&binding.structure),
+    )?;
+    mismatch(
+        "ciphertexts_per_query",
+        meta.ciphertexts_per_query.to_string(),
+        binding.per_query.to_string(),
+    )?;
+    mismatch(
+        "queries",
+        format!("{:?}", meta.queries),
+        format!("{:?}", binding.queries),
+    )?;
+    mismatch(
+        "content",
+        meta.content.clone(),
+        binding.role.name().to_string(),
+    )?;
+    mismatch("mode", meta.mode.clone(), mode_name(mode).to_string())?;
+    Ok(())
+}
+
+/// Refuses an output path that holds a key file (`--out keys/secret.key`).
+pub fn check_output(path: &Path) -> Result<()> {
+    hepeft::io::limits::refuse_key_overwrite(path, None)?;
+    Ok(())
 }
 
 /// Reads the metadata of a query or result and checks it against `params` and its content.
@@ -293,6 +342,7 @@ pub fn preset_name_for(digest: &[u8; 32]) -> Option<&'static str> {
 
 /// Writes bytes to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    check_output(path)?;
     let tmp = temp_sibling(path)?;
     let res = (|| -> Result<()> {
         std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -307,6 +357,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes a features / logits matrix as an f64 `.npy` file atomically.
 pub fn save_npy_atomic(path: &Path, m: ArrayView2<f64>) -> Result<()> {
+    check_output(path)?;
     let tmp = temp_sibling(path)?;
     let res = (|| -> Result<()> {
         save_features_npy(&tmp, m).with_context(|| format!("writing {}", tmp.display()))?;

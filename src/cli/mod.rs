@@ -92,6 +92,8 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
+        // Capped: --threads 100000 would hang, 5,000 turn a 10 ms decrypt into 47 s.
+        hepeft::io::limits::check_threads(n.get())?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.get())
             .build_global()

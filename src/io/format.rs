@@ -82,8 +82,12 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 16 << 30;
 /// Largest up-front allocation when reading a payload of unconfirmed length (64 MiB).
 const STREAM_RESERVE: usize = 64 << 20;
 
-/// Flags defined by format version 1: none.
-const KNOWN_FLAGS: u32 = 0;
+/// Flag bit 0: the payload starts with a binding block ([`crate::io::binding::Binding`]):
+/// the key set, plan structure and role the object belongs to (issue 20).
+pub const FLAG_BOUND: u32 = 1;
+
+/// Flags defined by format version 1: [`FLAG_BOUND`].
+const KNOWN_FLAGS: u32 = FLAG_BOUND;
 
 /// What an envelope holds. Stored as a `u16`; zero is never a valid kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -220,7 +224,10 @@ impl Header {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(Error::format(
                 "hepeft file",
-                format!("unsupported flags {flags:#010x} (format version {version} defines none)"),
+                format!(
+                    "unsupported flags {flags:#010x} (format version {version} defines only {KNOWN_FLAGS:#x}: \
+                     the file was written by a newer hepeft)"
+                ),
             ));
         }
         let mut params_digest = [0u8; 32];
@@ -246,6 +253,8 @@ pub struct Envelope {
     pub kind: FileKind,
     /// Format version the file was written with.
     pub version: u16,
+    /// Flag bits ([`FLAG_BOUND`]).
+    pub flags: u32,
     /// Digest of the parameter set the object was made under.
     pub params_digest: [u8; 32],
     /// The payload bytes, checksum verified.
@@ -325,12 +334,32 @@ pub fn write_envelope(
     params_digest: &[u8; 32],
     payload: &[u8],
 ) -> Result<()> {
+    write_envelope_flagged(w, kind, params_digest, 0, payload)
+}
+
+/// Writes one envelope with flag bits `flags` (see [`FLAG_BOUND`]).
+///
+/// # Errors
+/// [`Error::Format`] for an unknown flag bit; [`Error::Io`] if the writer fails.
+pub fn write_envelope_flagged(
+    w: &mut impl Write,
+    kind: FileKind,
+    params_digest: &[u8; 32],
+    flags: u32,
+    payload: &[u8],
+) -> Result<()> {
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(Error::format(
+            "hepeft file",
+            format!("unknown flags {flags:#x}"),
+        ));
+    }
     let payload_len = u64::try_from(payload.len())
         .map_err(|_| Error::format("hepeft file", "payload length does not fit in a u64"))?;
     let header = Header {
         kind,
         version: FORMAT_VERSION,
-        flags: 0,
+        flags,
         params_digest: *params_digest,
         payload_len,
     }
@@ -530,6 +559,7 @@ fn read_envelope_sized(
     Ok(Envelope {
         kind: header.kind,
         version: header.version,
+        flags: header.flags,
         params_digest: header.params_digest,
         payload,
     })
@@ -537,7 +567,8 @@ fn read_envelope_sized(
 
 /// Writes an envelope to `path` atomically: a temporary file in the same directory is
 /// written, flushed to disk, then renamed over `path`. A reader sees the old file or the
-/// complete new one, never a partial write.
+/// complete new one, never a partial write. An existing key file at `path` is replaced
+/// only by a file of the same kind (see [`super::limits::refuse_key_overwrite`]).
 ///
 /// `mode` (Unix permission bits, such as `0o600` for secret keys) is applied to the
 /// temporary file right after it is created, before any byte is written. On platforms
@@ -552,18 +583,39 @@ pub fn write_file_atomic(
     payload: &[u8],
     mode: Option<u32>,
 ) -> Result<()> {
-    write_atomic_with(path.as_ref(), mode, |w, tmp| {
-        write_envelope(w, kind, params_digest, payload).map_err(|e| with_path(e, tmp))
+    write_file_atomic_flagged(path, kind, params_digest, 0, payload, mode)
+}
+
+/// [`write_file_atomic`] with flag bits (see [`FLAG_BOUND`]).
+///
+/// # Errors
+/// As [`write_file_atomic`].
+pub fn write_file_atomic_flagged(
+    path: impl AsRef<Path>,
+    kind: FileKind,
+    params_digest: &[u8; 32],
+    flags: u32,
+    payload: &[u8],
+    mode: Option<u32>,
+) -> Result<()> {
+    let path = path.as_ref();
+    // Never replace a key file with an object of another kind (`--out keys/secret.key`).
+    super::limits::refuse_key_overwrite(path, Some(kind))?;
+    write_atomic_with(path, mode, |w, tmp| {
+        write_envelope_flagged(w, kind, params_digest, flags, payload).map_err(|e| with_path(e, tmp))
     })
 }
 
 /// Writes raw `bytes` to `path` atomically, like [`write_file_atomic`] but with no
-/// envelope (for JSON checkpoints and reports that carry their own format tag).
+/// envelope (for JSON checkpoints and reports that carry their own format tag). Refuses to
+/// replace a key file.
 ///
 /// # Errors
 /// [`Error::Io`] with the path on any file-system failure; the temporary file is removed.
 pub fn write_bytes_atomic(path: impl AsRef<Path>, bytes: &[u8], mode: Option<u32>) -> Result<()> {
-    write_atomic_with(path.as_ref(), mode, |w, tmp| {
+    let path = path.as_ref();
+    super::limits::refuse_key_overwrite(path, None)?;
+    write_atomic_with(path, mode, |w, tmp| {
         w.write_all(bytes).map_err(|e| Error::io(tmp, e))
     })
 }
@@ -602,38 +654,6 @@ fn write_atomic_with(
         let _ = d.sync_all();
     }
     Ok(())
-}
-
-/// Reads a whole regular file of at most `limit` bytes (larger files are refused before
-/// reading; a file that grows while read is cut at `limit + 1` bytes and refused).
-///
-/// # Errors
-/// [`Error::Io`] for file-system failures; [`Error::Format`] for a file over the limit.
-pub fn read_bytes_limited(path: impl AsRef<Path>, limit: u64) -> Result<Vec<u8>> {
-    let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    let what = path.display().to_string();
-    if !meta.is_file() {
-        return Err(Error::format(what, "not a regular file"));
-    }
-    if meta.len() > limit {
-        return Err(Error::format(
-            what,
-            format!("{} bytes, more than the limit of {limit}", meta.len()),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > limit {
-        return Err(Error::format(
-            what,
-            format!("grew past the limit of {limit} bytes"),
-        ));
-    }
-    Ok(bytes)
 }
 
 /// Removes the temporary file unless disarmed.
@@ -729,8 +749,7 @@ fn with_path(e: Error, path: &Path) -> Error {
 /// As [`read_envelope`]; I/O errors carry `path`.
 pub fn read_file(path: impl AsRef<Path>, expected: FileKind, max_payload: u64) -> Result<Envelope> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (file, size) = super::limits::open_regular(path)?;
     let mut r = BufReader::new(file);
     read_envelope_sized(&mut r, expected, max_payload, Some(size)).map_err(|e| with_path(e, path))
 }
@@ -1189,6 +1208,7 @@ mod tests {
         let env = Envelope {
             kind: FileKind::Ciphertext,
             version: 1,
+            flags: 0,
             params_digest: [1; 32],
             payload: vec![],
         };

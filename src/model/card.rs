@@ -145,8 +145,12 @@ pub struct NodeCard {
     /// `poly`: the named function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub func: Option<ActivationFn>,
-    /// `poly`: the interval `[lo, hi]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `poly`: the interval `[lo, hi]` (exactly two numbers).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "exactly_two"
+    )]
     pub interval: Option<[f64; 2]>,
     /// `poly`: the Chebyshev fit degree (with `func`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -677,4 +681,22 @@ pub fn save_adapter(
     let text = card.to_string(format)?;
     std::fs::write(card_path, text).map_err(|e| Error::io(card_path, e))?;
     Ok(weights_path)
+}
+
+/// Deserializes `[lo, hi]`, refusing a list of any other length (serde's `[f64; 2]`
+/// would silently ignore a third element in some formats).
+fn exactly_two<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<[f64; 2]>, D::Error> {
+    let v: Option<Vec<f64>> = Option::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(v) => match v.as_slice() {
+            [lo, hi] => Ok(Some([*lo, *hi])),
+            other => Err(serde::de::Error::custom(format!(
+                "`interval` must be two numbers [lo, hi], found {} ({other:?})",
+                other.len()
+            ))),
+        },
+    }
 }

@@ -27,10 +27,10 @@ pub use super::npy::*;
 pub use super::peft::*;
 pub use super::tensors::*;
 
-/// Reads a whole file, refusing files larger than `limit` bytes.
+/// Reads a whole regular file (no device, FIFO or directory, also behind a symlink),
+/// refusing files larger than `limit` bytes.
 pub(crate) fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (file, len) = crate::io::limits::open_regular(path)?;
     if len > limit {
         return Err(Error::format(
             what,

@@ -14,6 +14,7 @@
 //! - [`Mode::Batch`]: up to N/2 samples; one ciphertext per feature, samples in slots.
 //!   Linear layers need no rotation at all (constant products only).
 
+mod bounds;
 mod compile;
 mod fuse;
 mod layout;

@@ -84,7 +84,11 @@ impl Plan {
     /// Encodes the weights for evaluation (diagonals of every dense block at the level it
     /// runs at, biases, affine vectors). Cost: one encoding per non-zero diagonal; done once
     /// per loaded model, not per query.
+    ///
+    /// First refuses weights, biases and coefficients the scale and modulus cannot carry
+    /// ([`Plan::check_value_bounds`]), naming the layer and the value.
     pub fn prepare(&self) -> Result<PreparedPlan> {
+        self.check_value_bounds()?;
         let params = &self.params;
         let encoder = Encoder::new(params)?;
         let delta = params.default_scale();

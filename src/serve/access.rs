@@ -96,7 +96,12 @@ impl AuthTokens {
     /// The index of the token presented in an `Authorization: Bearer <token>` header value,
     /// or `None`. Compares digests in constant time and checks every configured token.
     pub fn check(&self, authorization: Option<&str>) -> Option<usize> {
-        let presented = authorization?.strip_prefix("Bearer ")?.trim();
+        // The scheme is case-insensitive (RFC 7235); the token is not.
+        let (scheme, token) = authorization?.trim_start().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let presented = token.trim();
         let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for (i, k) in self.digests.iter().enumerate() {
@@ -211,6 +216,9 @@ mod tests {
             Some(0)
         );
         assert_eq!(t.check(Some("Bearer a-long-enough-secret-token-2")), None);
+        assert_eq!(t.check(Some("bearer another-secret-token-22")), Some(1));
+        assert_eq!(t.check(Some("BEARER another-secret-token-22")), Some(1));
+        assert_eq!(t.check(Some("Basic another-secret-token-22")), None);
         assert_eq!(t.check(Some("a-long-enough-secret-token-1")), None);
         assert_eq!(t.check(None), None);
         let dbg = format!("{t:?}");

@@ -15,13 +15,15 @@
 
 use super::{is_key_id, sha256_hex, wire, KeyInfo, ModelDescription, DESCRIPTION_FORMAT};
 use crate::ckks::{
-    load, save, to_bytes, Ciphertext, CkksParams, Decryptor, Encoder, EncryptionKey,
-    EvaluationKeys, KeyGenerator, PublicKey, SecretKey,
+    load, load_bound, save, save_bound, to_bytes_bound, Ciphertext, CkksParams, Decryptor, Encoder,
+    EncryptionKey, EvaluationKeys, KeyGenerator, PublicKey, SecretKey,
 };
+use crate::io::binding::{Binding, KeySetId};
 use crate::io::format::digest_hex;
 use crate::model::load::{ModelCard, TensorStore};
 use crate::model::Adapter;
 use crate::plan::{Mode, Plan};
+use crate::session;
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView2, Axis, Slice};
 use rand::{CryptoRng, RngCore, SeedableRng};
@@ -89,6 +91,9 @@ pub struct ClientKeys {
     pub public: Option<PublicKey>,
     /// The evaluation keys the plan needs.
     pub eval: EvaluationKeys,
+    /// What the keys are bound to: their key set (the id of the public key the evaluation
+    /// keys carry) and the plan they were generated for.
+    pub binding: Binding,
 }
 
 impl std::fmt::Debug for ClientKeys {
@@ -115,10 +120,15 @@ impl ClientKeys {
         let eval = kg
             .gen_evaluation_keys(&secret, &plan.galois_elements(), plan.needs_relin(), rng)?
             .with_public_key(public.clone())?;
+        let binding = Binding::keys(
+            session::key_set_id(params, &public)?,
+            plan.structure_digest(),
+        );
         Ok(ClientKeys {
             secret,
             public: Some(public),
             eval,
+            binding,
         })
     }
 
@@ -127,13 +137,34 @@ impl ClientKeys {
     ///
     /// # Errors
     /// [`Error::Io`] for a missing file; format and parameter errors of [`load`].
+    /// The secret key and the evaluation keys must be bound to the same key set (the
+    /// public key the evaluation keys carry) and plan, and `public.key`, if present, must
+    /// be that public key.
     pub fn load_dir(dir: impl AsRef<Path>, params: &CkksParams) -> Result<Self> {
         let dir = dir.as_ref();
-        let secret = load(dir.join(SECRET_KEY_FILE), params)?;
-        let eval = load(dir.join(EVAL_KEYS_FILE), params)?;
+        let (secret, sk_binding) = load_bound(dir.join(SECRET_KEY_FILE), params)?;
+        let (eval, ek_binding): (EvaluationKeys, _) = load_bound(dir.join(EVAL_KEYS_FILE), params)?;
+        let key_set = session::check_eval_keys(params, &eval, ek_binding.as_ref(), None)?;
+        let binding = session::check_secret_matches_public(sk_binding.as_ref(), key_set, None)?;
+        if ek_binding.as_ref().map(|b| b.structure) != Some(binding.structure) {
+            return Err(Error::mismatch(
+                "plan",
+                "the secret key and the evaluation keys were generated for different plans",
+            ));
+        }
         let pk = dir.join(PUBLIC_KEY_FILE);
         let public = if pk.exists() {
-            Some(load(pk, params)?)
+            let public: PublicKey = load(pk, params)?;
+            let id = session::key_set_id(params, &public)?;
+            if id != key_set {
+                return Err(Error::mismatch(
+                    "key set",
+                    format!(
+                        "{PUBLIC_KEY_FILE} is key set {id}, the evaluation keys carry {key_set}"
+                    ),
+                ));
+            }
+            Some(public)
         } else {
             None
         };
@@ -141,6 +172,7 @@ impl ClientKeys {
             secret,
             public,
             eval,
+            binding,
         })
     }
 
@@ -151,8 +183,13 @@ impl ClientKeys {
     pub fn save_dir(&self, dir: impl AsRef<Path>, params: &CkksParams) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        save(dir.join(SECRET_KEY_FILE), params, &self.secret)?;
-        save(dir.join(EVAL_KEYS_FILE), params, &self.eval)?;
+        save_bound(
+            dir.join(SECRET_KEY_FILE),
+            params,
+            &self.secret,
+            &self.binding,
+        )?;
+        save_bound(dir.join(EVAL_KEYS_FILE), params, &self.eval, &self.binding)?;
         if let Some(pk) = &self.public {
             save(dir.join(PUBLIC_KEY_FILE), params, pk)?;
         }
@@ -166,24 +203,7 @@ impl ClientKeys {
     pub fn check_for(&self, plan: &Plan) -> Result<()> {
         let params = plan.params();
         params.check_digest("secret key", &self.secret.params_digest())?;
-        params.check_digest("evaluation keys", &self.eval.params_digest())?;
-        let missing: Vec<u64> = plan
-            .galois_elements()
-            .into_iter()
-            .filter(|g| self.eval.galois(*g).is_none())
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::MissingKey {
-                what: format!(
-                    "Galois keys for elements {missing:?} (the keys were made for another plan)"
-                ),
-            });
-        }
-        if plan.needs_relin() && self.eval.relin().is_none() {
-            return Err(Error::MissingKey {
-                what: "relinearization key".into(),
-            });
-        }
+        session::check_eval_keys(params, &self.eval, Some(&self.binding), Some(plan))?;
         Ok(())
     }
 }
@@ -302,6 +322,8 @@ pub struct QueryClient {
     remote: OnceLock<RemoteModel>,
     /// `Bearer <token>` when the server requires authentication (zeroized on drop).
     authorization: Option<zeroize::Zeroizing<String>>,
+    /// Key set of each key id this client registered (bound into its queries).
+    key_sets: std::sync::Mutex<std::collections::HashMap<String, KeySetId>>,
 }
 
 fn agent(timeout: Option<Duration>) -> ureq::Agent {
@@ -366,6 +388,7 @@ impl QueryClient {
             expected_params: None,
             remote: OnceLock::new(),
             authorization: None,
+            key_sets: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -471,9 +494,20 @@ impl QueryClient {
     /// # Errors
     /// As [`QueryClient::connect`]; [`Error::ParameterMismatch`] for keys of other
     /// parameters; the server's 4xx answers (409, 413, 422) as [`RemoteError`].
+    ///
+    /// The upload is bound (issue 20) to the key set of the public key the keys carry and
+    /// to the served plan; this client remembers the key set under the returned id, so
+    /// the queries it sends under that id carry it.
     pub fn register_keys(&self, keys: &EvaluationKeys) -> Result<String> {
         let remote = self.connect()?;
-        let bytes = to_bytes(remote.params(), keys)?;
+        let bytes = match session::eval_keys_id(remote.params(), keys) {
+            Ok(key_set) => {
+                let binding = Binding::keys(key_set, remote.plan().structure_digest());
+                to_bytes_bound(remote.params(), keys, &binding)?
+            }
+            // Keys without a public key: the server refuses them and says why (422).
+            Err(_) => crate::ckks::to_bytes(remote.params(), keys)?,
+        };
         self.register_key_bytes(&bytes)
     }
 
@@ -483,6 +517,15 @@ impl QueryClient {
     /// As [`QueryClient::register_keys`].
     pub fn register_key_bytes(&self, envelope: &[u8]) -> Result<String> {
         let id = sha256_hex(envelope);
+        if let Ok(remote) = self.connect() {
+            if let Ok((keys, _)) =
+                crate::ckks::from_bytes_bound::<EvaluationKeys>(remote.params(), envelope)
+            {
+                if let Ok(ks) = session::eval_keys_id(remote.params(), &keys) {
+                    self.remember(&id, ks);
+                }
+            }
+        }
         if self.has_keys(&id)? {
             return Ok(id);
         }
@@ -520,14 +563,52 @@ impl QueryClient {
         queries: &[Vec<Ciphertext>],
     ) -> Result<Vec<Vec<Ciphertext>>> {
         let remote = self.connect()?;
+        // Queries carry the key set of the keys registered under `id` (all zero for an id
+        // this client did not register: the server then refuses them as another key set).
+        let key_set = self.key_set_of(id);
         let mut body = Vec::new();
         for q in queries {
-            body.extend(wire::write_bundle(remote.params(), q.clone())?);
+            let binding = session::query_binding(key_set, remote.plan(), &[1]);
+            body.extend(wire::write_bundle(remote.params(), q.clone(), &binding)?);
         }
-        self.evaluate_raw(id, &body, queries.len())
+        self.evaluate_raw(id, &body, queries.len(), key_set)
     }
 
-    fn evaluate_raw(&self, id: &str, body: &[u8], queries: usize) -> Result<Vec<Vec<Ciphertext>>> {
+    fn remember(&self, id: &str, key_set: KeySetId) {
+        if let Ok(mut m) = self.key_sets.lock() {
+            m.insert(id.to_string(), key_set);
+        }
+    }
+
+    /// The key set of key id `id`: remembered from [`QueryClient::register_keys`], else
+    /// the server's word (`GET /v1/keys/{id}`), else all zero (the server then answers
+    /// 404 for an unknown id, or refuses the queries).
+    fn key_set_of(&self, id: &str) -> KeySetId {
+        if let Some(k) = self.key_sets.lock().ok().and_then(|m| m.get(id).copied()) {
+            return k;
+        }
+        let from_server = is_key_id(id)
+            .then(|| self.get(&format!("/v1/keys/{id}")).ok())
+            .flatten()
+            .and_then(|body| serde_json::from_slice::<KeyInfo>(&body).ok())
+            .and_then(|info| info.key_set)
+            .and_then(|h| KeySetId::from_hex(&h).ok());
+        match from_server {
+            Some(k) => {
+                self.remember(id, k);
+                k
+            }
+            None => KeySetId::default(),
+        }
+    }
+
+    fn evaluate_raw(
+        &self,
+        id: &str,
+        body: &[u8],
+        queries: usize,
+        key_set: KeySetId,
+    ) -> Result<Vec<Vec<Ciphertext>>> {
         let remote = self.connect()?;
         if !is_key_id(id) {
             return Err(Error::InvalidValue {
@@ -536,11 +617,14 @@ impl QueryClient {
             });
         }
         let answer = self.post(&format!("/v1/evaluate/{id}"), body)?;
-        let cts = wire::read_bundle(remote.params(), &answer)?;
+        let (cts, binding) = wire::read_bundle(remote.params(), &answer)?;
         let per = remote.plan().output_ciphertexts();
         if cts.len() != per * queries {
             return Err(Error::dims("result ciphertexts", per * queries, cts.len()));
         }
+        // A result of this key set and plan, at level 0.
+        let mine = Binding::keys(key_set, remote.plan().structure_digest());
+        session::check_result_matches_secret(binding.as_ref(), &mine, remote.plan(), &cts)?;
         let mut it = cts.into_iter();
         Ok((0..queries)
             .map(|_| it.by_ref().take(per).collect())
@@ -574,6 +658,7 @@ impl QueryClient {
             return Err(Error::dims("samples (at least one)", 1, 0));
         }
         let id = self.register_keys(&keys.eval)?;
+        let key_set = keys.binding.key_set;
         let per_query = match plan.options().mode {
             Mode::Latency => 1,
             Mode::Batch => remote.params().slots(),
@@ -600,7 +685,8 @@ impl QueryClient {
                 &rows,
                 &mut rng,
             )?;
-            envelopes.push(wire::write_bundle(remote.params(), cts)?);
+            let binding = session::query_binding(key_set, plan, &[end - start]);
+            envelopes.push(wire::write_bundle(remote.params(), cts, &binding)?);
             chunks.push((start, end));
             start = end;
         }
@@ -615,12 +701,12 @@ impl QueryClient {
                 body.extend_from_slice(&envelopes[j]);
                 j += 1;
             }
-            let results = match self.evaluate_raw(&id, &body, j - i) {
+            let results = match self.evaluate_raw(&id, &body, j - i, key_set) {
                 // The server dropped the keys meanwhile (disk budget, restart without a
                 // key directory, another instance): upload them again and retry once.
                 Err(e) if remote_status(&e) == Some(404) => {
                     self.register_keys(&keys.eval)?;
-                    self.evaluate_raw(&id, &body, j - i)?
+                    self.evaluate_raw(&id, &body, j - i, key_set)?
                 }
                 r => r?,
             };

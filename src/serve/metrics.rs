@@ -35,6 +35,8 @@ pub(crate) struct Metrics {
     pub rejected_auth: AtomicU64,
     pub rejected_rate: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub refused_connections: std::sync::Arc<AtomicU64>,
     pub evaluations: AtomicU64,
     pub queries: AtomicU64,
     pub eval_seconds_micros: AtomicU64,
@@ -174,6 +176,13 @@ impl Metrics {
             "counter",
             "Requests answered 429 (per-client rate limit).",
             ld(&self.rejected_rate).to_string(),
+        );
+        gauge(
+            &mut s,
+            "hepeft_refused_connections_total",
+            "counter",
+            "Connections closed at once because the connection limit was reached.",
+            ld(&self.refused_connections).to_string(),
         );
         gauge(
             &mut s,

@@ -56,6 +56,7 @@
 
 mod access;
 pub mod client;
+mod conn;
 mod keystore;
 mod metrics;
 mod server;
@@ -101,7 +102,8 @@ pub struct ServerConfig {
     pub key_store_dir: Option<PathBuf>,
     /// Disk budget of `key_store_dir`: after each upload the least recently used key files
     /// (by modification time, which a read-back refreshes) are deleted until the directory's
-    /// `.evk` files fit. Keys resident in memory are deleted last. `None`: no limit.
+    /// `.evk` files fit. Keys resident in memory are deleted last. `None`: the default
+    /// budget, [`DEFAULT_KEY_STORE_DISK_BYTES`] (4 GiB).
     pub key_store_max_disk_bytes: Option<u64>,
     /// Bearer tokens required on every `/v1/*` request (401 without a valid one).
     /// Empty: no authentication (bind to loopback or put an authenticating proxy in front).
@@ -116,7 +118,23 @@ pub struct ServerConfig {
     /// What is done to every result before it leaves (mask, level 0, re-randomization,
     /// noise flooding); see [`crate::plan::sanitize`]. Flooding is on by default.
     pub sanitize: crate::plan::SanitizeConfig,
+    /// Time a client has to send a request's headers once it starts (connection closed
+    /// past it). Default 10 s.
+    pub header_timeout: Duration,
+    /// A connection with no request in flight and no byte moving for this long is closed.
+    /// Default 30 s.
+    pub idle_timeout: Duration,
+    /// Time a client has to send a whole request body (408 past it). Default 60 s.
+    pub body_timeout: Duration,
+    /// Connections open at once; further connections are closed at once. Default 256.
+    pub max_connections: usize,
+    /// After a shutdown signal, time given to requests in flight before their connections
+    /// are dropped. Default 30 s.
+    pub shutdown_grace: Duration,
 }
+
+/// Disk budget of a key directory when none is given (4 GiB).
+pub const DEFAULT_KEY_STORE_DISK_BYTES: u64 = 4 << 30;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -134,6 +152,11 @@ impl Default for ServerConfig {
             mode: PlanOptions::default(),
             model_name: None,
             sanitize: crate::plan::SanitizeConfig::flooded(),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -209,6 +232,10 @@ pub struct KeyInfo {
     pub bytes: u64,
     /// Whether the keys were already known before this request.
     pub existing: bool,
+    /// Key-set id (16 hex digits) of the public key the keys carry: queries evaluated
+    /// under them must be bound to it (issue 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_set: Option<String>,
 }
 
 /// Name of a mode in descriptions and reports.

@@ -8,13 +8,14 @@ use super::{
     DESCRIPTION_FORMAT, QUERIES_HEADER,
 };
 use crate::ckks::serialize::params_to_bytes;
-use crate::ckks::{from_bytes, CkksParams, EvaluationKeys, Evaluator};
+use crate::ckks::{from_bytes_bound, CkksParams, EvaluationKeys, Evaluator};
 use crate::io::format::digest_hex;
+use crate::io::FileKind;
 use crate::model::load::ModelCard;
 use crate::model::Adapter;
 use crate::plan::{public_structure, Mode, Plan, PreparedPlan};
 use crate::{Error, Result};
-use axum::body::{Body, Bytes, HttpBody as _};
+use axum::body::{Bytes, HttpBody as _};
 use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -37,6 +38,8 @@ pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     retry_after: Option<u64>,
+    /// Answer with `Connection: close` (the request body was not read to its end).
+    close: bool,
 }
 
 impl ApiError {
@@ -45,6 +48,7 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            close: false,
         }
     }
 }
@@ -60,7 +64,8 @@ pub(crate) fn status_of(e: &Error) -> StatusCode {
         | Error::LevelExhausted { .. }
         | Error::OutOfInterval { .. }
         | Error::InvalidParameters { .. } => StatusCode::BAD_REQUEST,
-        Error::ParameterMismatch { .. } => StatusCode::CONFLICT,
+        Error::ParameterMismatch { .. } | Error::Mismatch { .. } => StatusCode::CONFLICT,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::MissingKey { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -87,6 +92,10 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }
@@ -186,51 +195,118 @@ impl AppState {
         }
     }
 
-    /// Reads the body up to `max_body_bytes` (413 above it, after discarding what follows
-    /// up to twice the limit so that clients writing the whole body first see the answer).
-    async fn read_body(&self, mut body: Body) -> ApiResult<Bytes> {
+    /// Reads the body of `req` up to `max_body_bytes`, refusing early what it can:
+    /// a `Content-Length` over the limit (413 before reading a byte), a first 56 bytes that
+    /// are not an envelope header of kind `expect` under the server's parameters (400 /
+    /// 409 after 56 bytes), a declared envelope length over the limit (413), and a body
+    /// that does not arrive within `body_timeout` (408). Memory: at most the limit.
+    async fn read_body(&self, req: Request, expect: FileKind) -> ApiResult<Bytes> {
         let limit = self.cfg.max_body_bytes;
-        let mut buf: Vec<u8> = Vec::new();
-        let mut seen = 0usize;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the request body: {e}"),
-                )
-            })?;
-            if let Ok(data) = frame.into_data() {
-                seen = seen.saturating_add(data.len());
-                if seen > limit {
-                    if seen > limit.saturating_mul(2) {
-                        break;
+        if content_length(req.headers()).is_some_and(|n| n > limit as u64) {
+            return Err(self.reject(req, too_large(limit)).await);
+        }
+        let mut body = req.into_body();
+        let read = async {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut checked = false;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body: {e}"),
+                    )
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if buf.len().saturating_add(data.len()) > limit {
+                        return Err(too_large(limit));
                     }
-                    continue;
+                    buf.extend_from_slice(&data);
+                    if !checked && buf.len() >= crate::io::format::HEADER_LEN {
+                        checked = true;
+                        self.check_head(&buf, expect)?;
+                    }
                 }
-                buf.extend_from_slice(&data);
             }
+            Ok(buf)
+        };
+        match tokio::time::timeout(self.cfg.body_timeout, read).await {
+            Ok(r) => r.map(Bytes::from).map_err(close),
+            Err(_) => Err(close(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within the server's body timeout of {:?}",
+                    self.cfg.body_timeout
+                ),
+            ))),
         }
-        if seen > limit {
-            return Err(too_large(limit));
-        }
-        Ok(Bytes::from(buf))
     }
 
-    /// Answers `err` after discarding the body (up to twice the body limit): a client that
-    /// writes its whole body before reading would otherwise see a reset, not the answer.
-    async fn reject(&self, mut body: Body, err: ApiError) -> ApiError {
-        let cap = self.cfg.max_body_bytes.saturating_mul(2);
-        let mut seen = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                seen = seen.saturating_add(data.len());
-                if seen > cap {
-                    break;
-                }
-            }
+    /// Checks the first envelope header of a body: magic, kind, parameters, length.
+    fn check_head(&self, head: &[u8], expect: FileKind) -> ApiResult<()> {
+        let h = crate::io::format::peek_header(head).map_err(ApiError::from)?;
+        if h.kind == FileKind::SecretKey {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "this is a secret key: the server must never receive it; upload eval.keys \
+                 (and consider the secret key compromised)",
+            ));
         }
-        err
+        if h.kind != expect {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("malformed body: a {} envelope, expected {expect}", h.kind),
+            ));
+        }
+        if h.params_digest != self.params.digest() {
+            return Err(ApiError::from(Error::ParameterMismatch {
+                what: format!("the uploaded {expect}"),
+                expected: self.params.digest_short(),
+                found: digest_hex(&h.params_digest).chars().take(16).collect(),
+            }));
+        }
+        if h.total_len()
+            .is_none_or(|t| t > self.cfg.max_body_bytes as u64)
+        {
+            return Err(too_large(self.cfg.max_body_bytes));
+        }
+        Ok(())
     }
+
+    /// Answers `err` for `req` without buffering its body. A client waiting for
+    /// `100 Continue` gets the answer at once (it has sent no body); otherwise up to
+    /// `min(Content-Length, 2 x max_body_bytes)` bytes are discarded within the body
+    /// timeout, so that a client writing its whole body before reading sees the answer,
+    /// not a reset. The connection is closed after the answer.
+    async fn reject(&self, req: Request, err: ApiError) -> ApiError {
+        let expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        if !expects_continue {
+            let cap = self.cfg.max_body_bytes.saturating_mul(2);
+            let mut body = req.into_body();
+            let drain = async {
+                let mut seen = 0usize;
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data() {
+                        seen = seen.saturating_add(data.len());
+                        if seen > cap {
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(self.cfg.body_timeout, drain).await;
+        }
+        close(err)
+    }
+}
+
+/// Marks an error answer `Connection: close` (the rest of the body is not read).
+fn close(mut e: ApiError) -> ApiError {
+    e.close = true;
+    e
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -311,15 +387,26 @@ async fn key_info(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Ap
     check_id(&id)?;
     let st2 = st.clone();
     let id2 = id.clone();
-    let bytes = tokio::task::spawn_blocking(move || st2.keys.lookup(&id2))
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| unknown_key(&id))?;
+    let found = tokio::task::spawn_blocking(move || {
+        let bytes = st2.keys.lookup(&id2)?;
+        let key_set = st2
+            .keys
+            .load(&id2)
+            .ok()
+            .flatten()
+            .and_then(|k| crate::session::eval_keys_id(&st2.params, &k).ok())
+            .map(|k| k.hex());
+        Some((bytes, key_set))
+    })
+    .await
+    .ok()
+    .flatten();
+    let (bytes, key_set) = found.ok_or_else(|| unknown_key(&id))?;
     Ok(axum::Json(KeyInfo {
         id,
         bytes,
         existing: true,
+        key_set,
     })
     .into_response())
 }
@@ -342,7 +429,7 @@ async fn key_delete(
 }
 
 async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
-    let body = st.read_body(req.into_body()).await?;
+    let body = st.read_body(req, FileKind::EvaluationKeys).await?;
     if body.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -367,6 +454,7 @@ async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult
                 id,
                 bytes,
                 existing: true,
+                key_set: None,
             }),
         )
             .into_response());
@@ -376,35 +464,14 @@ async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult
     let id2 = id.clone();
     let bytes = body.len() as u64;
     st.compute(admitted, slot, move |st| {
-        let keys: EvaluationKeys = from_bytes(&st.params, &body)?;
-        if keys.public_key().is_none() {
-            return Err(Error::MissingKey {
-                what: "public key in the evaluation keys (the server re-randomizes every result \
-                       under it; regenerate the keys with this version)"
-                    .into(),
-            });
-        }
-        let plan = st.prepared.plan();
-        let missing: Vec<u64> = plan
-            .galois_elements()
-            .into_iter()
-            .filter(|g| keys.galois(*g).is_none())
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::MissingKey {
-                what: format!(
-                    "the keys lack {} of the {} Galois keys the plan needs (elements {:?}); generate them from the plan of GET /v1/model",
-                    missing.len(),
-                    plan.galois_elements().len(),
-                    missing
-                ),
-            });
-        }
-        if plan.needs_relin() && keys.relin().is_none() {
-            return Err(Error::MissingKey {
-                what: "the plan needs a relinearization key and the upload has none".into(),
-            });
-        }
+        let (keys, binding): (EvaluationKeys, _) = from_bytes_bound(&st.params, &body)?;
+        // Bound to the public key they carry and to the served plan, and covering it.
+        crate::session::check_eval_keys(
+            &st.params,
+            &keys,
+            binding.as_ref(),
+            Some(st.prepared.plan()),
+        )?;
         let resident = super::keystore::resident_bytes(&keys);
         if resident > st.keys.capacity() {
             return Err(Error::InvalidValue {
@@ -425,6 +492,7 @@ async fn keys_upload(State(st): State<Arc<AppState>>, req: Request) -> ApiResult
             id,
             bytes,
             existing: false,
+            key_set: None,
         }),
     )
         .into_response())
@@ -435,18 +503,17 @@ async fn evaluate(
     Path(id): Path<String>,
     req: Request,
 ) -> ApiResult<Response> {
-    let body = req.into_body();
     if let Err(e) = check_id(&id) {
-        return Err(st.reject(body, e).await);
+        return Err(st.reject(req, e).await);
     }
     if st.keys.lookup(&id).is_none() {
-        return Err(st.reject(body, unknown_key(&id)).await);
+        return Err(st.reject(req, unknown_key(&id)).await);
     }
     let admitted = match st.admit() {
         Ok(a) => a,
-        Err(e) => return Err(st.reject(body, e).await),
+        Err(e) => return Err(st.reject(req, e).await),
     };
-    let body = st.read_body(body).await?;
+    let body = st.read_body(req, FileKind::Ciphertext).await?;
     let slot = st.slot().await?;
     let t0 = Instant::now();
     let (out, queries) = st
@@ -455,7 +522,9 @@ async fn evaluate(
                 what: format!("key id {id} (dropped while the request waited)"),
             })?;
             let plan = st.prepared.plan();
-            let queries = wire::read_queries(&st.params, &body, plan.input_ciphertexts())?;
+            // Every query must be encrypted under the key set of these evaluation keys.
+            let key_set = crate::session::eval_keys_id(&st.params, &keys)?;
+            let (queries, result_binding) = wire::read_queries(&st.params, &body, plan, key_set)?;
             let pk = keys
                 .public_key()
                 .cloned()
@@ -477,7 +546,10 @@ async fn evaluate(
                 let (clean, _) = plan.sanitize(&ev, res, &pk, &st.cfg.sanitize, &mut rng)?;
                 out.extend(clean);
             }
-            Ok((wire::write_bundle(&st.params, out)?, queries.len()))
+            Ok((
+                wire::write_bundle(&st.params, out, &result_binding)?,
+                queries.len(),
+            ))
         })
         .await?;
     let m = &st.metrics;
@@ -518,7 +590,7 @@ async fn access(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Re
                     StatusCode::UNAUTHORIZED,
                     "missing or invalid access token: send `Authorization: Bearer <token>`",
                 );
-                let mut r = st.reject(req.into_body(), e).await.into_response();
+                let mut r = st.reject(req, e).await.into_response();
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"hepeft\""),
@@ -543,7 +615,7 @@ async fn access(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Re
                 ),
             );
             e.retry_after = Some(wait);
-            return st.reject(req.into_body(), e).await.into_response();
+            return st.reject(req, e).await.into_response();
         }
     }
     next.run(req).await
@@ -596,6 +668,8 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
     addr: SocketAddr,
+    cfg: ServerConfig,
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn describe(
@@ -684,7 +758,10 @@ impl Server {
                 cfg.key_store_max_bytes,
                 cfg.key_store_dir.clone(),
             )?
-            .with_disk_budget(cfg.key_store_max_disk_bytes);
+            .with_disk_budget(Some(
+                cfg.key_store_max_disk_bytes
+                    .unwrap_or(super::DEFAULT_KEY_STORE_DISK_BYTES),
+            ));
             let admission = cfg
                 .max_concurrent_evaluations
                 .saturating_add(cfg.queue_depth)
@@ -706,6 +783,7 @@ impl Server {
         .await
         .map_err(|e| Error::model(format!("preparing the plan failed: {e}")))??;
         let state = Arc::new(state);
+        let refused = state.metrics.refused_connections.clone();
         let api = Router::new()
             .route("/v1/model", get(model))
             .route("/v1/model/weights", get(model_weights))
@@ -732,6 +810,8 @@ impl Server {
             listener,
             router,
             addr,
+            cfg,
+            refused,
         })
     }
 
@@ -745,15 +825,18 @@ impl Server {
     ///
     /// # Errors
     /// [`Error::Io`] if the listener fails.
+    ///
+    /// Connections are bounded in number (`max_connections`) and time (header-read and
+    /// idle timeouts); the wait for requests in flight is bounded by `shutdown_grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        axum::serve(
+        super::conn::serve(
             self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router,
+            &self.cfg,
+            self.refused,
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
         .await
-        .map_err(Error::from)
     }
 }
 

@@ -1,18 +1,27 @@
 //! Request and response bodies of `/v1/evaluate`: ciphertext bundle envelopes.
 
-use crate::ckks::serialize::MAX_PAYLOAD;
-use crate::ckks::{to_bytes, Ciphertext, CiphertextBundle, CkksParams, HeObject};
-use crate::io::format::{peek_header, read_envelope, PayloadReader};
+use crate::ckks::{
+    from_bytes_bound, to_bytes_bound, Ciphertext, CiphertextBundle, CkksParams, HeObject,
+};
+use crate::io::binding::{Binding, KeySetId, Role};
+use crate::io::format::{peek_header, read_envelope, PayloadReader, FLAG_BOUND};
+use crate::plan::Plan;
+use crate::session;
 use crate::{Error, Result};
 
 /// Parses one or more `CiphertextBundle` envelopes written back to back and splits their
-/// ciphertexts into queries of `per_query` ciphertexts each. Every bundle must hold a
-/// positive multiple of `per_query`.
+/// ciphertexts into queries of the plan's input size. Every bundle must be a query bound
+/// to `key_set` (the registered evaluation keys' key set) and `plan`
+/// (`session::check_query_matches_keys`). Returns the queries and the binding of their
+/// results.
 pub(crate) fn read_queries(
     params: &CkksParams,
     body: &[u8],
-    per_query: usize,
-) -> Result<Vec<Vec<Ciphertext>>> {
+    plan: &Plan,
+    key_set: KeySetId,
+) -> Result<(Vec<Vec<Ciphertext>>, Binding)> {
+    let per_query = plan.input_ciphertexts();
+    let mut all_samples = Vec::new();
     if body.is_empty() {
         return Err(Error::format("ciphertext bundle", "empty body"));
     }
@@ -31,15 +40,24 @@ pub(crate) fn read_queries(
             .map_or(cursor.len(), |t| t.min(cursor.len()));
         let (mut one, rest) = cursor.split_at(total);
         cursor = rest;
-        let env =
-            read_envelope(&mut one, CiphertextBundle::KIND, MAX_PAYLOAD).map_err(|e| match e {
-                Error::Format { what, reason } => {
-                    Error::format(what, format!("bundle {index}: {reason}"))
-                }
-                other => other,
-            })?;
+        let env = read_envelope(
+            &mut one,
+            CiphertextBundle::KIND,
+            CiphertextBundle::max_payload(params),
+        )
+        .map_err(|e| match e {
+            Error::Format { what, reason } => {
+                Error::format(what, format!("bundle {index}: {reason}"))
+            }
+            other => other,
+        })?;
         env.check_params(&params.digest(), &format!("ciphertext bundle {index}"))?;
         let mut r = PayloadReader::new(&env.payload, CiphertextBundle::WHAT);
+        let binding = if env.flags & FLAG_BOUND != 0 {
+            Some(Binding::read(&mut r)?)
+        } else {
+            None
+        };
         let bundle = CiphertextBundle::read_payload(params, &mut r)?;
         r.finish()?;
         let n = bundle.items.len();
@@ -50,28 +68,53 @@ pub(crate) fn read_queries(
                 n,
             ));
         }
+        let b =
+            session::check_query_matches_keys(binding.as_ref(), key_set, plan, n).map_err(|e| {
+                match e {
+                    Error::Mismatch { what, reason } => {
+                        Error::mismatch(what, format!("bundle {index}: {reason}"))
+                    }
+                    other => other,
+                }
+            })?;
+        all_samples.extend(b.queries);
         let mut items = bundle.items.into_iter();
         for _ in 0..n / per_query {
             queries.push(items.by_ref().take(per_query).collect());
         }
         index += 1;
     }
-    Ok(queries)
+    let result = Binding {
+        role: Role::Query,
+        key_set,
+        structure: plan.structure_digest(),
+        per_query: per_query as u32,
+        queries: all_samples,
+    };
+    Ok((queries, session::result_binding(&result, plan)))
 }
 
-/// One bundle envelope holding `cts` in order.
-pub(crate) fn write_bundle(params: &CkksParams, cts: Vec<Ciphertext>) -> Result<Vec<u8>> {
-    to_bytes(
+/// One bundle envelope holding `cts` in order, with `binding`.
+pub(crate) fn write_bundle(
+    params: &CkksParams,
+    cts: Vec<Ciphertext>,
+    binding: &Binding,
+) -> Result<Vec<u8>> {
+    to_bytes_bound(
         params,
         &CiphertextBundle {
             digest: params.digest(),
             items: cts,
         },
+        binding,
     )
 }
 
-/// Parses exactly one bundle envelope.
-pub(crate) fn read_bundle(params: &CkksParams, body: &[u8]) -> Result<Vec<Ciphertext>> {
-    let b: CiphertextBundle = crate::ckks::from_bytes(params, body)?;
-    Ok(b.items)
+/// Parses exactly one bundle envelope and its binding.
+pub(crate) fn read_bundle(
+    params: &CkksParams,
+    body: &[u8],
+) -> Result<(Vec<Ciphertext>, Option<Binding>)> {
+    let (b, binding): (CiphertextBundle, _) = from_bytes_bound(params, body)?;
+    Ok((b.items, binding))
 }

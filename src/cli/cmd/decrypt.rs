@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use ndarray::{Array2, Axis};
 use serde::Serialize;
 
-use hepeft::ckks::{load, CiphertextBundle, Decryptor, Encoder, SecretKey};
+use hepeft::ckks::{load_bound, CiphertextBundle, Decryptor, Encoder, SecretKey};
 use hepeft::io::format::FileKind;
 
 use super::keygen::KeyDir;
@@ -86,21 +86,37 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
     )?;
     let sk_path = keys.path(SECRET_KEY);
     check_envelope(&sk_path, FileKind::SecretKey, params, "secret key")?;
+    check_output(&args.out)?;
+    if let Some(mode) = hepeft::io::limits::loose_secret_permissions(&sk_path) {
+        ui.note(&format!(
+            "warning: {} has mode {mode:04o}: group or others can read the secret key; run `chmod 600 {}`\n",
+            sk_path.display(),
+            sk_path.display()
+        ));
+    }
 
     let t = Instant::now();
-    let bundle: CiphertextBundle =
-        load(&args.input, params).with_context(|| format!("reading {}", args.input.display()))?;
+    let (bundle, result_binding): (CiphertextBundle, _) = load_bound(&args.input, params)
+        .with_context(|| format!("reading {}", args.input.display()))?;
     let per = plan.output_ciphertexts();
-    if bundle.items.len() != meta.queries.len() * per {
-        bail!(
-            "{} holds {} ciphertexts, its metadata announces {} result(s) of {per}",
-            args.input.display(),
-            bundle.items.len(),
-            meta.queries.len()
-        );
-    }
-    let sk: SecretKey =
-        load(&sk_path, params).with_context(|| format!("reading {}", sk_path.display()))?;
+    let (sk, sk_binding): (SecretKey, _) =
+        load_bound(&sk_path, params).with_context(|| format!("reading {}", sk_path.display()))?;
+    // The secret key must belong to this key directory's public key and plan, the result
+    // to this secret key and plan; the sidecar must agree with the envelope.
+    let sk_binding = hepeft::session::check_secret_matches_public(
+        sk_binding.as_ref(),
+        keys.key_set()?,
+        Some(&plan),
+    )
+    .with_context(|| format!("checking {}", sk_path.display()))?;
+    let result_binding = hepeft::session::check_result_matches_secret(
+        result_binding.as_ref(),
+        &sk_binding,
+        &plan,
+        &bundle.items,
+    )
+    .with_context(|| format!("checking {}", args.input.display()))?;
+    check_meta_binding(&args.input, &meta, &result_binding, keys.mode)?;
     let encoder = Encoder::new(params)?;
     let dec = Decryptor::new(params, &sk)?;
     let mut logits = Array2::zeros((meta.samples, plan.output_dim()));

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use ndarray::{Array2, ArrayView2, Axis, Slice};
 use serde::Serialize;
 
-use hepeft::ckks::{load, save, CiphertextBundle, Encoder, EncryptionKey, PublicKey};
+use hepeft::ckks::{load, save_bound, CiphertextBundle, Encoder, EncryptionKey, PublicKey};
 use hepeft::io::format::{digest_hex, FileKind};
 use hepeft::model::load::load_features_npy;
 use hepeft::plan::Mode;
@@ -39,17 +39,20 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
 
     let pk_path = keys.path(PUBLIC_KEY);
     check_envelope(&pk_path, FileKind::PublicKey, params, "public key")?;
-    let key_id = file_id(&pk_path)?;
+    check_output(&args.out)?;
+    check_output(&meta_path(&args.out))?;
+    let pk: PublicKey =
+        load(&pk_path, params).with_context(|| format!("reading {}", pk_path.display()))?;
+    let key_set = hepeft::session::key_set_id(params, &pk)?;
+    let key_id = key_set.hex();
     if key_id != keys.info.key_id {
         bail!(
-            "{} (key id {key_id}) is not the public key {} was written with (key id {})",
+            "key set mismatch: {} (key id {key_id}) is not the public key {} was written with (key id {})",
             pk_path.display(),
             keys.path(PLAN_JSON).display(),
             keys.info.key_id
         );
     }
-    let pk: PublicKey =
-        load(&pk_path, params).with_context(|| format!("reading {}", pk_path.display()))?;
 
     let specs = adapter.inputs();
     if args.input.len() != specs.len() {
@@ -131,7 +134,10 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
         digest: params.digest(),
         items,
     };
-    save(&args.out, params, &bundle).with_context(|| format!("writing {}", args.out.display()))?;
+    // The query's binding (key set, plan, role, shape) travels inside the envelope.
+    let binding = hepeft::session::query_binding(key_set, &plan, &queries);
+    save_bound(&args.out, params, &bundle, &binding)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     let meta = CtMeta {
         format: META_FORMAT.into(),
         content: "query".into(),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use hepeft::ckks::{load, save, CiphertextBundle, EvaluationKeys, Evaluator};
+use hepeft::ckks::{load_bound, save_bound, CiphertextBundle, EvaluationKeys, Evaluator};
 use hepeft::io::format::{digest_hex, FileKind};
 use hepeft::plan::Plan;
 
@@ -112,14 +112,23 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         );
     }
 
-    let keys: EvaluationKeys = load(&args.eval_keys, &params)
+    check_output(&args.out)?;
+    check_output(&meta_path(&args.out))?;
+    let (keys, key_binding): (EvaluationKeys, _) = load_bound(&args.eval_keys, &params)
         .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
-    let Some(client_pk) = keys.public_key().cloned() else {
+    if keys.public_key().is_none() {
         bail!(
             "{} carries no public key: the server re-randomizes every result with a fresh encryption of zero \
              under the client's public key; regenerate the keys with this version of `hepeft keygen`",
             args.eval_keys.display()
         );
+    }
+    // Bound to their public key and this plan, covering every key the plan uses.
+    let key_set =
+        hepeft::session::check_eval_keys(&params, &keys, key_binding.as_ref(), Some(&plan))
+            .with_context(|| format!("checking evaluation keys {}", args.eval_keys.display()))?;
+    let Some(client_pk) = keys.public_key().cloned() else {
+        bail!("{} carries no public key", args.eval_keys.display());
     };
     let sanitize_cfg = args.flooding.config();
     if args.flooding.no_flooding {
@@ -139,39 +148,19 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
             );
         }
     }
-    let have = keys.galois_elements();
-    let missing: Vec<u64> = plan
-        .galois_elements()
-        .into_iter()
-        .filter(|g| !have.contains(g))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing Galois keys: the plan rotates with Galois elements {missing:?}, which {} lacks ({} of {} present); \
-             the keys were generated for another model or mode: run keygen with this model card",
-            args.eval_keys.display(),
-            plan.galois_elements().len() - missing.len(),
-            plan.galois_elements().len()
-        );
-    }
-    if plan.needs_relin() && keys.relin().is_none() {
-        bail!(
-            "missing relinearization key: the plan multiplies ciphertexts but {} has no relinearization key; \
-             the keys were generated for another model: run keygen with this model card",
-            args.eval_keys.display()
-        );
-    }
-    let query: CiphertextBundle = load(&args.input, &params)
+    let (query, query_binding): (CiphertextBundle, _) = load_bound(&args.input, &params)
         .with_context(|| format!("reading query {}", args.input.display()))?;
     let per = plan.input_ciphertexts();
-    if query.items.len() != meta.queries.len() * per {
-        bail!(
-            "{} holds {} ciphertexts, its metadata announces {} quer(ies) of {per}",
-            args.input.display(),
-            query.items.len(),
-            meta.queries.len()
-        );
-    }
+    // The query must be a query, under these evaluation keys' key set, for this plan; its
+    // sidecar must agree with the envelope.
+    let query_binding = hepeft::session::check_query_matches_keys(
+        query_binding.as_ref(),
+        key_set,
+        &plan,
+        query.items.len(),
+    )
+    .with_context(|| format!("checking query {}", args.input.display()))?;
+    check_meta_binding(&args.input, &meta, &query_binding, mode)?;
     let load_time = t_load.elapsed();
 
     let t = Instant::now();
@@ -217,7 +206,9 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         digest: params.digest(),
         items: out,
     };
-    save(&args.out, &params, &bundle).with_context(|| format!("writing {}", args.out.display()))?;
+    let result_binding = hepeft::session::result_binding(&query_binding, &plan);
+    save_bound(&args.out, &params, &bundle, &result_binding)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     let result_meta = CtMeta {
         content: "result".into(),
         ciphertexts_per_query: plan.output_ciphertexts(),

@@ -8,8 +8,10 @@ use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
-use hepeft::ckks::{save, CkksParams, KeyGenerator};
+use hepeft::ckks::{save, save_bound, CkksParams, KeyGenerator};
+use hepeft::io::binding::Binding;
 use hepeft::io::format::digest_hex;
+use hepeft::io::limits::{read_text, MAX_TEXT_FILE};
 use hepeft::plan::{Mode, Plan};
 
 use crate::cli::args::KeygenArgs;
@@ -52,7 +54,7 @@ impl KeyDir {
                 dir.display()
             );
         }
-        let text = std::fs::read_to_string(&ptoml)
+        let text = read_text(&ptoml, MAX_TEXT_FILE, "parameter file")
             .with_context(|| format!("reading {}", ptoml.display()))?;
         let params = CkksParams::from_toml(&text)
             .with_context(|| format!("parameter file {}", ptoml.display()))?;
@@ -81,7 +83,10 @@ impl KeyDir {
         })
     }
 
-    /// Checks that `plan` (compiled from `card`) is the plan the keys were made for.
+    /// Checks that `plan` (compiled from `card`) is the plan the keys were made for: the
+    /// structure digest, and every other field of `plan.json` against the plan (Galois
+    /// elements, rotation steps, relinearization, input and output widths), so an edited
+    /// `plan.json` is refused rather than believed.
     pub fn check_plan(&self, plan: &Plan, card: &Path) -> Result<()> {
         let got = digest_hex(&plan.structure_digest());
         if got != self.info.structure_digest {
@@ -89,13 +94,55 @@ impl KeyDir {
                 "model mismatch: the keys in {} were made for a plan with structure digest {} ({} mode), \
                  but {} compiles to {}: use the model card the keys were generated with, or run keygen again",
                 self.dir.display(),
-                &self.info.structure_digest[..16.min(self.info.structure_digest.len())],
+                self.info.structure_digest.chars().take(16).collect::<String>(),
                 self.info.mode,
                 card.display(),
                 &got[..16]
             );
         }
+        let pj = self.path(PLAN_JSON);
+        let field = |name: &str, found: String, want: String| -> Result<()> {
+            if found != want {
+                bail!(
+                    "{}: field `{name}` is {found} but the plan it names has {want} (the file was edited or \
+                     mixed up): run keygen again",
+                    pj.display()
+                );
+            }
+            Ok(())
+        };
+        field(
+            "galois_elements",
+            format!("{:?}", self.info.galois_elements),
+            format!("{:?}", plan.galois_elements()),
+        )?;
+        field(
+            "rotation_steps",
+            format!("{:?}", self.info.rotation_steps),
+            format!("{:?}", plan.rotation_steps()),
+        )?;
+        field(
+            "relinearization",
+            self.info.relinearization.to_string(),
+            plan.needs_relin().to_string(),
+        )?;
+        field(
+            "input_dims",
+            format!("{:?}", self.info.input_dims),
+            format!("{:?}", plan.input_dims()),
+        )?;
+        field(
+            "output_dim",
+            self.info.output_dim.to_string(),
+            plan.output_dim().to_string(),
+        )?;
         Ok(())
+    }
+
+    /// The key-set id `plan.json` names.
+    pub fn key_set(&self) -> Result<hepeft::io::KeySetId> {
+        hepeft::io::KeySetId::from_hex(&self.info.key_id)
+            .with_context(|| format!("{}: field `key_id`", self.path(PLAN_JSON).display()))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -152,10 +199,18 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
     )?;
     let pk_path = dir.join(PUBLIC_KEY);
     save(&pk_path, &params, &pk).with_context(|| format!("writing {}", pk_path.display()))?;
+    // Bind the secret and evaluation keys to this public key and plan (issue 20).
+    let key_set = hepeft::session::key_set_id(&params, &pk)?;
+    let binding = Binding::keys(key_set, plan.structure_digest());
     let ek_path = dir.join(EVAL_KEYS);
-    save(&ek_path, &params, &evk).with_context(|| format!("writing {}", ek_path.display()))?;
-    save(&sk_path, &params, &sk).with_context(|| format!("writing {}", sk_path.display()))?;
+    save_bound(&ek_path, &params, &evk, &binding)
+        .with_context(|| format!("writing {}", ek_path.display()))?;
+    save_bound(&sk_path, &params, &sk, &binding)
+        .with_context(|| format!("writing {}", sk_path.display()))?;
     let key_id = file_id(&pk_path)?;
+    if key_id != key_set.hex() {
+        bail!("internal error: the public key file's id {key_id} differs from its key-set id {key_set}");
+    }
     let info = PlanInfo {
         format: PLAN_FORMAT.into(),
         mode: mode_name(mode).into(),

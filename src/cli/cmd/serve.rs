@@ -51,6 +51,12 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
         request_timeout: Duration::from_secs(args.timeout_secs),
         key_store_dir: args.key_store.clone(),
         key_store_max_disk_bytes: args.key_store_max_disk_mib.map(|m| m << 20),
+        key_store_max_bytes: args.key_store_max_mib.saturating_mul(1 << 20),
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+        max_connections: args.max_connections.max(1),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         auth,
         rate_limit,
         mode: plan_options(args.mode.into()),
@@ -59,7 +65,6 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
         sanitize: args.flooding.config(),
-        ..defaults
     };
     if args.flooding.no_flooding {
         ui.note(crate::cli::args::FloodingArgs::WARNING);
