@@ -10,7 +10,7 @@
 use rand::{CryptoRng, Rng};
 use rayon::prelude::*;
 
-use super::quantize::{argmax_reductions, QuantizedPlan, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES};
+use super::exact::{argmax_reductions, QuantizedPlan, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES};
 use crate::exact::{encode, ClientKey, Evaluator, ExactCiphertext, Lut, ServerKey};
 use crate::{Error, Result};
 
@@ -114,13 +114,13 @@ impl QuantizedPlan {
 }
 
 /// The encrypted one-hot argmax of logits held modulo `2^p` (the twin of
-/// [`argmax_one_hot`](super::quantize::argmax_one_hot)): per pair `i < j`, the difference
+/// [`argmax_one_hot`](super::exact::argmax_one_hot)): per pair `i < j`, the difference
 /// `l_i - l_j` (leveled), reduced to its top 5 bits by [`argmax_reductions`] (two
 /// bootstrappings per stage), then a fine sign bootstrapping returning `+2^58` if `i` wins
 /// (`d >= 0`) and `-2^58` otherwise; the win count of class `i`, at scale `2^59`, is the
 /// leveled sum `(C-1)·2^58 + Σ_{j>i} s_ij - Σ_{j<i} s_ji`; one coarse bootstrapping per
 /// class maps `C - 1` wins to 1 and anything else to 0, at modulus
-/// `2^`[`ARGMAX_LOG_MODULUS`]. Cost: [`argmax_pbs`](super::quantize::argmax_pbs).
+/// `2^`[`ARGMAX_LOG_MODULUS`]. Cost: [`argmax_pbs`](super::exact::argmax_pbs).
 fn encrypted_argmax(
     ev: &Evaluator<'_>,
     logits: &[ExactCiphertext],

@@ -1,0 +1,354 @@
+//! Calibration: input, weight and activation scales chosen on sample features, weight
+//! widths lowered until every bootstrapping and decryption meets the failure target.
+
+use ndarray::ArrayView2;
+
+use crate::exact::noise::{self, MAX_LOG2_P_FAIL};
+use crate::exact::ExactParams;
+use crate::model::{Activation, Adapter};
+use crate::{Error, Result};
+
+use super::argmax::{argmax_pfails, max_pair_diff_norm2, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES};
+use super::chain::{chain, unsupported, FloatLayer};
+use super::reference::{hidden_forward, quantize_vec};
+use super::{QuantReport, QuantizeOptions, QuantizedActivation, QuantizedLayer, QuantizedPlan};
+
+fn act_eval(act: &Activation, z: f64) -> f64 {
+    match act.eval_exact(z) {
+        Some(y) => y,
+        None => act.eval(z.clamp(act.lo, act.hi)),
+    }
+}
+
+fn act_name(act: &Activation) -> String {
+    act.func
+        .map_or_else(|| "poly".to_string(), |f| f.name().to_string())
+}
+
+fn bits_for(max_abs: i64) -> u32 {
+    // smallest p with 2^(p-1) > 2 * max_abs (one bit of headroom, one sign bit)
+    let need = (2 * max_abs.unsigned_abs() as u128 + 1).max(1);
+    let mut p = 1u32;
+    while (1u128 << (p - 1)) <= need {
+        p += 1;
+    }
+    p
+}
+
+fn check_options(o: &QuantizeOptions) -> Result<()> {
+    let bad = |r: String| Err(Error::params(r));
+    if !(2..=16).contains(&o.input_bits) {
+        return bad(format!("input_bits {} must be in 2..=16", o.input_bits));
+    }
+    if !(2..=16).contains(&o.weight_bits) || !(2..=16).contains(&o.output_weight_bits) {
+        return bad("weight bits must be in 2..=16".into());
+    }
+    if !(1..=13).contains(&o.stages) {
+        return bad(format!("stages {} must be in 1..=13", o.stages));
+    }
+    if !(4..=5).contains(&o.activation_bits) {
+        return bad(format!(
+            "activation_bits {} must be 4 or 5",
+            o.activation_bits
+        ));
+    }
+    if !(1..=16).contains(&o.hidden_bits) {
+        return bad(format!("hidden_bits {} must be in 1..=16", o.hidden_bits));
+    }
+    if !(o.range_fill > 0.0 && o.range_fill <= 1.0) {
+        return bad(format!("range_fill {} must be in (0, 1]", o.range_fill));
+    }
+    Ok(())
+}
+
+/// Quantizes `adapter` with the calibration features `calib` (`samples x d`).
+///
+/// # Errors
+/// [`Error::Model`] for an unsupported graph, [`Error::DimensionMismatch`] for features of
+/// the wrong width, [`Error::InvalidValue`] for non-finite features or an empty set,
+/// [`Error::InvalidParameters`] for bad options or when no weight width keeps every
+/// bootstrapping and the decryption below the 2^-128 failure target.
+pub fn quantize(
+    adapter: &Adapter,
+    calib: ArrayView2<f64>,
+    opts: &QuantizeOptions,
+    params: &ExactParams,
+) -> Result<QuantizedPlan> {
+    check_options(opts)?;
+    let layers = chain(adapter)?;
+    if opts.argmax {
+        let classes = layers.last().map_or(0, |l| l.w.nrows());
+        if !(1..=ARGMAX_MAX_CLASSES).contains(&classes) {
+            return Err(Error::params(format!(
+                "exact backend: encrypted argmax supports 1..={ARGMAX_MAX_CLASSES} classes, the head has {classes}"
+            )));
+        }
+    }
+    let d = adapter.inputs()[0].dim;
+    if calib.ncols() != d {
+        return Err(Error::dims("exact calibration features", d, calib.ncols()));
+    }
+    if calib.nrows() == 0 || calib.iter().any(|v| !v.is_finite()) {
+        return Err(Error::InvalidValue {
+            context: "exact calibration features".into(),
+            reason: "need at least one sample, all finite".into(),
+        });
+    }
+    let qmax_in = ((1i64 << (opts.input_bits - 1)) - 1) as f64;
+    let max_in = calib.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let input_scale = if max_in > 0.0 { max_in / qmax_in } else { 1.0 };
+    let mut xs: Vec<Vec<i64>> = calib
+        .rows()
+        .into_iter()
+        .map(|r| quantize_vec(r, input_scale, opts.input_bits))
+        .collect();
+
+    let fresh = noise::fresh_variance(params);
+    let fine = noise::pbs_variance(params, true);
+    let mut pfails: Vec<(f64, usize)> = Vec::new();
+    let mut out_layers = Vec::new();
+    let mut overflows = Vec::new();
+    let mut s_in = input_scale;
+    let mut chosen_out_bits = opts.output_weight_bits;
+    let mut decrypt_pf = f64::NEG_INFINITY;
+    let count = layers.len();
+    let act_var = if opts.activation_bits == 5 {
+        2.0 * fine
+    } else {
+        fine
+    };
+    for (li, fl) in layers.iter().enumerate() {
+        let var_in = if li == 0 { fresh } else { act_var };
+        let (out_dim, in_dim) = fl.w.dim();
+        if let Some(act) = &fl.act {
+            let mut bits = opts.weight_bits;
+            let (layer, layer_pf) = loop {
+                let (layer, pf) = quantize_hidden(fl, act, &xs, s_in, bits, opts, params, var_in);
+                let worst = pf.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+                if worst <= MAX_LOG2_P_FAIL || bits <= 2 {
+                    break (layer, pf);
+                }
+                bits -= 1;
+            };
+            pfails.extend(layer_pf);
+            let s_h = layer.activation.as_ref().map_or(1.0, |a| a.output_scale);
+            let mut over = 0usize;
+            xs = xs
+                .iter()
+                .map(|x| {
+                    let (h, o) = hidden_forward(&layer, x);
+                    over += o;
+                    h
+                })
+                .collect();
+            overflows.push(over);
+            s_in = s_h;
+            out_layers.push(layer);
+        } else {
+            if li + 1 != count {
+                return Err(unsupported("internal: output layer not last"));
+            }
+            let mut bits = opts.output_weight_bits;
+            let layer = loop {
+                let qmax = ((1i64 << (bits - 1)) - 1) as f64;
+                let mut weights = Vec::with_capacity(out_dim * in_dim);
+                let mut bias = Vec::with_capacity(out_dim);
+                let mut scales = Vec::with_capacity(out_dim);
+                for (row, &b) in fl.w.rows().into_iter().zip(fl.b.iter()) {
+                    let max_w = row.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let s_w = if max_w > 0.0 { max_w / qmax } else { 1.0 };
+                    weights.extend(row.iter().map(|w| (w / s_w).round() as i64));
+                    bias.push((b / (s_in * s_w)).round() as i64);
+                    scales.push(s_w);
+                }
+                let mut max_acc = 0i64;
+                for x in &xs {
+                    for (row, &b) in weights.chunks(in_dim).zip(&bias) {
+                        let a: i64 = row.iter().zip(x).map(|(w, xi)| w * xi).sum::<i64>() + b;
+                        max_acc = max_acc.max(a.abs());
+                    }
+                }
+                let p = bits_for(max_acc).max(opts.input_bits + 1).max(2);
+                let var = max_row_norm2(&weights, in_dim) * var_in;
+                let pf = noise::log2_p_fail(var, 2f64.powi(63 - p as i32));
+                let arg_pf = if opts.argmax && p <= 62 {
+                    // both logits read the same input noise: the difference's noise is
+                    // (w_i - w_j) · e, so its variance is ‖w_i - w_j‖² var_in
+                    argmax_pfails(
+                        params,
+                        p,
+                        max_pair_diff_norm2(&weights, in_dim) * var_in,
+                        out_dim,
+                    )
+                } else {
+                    Vec::new()
+                };
+                let arg_worst = arg_pf.iter().map(|q| q.0).fold(f64::NEG_INFINITY, f64::max);
+                if p <= 62 && pf <= MAX_LOG2_P_FAIL && arg_worst <= MAX_LOG2_P_FAIL {
+                    decrypt_pf = if opts.argmax {
+                        // the client decrypts the one-hot bits (coarse PBS outputs)
+                        noise::log2_p_fail(
+                            noise::pbs_variance(params, false),
+                            2f64.powi(63 - ARGMAX_LOG_MODULUS as i32),
+                        )
+                    } else {
+                        pf
+                    };
+                    pfails.extend(arg_pf);
+                    break QuantizedLayer {
+                        in_dim,
+                        out_dim,
+                        weights,
+                        bias,
+                        log_modulus: p,
+                        input_scale: s_in,
+                        weight_scales: scales,
+                        activation: None,
+                    };
+                }
+                if bits <= 2 {
+                    return Err(Error::params(format!(
+                        "exact backend: no output weight width keeps decryption{} below 2^{MAX_LOG2_P_FAIL} \
+                         (last try: {bits} bits, log modulus {p}, log2 p_fail {pf:.1}{})",
+                        if opts.argmax { " and the argmax bootstrappings" } else { "" },
+                        if opts.argmax { format!(", argmax {arg_worst:.1}") } else { String::new() }
+                    )));
+                }
+                bits -= 1;
+            };
+            chosen_out_bits = bits;
+            out_layers.push(layer);
+        }
+    }
+    let max_pf = pfails.iter().map(|p| p.0).reduce(f64::max);
+    if let Some(max_pf) = max_pf.filter(|&pf| pf > MAX_LOG2_P_FAIL) {
+        return Err(Error::params(format!(
+            "exact backend: a bootstrapping would fail with probability 2^{max_pf:.1} > 2^{MAX_LOG2_P_FAIL}; \
+             use fewer stages or narrower weights"
+        )));
+    }
+    let union = noise::log2_sum(pfails.iter().map(|&(pf, n)| pf + (n as f64).log2()).chain(
+        std::iter::once(decrypt_pf + (out_layers.last().map_or(1, |l| l.out_dim) as f64).log2()),
+    ));
+    Ok(QuantizedPlan {
+        input_scale,
+        input_bits: opts.input_bits,
+        layers: out_layers,
+        argmax: opts.argmax,
+        report: QuantReport {
+            samples: calib.nrows(),
+            overflows,
+            output_weight_bits: chosen_out_bits,
+            max_log2_p_fail_pbs: max_pf,
+            log2_p_fail_decrypt: decrypt_pf,
+            log2_p_fail_sample: union,
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quantize_hidden(
+    fl: &FloatLayer,
+    act: &Activation,
+    xs: &[Vec<i64>],
+    s_in: f64,
+    weight_bits: u32,
+    opts: &QuantizeOptions,
+    params: &ExactParams,
+    var_in: f64,
+) -> (QuantizedLayer, Vec<(f64, usize)>) {
+    let (out_dim, in_dim) = fl.w.dim();
+    let fine = noise::pbs_variance(params, true);
+    let coarse = noise::pbs_variance(params, false);
+    let mut pfails = Vec::new();
+    let j = opts.stages;
+    let p = 4 * j + 5;
+    let unit = 1i64 << (4 * j);
+    let boxes = 1usize << opts.activation_bits;
+    let half = (boxes / 2) as i64;
+    let range = (half * unit) as f64;
+    let qmax_w = ((1i64 << (weight_bits - 1)) - 1) as f64;
+    let mut weights = Vec::with_capacity(out_dim * in_dim);
+    let mut bias = Vec::with_capacity(out_dim);
+    let mut scales = Vec::with_capacity(out_dim);
+    let mut real_tables = Vec::with_capacity(out_dim);
+    for (row, &b) in fl.w.rows().into_iter().zip(fl.b.iter()) {
+        let max_z = xs
+            .iter()
+            .map(|x| {
+                (row.iter()
+                    .zip(x)
+                    .map(|(w, &xi)| w * xi as f64 * s_in)
+                    .sum::<f64>()
+                    + b)
+                    .abs()
+            })
+            .fold(0.0f64, f64::max);
+        let max_w = row.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let mut s_w = (max_z / (s_in * range * opts.range_fill)).max(max_w / qmax_w);
+        if !(s_w > 0.0 && s_w.is_finite()) {
+            s_w = 1.0;
+        }
+        weights.extend(row.iter().map(|w| (w / s_w).round() as i64));
+        bias.push((b / (s_in * s_w)).round() as i64 + half * unit);
+        scales.push(s_w);
+        let t: Vec<f64> = (0..boxes)
+            .map(|v| {
+                act_eval(
+                    act,
+                    (v as f64 - half as f64 + 0.5) * unit as f64 * s_in * s_w,
+                )
+            })
+            .collect();
+        real_tables.push(t);
+    }
+    // hidden outputs span [min(T, 0), max(T, 0)] in 2^hidden_bits levels (zero exact)
+    let hi = real_tables.iter().flatten().fold(0.0f64, |m, &v| m.max(v));
+    let lo = real_tables.iter().flatten().fold(0.0f64, |m, &v| m.min(v));
+    let levels = ((1i64 << opts.hidden_bits) - 1) as f64;
+    let s_h = if hi > lo { (hi - lo) / levels } else { 1.0 };
+    let tables: Vec<Vec<i64>> = real_tables
+        .iter()
+        .map(|t| t.iter().map(|v| (v / s_h).round() as i64).collect())
+        .collect();
+    // noise: every stage reads 5 bits; outputs feeding `c` come from the fine key
+    let var_acc = max_row_norm2(&weights, in_dim) * var_in;
+    let mut cur = var_acc;
+    let mut pc = p;
+    for _ in 0..j {
+        let top = cur * 4f64.powi((pc - 5) as i32);
+        pfails.push((noise::pbs_log2_p_fail(params, top), out_dim));
+        pfails.push((noise::pbs_log2_p_fail(params, top + coarse), out_dim));
+        cur += fine;
+        pc -= 4;
+    }
+    pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
+    if opts.activation_bits == 5 {
+        // lut5: sign (coarse) and odd part read `cur`, the even part `cur + coarse`
+        pfails.push((noise::pbs_log2_p_fail(params, cur + coarse), out_dim));
+        pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
+    }
+    let layer = QuantizedLayer {
+        in_dim,
+        out_dim,
+        weights,
+        bias,
+        log_modulus: p,
+        input_scale: s_in,
+        weight_scales: scales,
+        activation: Some(QuantizedActivation {
+            name: act_name(act),
+            stages: j,
+            bits: opts.activation_bits,
+            tables,
+            output_scale: s_h,
+        }),
+    };
+    (layer, pfails)
+}
+
+fn max_row_norm2(w: &[i64], in_dim: usize) -> f64 {
+    w.chunks(in_dim.max(1))
+        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .fold(0.0, f64::max)
+}
