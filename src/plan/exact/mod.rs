@@ -30,6 +30,7 @@
 //! quantization file ([`QuantPublic`]).
 
 mod argmax;
+mod budget;
 mod calibrate;
 mod chain;
 mod public;
@@ -38,6 +39,7 @@ mod reference;
 pub use argmax::{
     argmax_one_hot, argmax_pbs, argmax_reductions, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES,
 };
+pub use budget::{error_budget, BudgetStep, BUDGET_STEPS};
 pub use calibrate::quantize;
 pub use public::{QuantPublic, QUANT_FORMAT};
 
@@ -73,13 +75,13 @@ pub struct QuantizeOptions {
 impl Default for QuantizeOptions {
     fn default() -> Self {
         Self {
-            input_bits: 6,
+            input_bits: 5,
             weight_bits: 8,
             stages: 2,
-            hidden_bits: 4,
+            hidden_bits: 5,
             activation_bits: 5,
             output_weight_bits: 8,
-            range_fill: 0.9,
+            range_fill: 0.7,
             argmax: false,
         }
     }
@@ -96,8 +98,9 @@ pub struct QuantizedActivation {
     pub bits: u32,
     /// One table per output channel (`2^bits` entries).
     pub tables: Vec<Vec<i64>>,
-    /// Real value of one unit of the layer's output.
-    pub output_scale: f64,
+    /// Real value of one unit of each output channel (today one scale shared by the layer).
+    /// The next layer's weights have these scales folded in, and its `input_scale` is 1.
+    pub output_scales: Vec<f64>,
 }
 
 /// One quantized layer.
