@@ -168,12 +168,21 @@ pub fn keygen(a: &KeygenArgs, ui: &Ui) -> Result<()> {
 /// `encrypt --backend exact --keys DIR --model quant.json --input x.npy --out q.ct`.
 pub fn encrypt(a: &EncryptArgs, ui: &Ui) -> Result<()> {
     let (q, params) = read_quant(&a.model)?;
-    ensure!(
-        a.input.len() == 1,
-        "the exact backend takes exactly one --input"
-    );
+    ensure!(!a.input.is_empty(), "the exact backend needs an --input");
     let ck = client_key(&a.keys, &params)?;
-    let x = load_features_npy(&a.input[0])?;
+    // several inputs (an adapter with several taps) are concatenated in the order given,
+    // which must be the model card's input order
+    let mut parts = Vec::with_capacity(a.input.len());
+    for path in &a.input {
+        parts.push(load_features_npy(path)?);
+    }
+    let rows = parts.first().map_or(0, |x| x.nrows());
+    ensure!(
+        parts.iter().all(|x| x.nrows() == rows),
+        "the --input files hold different numbers of samples"
+    );
+    let views: Vec<_> = parts.iter().map(|x| x.view()).collect();
+    let x = ndarray::concatenate(ndarray::Axis(1), &views).context("concatenating the inputs")?;
     let mut rng = ChaCha20Rng::try_from_os_rng().context("seeding the encryptor from the OS")?;
     let mut xs = Vec::with_capacity(x.nrows() * q.input_dim);
     for row in x.rows() {

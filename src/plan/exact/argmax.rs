@@ -94,8 +94,8 @@ pub(super) fn argmax_pfails(
     out
 }
 
-/// Largest `‖w_i - w_j‖²` over pairs of rows (0 for fewer than two rows).
-pub(super) fn max_pair_diff_norm2(w: &[i64], in_dim: usize) -> f64 {
+/// Largest `Σ_k (w_ik - w_jk)² · var_k` over pairs of rows (0 for fewer than two rows).
+pub(super) fn max_pair_diff_norm2(w: &[i64], in_dim: usize, col_var: &[f64]) -> f64 {
     let rows: Vec<&[i64]> = w.chunks(in_dim.max(1)).collect();
     let mut best = 0.0f64;
     for (i, a) in rows.iter().enumerate() {
@@ -103,9 +103,10 @@ pub(super) fn max_pair_diff_norm2(w: &[i64], in_dim: usize) -> f64 {
             let n: f64 = a
                 .iter()
                 .zip(b.iter())
-                .map(|(&x, &y)| {
+                .zip(col_var)
+                .map(|((&x, &y), s)| {
                     let d = (x - y) as f64;
-                    d * d
+                    d * d * s
                 })
                 .sum();
             best = best.max(n);

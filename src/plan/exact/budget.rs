@@ -106,7 +106,7 @@ fn forward(
     x: Vec<f64>,
     level: usize,
 ) -> Result<Vec<f64>> {
-    let mut h = if level >= 1 {
+    let x = if level >= 1 {
         let xq = quantize_vec(
             ndarray::ArrayView1::from(&x),
             plan.input_scale,
@@ -116,9 +116,22 @@ fn forward(
     } else {
         x
     };
-    // real value of one integer unit of each input of the current layer
-    let mut in_units = vec![plan.input_scale; h.len()];
+    // per tensor: real values, and the real value of one integer unit of each element
+    let mut units: Vec<Vec<f64>> = vec![vec![plan.input_scale; x.len()]];
+    let mut tensors: Vec<Vec<f64>> = vec![x];
+    let mut out = Vec::new();
     for (ql, fl) in plan.layers.iter().zip(floats) {
+        let gather = |v: &Vec<Vec<f64>>| -> Vec<f64> {
+            ql.sources
+                .iter()
+                .flat_map(|&t| v.get(t).map_or(&[][..], |a| a.as_slice()))
+                .copied()
+                .collect()
+        };
+        let (h, in_units) = (gather(&tensors), gather(&units));
+        if h.len() != ql.in_dim || fl.w.ncols() != ql.in_dim {
+            return Err(Error::dims("error budget: layer input", ql.in_dim, h.len()));
+        }
         let quantized_weights = match &ql.activation {
             Some(_) => level >= 2,
             None => level >= 5,
@@ -127,6 +140,7 @@ fn forward(
         for (j, (wrow, &b)) in fl.w.rows().into_iter().zip(fl.b.iter()).enumerate() {
             let s_w = ql.weight_scales.get(j).copied().unwrap_or(1.0);
             let z: f64 = if quantized_weights {
+                // the plan folds the input units into the weights: w ≈ w_q · s_w / unit
                 let qrow = ql
                     .weights
                     .get(j * ql.in_dim..(j + 1) * ql.in_dim)
@@ -159,10 +173,13 @@ fn forward(
                 y
             });
         }
-        if let Some(qa) = &ql.activation {
-            in_units.clone_from(&qa.output_scales);
+        match &ql.activation {
+            Some(qa) => {
+                units.push(qa.output_scales.clone());
+                tensors.push(next);
+            }
+            None => out = next,
         }
-        h = next;
     }
-    Ok(h)
+    Ok(out)
 }

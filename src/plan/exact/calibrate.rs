@@ -74,6 +74,42 @@ pub fn quantize(
     opts: &QuantizeOptions,
     params: &ExactParams,
 ) -> Result<QuantizedPlan> {
+    // A tensor read by several layers is held at the largest of their moduli, and a layer
+    // with a smaller modulus reads it shifted (noise amplified). The moduli are known only
+    // once the plan is made: plan with an assumed set, then again with the moduli found,
+    // until the assumption covers them (the noise figures are then upper bounds).
+    let mut hint: Vec<u32> = Vec::new();
+    for _ in 0..4 {
+        let plan = quantize_with_moduli(adapter, calib, opts, params, &hint)?;
+        let covered = plan
+            .tensor_log_moduli
+            .iter()
+            .enumerate()
+            .all(|(t, &m)| hint.get(t).is_some_and(|&h| h >= m));
+        if covered {
+            return Ok(plan);
+        }
+        hint = plan
+            .tensor_log_moduli
+            .iter()
+            .enumerate()
+            .map(|(t, &m)| m.max(hint.get(t).copied().unwrap_or(0)))
+            .collect();
+    }
+    Err(Error::params(
+        "exact backend: the moduli of tensors read by several layers do not settle",
+    ))
+}
+
+/// [`quantize`] with tensor `t` assumed held at modulus `2^hint[t]` (or at its reader's
+/// modulus where `hint` has no entry or a smaller one).
+fn quantize_with_moduli(
+    adapter: &Adapter,
+    calib: ArrayView2<f64>,
+    opts: &QuantizeOptions,
+    params: &ExactParams,
+    hint: &[u32],
+) -> Result<QuantizedPlan> {
     check_options(opts)?;
     let layers = chain(adapter)?;
     if opts.argmax {
@@ -84,7 +120,7 @@ pub fn quantize(
             )));
         }
     }
-    let d = adapter.inputs()[0].dim;
+    let d: usize = adapter.inputs().iter().map(|i| i.dim).sum();
     if calib.ncols() != d {
         return Err(Error::dims("exact calibration features", d, calib.ncols()));
     }
@@ -97,18 +133,21 @@ pub fn quantize(
     let qmax_in = ((1i64 << (opts.input_bits - 1)) - 1) as f64;
     let max_in = calib.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let input_scale = if max_in > 0.0 { max_in / qmax_in } else { 1.0 };
-    let mut xs: Vec<Vec<i64>> = calib
+    // per calibration sample, every tensor so far (tensor 0: the quantized inputs)
+    let mut samples: Vec<Vec<Vec<i64>>> = calib
         .rows()
         .into_iter()
-        .map(|r| quantize_vec(r, input_scale, opts.input_bits))
+        .map(|r| vec![quantize_vec(r, input_scale, opts.input_bits)])
         .collect();
+    // per tensor: real value of one unit of each element, and the noise variance it carries
+    let mut units: Vec<Vec<f64>> = vec![vec![input_scale; d]];
 
     let fresh = noise::fresh_variance(params);
     let fine = noise::pbs_variance(params, true);
     let mut pfails: Vec<(f64, usize)> = Vec::new();
     let mut out_layers = Vec::new();
     let mut overflows = Vec::new();
-    let mut s_in = input_scale;
+    let s_in = 1.0;
     let mut chosen_out_bits = opts.output_weight_bits;
     let mut decrypt_pf = f64::NEG_INFINITY;
     let count = layers.len();
@@ -117,28 +156,57 @@ pub fn quantize(
     } else {
         fine
     };
-    // per-channel scales of the previous hidden layer's outputs, folded into this layer's
-    // weights (each hidden unit uses its whole output range; see `quantize_hidden`)
-    let mut col_scales: Option<Vec<f64>> = None;
+    let mut tvar: Vec<f64> = vec![fresh];
     for (li, fl) in layers.iter().enumerate() {
-        let var_in = if li == 0 { fresh } else { act_var };
-        let folded;
-        let fl = match &col_scales {
-            Some(cs) => {
-                let mut f = fl.clone();
-                for (mut col, s) in f.w.columns_mut().into_iter().zip(cs) {
-                    col *= *s;
-                }
-                folded = f;
-                &folded
-            }
-            None => fl,
+        // the units of the source tensors are folded into the weights: the layer reads the
+        // integers of the concatenated sources directly (its `input_scale` is 1)
+        let mut fl = fl.clone();
+        let mut col_unit = Vec::with_capacity(fl.w.ncols());
+        let mut col_src = Vec::with_capacity(fl.w.ncols());
+        for &t in &fl.srcs {
+            let u = units
+                .get(t)
+                .ok_or_else(|| unsupported("internal: source tensor not yet computed"))?;
+            col_unit.extend_from_slice(u);
+            col_src.extend(std::iter::repeat_n(t, u.len()));
+        }
+        if col_unit.len() != fl.w.ncols() {
+            return Err(unsupported(
+                "internal: layer width does not match its sources",
+            ));
+        }
+        for (mut col, u) in fl.w.columns_mut().into_iter().zip(&col_unit) {
+            col *= *u;
+        }
+        let fl = &fl;
+        // noise variance of each input column as read at modulus 2^p: a tensor held at a
+        // larger modulus 2^m is read shifted by 2^(m - p)
+        let col_var = |p: u32| -> Vec<f64> {
+            col_src
+                .iter()
+                .map(|&t| {
+                    let m = hint.get(t).copied().unwrap_or(0).max(p);
+                    tvar.get(t).copied().unwrap_or(fresh) * 4f64.powi((m - p) as i32)
+                })
+                .collect()
         };
+        let xs: Vec<Vec<i64>> = samples
+            .iter()
+            .map(|ts| {
+                fl.srcs
+                    .iter()
+                    .flat_map(|&t| ts.get(t).map_or(&[][..], |v| v.as_slice()))
+                    .copied()
+                    .collect()
+            })
+            .collect();
         let (out_dim, in_dim) = fl.w.dim();
         if let Some(act) = &fl.act {
             let mut bits = opts.weight_bits;
             let (layer, layer_pf) = loop {
-                let (layer, pf) = quantize_hidden(fl, act, &xs, s_in, bits, opts, params, var_in);
+                let cv = col_var(4 * opts.stages + 5);
+                let (mut layer, pf) = quantize_hidden(fl, act, &xs, s_in, bits, opts, params, &cv);
+                layer.sources.clone_from(&fl.srcs);
                 let worst = pf.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
                 if worst <= MAX_LOG2_P_FAIL || bits <= 2 {
                     break (layer, pf);
@@ -146,18 +214,21 @@ pub fn quantize(
                 bits -= 1;
             };
             pfails.extend(layer_pf);
-            col_scales = layer.activation.as_ref().map(|a| a.output_scales.clone());
+            units.push(
+                layer
+                    .activation
+                    .as_ref()
+                    .map(|a| a.output_scales.clone())
+                    .unwrap_or_default(),
+            );
+            tvar.push(act_var);
             let mut over = 0usize;
-            xs = xs
-                .iter()
-                .map(|x| {
-                    let (h, o) = hidden_forward(&layer, x);
-                    over += o;
-                    h
-                })
-                .collect();
+            for (ts, x) in samples.iter_mut().zip(&xs) {
+                let (h, o) = hidden_forward(&layer, x);
+                over += o;
+                ts.push(h);
+            }
             overflows.push(over);
-            s_in = 1.0;
             out_layers.push(layer);
         } else {
             if li + 1 != count {
@@ -184,15 +255,16 @@ pub fn quantize(
                     }
                 }
                 let p = bits_for(max_acc).max(opts.input_bits + 1).max(2);
-                let var = max_row_norm2(&weights, in_dim) * var_in;
+                let cv = col_var(p);
+                let var = max_row_norm2(&weights, in_dim, &cv);
                 let pf = noise::log2_p_fail(var, 2f64.powi(63 - p as i32));
                 let arg_pf = if opts.argmax && p <= 62 {
                     // both logits read the same input noise: the difference's noise is
-                    // (w_i - w_j) · e, so its variance is ‖w_i - w_j‖² var_in
+                    // (w_i - w_j) · e, so its variance is Σ (w_i - w_j)² var
                     argmax_pfails(
                         params,
                         p,
-                        max_pair_diff_norm2(&weights, in_dim) * var_in,
+                        max_pair_diff_norm2(&weights, in_dim, &cv),
                         out_dim,
                     )
                 } else {
@@ -211,6 +283,7 @@ pub fn quantize(
                     };
                     pfails.extend(arg_pf);
                     break QuantizedLayer {
+                        sources: fl.srcs.clone(),
                         in_dim,
                         out_dim,
                         weights,
@@ -245,7 +318,23 @@ pub fn quantize(
     let union = noise::log2_sum(pfails.iter().map(|&(pf, n)| pf + (n as f64).log2()).chain(
         std::iter::once(decrypt_pf + (out_layers.last().map_or(1, |l| l.out_dim) as f64).log2()),
     ));
+    // each tensor is held at the largest modulus of the layers reading it
+    let mut tensor_log_moduli = vec![0u32; out_layers.len()];
+    for l in &out_layers {
+        for &t in &l.sources {
+            if let Some(m) = tensor_log_moduli.get_mut(t) {
+                *m = (*m).max(l.log_modulus);
+            }
+        }
+    }
+    for m in &mut tensor_log_moduli {
+        if *m == 0 {
+            *m = opts.input_bits + 1;
+        }
+    }
     Ok(QuantizedPlan {
+        input_dim: d,
+        tensor_log_moduli,
         input_scale,
         input_bits: opts.input_bits,
         layers: out_layers,
@@ -270,7 +359,7 @@ fn quantize_hidden(
     weight_bits: u32,
     opts: &QuantizeOptions,
     params: &ExactParams,
-    var_in: f64,
+    col_var: &[f64],
 ) -> (QuantizedLayer, Vec<(f64, usize)>) {
     let (out_dim, in_dim) = fl.w.dim();
     let fine = noise::pbs_variance(params, true);
@@ -334,7 +423,7 @@ fn quantize_hidden(
         .map(|(t, s_h)| t.iter().map(|v| (v / s_h).round() as i64).collect())
         .collect();
     // noise: every stage reads 5 bits; outputs feeding `c` come from the fine key
-    let var_acc = max_row_norm2(&weights, in_dim) * var_in;
+    let var_acc = max_row_norm2(&weights, in_dim, col_var);
     let mut cur = var_acc;
     let mut pc = p;
     for _ in 0..j {
@@ -351,6 +440,7 @@ fn quantize_hidden(
         pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
     }
     let layer = QuantizedLayer {
+        sources: Vec::new(),
         in_dim,
         out_dim,
         weights,
@@ -369,8 +459,14 @@ fn quantize_hidden(
     (layer, pfails)
 }
 
-fn max_row_norm2(w: &[i64], in_dim: usize) -> f64 {
+/// Largest noise variance of a row's dot product: `max_j Σ_i w_ji² · var_i`.
+fn max_row_norm2(w: &[i64], in_dim: usize, col_var: &[f64]) -> f64 {
     w.chunks(in_dim.max(1))
-        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .map(|r| {
+            r.iter()
+                .zip(col_var)
+                .map(|(&v, s)| (v as f64) * (v as f64) * s)
+                .sum::<f64>()
+        })
         .fold(0.0, f64::max)
 }

@@ -106,6 +106,9 @@ pub struct QuantizedActivation {
 /// One quantized layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedLayer {
+    /// Tensors the layer reads, concatenated in this order (0: the inputs; `k`: the output
+    /// of hidden layer `k - 1`): several for residuals and concatenations.
+    pub sources: Vec<usize>,
     /// Input width.
     pub in_dim: usize,
     /// Output width.
@@ -146,6 +149,11 @@ pub struct QuantReport {
 /// An integer plan: quantized layers plus the input quantizer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedPlan {
+    /// Input width (all the adapter's inputs, concatenated in declaration order).
+    pub input_dim: usize,
+    /// Modulus (log2) each tensor is held at (0: the encrypted inputs; `k`: the outputs of
+    /// hidden layer `k - 1`): the largest modulus of the layers reading it.
+    pub tensor_log_moduli: Vec<u32>,
     /// Real value of one input unit.
     pub input_scale: f64,
     /// Input width in bits.

@@ -27,7 +27,7 @@ pub(super) fn hidden_forward(layer: &QuantizedLayer, x: &[i64]) -> (Vec<i64>, us
     let mut over = 0;
     let out = layer
         .weights
-        .chunks(layer.in_dim)
+        .chunks(layer.in_dim.max(1))
         .zip(&layer.bias)
         .zip(&act.tables)
         .map(|((row, &b), t)| {
@@ -54,7 +54,7 @@ pub(super) fn hidden_forward(layer: &QuantizedLayer, x: &[i64]) -> (Vec<i64>, us
 impl QuantizedPlan {
     /// Input width.
     pub fn input_dim(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.in_dim)
+        self.input_dim
     }
 
     /// Output width.
@@ -64,7 +64,7 @@ impl QuantizedPlan {
 
     /// Modulus (log2) the client encrypts inputs with.
     pub fn input_log_modulus(&self) -> u32 {
-        self.layers.first().map_or(1, |l| l.log_modulus)
+        self.tensor_log_moduli.first().copied().unwrap_or(1)
     }
 
     /// Modulus (log2) of the outputs the client decrypts: the logits' modulus, or
@@ -148,15 +148,25 @@ impl QuantizedPlan {
                 xq.len(),
             ));
         }
-        let mut x = xq.to_vec();
+        let mut tensors: Vec<Vec<i64>> = vec![xq.to_vec()];
+        let mut logits = Vec::new();
         for layer in &self.layers {
+            let x: Vec<i64> = layer
+                .sources
+                .iter()
+                .flat_map(|&t| tensors.get(t).map_or(&[][..], |v| v.as_slice()))
+                .copied()
+                .collect();
+            if x.len() != layer.in_dim {
+                return Err(Error::dims("exact layer input", layer.in_dim, x.len()));
+            }
             if layer.activation.is_some() {
-                x = hidden_forward(layer, &x).0;
+                tensors.push(hidden_forward(layer, &x).0);
             } else {
                 let p = layer.log_modulus;
-                x = layer
+                logits = layer
                     .weights
-                    .chunks(layer.in_dim)
+                    .chunks(layer.in_dim.max(1))
                     .zip(&layer.bias)
                     .map(|(row, &b)| {
                         let acc = row
@@ -168,7 +178,7 @@ impl QuantizedPlan {
                     .collect();
             }
         }
-        Ok(x)
+        Ok(logits)
     }
 
     /// Real outputs from integer outputs (`y_j · s_in · s_w[j]`; the one-hot unchanged with
