@@ -207,8 +207,34 @@ fn demo_adapter(which: DemoModel) -> Result<(Adapter, &'static str, &'static str
     })
 }
 
+/// The embedded real task of `which` (`None` for the synthetic adapters): card, weights,
+/// held-out features and labels, class names.
+#[cfg(feature = "exact")]
+pub(crate) fn real_task(
+    which: DemoModel,
+) -> Option<(
+    &'static str,
+    &'static [u8],
+    &'static [u8],
+    &'static [u8],
+    &'static [&'static str],
+)> {
+    let t = match which {
+        DemoModel::Reviews => &REVIEWS,
+        DemoModel::Digits => &DIGITS,
+        DemoModel::Lora | DemoModel::Bottleneck => return None,
+    };
+    Some((t.card_toml, t.weights, t.features, t.labels, t.classes))
+}
+
 /// `hepeft demo`.
 pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
+    if args.backend == Backend::Exact {
+        #[cfg(feature = "exact")]
+        return super::exact::demo(args, ui);
+        #[cfg(not(feature = "exact"))]
+        bail!("this build has no exact backend (feature `exact`)");
+    }
     let samples = usize::try_from(args.samples).unwrap_or(1);
     let mode = Mode::from(args.mode);
     let _tmp;
