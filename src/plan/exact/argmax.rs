@@ -114,3 +114,46 @@ pub(super) fn max_pair_diff_norm2(w: &[i64], in_dim: usize, col_var: &[f64]) -> 
     }
     best
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_hot_of_the_first_maximum() {
+        assert_eq!(argmax_one_hot(&[3, 7, 7, -2], 8), vec![0, 1, 0, 0]);
+        assert_eq!(argmax_one_hot(&[-5, -9], 8), vec![1, 0]);
+        assert_eq!(argmax_one_hot(&[4], 8), vec![1]);
+    }
+
+    #[test]
+    fn wrap_around_gives_no_winner_never_two() {
+        // mod 2^4: 7 - (-7) = 14 reads as -2, so -7 "beats" 7; 0 beats -7 and loses to 7
+        let h = argmax_one_hot(&[7, -7, 0], 4);
+        assert!(h.iter().sum::<i64>() <= 1, "{h:?}");
+    }
+
+    #[test]
+    fn reduction_stages_and_pbs_count() {
+        assert!(argmax_reductions(5).is_empty());
+        assert_eq!(argmax_reductions(9), vec![4]);
+        assert_eq!(argmax_reductions(11), vec![4, 2]);
+        assert_eq!(argmax_reductions(16), vec![4, 4, 3]);
+        // C(C-1)/2 (2R + 1) + C
+        assert_eq!(argmax_pbs(10, 16), 45 * 7 + 10);
+        assert_eq!(argmax_pbs(2, 5), 1 + 2);
+        assert_eq!(argmax_pbs(1, 16), 1);
+    }
+
+    #[test]
+    fn pair_difference_norm_weights_each_column() {
+        // rows (1, 0), (0, 2), (3, 3): largest Σ (w_i - w_j)² var over pairs
+        let w = [1, 0, 0, 2, 3, 3];
+        assert_eq!(
+            max_pair_diff_norm2(&w, 2, &[1.0, 1.0]),
+            9.0 + 1.0 + 0.0 + 4.0
+        );
+        assert_eq!(max_pair_diff_norm2(&w, 2, &[0.0, 10.0]), 90.0);
+        assert_eq!(max_pair_diff_norm2(&w[..2], 2, &[1.0, 1.0]), 0.0);
+    }
+}

@@ -470,3 +470,59 @@ fn max_row_norm2(w: &[i64], in_dim: usize, col_var: &[f64]) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_for_keeps_a_sign_and_a_headroom_bit() {
+        assert_eq!(bits_for(0), 2);
+        assert_eq!(bits_for(1), 3);
+        // |a| <= 100 needs 2·100 < 2^(p-1): p = 9
+        assert_eq!(bits_for(100), 9);
+        assert_eq!(bits_for(127), 9);
+        assert_eq!(bits_for(128), 10);
+    }
+
+    #[test]
+    fn row_variance_weights_each_column() {
+        let w = [1, 2, 3, 0, 0, 4];
+        assert_eq!(max_row_norm2(&w, 3, &[1.0, 1.0, 1.0]), 16.0);
+        assert_eq!(max_row_norm2(&w, 3, &[1.0, 10.0, 1.0]), 1.0 + 40.0 + 9.0);
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert!(check_options(&QuantizeOptions::default()).is_ok());
+        for bad in [
+            QuantizeOptions {
+                input_bits: 1,
+                ..QuantizeOptions::default()
+            },
+            QuantizeOptions {
+                stages: 0,
+                ..QuantizeOptions::default()
+            },
+            QuantizeOptions {
+                activation_bits: 6,
+                ..QuantizeOptions::default()
+            },
+            QuantizeOptions {
+                range_fill: 1.5,
+                ..QuantizeOptions::default()
+            },
+        ] {
+            assert!(check_options(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tables_evaluate_the_function_itself() {
+        let act = Activation::fit(crate::model::ActivationFn::Relu, -4.0, 4.0, 3).unwrap();
+        assert_eq!(act_eval(&act, -2.0), 0.0);
+        assert!((act_eval(&act, 1.5) - 1.5).abs() < 1e-12);
+        assert_eq!(act_name(&act), "relu");
+    }
+}

@@ -233,3 +233,82 @@ fn dense(v: Affine, act: Option<Activation>) -> Result<FloatLayer> {
         act,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::{ActivationFn, AdapterBuilder};
+
+    fn relu() -> Op {
+        Op::Poly(Activation::fit(ActivationFn::Relu, -4.0, 4.0, 3).unwrap())
+    }
+
+    fn lin(r: usize, c: usize, v: f64) -> Op {
+        Op::Linear {
+            weight: Array2::from_elem((r, c), v),
+            bias: Some(Array1::from_elem(r, 0.5)),
+        }
+    }
+
+    #[test]
+    fn linear_chain_folds_into_one_layer() {
+        let mut b = AdapterBuilder::new();
+        let x = b.input("x", 3).unwrap();
+        let y = b.node("a", lin(2, 3, 1.0), &[x]).unwrap();
+        let y = b.node("s", Op::Scale(2.0), &[y]).unwrap();
+        b.node("c", lin(4, 2, 1.0), &[y]).unwrap();
+        let layers = chain(&b.build().unwrap()).unwrap();
+        assert_eq!(layers.len(), 1);
+        let l = &layers[0];
+        assert_eq!(l.srcs, vec![0]);
+        assert!(l.act.is_none());
+        // c · (2 (a x + 0.5)) + 0.5: every weight 4, every bias 2·2·0.5 + 0.5
+        assert!(l.w.iter().all(|&v| (v - 4.0).abs() < 1e-12));
+        assert!(l.b.iter().all(|&v| (v - 2.5).abs() < 1e-12));
+    }
+
+    #[test]
+    fn residual_reads_the_input_and_the_hidden_units() {
+        let mut b = AdapterBuilder::new();
+        let x = b.input("x", 3).unwrap();
+        let d = b.node("down", lin(2, 3, 1.0), &[x]).unwrap();
+        let h = b.node("act", relu(), &[d]).unwrap();
+        let u = b.node("up", lin(3, 2, 1.0), &[h]).unwrap();
+        let r = b.node("res", Op::Add, &[x, u]).unwrap();
+        b.node("head", lin(2, 3, 1.0), &[r]).unwrap();
+        let layers = chain(&b.build().unwrap()).unwrap();
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0].srcs, vec![0]);
+        assert!(layers[0].act.is_some());
+        assert_eq!(layers[1].srcs, vec![0, 1]);
+        // head · x (3 columns of 1) then head · up (2 columns of 3)
+        assert_eq!(layers[1].w.dim(), (2, 5));
+        assert!((layers[1].w[[0, 0]] - 1.0).abs() < 1e-12);
+        assert!((layers[1].w[[0, 4]] - 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn several_inputs_and_concat_are_one_concatenated_input() {
+        let mut b = AdapterBuilder::new();
+        let x = b.input("x", 2).unwrap();
+        let y = b.input("y", 3).unwrap();
+        let c = b.node("cat", Op::Concat, &[y, x]).unwrap();
+        b.node("head", lin(1, 5, 1.0), &[c]).unwrap();
+        let layers = chain(&b.build().unwrap()).unwrap();
+        assert_eq!(layers.len(), 1);
+        // tensor 0 is [x, y]; the concat [y, x] picks every column once
+        assert_eq!(layers[0].w.dim(), (1, 5));
+        assert!(layers[0].w.iter().all(|&v| (v - 1.0).abs() < 1e-12));
+    }
+
+    #[test]
+    fn a_head_ending_in_an_activation_is_refused() {
+        let mut b = AdapterBuilder::new();
+        let x = b.input("x", 3).unwrap();
+        let y = b.node("a", lin(2, 3, 1.0), &[x]).unwrap();
+        b.node("act", relu(), &[y]).unwrap();
+        let e = chain(&b.build().unwrap()).err().unwrap();
+        assert!(e.to_string().contains("logits"), "{e}");
+    }
+}

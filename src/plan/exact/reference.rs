@@ -212,3 +212,25 @@ impl QuantizedPlan {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_round_and_clamp_symmetrically() {
+        let x = [0.26, -0.74, 10.0, -10.0];
+        // scale 0.5, 3 bits: levels -3..=3
+        assert_eq!(
+            quantize_vec(ArrayView1::from(&x[..]), 0.5, 3),
+            vec![1, -1, 3, -3]
+        );
+    }
+
+    #[test]
+    fn wrap_reduces_modulo_a_power_of_two() {
+        assert_eq!(wrap(-1, 4), 15);
+        assert_eq!(wrap(17, 4), 1);
+        assert_eq!(wrap(5, 13), 5);
+    }
+}
