@@ -352,15 +352,15 @@ struct ExactDemoReport {
 /// the plan's bootstrappings per sample.
 pub fn demo(args: &crate::cli::args::DemoArgs, ui: &Ui) -> Result<()> {
     use hepeft::model::load::{features_from_npy_bytes, load_card};
-    let Some((card, weights, feats, labels, classes)) =
-        crate::cli::cmd::demo::real_task(args.model)
-    else {
+    let Some(task) = crate::cli::cmd::demo::real_task(args.model) else {
         bail!("demo --backend exact runs the embedded real tasks: --model reviews or digits");
     };
     let dir = tempfile_dir()?;
     let card_path = dir.join("adapter.toml");
-    std::fs::write(&card_path, card).with_context(|| format!("writing {}", card_path.display()))?;
-    std::fs::write(dir.join("adapter.safetensors"), weights).context("writing the weights")?;
+    let (feats, labels, classes) = (task.features, task.labels, task.classes);
+    std::fs::write(&card_path, task.card_toml)
+        .with_context(|| format!("writing {}", card_path.display()))?;
+    std::fs::write(dir.join("adapter.safetensors"), task.weights).context("writing the weights")?;
     let adapter = load_card(&card_path)?;
     let all = features_from_npy_bytes(feats).context("embedded features")?;
     let labels = features_from_npy_bytes(labels).context("embedded labels")?;
