@@ -184,6 +184,48 @@ fn bench_exact(c: &mut Criterion) {
     }
     g.finish();
 
+    // encrypted argmax (384 -> 8 -> ReLU -> C, one-hot of the predicted class): PBS count
+    // per class count always; latency (one run per thread count, bit-exactness checked)
+    // only when the bench filter names it: `cargo bench --bench exact -- argmax`
+    let time_argmax = std::env::args().skip(1).any(|a| a.contains("argmax"));
+    // heads drawn first, so the timed runs' encryptions do not change them
+    let heads: Vec<(usize, Adapter)> = [2usize, 4, 10, 16]
+        .into_iter()
+        .map(|c| (c, relu_head(&mut rng, 384, 8, c, 7).0))
+        .collect();
+    for (classes, head) in heads {
+        let plain = quantize(&head, calib.view(), &default, &params).unwrap();
+        let opts = QuantizeOptions {
+            argmax: true,
+            ..QuantizeOptions::default()
+        };
+        let plan = quantize(&head, calib.view(), &opts, &params).unwrap();
+        let mut line = format!(
+            "exact-bench: argmax 384-8-relu-{classes} | logits mod 2^{} (2^{} without argmax) | PBS {} ({} for the head, {} for the argmax = hepeft::plan::argmax_pbs)",
+            plan.logits_log_modulus(),
+            plain.logits_log_modulus(),
+            plan.predicted_pbs(),
+            plain.predicted_pbs(),
+            plan.predicted_pbs() - plain.predicted_pbs()
+        );
+        if time_argmax {
+            let xq = plan.quantize_input(test.row(0)).unwrap();
+            let query = plan.encrypt_input(&ck, &xq, &mut rng).unwrap();
+            for (threads, pool) in pools() {
+                let t = Instant::now();
+                let run = pool.install(|| plan.evaluate(&sk, &query).unwrap());
+                let secs = t.elapsed().as_secs_f64();
+                let exact =
+                    plan.decrypt_output(&ck, &run.outputs).unwrap() == plan.reference(&xq).unwrap();
+                line.push_str(&format!(
+                    " | {threads} thread(s): {secs:.2} s, {} PBS counted, bit-exact {exact}",
+                    run.pbs
+                ));
+            }
+        }
+        println!("{line}");
+    }
+
     // CKKS on the same small head (polynomial ReLU of degree 7 on [-4, 4])
     let preset = "CKKS_N14_QP430_128";
     let ckks = CkksParams::preset(preset).unwrap();

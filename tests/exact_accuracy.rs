@@ -76,6 +76,7 @@ fn quantized_vs_f64_accuracy_report() {
             (2, 5, 5, 6),
             (3, 4, 4, 6),
             (3, 5, 5, 6),
+            (2, 5, 5, 5),
         ] {
             let opts = QuantizeOptions {
                 stages,
@@ -107,4 +108,40 @@ fn quantized_vs_f64_accuracy_report() {
         }
     }
     assert_eq!(default_agree.len(), 3);
+}
+
+/// Where the error of the default plan comes from on 384 -> 64 -> ReLU -> 10 (the
+/// benchmark head): each quantization step applied alone on top of the previous ones.
+#[test]
+fn error_budget_of_the_benchmark_head() {
+    let params = ExactParams::default_2m128().unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let a = head(&mut rng, 384, 64, 10, ActivationFn::Relu);
+    let calib = Array2::from_shape_simple_fn((256, 384), || rng.random_range(-1.0..=1.0));
+    let test = Array2::from_shape_simple_fn((1000, 384), || rng.random_range(-1.0..=1.0));
+    let opts = QuantizeOptions::default();
+    let plan = quantize(&a, calib.view(), &opts, &params).unwrap();
+    let steps = hepeft::plan::exact::error_budget(&plan, &a, test.view()).unwrap();
+    assert_eq!(steps.len(), hepeft::plan::exact::BUDGET_STEPS.len());
+    for s in &steps {
+        eprintln!(
+            "budget 384-64-relu-10: {:<45} argmax agreement {:.3}, rel. RMS {:.3}",
+            s.name, s.argmax_agreement, s.relative_rms
+        );
+    }
+    // the last step is the integer twin: the same figures as forward_batch
+    let (want, _) = evaluate_exact_fn_batch(&a, &[test.view()]).unwrap();
+    let got = plan.forward_batch(test.view()).unwrap();
+    let (agree, rel) = agreement(got.view(), want.view());
+    let last = steps.last().unwrap();
+    assert!((last.argmax_agreement - agree).abs() < 1e-9);
+    assert!((last.relative_rms - rel).abs() < 1e-9);
+    // quantizing the inputs alone costs little; each later step only adds error on average
+    assert!(steps[0].argmax_agreement > 0.95, "{steps:?}");
+    // the default plan's headroom (range_fill 0.7) keeps wrap-around rare on unseen samples
+    assert!(
+        steps[5].argmax_agreement > steps[4].argmax_agreement - 0.02,
+        "{steps:?}"
+    );
+    assert!(last.argmax_agreement > 0.85, "{steps:?}");
 }

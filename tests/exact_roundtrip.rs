@@ -324,6 +324,16 @@ fn bit_exact_gelu_one_stage_and_two_hidden_layers() {
     check_bit_exact(&a, &QuantizeOptions::default(), 2, 201);
 }
 
+/// A residual around the activation (a bottleneck adapter): the last layer reads the
+/// inputs, held at the larger modulus and read shifted, and the hidden units.
+#[test]
+fn bit_exact_bottleneck_with_residual() {
+    let mut r = rng(14);
+    let a = hepeft::model::zoo::bottleneck(&mut r, 8, 4, ActivationFn::Relu, 3, (-4.0, 4.0), 3)
+        .unwrap();
+    check_bit_exact(&a, &QuantizeOptions::default(), 2, 400);
+}
+
 #[test]
 fn bit_exact_lora_head_without_bootstrapping() {
     let mut r = rng(12);
@@ -335,12 +345,31 @@ fn bit_exact_lora_head_without_bootstrapping() {
 fn unsupported_graphs_and_bad_inputs_are_errors() {
     let k = keys();
     let mut r = rng(13);
-    // bottleneck has a residual around the activation
-    let a = hepeft::model::zoo::bottleneck(&mut r, 8, 4, ActivationFn::Relu, 3, (-4.0, 4.0), 3)
+    // a head that ends with an activation has no logits
+    let mut b = hepeft::model::AdapterBuilder::new();
+    let x = b.input("x", 8).unwrap();
+    let y = b
+        .node(
+            "down",
+            hepeft::model::Op::Linear {
+                weight: ndarray::Array2::eye(8),
+                bias: None,
+            },
+            &[x],
+        )
         .unwrap();
+    b.node(
+        "relu",
+        hepeft::model::Op::Poly(
+            hepeft::model::Activation::fit(ActivationFn::Relu, -4.0, 4.0, 3).unwrap(),
+        ),
+        &[y],
+    )
+    .unwrap();
+    let a = b.build().unwrap();
     let calib = features(&mut r, 8, 8);
     let e = quantize(&a, calib.view(), &QuantizeOptions::default(), &k.params).unwrap_err();
-    assert!(e.to_string().contains("exact backend"), "{e}");
+    assert!(e.to_string().contains("linear map (logits)"), "{e}");
     let a = head(&mut r, 8, &[3], 2, ActivationFn::Relu);
     // wrong calibration width, empty calibration, bad options
     assert!(quantize(

@@ -492,6 +492,10 @@ pub struct DemoArgs {
     /// Packing layout.
     #[arg(long, value_enum, default_value_t = ModeArg::Latency)]
     pub mode: ModeArg,
+    /// Scheme: CKKS, or the exact path (TFHE; quantized on held-out rows that are not
+    /// queried, see docs/exact.md).
+    #[arg(long, value_enum, default_value_t = Backend::Ckks)]
+    pub backend: Backend,
 }
 
 /// The embedded demo adapters.

@@ -602,7 +602,8 @@ pub fn write_file_atomic_flagged(
     // Never replace a key file with an object of another kind (`--out keys/secret.key`).
     super::limits::refuse_key_overwrite(path, Some(kind))?;
     write_atomic_with(path, mode, |w, tmp| {
-        write_envelope_flagged(w, kind, params_digest, flags, payload).map_err(|e| with_path(e, tmp))
+        write_envelope_flagged(w, kind, params_digest, flags, payload)
+            .map_err(|e| with_path(e, tmp))
     })
 }
 

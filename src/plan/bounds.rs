@@ -161,6 +161,23 @@ impl Plan {
                         ),
                     )
                 }
+                StageOp::Square {
+                    sign,
+                    offset,
+                    shift,
+                    ..
+                } => {
+                    for (what, v) in [("sign", sign), ("offset", offset), ("shift", shift)] {
+                        if !v.is_finite() {
+                            return Err(non_finite(&st.name, what, String::new(), *v));
+                        }
+                    }
+                    let x = in_bound(0) + shift.abs();
+                    (
+                        sign.abs() * x * x + offset.abs(),
+                        format!("a square of inputs up to {x:e} (offset {offset:e})"),
+                    )
+                }
                 StageOp::Add => (
                     st.inputs
                         .iter()

@@ -16,25 +16,27 @@
 
 mod bounds;
 mod compile;
+#[cfg(feature = "exact")]
+pub mod exact;
 mod fuse;
 mod layout;
 pub mod public;
 #[cfg(feature = "exact")]
-pub mod quantize;
+pub use self::exact as quantize;
 mod run_ckks;
 #[cfg(feature = "exact")]
 mod run_exact;
 pub mod sanitize;
 
 pub use compile::{Mode, Plan, PlanOptions, StageReport};
-pub use fuse::depth_lower_bound;
-pub use layout::Segment;
-pub use public::public_structure;
 #[cfg(feature = "exact")]
-pub use quantize::{
+pub use exact::{
     argmax_one_hot, argmax_pbs, argmax_reductions, quantize, QuantPublic, QuantizeOptions,
     QuantizedPlan, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES,
 };
+pub use fuse::depth_lower_bound;
+pub use layout::Segment;
+pub use public::public_structure;
 pub use run_ckks::PreparedPlan;
 #[cfg(feature = "exact")]
 pub use run_exact::ExactRun;

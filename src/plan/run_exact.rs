@@ -10,7 +10,7 @@
 use rand::{CryptoRng, Rng};
 use rayon::prelude::*;
 
-use super::quantize::{argmax_reductions, QuantizedPlan, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES};
+use super::exact::{argmax_reductions, QuantizedPlan, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES};
 use crate::exact::{encode, ClientKey, Evaluator, ExactCiphertext, Lut, ServerKey};
 use crate::{Error, Result};
 
@@ -68,19 +68,44 @@ impl QuantizedPlan {
         }
         let ev = Evaluator::new(key);
         let params = key.params();
-        let mut xs = inputs.to_vec();
+        let mut tensors: Vec<Vec<ExactCiphertext>> = vec![inputs.to_vec()];
+        let mut xs = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
             let p = layer.log_modulus;
-            let next_p = self.layers.get(li + 1).map_or(p, |l| l.log_modulus);
+            // hidden outputs are encoded at the modulus their tensor is held at
+            let next_p = self.tensor_log_moduli.get(li + 1).copied().unwrap_or(p);
+            // the concatenated sources; a tensor held at 2^m > 2^p is read shifted by 2^(m-p)
+            let mut input = Vec::with_capacity(layer.in_dim);
+            let mut shift = Vec::with_capacity(layer.in_dim);
+            for &t in &layer.sources {
+                let cts = tensors
+                    .get(t)
+                    .ok_or_else(|| Error::dims("exact layer sources", t + 1, tensors.len()))?;
+                let m = self.tensor_log_moduli.get(t).copied().unwrap_or(p);
+                if m < p {
+                    return Err(Error::params(format!(
+                        "exact plan: tensor {t} is held at 2^{m}, below its reader's 2^{p}"
+                    )));
+                }
+                input.extend(cts.iter().cloned());
+                shift.extend(std::iter::repeat_n(m - p, cts.len()));
+            }
+            if input.len() != layer.in_dim {
+                return Err(Error::dims("exact layer input", layer.in_dim, input.len()));
+            }
             xs = (0..layer.out_dim)
                 .into_par_iter()
                 .map(|j| {
-                    let row = layer
+                    let row: Vec<i64> = layer
                         .weights
                         .get(j * layer.in_dim..(j + 1) * layer.in_dim)
-                        .ok_or_else(|| Error::dims("exact weights", layer.in_dim, 0))?;
+                        .ok_or_else(|| Error::dims("exact weights", layer.in_dim, 0))?
+                        .iter()
+                        .zip(&shift)
+                        .map(|(&w, &k)| w.wrapping_mul(1i64.wrapping_shl(k)))
+                        .collect();
                     let b = layer.bias.get(j).copied().unwrap_or(0);
-                    let mut acc = ev.dot(&xs, row, encode(b, p))?;
+                    let mut acc = ev.dot(&input, &row, encode(b, p))?;
                     let Some(act) = &layer.activation else {
                         return Ok(acc);
                     };
@@ -102,6 +127,9 @@ impl QuantizedPlan {
                     ev.pbs(&acc, &lut)
                 })
                 .collect::<Result<Vec<_>>>()?;
+            if layer.activation.is_some() {
+                tensors.push(std::mem::take(&mut xs));
+            }
         }
         if self.argmax {
             xs = encrypted_argmax(&ev, &xs, self.logits_log_modulus())?;
@@ -114,13 +142,13 @@ impl QuantizedPlan {
 }
 
 /// The encrypted one-hot argmax of logits held modulo `2^p` (the twin of
-/// [`argmax_one_hot`](super::quantize::argmax_one_hot)): per pair `i < j`, the difference
+/// [`argmax_one_hot`](super::exact::argmax_one_hot)): per pair `i < j`, the difference
 /// `l_i - l_j` (leveled), reduced to its top 5 bits by [`argmax_reductions`] (two
 /// bootstrappings per stage), then a fine sign bootstrapping returning `+2^58` if `i` wins
 /// (`d >= 0`) and `-2^58` otherwise; the win count of class `i`, at scale `2^59`, is the
 /// leveled sum `(C-1)·2^58 + Σ_{j>i} s_ij - Σ_{j<i} s_ji`; one coarse bootstrapping per
 /// class maps `C - 1` wins to 1 and anything else to 0, at modulus
-/// `2^`[`ARGMAX_LOG_MODULUS`]. Cost: [`argmax_pbs`](super::quantize::argmax_pbs).
+/// `2^`[`ARGMAX_LOG_MODULUS`]. Cost: [`argmax_pbs`](super::exact::argmax_pbs).
 fn encrypted_argmax(
     ev: &Evaluator<'_>,
     logits: &[ExactCiphertext],

@@ -466,7 +466,11 @@ impl TuneServer {
     /// [`Error::Format`] for a foreign or damaged file; [`Error::Model`] when the checkpoint
     /// belongs to another adapter structure.
     pub fn resume(adapter: &Adapter, path: impl AsRef<Path>) -> Result<Self> {
-        let bytes = crate::io::limits::read_bounded(path.as_ref(), MAX_CHECKPOINT_BYTES, "tuning checkpoint")?;
+        let bytes = crate::io::limits::read_bounded(
+            path.as_ref(),
+            MAX_CHECKPOINT_BYTES,
+            "tuning checkpoint",
+        )?;
         let ck: ServerCheckpoint = serde_json::from_slice(&bytes)
             .map_err(|e| Error::format("tuning server checkpoint", e.to_string()))?;
         if ck.format != SERVER_CHECKPOINT_FORMAT {
@@ -700,7 +704,11 @@ impl TuneClient {
         path: impl AsRef<Path>,
         rng: &mut G,
     ) -> Result<Self> {
-        let bytes = crate::io::limits::read_bounded(path.as_ref(), MAX_CHECKPOINT_BYTES, "tuning checkpoint")?;
+        let bytes = crate::io::limits::read_bounded(
+            path.as_ref(),
+            MAX_CHECKPOINT_BYTES,
+            "tuning checkpoint",
+        )?;
         let ck: ClientCheckpoint = serde_json::from_slice(&bytes)
             .map_err(|e| Error::format("tuning client checkpoint", e.to_string()))?;
         if ck.format != CLIENT_CHECKPOINT_FORMAT {

@@ -98,13 +98,13 @@ struct DemoReport {
 }
 
 /// A trained adapter with held-out data, embedded from `assets/real/<task>/`.
-struct RealTask {
-    card_toml: &'static str,
+pub(crate) struct RealTask {
+    pub(crate) card_toml: &'static str,
     /// Written next to the card under [`REAL_WEIGHTS_FILE`], the name its `weights` field gives.
-    weights: &'static [u8],
-    features: &'static [u8],
-    labels: &'static [u8],
-    classes: &'static [&'static str],
+    pub(crate) weights: &'static [u8],
+    pub(crate) features: &'static [u8],
+    pub(crate) labels: &'static [u8],
+    pub(crate) classes: &'static [&'static str],
 }
 
 /// The weights file name every shipped card (`assets/real/*/*/card.toml`) refers to.
@@ -207,8 +207,24 @@ fn demo_adapter(which: DemoModel) -> Result<(Adapter, &'static str, &'static str
     })
 }
 
+/// The embedded real task of `which` (`None` for the synthetic adapters).
+#[cfg(feature = "exact")]
+pub(crate) fn real_task(which: DemoModel) -> Option<&'static RealTask> {
+    match which {
+        DemoModel::Reviews => Some(&REVIEWS),
+        DemoModel::Digits => Some(&DIGITS),
+        DemoModel::Lora | DemoModel::Bottleneck => None,
+    }
+}
+
 /// `hepeft demo`.
 pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
+    if args.backend == Backend::Exact {
+        #[cfg(feature = "exact")]
+        return super::exact::demo(args, ui);
+        #[cfg(not(feature = "exact"))]
+        bail!("this build has no exact backend (feature `exact`)");
+    }
     let samples = usize::try_from(args.samples).unwrap_or(1);
     let mode = Mode::from(args.mode);
     let _tmp;
