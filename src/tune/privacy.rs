@@ -106,7 +106,7 @@ mod tests {
             delta: 1e-5,
         };
         let mut r = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-        assert_eq!(privatize(&[5.0, -0.5, 0.5, 100.0], &p, &mut r), 2.5 / 4.0);
+        assert_eq!(privatize(&[5.0, -0.5, 0.5, 100.0], &p, &mut r), 2.0 / 4.0);
     }
 
     #[test]
