@@ -48,6 +48,9 @@ cargo bench --bench head -- head_selected 2> "$work/hepeft.err" | grep -E '^head
 grep '^head_selected/' "$work/hepeft.err" > "$work/hepeft.info" || { cat "$work/hepeft.err" >&2; exit 1; }
 "$venv/bin/python" "$here/seal/heads_bsgs.py" > "$work/seal.json"
 echo "load after:  $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "hepeft plans (per stage: rotations, key switches, limb NTTs):"
+grep -E '^(head_selected/|plan \(|  [A-Za-z0-9_.]+ +(linear|affine|poly|square|add|concat) )' "$work/hepeft.err" || true
 
 "$venv/bin/python" - "$target/criterion/head_selected" "$work/hepeft.info" "$work/seal.json" <<'PY'
 import json, os, sys
@@ -58,6 +61,7 @@ for line in open(info_path):
     info[head.split("/", 1)[1]] = dict(x.split("=", 1) for x in kv)
 seal = {r["name"]: r for r in json.load(open(seal_path))["results"]}
 def median_ms(name):
+    name = name.replace("/", "_")
     for d in sorted(os.listdir(crit)):
         if d.startswith(name + "_"):
             est = json.load(open(os.path.join(crit, d, "new", "estimates.json")))
@@ -65,19 +69,21 @@ def median_ms(name):
     return float("nan")
 kib = lambda b: f"{int(b) / 1024:.0f}"
 print()
-print("| shape | hepeft N | hepeft ms | hepeft KS | hepeft bits | SEAL N=2^13 ms | SEAL KS | SEAL bits | SEAL/hepeft |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("layouts: rep = replicated input; preG = client pre-rotated input, up to G copies per segment")
+print()
+print("| shape / layout | hepeft N | hepeft ms | hepeft KS | hepeft limb NTTs | hepeft bits | SEAL N=2^13 ms | SEAL KS | SEAL bits | SEAL/hepeft |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for name, i in info.items():
     h = median_ms(name)
-    s = seal.get(name, {})
+    s = seal.get(name.split("/")[0], {})
     sm = s.get("median_ms", float("nan"))
-    print(f"| {name} | 2^{i['logn']} | {h:.1f} | {i['key_switches']} | {float(i['bits']):.1f} | "
+    print(f"| {name} | 2^{i['logn']} | {h:.1f} | {i['key_switches']} | {i.get('ntts', '-')} | {float(i['bits']):.1f} | "
           f"{sm:.1f} | {s.get('key_switches', '-')} | {s.get('bits', '-')} | {sm / h:.2f}x |")
 print()
 print("| shape | hepeft query / result / keys KiB | SEAL query / result / keys KiB |")
 print("|---|---|---|")
 for name, i in info.items():
-    s = seal.get(name, {})
+    s = seal.get(name.split("/")[0], {})
     print(f"| {name} | {kib(i['query_bytes'])} / {kib(i['result_bytes'])} / {kib(i['key_bytes'])} | "
           f"{kib(s.get('query_bytes', 0))} / {kib(s.get('result_bytes', 0))} / {kib(s.get('key_bytes', 0))} |")
 PY

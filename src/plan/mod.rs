@@ -25,7 +25,7 @@ mod run_ckks;
 mod run_exact;
 pub mod sanitize;
 
-pub use compile::{Mode, Plan, PlanOptions, StageReport};
+pub use compile::{InputLayout, Mode, Plan, PlanOptions, StageReport};
 pub use fuse::depth_lower_bound;
 pub use layout::Segment;
 pub use public::public_structure;
