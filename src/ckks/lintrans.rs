@@ -5,7 +5,8 @@
 //!
 //! The baby steps `rot(x, a)` share one decomposition of `x` (hoisting); the diagonals are
 //! pre-rotated in plaintext. Cost: `g - 1` hoisted rotations, `h - 1` full rotations, `K`
-//! plaintext products and one rescale; one level.
+//! plaintext products (fused multiply-accumulates into each giant step's sum) and one
+//! rescale; one level.
 
 use super::ciphertext::{Ciphertext, Plaintext};
 use super::encoding::Encoder;
@@ -178,10 +179,9 @@ impl LinearTransform {
                 let (Some(p), Some(Some(xr))) = (p, baby.get(a)) else {
                     continue;
                 };
-                let prod = ev.mul_plain(xr, p)?;
                 match inner.as_mut() {
-                    Some(s) => ev.add_assign(s, &prod)?,
-                    None => inner = Some(prod),
+                    Some(s) => ev.mul_plain_accumulate(s, xr, p)?,
+                    None => inner = Some(ev.mul_plain(xr, p)?),
                 }
             }
             match inner {
