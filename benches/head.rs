@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use hepeft::ckks::{CkksParams, Encoder, EncryptionKey, Evaluator, KeyGenerator};
 use hepeft::model::{zoo, Activation, ActivationFn, AdapterBuilder, Op};
-use hepeft::plan::{Plan, PlanOptions};
+use hepeft::plan::{InputLayout, Plan, PlanOptions};
 use ndarray::ArrayView2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -111,20 +111,57 @@ fn bench_heads(c: &mut Criterion) {
     g.finish();
 }
 
-/// Heads (a) and (b) on the parameters `hepeft params select --precision 16 --no-flooding`
-/// picks for them, one thread (the issue-13 comparison with SEAL). Run:
-/// `RAYON_NUM_THREADS=1 cargo bench --bench head -- head_selected`.
+/// `d -> r -> d`: the LoRA map `B (A x)` alone (no dense branch), `A: r x d`, `B: d x r`.
+fn lora_map(rng: &mut ChaCha20Rng, d: usize, r: usize) -> hepeft::Result<hepeft::model::Adapter> {
+    let mut m = |rows: usize, c: usize| {
+        ndarray::Array2::from_shape_simple_fn((rows, c), || {
+            rng.random_range(-1.0..1.0) / (c as f64).sqrt()
+        })
+    };
+    let (a, bm) = (m(r, d), m(d, r));
+    let mut b = AdapterBuilder::new();
+    let x = b.input("x", d)?;
+    b.node(
+        "lora",
+        Op::LowRank {
+            a,
+            b: bm,
+            scale: 1.0,
+            bias: None,
+        },
+        &[x],
+    )?;
+    b.build()
+}
+
+/// Heads (a) and (b) and the LoRA maps `B (A x)` (d = 768, r = 8 and 64) on the parameters
+/// `hepeft params select --precision 16 --no-flooding` picks for them, one thread (the
+/// issue-13 comparison with SEAL, driven by `bench/heads_vs_seal.sh`). Before timing, each
+/// case prints one line `head_selected/NAME key=value ...` on stderr: ring, depth, key
+/// switches, measured precision (bits relative to the largest output against the plaintext
+/// twin) and bytes of the query (secret-key encryption, seeded), the result and the
+/// evaluation keys. Each case runs in the replicated input layout (`NAME/rep`) and with
+/// client pre-rotated inputs of up to 8 and 64 copies (`NAME/pre8`, `NAME/pre64`, see
+/// [`InputLayout::PreRotated`]; same parameters).
+/// Run: `RAYON_NUM_THREADS=1 cargo bench --bench head -- head_selected`.
 fn bench_selected(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let cases = [
         ("a_768_64_100", square_mlp_sized(&mut rng, 768, 64, 100)),
         ("b_384_8_10", square_mlp_sized(&mut rng, 384, 8, 10)),
+        ("lora_768_r8", lora_map(&mut rng, 768, 8)),
+        ("lora_768_r64", lora_map(&mut rng, 768, 64)),
     ];
     let mut g = c.benchmark_group("head_selected");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    for (name, adapter) in cases {
+    let layouts = [
+        ("rep", InputLayout::Replicated),
+        ("pre8", InputLayout::PreRotated { max_copies: 8 }),
+        ("pre64", InputLayout::PreRotated { max_copies: 64 }),
+    ];
+    for (base, adapter) in cases {
         let adapter = adapter.expect("adapter");
         let sel = hepeft::select::select(
             &adapter,
@@ -134,34 +171,70 @@ fn bench_selected(c: &mut Criterion) {
             },
         )
         .expect("select");
-        let (params, plan) = (sel.params, sel.plan);
-        let kg = KeyGenerator::new(&params);
-        let sk = kg.gen_secret_key(&mut rng);
-        let pk = kg.gen_public_key(&sk, &mut rng).expect("pk");
-        let keys = kg
-            .gen_evaluation_keys(&sk, &plan.galois_elements(), plan.needs_relin(), &mut rng)
-            .expect("keys");
-        let ev = Evaluator::with_keys(&params, Arc::new(keys)).expect("evaluator");
-        let enc = Encoder::new(&params).expect("encoder");
-        let inputs = zoo::uniform_inputs(&mut rng, &adapter, 1);
-        let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
-        let query = plan
-            .encrypt_query(&enc, EncryptionKey::Public(&pk), &views, &mut rng)
-            .expect("query");
-        let prepared = plan.prepare().expect("prepare");
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("pool");
-        eprintln!(
-            "head_selected/{name}: N = 2^{}, depth {}, {} key switches",
+        for (lname, layout) in layouts {
+            let name = format!("{base}/{lname}");
+            let params = sel.params.clone();
+            let plan = Plan::compile_with_layout(&adapter, &params, sel.plan.options(), layout)
+                .expect("plan");
+            let kg = KeyGenerator::new(&params);
+            let sk = kg.gen_secret_key(&mut rng);
+            let keys = kg
+                .gen_evaluation_keys(&sk, &plan.galois_elements(), plan.needs_relin(), &mut rng)
+                .expect("keys");
+            let key_bytes = hepeft::ckks::to_bytes(&params, &keys)
+                .expect("keys bytes")
+                .len();
+            let ev = Evaluator::with_keys(&params, Arc::new(keys)).expect("evaluator");
+            let enc = Encoder::new(&params).expect("encoder");
+            let inputs = zoo::uniform_inputs(&mut rng, &adapter, 1);
+            let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
+            let query = plan
+                .encrypt_query(&enc, EncryptionKey::Secret(&sk), &views, &mut rng)
+                .expect("query");
+            let bundle = |items: &[hepeft::ckks::Ciphertext]| {
+                hepeft::ckks::to_bytes(
+                    &params,
+                    &hepeft::ckks::CiphertextBundle {
+                        digest: params.digest(),
+                        items: items.to_vec(),
+                    },
+                )
+                .expect("bundle bytes")
+                .len()
+            };
+            let query_bytes = bundle(&query);
+            let prepared = plan.prepare().expect("prepare");
+            let result = prepared.evaluate(&ev, &query).expect("evaluate");
+            let result_bytes = bundle(&result);
+            let dec = hepeft::ckks::Decryptor::new(&params, &sk).expect("decryptor");
+            let got = plan
+                .decrypt_result(&enc, &dec, &result, 1)
+                .expect("decrypt");
+            let rows: Vec<ndarray::ArrayView1<f64>> = inputs.iter().map(|a| a.row(0)).collect();
+            let (want, _) = hepeft::model::reference::evaluate(&adapter, &rows).expect("twin");
+            let got: Vec<f64> = got.row(0).to_vec();
+            let prec = hepeft::ckks::PrecisionStats::relative_to_largest(&got, &want.to_vec());
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .expect("pool");
+            eprintln!(
+            "head_selected/{name} logn={} depth={} key_switches={} ntts={} rotations={} bits={:.2} query_bytes={} result_bytes={} key_bytes={}",
             params.log_n(),
             plan.depth(),
-            plan.key_switches()
+            plan.key_switches(),
+            plan.ntts(),
+            plan.report().iter().map(|r| r.rotations).sum::<usize>(),
+            prec.min_bits,
+            query_bytes,
+            result_bytes,
+            key_bytes,
         );
-        g.bench_function(format!("{name}/N{}/threads1", params.log_n()), |b| {
-            b.iter(|| pool.install(|| prepared.evaluate(&ev, black_box(&query))))
-        });
+            eprint!("{}", plan.summary());
+            g.bench_function(format!("{name}/N{}/threads1", params.log_n()), |b| {
+                b.iter(|| pool.install(|| prepared.evaluate(&ev, black_box(&query))))
+            });
+        }
     }
     g.finish();
 }

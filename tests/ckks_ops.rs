@@ -276,3 +276,38 @@ fn insecure_parameters_are_refused() {
         other => panic!("expected refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn fused_plain_multiply_accumulate_matches_products_and_sums() {
+    let f = Fixture::new(insecure_test_params(), 113);
+    let ev = keyed(&f, &[]);
+    let n = f.params.slots();
+    let (a, b, c, d) = (
+        values(n, 114),
+        values(n, 115),
+        values(n, 116),
+        values(n, 117),
+    );
+    let (ca, cc) = (f.encrypt(&a, 118), f.encrypt(&c, 119));
+    let top = f.params.max_level();
+    let q_top = f.params.q()[top] as f64;
+    let (pb, pd) = (
+        f.encoder.encode(&b, top, q_top).unwrap(),
+        f.encoder.encode(&d, top, q_top).unwrap(),
+    );
+    let mut acc = ev.mul_plain(&ca, &pb).unwrap();
+    ev.mul_plain_accumulate(&mut acc, &cc, &pd).unwrap();
+    let want: Vec<f64> = (0..n).map(|i| a[i] * b[i] + c[i] * d[i]).collect();
+    check(
+        "a*b + c*d (fused)",
+        &f.decrypt(&ev.rescale(&acc).unwrap()),
+        &want,
+        24.0,
+    );
+    // a wrong accumulator scale is refused
+    let mut wrong = ca.clone();
+    assert!(ev.mul_plain_accumulate(&mut wrong, &cc, &pd).is_err());
+    // an accumulator at another level is refused
+    let mut low = ev.rescale(&ev.mul_plain(&ca, &pb).unwrap()).unwrap();
+    assert!(ev.mul_plain_accumulate(&mut low, &cc, &pd).is_err());
+}

@@ -332,6 +332,48 @@ impl Evaluator {
         a.set_scale(s);
         Ok(())
     }
+    /// `acc += a * pt` slot-wise, fused: each product limb is accumulated straight into
+    /// `acc` (one vectorised multiply-accumulate pass per limb and part, no temporary
+    /// ciphertext and no copy of the plaintext). `acc` must be at `a`'s level and degree and
+    /// at scale `a.scale · pt.scale`. Cost: (degree+1)·(l+1) pointwise multiply-accumulates.
+    pub fn mul_plain_accumulate(
+        &self,
+        acc: &mut Ciphertext,
+        a: &Ciphertext,
+        pt: &Plaintext,
+    ) -> Result<()> {
+        self.check_ct(acc)?;
+        self.check_ct(a)?;
+        self.check_pt(pt)?;
+        let level = a.level();
+        if acc.level() != level || pt.level() < level {
+            return Err(Error::InvalidLevel {
+                level: acc.level().min(pt.level()),
+                max: level,
+            });
+        }
+        if acc.degree_plus_one() != a.degree_plus_one() {
+            return Err(Error::InvalidValue {
+                context: "multiply-accumulate".into(),
+                reason: format!(
+                    "accumulator has {} parts, operand {}",
+                    acc.degree_plus_one(),
+                    a.degree_plus_one()
+                ),
+            });
+        }
+        Self::check_scales(acc.scale(), a.scale() * pt.scale())?;
+        let ring = self.params.ring();
+        let p = pt.poly();
+        for (dst, src) in acc.parts_mut().iter_mut().zip(a.parts()) {
+            for i in 0..=level {
+                ring.table(level, i)
+                    .mul_accumulate(dst.limb_mut(i), src.limb(i), p.limb(i));
+            }
+        }
+        Ok(())
+    }
+
     /// `a * pt`.
     pub fn mul_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
         let mut out = a.clone();

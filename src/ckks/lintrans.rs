@@ -5,7 +5,8 @@
 //!
 //! The baby steps `rot(x, a)` share one decomposition of `x` (hoisting); the diagonals are
 //! pre-rotated in plaintext. Cost: `g - 1` hoisted rotations, `h - 1` full rotations, `K`
-//! plaintext products and one rescale; one level.
+//! plaintext products (fused multiply-accumulates into each giant step's sum) and one
+//! rescale; one level.
 
 use super::ciphertext::{Ciphertext, Plaintext};
 use super::encoding::Encoder;
@@ -39,6 +40,13 @@ pub fn rotation_steps(k: usize, g: usize) -> Vec<i64> {
     let mut steps: Vec<i64> = (1..g.min(k)).map(|a| a as i64).collect();
     steps.extend((1..h).map(|b| (b * g) as i64));
     steps
+}
+
+/// The giant-step rotations of a transform with `k` diagonals and baby step `g` (the steps
+/// left when the baby steps `rot(x, a)` are given).
+pub fn giant_steps(k: usize, g: usize) -> Vec<i64> {
+    let g = g.max(1);
+    (1..k.div_ceil(g)).map(|b| (b * g) as i64).collect()
 }
 
 impl LinearTransform {
@@ -100,6 +108,7 @@ impl LinearTransform {
     }
 
     /// `sum_k diag_k ⊙ rot(x, k)`, not rescaled (scale `x.scale · diag scale`).
+    /// Cost: one hoisting of `x`, `g - 1` hoisted and `h - 1` full rotations.
     pub fn apply(&self, ev: &Evaluator, x: &Ciphertext) -> Result<Ciphertext> {
         if x.level() != self.level {
             return Err(Error::InvalidLevel {
@@ -128,17 +137,51 @@ impl LinearTransform {
         } else {
             (0..g).map(rotate_baby).collect::<Result<_>>()?
         };
+        let baby: Vec<Option<&Ciphertext>> = baby.iter().map(Option::as_ref).collect();
+        self.giant_steps(ev, &baby)
+    }
+
+    /// Like [`LinearTransform::apply`], with the baby steps given: `rotated[a] = rot(x, a)`
+    /// for `a < g` (at least [`LinearTransform::baby_step`] ciphertexts; the client prepared
+    /// them, so the server does no hoisting and no baby rotation). Cost: `h - 1` full
+    /// rotations and the plaintext products.
+    pub fn apply_rotated(&self, ev: &Evaluator, rotated: &[Ciphertext]) -> Result<Ciphertext> {
+        if rotated.len() < self.baby {
+            return Err(Error::dims(
+                "pre-rotated copies of a linear transform's input",
+                self.baby,
+                rotated.len(),
+            ));
+        }
+        if let Some(x) = rotated.iter().find(|x| x.level() != self.level) {
+            return Err(Error::InvalidLevel {
+                level: x.level(),
+                max: self.level,
+            });
+        }
+        let baby: Vec<Option<&Ciphertext>> = rotated[..self.baby].iter().map(Some).collect();
+        self.giant_steps(ev, &baby)
+    }
+
+    /// Baby-step size `g` (the transform reads `rot(x, a)` for `a < g`).
+    pub fn baby_step(&self) -> usize {
+        self.baby
+    }
+
+    /// The giant steps on given baby steps `baby[a] = rot(x, a)`.
+    fn giant_steps(&self, ev: &Evaluator, baby: &[Option<&Ciphertext>]) -> Result<Ciphertext> {
+        let g = self.baby;
+        let parallel = rayon::current_num_threads() > 1;
         // one giant step: the inner sum for row b, rotated by g*b
         let giant = |(b, row): (usize, &Vec<Option<Plaintext>>)| -> Result<Option<Ciphertext>> {
             let mut inner: Option<Ciphertext> = None;
             for (a, p) in row.iter().enumerate() {
-                let (Some(p), Some(xr)) = (p, &baby[a]) else {
+                let (Some(p), Some(Some(xr))) = (p, baby.get(a)) else {
                     continue;
                 };
-                let prod = ev.mul_plain(xr, p)?;
                 match inner.as_mut() {
-                    Some(s) => ev.add_assign(s, &prod)?,
-                    None => inner = Some(prod),
+                    Some(s) => ev.mul_plain_accumulate(s, xr, p)?,
+                    None => inner = Some(ev.mul_plain(xr, p)?),
                 }
             }
             match inner {

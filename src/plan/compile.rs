@@ -2,7 +2,7 @@
 
 use super::layout::{self, Segment};
 use crate::ckks::keygen::galois_element_for_rotation;
-use crate::ckks::lintrans::{baby_step_for, rotation_steps};
+use crate::ckks::lintrans::{baby_step_for, giant_steps, rotation_steps};
 use crate::ckks::polyeval::{chebyshev_depth, chebyshev_products};
 use crate::ckks::CkksParams;
 use crate::model::{Adapter, NodeRef, Op};
@@ -55,6 +55,25 @@ impl Default for PlanOptions {
             fold_normalization: true,
         }
     }
+}
+
+/// How the client lays out the adapter inputs in a latency-mode query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum InputLayout {
+    /// Each input segment is one ciphertext, replicated over the slots; the server rotates
+    /// it for the baby steps of the first layer (one hoisting, `g - 1` hoisted rotations).
+    #[default]
+    Replicated,
+    /// "Free client preprocessing": for an input read by a dense layer, the client also
+    /// encrypts the copies `rot(x, a)`, `0 < a < g`, of each segment, where `g` is the baby
+    /// step of the reading layer's blocks, raised up to `max_copies` (a power of two) to
+    /// trade giant-step rotations for query bytes. The server's baby-step rotations (and the
+    /// hoisting) disappear; only giant steps and the rotate-and-sum of wide blocks remain.
+    /// The query grows `g`-fold. Inputs read by no dense layer keep one copy.
+    PreRotated {
+        /// Most copies per segment (power of two; 1 is the replicated layout).
+        max_copies: usize,
+    },
 }
 
 /// What a stage computes, with weights already transformed (LoRA scale folded, activation
@@ -131,6 +150,11 @@ pub struct StageReport {
     pub relinearizations: usize,
     /// Plaintext or constant products.
     pub plain_products: usize,
+    /// Key switches (rotations and relinearizations).
+    pub key_switches: usize,
+    /// Forward and inverse NTTs of one limb done by the key switches and rescalings (an
+    /// estimate from the layout: ModUp, ModDown, rescale; hoisted rotations share one ModUp).
+    pub ntts: usize,
 }
 
 /// A compiled plan: stages, layouts, levels and required keys. Built from the adapter's
@@ -145,18 +169,90 @@ pub struct Plan {
     needs_relin: bool,
     report: Vec<StageReport>,
     depth_lower_bound: usize,
+    /// Client-side layout of the inputs.
+    pub(crate) input_layout: InputLayout,
+    /// Per adapter input: copies `rot(x, a)`, `a < copies`, the query carries per segment
+    /// (1: the replicated layout).
+    pub(crate) input_copies: Vec<usize>,
 }
 
-fn dense_rotations(out_segs: &[Segment], in_segs: &[Segment]) -> (Vec<i64>, usize) {
+/// Limb NTTs of one key switch at `level` (ModUp of the digits unless `hoisted`, ModDown of
+/// both parts).
+fn keyswitch_ntts(params: &CkksParams, level: usize, hoisted: bool) -> usize {
+    let k = params.ring().p_tables().len();
+    let mod_down = 2 * (k + level + 1);
+    if hoisted {
+        return mod_down;
+    }
+    let mod_up: usize = params
+        .digits(level)
+        .iter()
+        .map(|r| level + 1 + k - r.len())
+        .sum::<usize>()
+        + level
+        + 1;
+    mod_up + mod_down
+}
+
+/// Limb NTTs of one rescale of a 2-part ciphertext from `level`.
+fn rescale_ntts(level: usize) -> usize {
+    2 * (1 + level)
+}
+
+/// Rotation steps, rotation count, hoisted-rotation count and hoistings of a dense layer;
+/// `copies[j]` is the number of client-prepared rotations of input segment `j` (1: none).
+fn dense_rotations(
+    out_segs: &[Segment],
+    in_segs: &[Segment],
+    copies: &[usize],
+) -> (Vec<i64>, usize, usize, usize) {
     let mut steps = Vec::new();
-    let mut count = 0;
+    let (mut count, mut hoisted, mut hoistings) = (0, 0, 0);
     for o in out_segs {
-        for i in in_segs {
-            let (s, c) = block_rotations(o.period, i.period);
-            count += c;
-            steps.extend(s);
+        for (i, &c) in in_segs.iter().zip(copies) {
+            if c > 1 {
+                let (s, n) = block_rotations_prerotated(o.period, i.period, c);
+                count += n;
+                steps.extend(s);
+            } else {
+                let (s, n) = block_rotations(o.period, i.period);
+                let k = o.period.min(i.period);
+                let baby = baby_step_for(k).min(k).saturating_sub(1);
+                count += n;
+                hoisted += baby;
+                hoistings += usize::from(baby > 0);
+                steps.extend(s);
+            }
         }
     }
+    (steps, count, hoisted, hoistings)
+}
+
+/// Baby step of an `m' x n'` block whose input comes with `copies` client-prepared
+/// rotations (`copies > 1`), or the server-side one ([`baby_step_for`]).
+pub(crate) fn block_baby(m: usize, n: usize, copies: usize) -> usize {
+    let k = m.min(n);
+    if copies > 1 {
+        copies.min(k.next_power_of_two()).max(1)
+    } else {
+        baby_step_for(k)
+    }
+}
+
+/// Like [`block_rotations`] when the client sent the baby steps: giant steps and the
+/// rotate-and-sum only.
+fn block_rotations_prerotated(m: usize, n: usize, copies: usize) -> (Vec<i64>, usize) {
+    let k = m.min(n);
+    let g = block_baby(m, n, copies);
+    let mut steps = giant_steps(k, g);
+    let mut w = m;
+    while w < n {
+        steps.push(w as i64);
+        w *= 2;
+    }
+    let count = steps.len();
+    steps.sort_unstable();
+    steps.dedup();
     (steps, count)
 }
 
@@ -186,6 +282,30 @@ impl Plan {
     /// Errors: a layout that does not fit (batch mode only takes up to N/2 samples, which
     /// is checked at encoding), or an adapter deeper than the parameters' levels.
     pub fn compile(adapter: &Adapter, params: &CkksParams, options: PlanOptions) -> Result<Self> {
+        Self::compile_with_layout(adapter, params, options, InputLayout::Replicated)
+    }
+
+    /// [`Plan::compile`] with a client-side input layout (latency mode; batch mode ignores
+    /// it). Like the rest of the plan, the number of copies follows from shapes only, so the
+    /// client encrypts exactly what the server expects.
+    ///
+    /// Errors: as [`Plan::compile`], and `max_copies` that is 0 or not a power of two.
+    pub fn compile_with_layout(
+        adapter: &Adapter,
+        params: &CkksParams,
+        options: PlanOptions,
+        input_layout: InputLayout,
+    ) -> Result<Self> {
+        if let InputLayout::PreRotated { max_copies } = input_layout {
+            if !max_copies.is_power_of_two() {
+                return Err(Error::InvalidValue {
+                    context: "pre-rotated input layout".into(),
+                    reason: format!(
+                        "max_copies = {max_copies} must be a power of two (1, 2, 4, 8, ...)"
+                    ),
+                });
+            }
+        }
         let slots = params.slots();
         let top = params.max_level();
         let n_inputs = adapter.inputs().len();
@@ -313,7 +433,10 @@ impl Plan {
             needs_relin: false,
             report: vec![],
             depth_lower_bound: super::fuse::depth_lower_bound(adapter),
+            input_layout,
+            input_copies: vec![1; n_inputs],
         };
+        plan.choose_input_copies();
         plan.lay_out()?;
         super::fuse::apply_square_scales(
             &mut plan.stages,
@@ -321,6 +444,37 @@ impl Plan {
             plan.params.default_scale(),
         );
         Ok(plan)
+    }
+
+    /// Copies per input for [`InputLayout::PreRotated`]: the largest baby step of the dense
+    /// blocks reading the input (at least `baby_step_for`, raised up to `max_copies`), or 1.
+    fn choose_input_copies(&mut self) {
+        let InputLayout::PreRotated { max_copies } = self.input_layout else {
+            return;
+        };
+        if self.options.mode != Mode::Latency || max_copies <= 1 {
+            return;
+        }
+        let slots = self.params.slots();
+        for k in 0..self.input_copies.len() {
+            let mut g = 1;
+            for st in &self.stages {
+                if let StageOp::Dense { .. } = st.op {
+                    if !st.inputs.contains(&k) {
+                        continue;
+                    }
+                    for o in layout::split(st.out_dim, slots) {
+                        for i in &self.stages[k].segments {
+                            let kk = o.period.min(i.period);
+                            let want =
+                                baby_step_for(kk).max(max_copies.min(kk.next_power_of_two()));
+                            g = g.max(want);
+                        }
+                    }
+                }
+            }
+            self.input_copies[k] = g;
+        }
     }
 
     /// Computes segments, levels, rotations and the report; checks the depth.
@@ -349,6 +503,7 @@ impl Plan {
             let mut rot = 0;
             let mut relin = 0;
             let mut products = 0;
+            let mut ntts = 0;
             let (level, segments, kind) = match &op {
                 StageOp::Input => unreachable_input(),
                 StageOp::Dense { weight, .. } => {
@@ -357,10 +512,25 @@ impl Plan {
                         .flat_map(|&i| self.stages[i].segments.clone())
                         .collect();
                     let out_segs = layout::split(out_dim, slots);
+                    let copies: Vec<usize> = ins
+                        .iter()
+                        .flat_map(|&i| {
+                            let c = self.input_copies.get(i).copied().unwrap_or(1);
+                            vec![c; self.stages[i].segments.len()]
+                        })
+                        .collect();
                     if latency {
-                        let (steps, count) = dense_rotations(&out_segs, &in_segs);
+                        let (steps, count, hoisted, hoistings) =
+                            dense_rotations(&out_segs, &in_segs, &copies);
                         rotations.extend(steps);
                         rot = count;
+                        let full = count - hoisted;
+                        ntts = full * keyswitch_ntts(&self.params, in_level, false)
+                            + hoisted * keyswitch_ntts(&self.params, in_level, true)
+                            + hoistings
+                                * (keyswitch_ntts(&self.params, in_level, false)
+                                    - keyswitch_ntts(&self.params, in_level, true))
+                            + out_segs.len() * rescale_ntts(in_level);
                         products = out_segs
                             .iter()
                             .map(|o| {
@@ -400,6 +570,8 @@ impl Plan {
                     };
                     relin = per_ct * cts;
                     needs_relin |= relin > 0;
+                    ntts = relin * keyswitch_ntts(&self.params, in_level, false)
+                        + (relin + cts) * rescale_ntts(in_level);
                     products = cheb.len() * cts;
                     (
                         need(depth, "activation")?,
@@ -415,6 +587,8 @@ impl Plan {
                     };
                     relin = cts;
                     needs_relin = true;
+                    ntts = cts
+                        * (keyswitch_ntts(&self.params, in_level, false) + rescale_ntts(in_level));
                     (
                         need(1, "activation")?,
                         self.stages[ins[0]].segments.clone(),
@@ -454,6 +628,8 @@ impl Plan {
                 rotations: rot,
                 relinearizations: relin,
                 plain_products: products,
+                key_switches: rot + relin,
+                ntts,
             });
         }
         rotations.remove(&0);
@@ -531,12 +707,25 @@ impl Plan {
             .map(|r| r.rotations + r.relinearizations)
             .sum()
     }
-    /// Number of ciphertexts a query carries (latency: segments of every input; batch: one per
-    /// input feature).
+    /// Client-side input layout the plan was compiled with.
+    pub fn input_layout(&self) -> InputLayout {
+        self.input_layout
+    }
+    /// Copies `rot(x, a)`, `a < copies`, per segment of input `i` in a query (1 unless
+    /// [`InputLayout::PreRotated`]).
+    pub fn input_copies(&self, i: usize) -> usize {
+        self.input_copies.get(i).copied().unwrap_or(1)
+    }
+    /// Total limb NTTs per query (see [`StageReport::ntts`]).
+    pub fn ntts(&self) -> usize {
+        self.report.iter().map(|r| r.ntts).sum()
+    }
+    /// Number of ciphertexts a query carries (latency: segments of every input, times the
+    /// pre-rotated copies; batch: one per input feature).
     pub fn input_ciphertexts(&self) -> usize {
         match self.options.mode {
             Mode::Latency => (0..self.input_dims.len())
-                .map(|i| self.stages[i].segments.len())
+                .map(|i| self.stages[i].segments.len() * self.input_copies(i))
                 .sum(),
             Mode::Batch => self.input_dims.iter().sum(),
         }
@@ -559,6 +748,13 @@ impl Plan {
             u8::from(self.options.mode == Mode::Batch),
             u8::from(self.options.fold_normalization),
         ]);
+        if self.input_copies.iter().any(|&c| c > 1) {
+            // the replicated layout keeps the digest it always had
+            h.update(b"input-copies");
+            for &c in &self.input_copies {
+                h.update((c as u64).to_le_bytes());
+            }
+        }
         for s in &self.stages {
             h.update(s.name.as_bytes());
             h.update((s.out_dim as u64).to_le_bytes());
@@ -574,7 +770,7 @@ impl Plan {
     /// Human-readable summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "plan ({:?}): depth {} (lower bound {}) of {}, {} rotation keys, relinearization {}, {} key switches per query, {} -> {} ciphertexts\n",
+            "plan ({:?}): depth {} (lower bound {}) of {}, {} rotation keys, relinearization {}, {} key switches and {} limb NTTs per query, {} -> {} ciphertexts{}\n",
             self.options.mode,
             self.depth(),
             self.depth_lower_bound,
@@ -582,13 +778,19 @@ impl Plan {
             self.rotations.len(),
             if self.needs_relin { "yes" } else { "no" },
             self.key_switches(),
+            self.ntts(),
             self.input_ciphertexts(),
-            self.output_ciphertexts()
+            self.output_ciphertexts(),
+            if self.input_copies.iter().any(|&c| c > 1) {
+                format!(" (client pre-rotated inputs: {:?} copies)", self.input_copies)
+            } else {
+                String::new()
+            }
         );
         for r in &self.report {
             s.push_str(&format!(
-                "  {:<16} {:<7} dim {:>5}  level {:>2} -> {:>2}  rotations {:>3}  relin {:>3}  products {:>6}\n",
-                r.name, r.kind, r.out_dim, r.level_in, r.level_out, r.rotations, r.relinearizations, r.plain_products
+                "  {:<16} {:<7} dim {:>5}  level {:>2} -> {:>2}  rotations {:>3}  relin {:>3}  key switches {:>3}  NTTs {:>5}  products {:>6}\n",
+                r.name, r.kind, r.out_dim, r.level_in, r.level_out, r.rotations, r.relinearizations, r.key_switches, r.ntts, r.plain_products
             ));
         }
         s

@@ -13,7 +13,7 @@
 //!    `W [x; y] = W_1 x + W_2 y`; an affine stage folds into a dense or affine producer; a
 //!    residual add of dense maps becomes one dense map over the concatenated operands.
 //!    Operands that occur twice are merged (`W_1 x + W_2 x = (W_1 + W_2) x`). A rewrite is
-//!    kept when it lowers the depth without more than doubling the work, or keeps the depth
+//!    kept when it lowers the depth with at most 1.5 times the work, or keeps the depth
 //!    and does not add work (work: key switches in the latency layout, plaintext products in
 //!    the batch layout). LoRA pairs are fused only on these terms, i.e. when the product is
 //!    cheaper than the two factors (e.g. a 10-class head times the up-projection).
@@ -247,11 +247,14 @@ impl Score {
     fn lex(&self) -> (usize, usize, usize, usize) {
         (self.depth, self.work, self.products, self.stages)
     }
-    /// Lower depth at most doubling the work, or the same depth and no more work (and, on
-    /// equal work, fewer products or fewer stages).
+    /// Lower depth at most 1.5 times the work, or the same depth and no more work (and, on
+    /// equal work, fewer products or fewer stages). (A level saved makes each key switch
+    /// cheaper by about one limb in four at these depths, so twice the key switches for one
+    /// level less is slower on the same ring: the LoRA map 768 -> 64 -> 768 fused into one
+    /// 768 x 768 map took 62 key switches against 32 and ran 1.6 times slower.)
     fn better_than(&self, o: &Score) -> bool {
         if self.depth < o.depth {
-            return self.work <= 2 * o.work.max(1);
+            return 2 * self.work <= 3 * o.work.max(1);
         }
         self.depth == o.depth
             && (self.work, self.products, self.stages) < (o.work, o.products, o.stages)

@@ -28,7 +28,7 @@ mod run_ckks;
 mod run_exact;
 pub mod sanitize;
 
-pub use compile::{Mode, Plan, PlanOptions, StageReport};
+pub use compile::{InputLayout, Mode, Plan, PlanOptions, StageReport};
 #[cfg(feature = "exact")]
 pub use exact::{
     argmax_one_hot, argmax_pbs, argmax_reductions, quantize, QuantPublic, QuantizeOptions,

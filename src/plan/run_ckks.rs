@@ -2,9 +2,9 @@
 //! of queries ([`PreparedPlan::evaluate`]). Independent work (output segments, giant steps,
 //! output features in batch mode) runs on rayon's pool.
 
-use super::compile::{Mode, Plan, Stage, StageOp};
+use super::compile::{block_baby, Mode, Plan, Stage, StageOp};
 use super::layout::{self, Segment};
-use crate::ckks::lintrans::{baby_step_for, LinearTransform};
+use crate::ckks::lintrans::LinearTransform;
 use crate::ckks::polyeval::evaluate_chebyshev;
 use crate::ckks::{Ciphertext, Decryptor, Encoder, EncryptionKey, Encryptor, Evaluator, Plaintext};
 use crate::{Error, Result};
@@ -49,6 +49,7 @@ fn dense_block(
     i: &Segment,
     level: usize,
     scale: f64,
+    copies: usize,
 ) -> Result<Block> {
     let slots = encoder.slots();
     let (m, n) = (o.period, i.period);
@@ -70,7 +71,7 @@ fn dense_block(
                 .collect()
         })
         .collect();
-    let transform = LinearTransform::new(encoder, &diags, level, scale, baby_step_for(k))?;
+    let transform = LinearTransform::new(encoder, &diags, level, scale, block_baby(m, n, copies))?;
     let mut row_sum = Vec::new();
     let mut width = m;
     while width < n {
@@ -104,10 +105,15 @@ impl Plan {
                 match &st.op {
                     StageOp::Dense { weight, bias } => {
                         // the weight acts on the concatenation of the operands
-                        let mut in_segs: Vec<Segment> = Vec::new();
+                        let mut in_segs: Vec<(Segment, usize)> = Vec::new();
                         let mut shift = 0;
                         for &i in &st.inputs {
-                            in_segs.extend(layout::shifted(&self.stages[i].segments, shift));
+                            let c = self.input_copies(i);
+                            in_segs.extend(
+                                layout::shifted(&self.stages[i].segments, shift)
+                                    .into_iter()
+                                    .map(|s| (s, c)),
+                            );
                             shift += self.stages[i].out_dim;
                         }
                         let blocks = st
@@ -116,7 +122,9 @@ impl Plan {
                             .map(|o| {
                                 in_segs
                                     .iter()
-                                    .map(|i| dense_block(&encoder, weight, o, i, st.in_level, q_in))
+                                    .map(|(i, c)| {
+                                        dense_block(&encoder, weight, o, i, st.in_level, q_in, *c)
+                                    })
                                     .collect::<Result<Vec<_>>>()
                             })
                             .collect::<Result<Vec<_>>>()?;
@@ -223,7 +231,13 @@ impl Plan {
                 for (k, a) in inputs.iter().enumerate() {
                     let v: Vec<f64> = a.row(0).to_vec();
                     for seg in &self.stages[k].segments {
-                        out.push(encoder.encode(&layout::pack(&v, seg, slots), top, delta)?);
+                        let packed = layout::pack(&v, seg, slots);
+                        for c in 0..self.input_copies(k) {
+                            // rot(x, c): slot i holds x[i + c]
+                            let rotated: Vec<f64> =
+                                (0..slots).map(|i| packed[(i + c) % slots]).collect();
+                            out.push(encoder.encode(&rotated, top, delta)?);
+                        }
                     }
                 }
             }
@@ -380,14 +394,27 @@ impl PreparedPlan {
             }
         }
         let mut values: Vec<Option<Vec<Ciphertext>>> = vec![None; plan.stages.len()];
+        // client-prepared rotations per input segment: rotated[k][segment][a] = rot(x, a)
+        let mut rotated: Vec<Option<Vec<Vec<Ciphertext>>>> = vec![None; plan.input_dims.len()];
         let mut cursor = 0;
         for (k, _) in plan.input_dims.iter().enumerate() {
-            let count = match plan.options.mode {
-                Mode::Latency => plan.stages[k].segments.len(),
-                Mode::Batch => plan.input_dims[k],
-            };
-            values[k] = Some(query[cursor..cursor + count].to_vec());
-            cursor += count;
+            match plan.options.mode {
+                Mode::Latency => {
+                    let copies = plan.input_copies(k);
+                    let segs = plan.stages[k].segments.len();
+                    let cts = &query[cursor..cursor + segs * copies];
+                    values[k] = Some(cts.iter().step_by(copies).cloned().collect());
+                    if copies > 1 {
+                        rotated[k] = Some(cts.chunks(copies).map(<[_]>::to_vec).collect());
+                    }
+                    cursor += segs * copies;
+                }
+                Mode::Batch => {
+                    let count = plan.input_dims[k];
+                    values[k] = Some(query[cursor..cursor + count].to_vec());
+                    cursor += count;
+                }
+            }
         }
         let total = plan.stages.len();
         // Wavefronts: stages whose operands are all computed run together (in parallel when
@@ -417,7 +444,17 @@ impl PreparedPlan {
                     })
                     .collect::<Result<_>>()?;
                 let out = match plan.options.mode {
-                    Mode::Latency => self.stage_latency(ev, idx, st, &inputs)?,
+                    Mode::Latency => {
+                        let copies: Vec<Option<&Vec<Ciphertext>>> = st
+                            .inputs
+                            .iter()
+                            .flat_map(|&i| match rotated.get(i).and_then(Option::as_ref) {
+                                Some(per_seg) => per_seg.iter().map(Some).collect::<Vec<_>>(),
+                                None => vec![None; plan.stages[i].segments.len()],
+                            })
+                            .collect();
+                        self.stage_latency(ev, idx, st, &inputs, &copies)?
+                    }
                     Mode::Batch => stage_batch(ev, st, &inputs)?,
                 };
                 Ok((idx, out))
@@ -451,17 +488,25 @@ impl PreparedPlan {
         idx: usize,
         st: &Stage,
         inputs: &[&Vec<Ciphertext>],
+        copies: &[Option<&Vec<Ciphertext>>],
     ) -> Result<Vec<Ciphertext>> {
         let flat: Vec<Ciphertext> = inputs.iter().flat_map(|v| v.iter().cloned()).collect();
         let aligned = align(ev, &flat, st.in_level)?;
+        let copies: Vec<Option<Vec<Ciphertext>>> = copies
+            .iter()
+            .map(|c| c.map(|c| align(ev, c, st.in_level)).transpose())
+            .collect::<Result<_>>()?;
         match (&st.op, &self.prepared[idx]) {
             (StageOp::Dense { .. }, Prepared::DenseLatency { blocks, bias }) => blocks
                 .par_iter()
                 .zip(bias.par_iter())
                 .map(|(row, b)| {
                     let mut acc: Option<Ciphertext> = None;
-                    for (block, x) in row.iter().zip(&aligned) {
-                        let mut z = block.transform.apply(ev, x)?;
+                    for ((block, x), pre) in row.iter().zip(&aligned).zip(&copies) {
+                        let mut z = match pre {
+                            Some(pre) => block.transform.apply_rotated(ev, pre)?,
+                            None => block.transform.apply(ev, x)?,
+                        };
                         for &s in &block.row_sum {
                             let r = ev.rotate(&z, s)?;
                             ev.add_assign(&mut z, &r)?;
