@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use hepeft::ckks::{CkksParams, Encoder, EncryptionKey, Evaluator, KeyGenerator};
-use hepeft::model::{zoo, Activation, ActivationFn, AdapterBuilder, Op};
+use hepeft::model::{zoo, ActivationFn, AdapterBuilder, Op};
 use hepeft::plan::{InputLayout, Plan, PlanOptions};
 use ndarray::ArrayView2;
 use rand::{Rng, SeedableRng};
@@ -18,43 +18,13 @@ fn square_mlp(rng: &mut ChaCha20Rng) -> hepeft::Result<hepeft::model::Adapter> {
     square_mlp_sized(rng, 768, 64, 100)
 }
 
-/// `d -> hidden -> (0.5 t + 0.25 t^2) -> classes`: head (a) is 768/64/100, head (b) 384/8/10.
 fn square_mlp_sized(
     rng: &mut ChaCha20Rng,
     d: usize,
     hidden: usize,
     classes: usize,
 ) -> hepeft::Result<hepeft::model::Adapter> {
-    let mut m = |r: usize, c: usize| {
-        ndarray::Array2::from_shape_simple_fn((r, c), || {
-            rng.random_range(-1.0..1.0) / (c as f64).sqrt()
-        })
-    };
-    let (w1, w2) = (m(hidden, d), m(classes, hidden));
-    let mut b = AdapterBuilder::new();
-    let x = b.input("x", d)?;
-    let h = b.node(
-        "down",
-        Op::Linear {
-            weight: w1,
-            bias: None,
-        },
-        &[x],
-    )?;
-    let a = b.node(
-        "act",
-        Op::Poly(Activation::from_power_coeffs(&[0.0, 0.5, 0.25], -4.0, 4.0)?),
-        &[h],
-    )?;
-    b.node(
-        "head",
-        Op::Linear {
-            weight: w2,
-            bias: None,
-        },
-        &[a],
-    )?;
-    b.build()
+    zoo::square_mlp(rng, d, hidden, classes)
 }
 
 fn bench_heads(c: &mut Criterion) {

@@ -7,48 +7,20 @@
 mod common;
 use common::*;
 use hepeft::ckks::*;
-use hepeft::model::{reference, zoo, Activation, Adapter, AdapterBuilder, Op};
+use hepeft::model::{reference, zoo, Adapter};
 use hepeft::plan::{InputLayout, Mode, Plan, PlanOptions};
-use ndarray::{Array2, ArrayView1};
-use rand::{Rng, SeedableRng};
+use ndarray::ArrayView1;
+use rand::SeedableRng;
 use std::sync::Arc;
 
-/// `d -> hidden -> (0.5 t + 0.25 t^2) -> classes`, the shape of the issue-13 heads.
 fn square_mlp(seed: u64, d: usize, hidden: usize, classes: usize) -> Adapter {
-    let mut r = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    let mut m = |rows: usize, c: usize| {
-        Array2::from_shape_simple_fn((rows, c), || r.random_range(-1.0..1.0) / (c as f64).sqrt())
-    };
-    let (w1, w2) = (m(hidden, d), m(classes, hidden));
-    let mut b = AdapterBuilder::new();
-    let x = b.input("x", d).unwrap();
-    let h = b
-        .node(
-            "down",
-            Op::Linear {
-                weight: w1,
-                bias: None,
-            },
-            &[x],
-        )
-        .unwrap();
-    let a = b
-        .node(
-            "act",
-            Op::Poly(Activation::from_power_coeffs(&[0.0, 0.5, 0.25], -4.0, 4.0).unwrap()),
-            &[h],
-        )
-        .unwrap();
-    b.node(
-        "head",
-        Op::Linear {
-            weight: w2,
-            bias: None,
-        },
-        &[a],
+    zoo::square_mlp(
+        &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed),
+        d,
+        hidden,
+        classes,
     )
-    .unwrap();
-    b.build().unwrap()
+    .unwrap()
 }
 
 /// Encrypts one random sample in `layout`, evaluates, decrypts; returns the plan and the bits

@@ -9,50 +9,15 @@
 mod common;
 use common::*;
 use hepeft::ckks::*;
-use hepeft::model::{reference, zoo, Activation, Adapter, AdapterBuilder, Op};
+use hepeft::model::{reference, zoo, Adapter};
 use hepeft::plan::{Mode, PlanOptions};
 use hepeft::select::{batch_request, select, SelectRequest};
-use ndarray::{Array2, ArrayView2};
-use rand::{Rng, SeedableRng};
+use ndarray::ArrayView2;
+use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-/// `d -> hidden -> (0.5 t + 0.25 t^2) on [-4, 4] -> classes`, weights uniform in
-/// `±1/sqrt(fan_in)`, no bias: the benchmark heads.
 fn square_mlp(seed: u64, d: usize, hidden: usize, classes: usize) -> Adapter {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut m = |r: usize, c: usize| {
-        Array2::from_shape_simple_fn((r, c), || rng.random_range(-1.0..1.0) / (c as f64).sqrt())
-    };
-    let (w1, w2) = (m(hidden, d), m(classes, hidden));
-    let mut b = AdapterBuilder::new();
-    let x = b.input("x", d).unwrap();
-    let h = b
-        .node(
-            "down",
-            Op::Linear {
-                weight: w1,
-                bias: None,
-            },
-            &[x],
-        )
-        .unwrap();
-    let a = b
-        .node(
-            "act",
-            Op::Poly(Activation::from_power_coeffs(&[0.0, 0.5, 0.25], -4.0, 4.0).unwrap()),
-            &[h],
-        )
-        .unwrap();
-    b.node(
-        "head",
-        Op::Linear {
-            weight: w2,
-            bias: None,
-        },
-        &[a],
-    )
-    .unwrap();
-    b.build().unwrap()
+    zoo::square_mlp(&mut ChaCha20Rng::seed_from_u64(seed), d, hidden, classes).unwrap()
 }
 
 /// Selects for `adapter` (no flooding, 16 bits), runs `samples` random inputs encrypted and

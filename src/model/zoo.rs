@@ -153,6 +153,48 @@ pub fn bottleneck(
     b.build()
 }
 
+/// The benchmark heads of issue 13: `d -> hidden -> (0.5 t + 0.25 t^2) -> classes`, no
+/// biases, weights uniform in `[-1, 1) / sqrt(fan_in)`; head (a) is 768/64/100, head (b)
+/// 384/8/10. Nodes: `down`, `act` (on `[-4, 4]`), `head`.
+///
+/// # Errors
+/// [`Error::Model`] if a size is 0.
+pub fn square_mlp(rng: &mut impl Rng, d: usize, hidden: usize, classes: usize) -> Result<Adapter> {
+    positive("d", d)?;
+    positive("hidden", hidden)?;
+    positive("classes", classes)?;
+    let mut m = |rows: usize, cols: usize| {
+        Array2::from_shape_simple_fn((rows, cols), || {
+            rng.random_range(-1.0..1.0) / (cols as f64).sqrt()
+        })
+    };
+    let (w1, w2) = (m(hidden, d), m(classes, hidden));
+    let mut b = AdapterBuilder::new();
+    let x = b.input("x", d)?;
+    let h = b.node(
+        "down",
+        Op::Linear {
+            weight: w1,
+            bias: None,
+        },
+        &[x],
+    )?;
+    let a = b.node(
+        "act",
+        Op::Poly(Activation::from_power_coeffs(&[0.0, 0.5, 0.25], -4.0, 4.0)?),
+        &[h],
+    )?;
+    b.node(
+        "head",
+        Op::Linear {
+            weight: w2,
+            bias: None,
+        },
+        &[a],
+    )?;
+    b.build()
+}
+
 /// A head on two backbone taps: inputs `tap0[d1]` and `tap1[d2]`, `z = concat(tap0, tap1)`,
 /// `logits = W z + b + s * B (A z)` with `W: classes x (d1+d2)`, `A: r x (d1+d2)`,
 /// `B: classes x r`. Nodes: `concat`, `head`, `lora`, `logits`.
