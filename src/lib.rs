@@ -2,14 +2,24 @@
 //!
 //! Private inference of parameter-efficient fine-tuned adapters under RNS-CKKS.
 //!
-//! Layers point one way only:
+//! Layers point one way only (a module names only modules to its left or above it):
 //!
 //! ```text
-//! math  ->  ckks | exact  ->  model  ->  plan  ->  select  ->  session  ->  cli | serve
+//! math  ->  ckks | exact        model        io (envelopes, binding, bounded readers)
+//!               \               |           /
+//!                +---------->  plan  <-----+      (compile, fuse, layouts, run, sanitize)
+//!                               |
+//!                             select                (parameters from depth and precision)
+//!                               |
+//!                  session (binding checks)   tune (private tuning: server, client, twin)
+//!                               |
+//!                          cli | serve              (thin front ends)
 //! ```
 //!
 //! `exact` (feature `exact`, on by default) is the TFHE backend: quantized heads evaluated
-//! bit-exactly with tfhe-rs (see `docs/exact.md`).
+//! bit-exactly with tfhe-rs (see `docs/exact.md`). `session` holds, once, every check that
+//! ties keys, queries, results and plans together (the CLI and the service call it);
+//! `tune` runs private tuning over the batch layout (`docs/tuning.md`).
 
 pub mod ckks;
 pub mod error;
