@@ -8,17 +8,10 @@ use hepeft::ckks::*;
 use hepeft::io::format::{write_envelope_flagged, FileKind, PayloadReader, FLAG_BOUND};
 use hepeft::io::Binding;
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
 
-fn params() -> Option<&'static CkksParams> {
-    static P: OnceLock<Option<CkksParams>> = OnceLock::new();
-    P.get_or_init(|| {
-        let lit = CkksParamsLiteral::new(10, vec![50, 40, 40], vec![50], 40)
-            .with_security(Security::Unchecked);
-        CkksParams::from_literal(lit).ok()
-    })
-    .as_ref()
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::test_params as params;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Binding::read(&mut PayloadReader::new(data, "binding"));

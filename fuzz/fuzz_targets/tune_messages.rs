@@ -4,20 +4,12 @@
 //! put behind a well-formed results header so that damage reaches the ciphertext-bundle
 //! reader behind it.
 #![no_main]
-use hepeft::ckks::*;
 use hepeft::tune::{StepReply, StepResults};
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
 
-fn params() -> Option<&'static CkksParams> {
-    static P: OnceLock<Option<CkksParams>> = OnceLock::new();
-    P.get_or_init(|| {
-        let lit = CkksParamsLiteral::new(10, vec![50, 40, 40], vec![50], 40)
-            .with_security(Security::Unchecked);
-        CkksParams::from_literal(lit).ok()
-    })
-    .as_ref()
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::test_params as params;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = StepReply::from_bytes(data) {
