@@ -14,105 +14,9 @@ use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-fn hepeft(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_hepeft"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "hepeft {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// `params select -> keygen -> encrypt -> evaluate -> decrypt` with `--backend exact` on files in
-/// `d`; returns the select report and the decrypted outputs.
-fn exact_pipeline(
-    d: &Path,
-    card: &Path,
-    calib_path: &Path,
-    feats_path: &Path,
-    select_extra: &[&str],
-) -> (String, Array2<f64>) {
-    let quant = d.join("quant.json");
-    let mut select = vec![
-        "params",
-        "select",
-        "--backend",
-        "exact",
-        "--model",
-        p(card),
-        "--calib",
-        p(calib_path),
-        "--out",
-        p(&quant),
-    ];
-    select.extend_from_slice(select_extra);
-    let report = hepeft(&select);
-    let keys = d.join("keys");
-    hepeft(&[
-        "keygen",
-        "--backend",
-        "exact",
-        "--model",
-        p(&quant),
-        "--out",
-        p(&keys),
-    ]);
-    let q = d.join("q.ct");
-    hepeft(&[
-        "encrypt",
-        "--backend",
-        "exact",
-        "--keys",
-        p(&keys),
-        "--model",
-        p(&quant),
-        "--input",
-        p(feats_path),
-        "--out",
-        p(&q),
-    ]);
-    let r = d.join("r.ct");
-    hepeft(&[
-        "evaluate",
-        "--backend",
-        "exact",
-        "--model",
-        p(card),
-        "--calib",
-        p(calib_path),
-        "--quant",
-        p(&quant),
-        "--eval-keys",
-        p(&keys.join("eval.keys")),
-        "--input",
-        p(&q),
-        "--out",
-        p(&r),
-    ]);
-    let logits = d.join("logits.npy");
-    hepeft(&[
-        "decrypt",
-        "--backend",
-        "exact",
-        "--keys",
-        p(&keys),
-        "--model",
-        p(&quant),
-        "--input",
-        p(&r),
-        "--out",
-        p(&logits),
-    ]);
-    (report, load_features_npy(&logits).unwrap())
-}
+#[path = "common/exact_cli.rs"]
+mod exact_cli_common;
+use exact_cli_common::{exact_pipeline, p};
 
 #[test]
 fn exact_pipeline_on_files() {
@@ -156,7 +60,13 @@ fn exact_pipeline_on_files() {
     save_features_npy(&calib_path, calib.view()).unwrap();
     save_features_npy(&feats_path, feats.view()).unwrap();
 
-    let (report, got) = exact_pipeline(d, &card, &calib_path, &feats_path, &["--stages", "1"]);
+    let (report, got) = exact_pipeline(
+        d,
+        &card,
+        &calib_path,
+        std::slice::from_ref(&feats_path),
+        &["--stages", "1"],
+    );
     assert!(report.contains("predicted PBS per sample: 15"), "{report}");
     let quant = d.join("quant.json");
     let keys = d.join("keys");
@@ -211,7 +121,7 @@ fn exact_probe_without_bootstrapping_runs_end_to_end() {
     let (calib_path, feats_path) = (d.join("calib.npy"), d.join("x.npy"));
     save_features_npy(&calib_path, calib.view()).unwrap();
     save_features_npy(&feats_path, feats.view()).unwrap();
-    let (report, got) = exact_pipeline(d, &card, &calib_path, &feats_path, &[]);
+    let (report, got) = exact_pipeline(d, &card, &calib_path, &[feats_path], &[]);
     assert!(report.contains("predicted PBS per sample: 0"), "{report}");
     assert!(report.contains("per PBS (no bootstrapping)"), "{report}");
     let public: QuantPublic =

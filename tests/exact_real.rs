@@ -8,13 +8,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use hepeft::exact::ExactParams;
 use hepeft::model::load::{load_card, load_features_npy, save_features_npy};
 use hepeft::model::{evaluate_exact_fn_batch, reference};
 use hepeft::plan::{quantize, QuantizeOptions};
 use ndarray::{Array2, Axis};
+
+#[path = "common/exact_cli.rs"]
+mod exact_cli_common;
+use exact_cli_common::exact_pipeline;
 
 fn rows(a: &Array2<f64>, r: std::ops::Range<usize>) -> Array2<f64> {
     a.select(Axis(0), &r.collect::<Vec<_>>())
@@ -29,29 +32,6 @@ fn asset(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hepeft"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn hepeft(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "hepeft {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// Runs `task/adapter` (reading `features`) through the CLI; returns the argmax agreement of
-/// the integer twin with f64 over all held-out samples.
 /// The held-out features of `task`'s `inputs`, concatenated in that order.
 fn features(task: &str, inputs: &[&str]) -> Array2<f64> {
     let parts: Vec<Array2<f64>> = inputs
@@ -62,6 +42,8 @@ fn features(task: &str, inputs: &[&str]) -> Array2<f64> {
     ndarray::concatenate(Axis(1), &views).unwrap()
 }
 
+/// Runs `task/adapter` (reading `inputs`) through the CLI; returns the argmax agreement of
+/// the integer twin with f64 over all held-out samples.
 fn pipeline(task: &str, adapter: &str, inputs: &[&str], encrypted: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -84,77 +66,8 @@ fn pipeline(task: &str, adapter: &str, inputs: &[&str], encrypted: usize) -> f64
         x_paths.push(path);
         col += w;
     }
-    let quant = d.join("quant.json");
-    let keys = d.join("keys");
-    let (q, r, out) = (d.join("q.ct"), d.join("r.ct"), d.join("out.npy"));
-    let report = hepeft(&[
-        "params",
-        "select",
-        "--backend",
-        "exact",
-        "--model",
-        p(&card),
-        "--calib",
-        p(&calib_path),
-        "--out",
-        p(&quant),
-    ]);
+    let (report, got) = exact_pipeline(d, &card, &calib_path, &x_paths, &[]);
     assert!(report.contains("predicted PBS per sample"), "{report}");
-    hepeft(&[
-        "keygen",
-        "--backend",
-        "exact",
-        "--model",
-        p(&quant),
-        "--out",
-        p(&keys),
-    ]);
-    let mut encrypt = vec![
-        "encrypt",
-        "--backend",
-        "exact",
-        "--keys",
-        p(&keys),
-        "--model",
-        p(&quant),
-        "--out",
-        p(&q),
-    ];
-    for x_path in &x_paths {
-        encrypt.extend(["--input", p(x_path)]);
-    }
-    hepeft(&encrypt);
-    hepeft(&[
-        "evaluate",
-        "--backend",
-        "exact",
-        "--model",
-        p(&card),
-        "--calib",
-        p(&calib_path),
-        "--quant",
-        p(&quant),
-        "--eval-keys",
-        p(&keys.join("eval.keys")),
-        "--input",
-        p(&q),
-        "--out",
-        p(&r),
-    ]);
-    hepeft(&[
-        "decrypt",
-        "--backend",
-        "exact",
-        "--keys",
-        p(&keys),
-        "--model",
-        p(&quant),
-        "--input",
-        p(&r),
-        "--out",
-        p(&out),
-    ]);
-    let got = load_features_npy(&out).unwrap();
 
     // the integer twin, quantized the same way the CLI does
     let a = load_card(&card).unwrap();
