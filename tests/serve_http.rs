@@ -236,6 +236,12 @@ fn bad_requests_get_clear_4xx() {
     assert!(msg.contains("malformed"), "{msg}");
     let (st, msg, _) = post(&format!("{url}/v1/keys"), b"");
     assert_eq!(st, 400, "{msg}");
+    // A large junk body is refused from its first bytes; the client, still writing, must
+    // see the 400 and not a reset (the server drains before it closes).
+    for _ in 0..3 {
+        let (st, msg, _) = post(&format!("{url}/v1/keys"), &vec![0x5a; 16 << 20]);
+        assert_eq!(st, 400, "{msg}");
+    }
 
     // A secret key is refused as such (issue 8).
     let (st, msg, _) = post(

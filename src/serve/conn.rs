@@ -1,5 +1,5 @@
 //! The accept loop: a connection limit, a header-read timeout (hyper), an idle timeout on
-//! the socket, and a shutdown bounded by a grace period.
+//! the socket, a bounded lingering close, and a shutdown bounded by a grace period.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,20 +23,48 @@ use crate::{Error, Result};
 /// A socket that fails with `TimedOut` once no byte has moved for `idle` while no request
 /// is in flight on it (`busy == 0`): an evaluation that takes longer than `idle` is not
 /// cut off, an idle keep-alive or a stalled client is.
+///
+/// Closing is a *lingering close*: the write half is shut first, then whatever the peer
+/// still sends is read and discarded until it closes, for at most [`LINGER_TIME`] and
+/// `linger_bytes` bytes. A request refused before its body was read (401, 413, a malformed
+/// envelope) would otherwise be closed with unread bytes in the kernel buffer, which makes
+/// the kernel answer with a reset: a client still writing its body then sees "broken pipe"
+/// or "connection reset" instead of the error the server sent.
 struct IdleStream<S> {
     inner: S,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     busy: Arc<AtomicUsize>,
+    linger: Linger,
+}
+
+/// How long a closing connection keeps draining what its peer still sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// The state of a lingering close.
+enum Linger {
+    /// Not closing yet; the byte budget for draining.
+    Open {
+        budget: u64,
+    },
+    /// Write half shut; draining until EOF, the deadline or the budget.
+    Draining {
+        until: Pin<Box<Sleep>>,
+        left: u64,
+    },
+    Done,
 }
 
 impl<S> IdleStream<S> {
-    fn new(inner: S, idle: Duration, busy: Arc<AtomicUsize>) -> Self {
+    fn new(inner: S, idle: Duration, busy: Arc<AtomicUsize>, linger_bytes: u64) -> Self {
         IdleStream {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             busy,
+            linger: Linger::Open {
+                budget: linger_bytes,
+            },
         }
     }
 
@@ -84,7 +112,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -108,8 +136,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// Shuts the write half, then drains the peer (see [`IdleStream`]); never fails once
+    /// the write half is shut, since the response has been sent by then.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        loop {
+            match &mut this.linger {
+                Linger::Open { budget } => {
+                    let left = *budget;
+                    std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    let until = Box::pin(tokio::time::sleep(LINGER_TIME.min(this.idle)));
+                    this.linger = Linger::Draining { until, left };
+                }
+                Linger::Draining { until, left } => {
+                    if until.as_mut().poll(cx).is_ready() || *left == 0 {
+                        this.linger = Linger::Done;
+                        continue;
+                    }
+                    let mut scratch = [0u8; 16 << 10];
+                    let mut buf = ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                            *left = left.saturating_sub(buf.filled().len() as u64);
+                        }
+                        // EOF or an error: the peer is gone.
+                        Poll::Ready(_) => this.linger = Linger::Done,
+                    }
+                }
+                Linger::Done => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
@@ -158,7 +215,13 @@ pub(crate) async fn serve(
             continue;
         };
         let busy = Arc::new(AtomicUsize::new(0));
-        let io = TokioIo::new(IdleStream::new(stream, cfg.idle_timeout, busy.clone()));
+        let linger_bytes = cfg.max_body_bytes as u64 + (64 << 10);
+        let io = TokioIo::new(IdleStream::new(
+            stream,
+            cfg.idle_timeout,
+            busy.clone(),
+            linger_bytes,
+        ));
         let app = router.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
