@@ -17,9 +17,10 @@ pub enum Error {
     /// A parameter set is larger than the HomomorphicEncryption.org bound for the requested
     /// security level.
     #[error(
-        "insecure parameters: log2(QP) = {log_qp:.1} exceeds the {security_bits}-bit bound of {max_log_qp} \
+        "insecure parameters: log2(QP) = {} exceeds the {security_bits}-bit bound of {max_log_qp} \
          for N = 2^{log_n} (HomomorphicEncryption.org table, ternary secret); \
-         use Security::Unchecked only if you know why"
+         use Security::Unchecked only if you know why",
+        exceeding(*log_qp, *max_log_qp)
     )]
     InsecureParameters {
         log_n: u32,
@@ -161,4 +162,16 @@ impl From<std::io::Error> for Error {
     fn from(source: std::io::Error) -> Self {
         Error::Io { path: None, source }
     }
+}
+
+/// `value` printed with as many decimals (1 to 6) as it takes to show that it exceeds
+/// `bound` (a log2(QP) of 218.0004 prints as 218.0004, not as 218.0 against a bound of 218).
+fn exceeding(value: f64, bound: u32) -> String {
+    for d in 1..=6 {
+        let s = format!("{value:.d$}");
+        if s.parse::<f64>().is_ok_and(|v| v > bound as f64) {
+            return s;
+        }
+    }
+    format!("{value:.6}")
 }

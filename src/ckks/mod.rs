@@ -27,7 +27,9 @@ pub use eval::{Evaluator, HoistedCiphertext};
 pub use keygen::{galois_element_for_conjugation, galois_element_for_rotation, KeyGenerator};
 pub use keys::{EvaluationKeys, GaloisKey, PublicKey, RelinKey, SecretKey, SwitchingKey};
 pub use lintrans::LinearTransform;
-pub use params::{CkksParams, CkksParamsLiteral, SecretDistribution, PRESETS};
+pub use params::{
+    CkksParams, CkksParamsLiteral, SecretDistribution, OUTPUT_HEADROOM_BITS, PRESETS,
+};
 pub use precision::PrecisionStats;
 pub use security::Security;
 pub use serialize::{

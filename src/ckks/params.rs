@@ -324,6 +324,24 @@ impl CkksParams {
     pub fn default_scale(&self) -> f64 {
         (self.inner.literal.log_scale as f64).exp2()
     }
+    /// The lowest level a result is dropped to before it leaves the server: the lowest `l`
+    /// whose modulus `q_0 ... q_l` exceeds the scale by [`OUTPUT_HEADROOM_BITS`] (counted on
+    /// the listed prime sizes), or 0 when none does. It is 0 for every chain whose first
+    /// prime has that headroom (all presets); chains at scales near 2^60, whose first prime
+    /// cannot exceed 2^61, keep one more prime reserved for the output (what
+    /// [`crate::select`] builds for noise flooding). Costs nothing; depends on the sizes only.
+    pub fn output_floor_level(&self) -> usize {
+        let lit = &self.inner.literal;
+        let need = lit.log_scale as u64 + OUTPUT_HEADROOM_BITS as u64;
+        let mut acc = 0u64;
+        for (l, &b) in lit.log_q.iter().enumerate() {
+            acc += b as u64;
+            if acc >= need {
+                return l;
+            }
+        }
+        0
+    }
     /// Ciphertext primes q_0..q_L.
     pub fn q(&self) -> &[u64] {
         &self.inner.q
@@ -460,6 +478,11 @@ impl CkksParams {
         )
     }
 }
+
+/// Bits by which the output modulus must exceed the scale (see
+/// [`CkksParams::output_floor_level`]): outputs up to `2^(OUTPUT_HEADROOM_BITS - 1)` in
+/// message units, less the margins of [`crate::plan`]'s range check.
+pub const OUTPUT_HEADROOM_BITS: u32 = 10;
 
 /// The presets shipped in `params/`, by name (each file documents N, log QP, depth, scale and
 /// security in its header).

@@ -193,8 +193,13 @@ impl Plan {
                     "its inputs".to_string(),
                 ),
             };
-            // The output level's modulus; the final stage is dropped to level 0.
-            let level = if si == last { 0 } else { st.level };
+            // The output level's modulus; the final stage is dropped to the output floor
+            // (level 0, or 1 on chains with a prime reserved for the output).
+            let level = if si == last {
+                params.output_floor_level().min(st.level)
+            } else {
+                st.level
+            };
             let cap_bits =
                 log_big_q.get(level).copied().unwrap_or(0.0) - 1.0 - log_delta - NOISE_MARGIN_BITS;
             let bound_bits = if bound > 0.0 {

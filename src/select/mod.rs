@@ -148,6 +148,7 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             }
         }
         let extra = ((log_n as f64 - 12.0) / 2.0).ceil() as u32;
+        // With flooding, the scale is raised below until the precision survives it.
         let mut log_scale = req.precision_bits + 16 + extra; // one bit of margin over the model
                                                              // The output mask (latency mode, with flooding) takes one more level.
         let levels =
@@ -157,7 +158,7 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
         let mut attempt = 0;
         let found = loop {
             attempt += 1;
-            if log_scale > 50 {
+            if log_scale > MAX_LOG_SCALE {
                 break Err(log_scale);
             }
             let ls = log_scale.max(25);
@@ -184,15 +185,17 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             Err(needed) => {
                 let Some(f) = &req.flooding else {
                     return Err(Error::params(format!(
-                        "{} bits of precision would need a scale of 2^{needed}; at most 2^50 is supported (about {} bits)",
+                        "{} bits of precision would need a scale of 2^{needed}; at most 2^{MAX_LOG_SCALE} is supported (about {} bits)",
                         req.precision_bits,
-                        predicted_precision_bits(50, log_n).floor()
+                        predicted_precision_bits(MAX_LOG_SCALE, log_n).floor()
                     )));
                 };
                 refused.push(format!(
                     "N = 2^{log_n}: {} bits after {}-bit noise flooding would need a scale of 2^{needed}; \
-                     at most 2^50 is supported",
-                    req.precision_bits, f.statistical_security
+                     at most 2^{MAX_LOG_SCALE} is supported{}",
+                    req.precision_bits,
+                    f.statistical_security,
+                    flooding_hint(req, log_n)
                 ));
                 continue;
             }
@@ -222,6 +225,58 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
     )))
 }
 
+/// Largest scale the selector uses, log2: scale primes sit near `2^60`, the largest size the
+/// NTT takes ([`crate::math::modulus::MAX_MODULUS_BITS`] is 61).
+pub const MAX_LOG_SCALE: u32 = 60;
+
+/// Bit sizes of the ciphertext chain for `levels` levels at scale `2^log_scale`, and the
+/// size of `q_0`: `q_0 = log_scale + 10` bits (outputs up to `2^9`) while that fits 61 bits;
+/// above (scales beyond 2^51, which noise flooding needs) `q_0` is 61 bits and a 30-bit
+/// prime is reserved for the output, so that results leave at level 1 with
+/// `q_0 q_1 >= 2^(log_scale + 10)` (see [`CkksParams::output_floor_level`]). The reserved
+/// prime costs 30 bits of the modulus budget and doubles the downloaded limbs (two instead
+/// of one).
+pub fn chain(log_scale: u32, levels: usize) -> (Vec<u32>, u32) {
+    let headroom = crate::ckks::OUTPUT_HEADROOM_BITS;
+    let max = crate::math::modulus::MAX_MODULUS_BITS;
+    if log_scale + headroom <= max {
+        let q0 = log_scale + headroom;
+        ([vec![q0], vec![log_scale; levels]].concat(), q0)
+    } else {
+        (
+            [vec![max, RESERVED_OUTPUT_BITS], vec![log_scale; levels]].concat(),
+            max,
+        )
+    }
+}
+
+/// Size of the prime reserved for the output on chains whose scale leaves `q_0` too little
+/// headroom ([`chain`]).
+pub const RESERVED_OUTPUT_BITS: u32 = 30;
+
+/// What to try when flooding at the requested settings refuses at `2^log_n`.
+fn flooding_hint(req: &SelectRequest, log_n: u32) -> String {
+    let Some(f) = &req.flooding else {
+        return String::new();
+    };
+    // Bits the precision model gives at the largest scale, against what flooding costs.
+    let best = predicted_precision_bits(MAX_LOG_SCALE, log_n) - EPS_MARGIN;
+    let short = req.precision_bits as f64 + (f.statistical_security as f64 / 2.0) + 1.0 - best;
+    let _ = short;
+    if req.options.mode == Mode::Batch {
+        format!(
+            " (batch layout: every slot of every result ciphertext carries the error, so flooding \
+             costs (log2 N - 1)/2 = {:.1} bits more than a latency query; use --mode latency, \
+             fewer --precision bits, or --no-flooding)",
+            (log_n as f64 - 1.0) / 2.0
+        )
+    } else {
+        " (use fewer --precision bits, or --no-flooding)".to_string()
+    }
+}
+
+const EPS_MARGIN: f64 = crate::plan::sanitize::EPS_MARGIN_BITS;
+
 enum Candidate {
     Ok(CkksParams, Plan),
     Refused(String),
@@ -237,9 +292,9 @@ fn candidate(
     levels: usize,
     bound: u32,
 ) -> Result<Candidate> {
-    let q0 = (log_scale + 10).min(60);
+    let (log_q, q0) = chain(log_scale, levels);
     let bits_special = q0.max(log_scale);
-    let base = q0 + levels as u32 * log_scale;
+    let base: u32 = log_q.iter().sum();
     // most special primes that fit: fewer digits, faster key switching; the security check
     // of `CkksParams::from_literal` (on the actual primes) has the last word
     let mut last_err = None;
@@ -247,13 +302,8 @@ fn candidate(
         if base + k as u32 * bits_special > bound {
             continue;
         }
-        let lit = CkksParamsLiteral::new(
-            log_n,
-            [vec![q0], vec![log_scale; levels]].concat(),
-            vec![bits_special; k],
-            log_scale,
-        )
-        .with_security(req.security);
+        let lit = CkksParamsLiteral::new(log_n, log_q.clone(), vec![bits_special; k], log_scale)
+            .with_security(req.security);
         match CkksParams::from_literal(lit) {
             Ok(params) => {
                 let plan = Plan::compile(adapter, &params, req.options)?;
@@ -265,7 +315,7 @@ fn candidate(
     Ok(Candidate::Refused(match last_err {
         Some(e) => format!("N = 2^{log_n}: {e}"),
         None => format!(
-            "N = 2^{log_n}: depth {levels} at scale 2^{log_scale} needs log2(QP) >= {} (q0 {q0} + {levels} x {log_scale} + one {bits_special}-bit special prime), above the bound of {bound}",
+            "N = 2^{log_n}: depth {levels} at scale 2^{log_scale} needs log2(QP) >= {} (q {log_q:?} + one {bits_special}-bit special prime), above the bound of {bound}",
             base + bits_special
         ),
     }))

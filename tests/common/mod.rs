@@ -87,6 +87,18 @@ pub fn run_plan_encrypted(
     inputs: &[ndarray::Array2<f64>],
     seed: u64,
 ) -> ndarray::Array2<f64> {
+    run_plan_sanitized(plan, inputs, seed, None)
+}
+
+/// [`run_plan_encrypted`], with every result passed through [`hepeft::plan::Plan::sanitize`]
+/// under `sanitize` (mask, drop to the output floor, re-randomize, flood) when given.
+#[allow(dead_code)]
+pub fn run_plan_sanitized(
+    plan: &hepeft::plan::Plan,
+    inputs: &[ndarray::Array2<f64>],
+    seed: u64,
+    sanitize: Option<&hepeft::plan::SanitizeConfig>,
+) -> ndarray::Array2<f64> {
     use hepeft::plan::Mode;
     use ndarray::{ArrayView2, Axis};
     let p = plan.params();
@@ -114,7 +126,13 @@ pub fn run_plan_encrypted(
                 let q = plan
                     .encrypt_query(&f.encoder, pk, &one, &mut rng(seed + 10 + s as u64))
                     .unwrap();
-                let out = prepared.evaluate(&ev, &q).unwrap();
+                let mut out = prepared.evaluate(&ev, &q).unwrap();
+                if let Some(cfg) = sanitize {
+                    out = plan
+                        .sanitize(&ev, out, &f.pk, cfg, &mut rng(seed + 5000 + s as u64))
+                        .unwrap()
+                        .0;
+                }
                 let row = plan.decrypt_result(&f.encoder, &dec, &out, 1).unwrap();
                 got.row_mut(s).assign(&row.row(0));
             }
@@ -125,7 +143,13 @@ pub fn run_plan_encrypted(
             let q = plan
                 .encrypt_query(&f.encoder, pk, &views, &mut rng(seed + 10))
                 .unwrap();
-            let out = prepared.evaluate(&ev, &q).unwrap();
+            let mut out = prepared.evaluate(&ev, &q).unwrap();
+            if let Some(cfg) = sanitize {
+                out = plan
+                    .sanitize(&ev, out, &f.pk, cfg, &mut rng(seed + 4999))
+                    .unwrap()
+                    .0;
+            }
             plan.decrypt_result(&f.encoder, &dec, &out, samples)
                 .unwrap()
         }
