@@ -496,6 +496,12 @@ pub struct DemoArgs {
     /// queried, see docs/exact.md).
     #[arg(long, value_enum, default_value_t = Backend::Ckks)]
     pub backend: Backend,
+    /// Run without noise flooding, on the adapter's preset (the client's decryption error
+    /// then depends on the weights). Latency mode floods at 40 bits by default, with
+    /// parameters from `params select`; batch mode cannot carry flooding and always runs
+    /// without it.
+    #[arg(long)]
+    pub no_flooding: bool,
 }
 
 /// The embedded demo adapters.

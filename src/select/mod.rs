@@ -256,13 +256,9 @@ pub const RESERVED_OUTPUT_BITS: u32 = 30;
 
 /// What to try when flooding at the requested settings refuses at `2^log_n`.
 fn flooding_hint(req: &SelectRequest, log_n: u32) -> String {
-    let Some(f) = &req.flooding else {
+    if req.flooding.is_none() {
         return String::new();
-    };
-    // Bits the precision model gives at the largest scale, against what flooding costs.
-    let best = predicted_precision_bits(MAX_LOG_SCALE, log_n) - EPS_MARGIN;
-    let short = req.precision_bits as f64 + (f.statistical_security as f64 / 2.0) + 1.0 - best;
-    let _ = short;
+    }
     if req.options.mode == Mode::Batch {
         format!(
             " (batch layout: every slot of every result ciphertext carries the error, so flooding \
@@ -274,8 +270,6 @@ fn flooding_hint(req: &SelectRequest, log_n: u32) -> String {
         " (use fewer --precision bits, or --no-flooding)".to_string()
     }
 }
-
-const EPS_MARGIN: f64 = crate::plan::sanitize::EPS_MARGIN_BITS;
 
 enum Candidate {
     Ok(CkksParams, Plan),

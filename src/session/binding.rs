@@ -275,11 +275,12 @@ pub fn check_result_matches_secret(
     )?;
     check_structure(&b, plan, "the result")?;
     check_shape(&b, plan.output_ciphertexts(), cts.len(), "result")?;
-    if let Some((i, ct)) = cts.iter().enumerate().find(|(_, c)| c.level() != 0) {
+    let floor = plan.params().output_floor_level();
+    if let Some((i, ct)) = cts.iter().enumerate().find(|(_, c)| c.level() != floor) {
         return Err(Error::mismatch(
             "level",
             format!(
-                "result ciphertext {i} is at level {}, a sanitized result is at level 0 \
+                "result ciphertext {i} is at level {}, a sanitized result is at level {floor} \
                  (is this an unevaluated query?)",
                 ct.level()
             ),

@@ -83,6 +83,8 @@ struct DemoReport {
     model: String,
     adapter: String,
     params: String,
+    /// Noise flooding applied to the result ("OFF" or its settings).
+    flooding: String,
     plan: String,
     mode: String,
     seconds: Timings,
@@ -258,7 +260,33 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
         features,
         truth,
     } = demo_case(args.model, &server, samples)?;
-    let params = CkksParams::preset(preset)?;
+    // Latency mode floods at the default 40 bits, on parameters chosen for it by `select`
+    // (scales near 2^57, a prime reserved for the output); batch mode cannot carry flooding
+    // at useful precision (docs/threat-model.md) and runs on the preset without it.
+    let flood = mode == Mode::Latency && !args.no_flooding;
+    let (params, params_source, params_name) = if flood {
+        let sel = hepeft::select::select(
+            &hepeft::plan::public_structure(&adapter)?,
+            &hepeft::select::SelectRequest {
+                flooding: Some(hepeft::plan::FloodingConfig::default()),
+                ..Default::default()
+            },
+        )
+        .context("selecting parameters for 40-bit noise flooding")?;
+        let path = client.join("params.toml");
+        write_atomic(&path, sel.params.to_toml()?.as_bytes())?;
+        (
+            sel.params,
+            ParamsSource::File(path),
+            "selected for 40-bit flooding".to_string(),
+        )
+    } else {
+        (
+            CkksParams::preset(preset)?,
+            ParamsSource::Preset(preset.into()),
+            preset.to_string(),
+        )
+    };
     if mode == Mode::Batch && samples > params.slots() {
         bail!(
             "batch mode takes at most {} samples with {preset}",
@@ -289,7 +317,7 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let keys_dir = client.join("keys");
     let kg = keygen::run(
         &KeygenArgs {
-            params: Some(ParamsSource::Preset(preset.into())),
+            params: Some(params_source.clone()),
             backend: Backend::Ckks,
             model: public_card.clone(),
             mode: args.mode,
@@ -322,10 +350,8 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             calib: None,
             input: query.clone(),
             out: result.clone(),
-            // The presets cannot carry 40-bit flooding with useful precision (see
-            // docs/threat-model.md); the demo shows the pipeline's precision without it.
             flooding: FloodingArgs {
-                no_flooding: true,
+                no_flooding: !flood,
                 ..FloodingArgs::default()
             },
         },
@@ -366,7 +392,12 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let report = DemoReport {
         model: label.into(),
         adapter: adapter.summary(),
-        params: format!("{preset}: {}", params.describe()),
+        params: format!("{params_name}: {}", params.describe()),
+        flooding: if flood {
+            "40-bit noise flooding, 1 query".into()
+        } else {
+            "OFF".into()
+        },
         plan: plan.summary(),
         mode: mode_name(mode).into(),
         seconds: Timings {
@@ -453,11 +484,19 @@ fn render(r: &DemoReport, ev: &evaluate::EvaluateReport, dir: &Path, kept: bool)
         human_bytes(r.bytes.result)
     ));
     let a = &r.accuracy;
-    s.push_str(
-        "\noutput sanitization: non-output slots masked, result dropped to level 0 and re-randomized\n  \
-         under the client's public key; noise flooding OFF in the demo (40-bit flooding needs more\n  \
-         precision than the presets carry: see docs/threat-model.md and `params select --flooding-bits`)\n",
-    );
+    if r.flooding == "OFF" {
+        s.push_str(
+            "\noutput sanitization: non-output slots masked, result dropped to the output level and\n  \
+             re-randomized under the client's public key; NOISE FLOODING OFF (--no-flooding or batch\n  \
+             mode): the decryption error depends on the weights (docs/threat-model.md)\n",
+        );
+    } else {
+        s.push_str(&format!(
+            "\noutput sanitization: non-output slots masked, result dropped to the output level,\n  \
+             re-randomized under the client's public key, {} (docs/threat-model.md)\n",
+            r.flooding
+        ));
+    }
     s.push_str("\naccuracy against the plaintext twin\n");
     s.push_str(&format!(
         "  argmax agreement   {}/{}\n",
