@@ -2,12 +2,14 @@
 //! shipped real adapters (assets/real/<task>/): for every adapter,
 //!
 //! * accuracy: the plaintext f64 model and the encrypted run over all held-out samples (batch
-//!   layout: the samples share one query), with the argmax agreement;
+//!   layout: the samples share one query; without flooding, which the batch layout cannot
+//!   carry at useful precision: docs/threat-model.md), with the argmax agreement;
 //! * one query in the latency layout (one sample, rotations), as a client would send it:
 //!   client encrypt, server evaluate with 1 and 2 threads, client decrypt (medians of
 //!   `REPS` samples; the server time includes the output sanitization the CLI and the
-//!   service always run: mask where a level is left, drop to level 0, re-randomize; noise
-//!   flooding off: see docs/threat-model.md for its cost), bytes up (query envelope), bytes down (sanitized result
+//!   service always run: mask, drop to the output level, re-randomize, and the default 40-bit
+//!   noise flooding, on parameters `select` chose for 16 bits after it; the argmax of every
+//!   flooded result is checked against the plaintext twin), bytes up (query envelope), bytes down (sanitized result
 //!   envelope), evaluation key bytes (sent once), parameters and their security;
 //! * the same query turned into end-to-end latency on a LAN (1 Gbps, 0.5 ms round trip) and a
 //!   WAN (400 Mbps, 4 ms), the way CryptPEFT reports its figures (0.79 s LAN / 2.52 s WAN per
@@ -22,7 +24,7 @@ use hepeft::ckks::*;
 use hepeft::model::load::{load_card, load_features_npy};
 use hepeft::model::reference::argmax;
 use hepeft::model::{reference, Adapter};
-use hepeft::plan::{public_structure, Mode, Plan, PlanOptions, SanitizeConfig};
+use hepeft::plan::{public_structure, FloodingConfig, Mode, Plan, PlanOptions, SanitizeConfig};
 use hepeft::select::{select, SelectRequest};
 use ndarray::{Array2, ArrayView2, Axis, Slice};
 use rand::SeedableRng;
@@ -31,7 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Precision asked of the selector (see tests/real_adapters.rs for why 20 and not 16).
+/// Precision asked of the selector for the batch accuracy run, without flooding (see
+/// tests/real_adapters.rs for why 20 and not 16); the flooded latency query asks 16.
 const PRECISION_BITS: u32 = 20;
 const LAN: (f64, f64) = (1e9, 0.5e-3);
 const WAN: (f64, f64) = (400e6, 4e-3);
@@ -179,7 +182,7 @@ fn measure(
         &adapter,
         &SelectRequest {
             options: latency,
-            precision_bits: PRECISION_BITS,
+            flooding: Some(FloodingConfig::default()),
             ..Default::default()
         },
     )
@@ -235,7 +238,7 @@ fn measure(
                         &ev,
                         out,
                         &pk,
-                        &SanitizeConfig::without_flooding(),
+                        &SanitizeConfig::flooded(),
                         &mut rng.clone(),
                     )
                 })
