@@ -188,6 +188,35 @@ pub struct ServeArgs {
     pub rate_burst: u32,
     #[command(flatten)]
     pub flooding: FloodingArgs,
+    #[command(flatten)]
+    pub tune: ServeTuneArgs,
+}
+
+/// Private tuning offered by `serve` (`/v1/tune/...`; docs/tuning.md).
+#[derive(Args, Debug, Clone)]
+pub struct ServeTuneArgs {
+    /// Offer private tuning to clients with labelled data (needs `--mode batch`).
+    #[arg(long)]
+    pub tune: bool,
+    /// Directory for the per-run checkpoints (the tuned weights and the direction seed,
+    /// mode 0600); runs resume from it. Without it runs live in memory only.
+    #[arg(long, value_name = "DIR", requires = "tune")]
+    pub tune_dir: Option<PathBuf>,
+    /// Random directions per step (2k encrypted passes each).
+    #[arg(long, default_value_t = 4, value_name = "K", requires = "tune")]
+    pub tune_directions: usize,
+    /// Perturbation size eps.
+    #[arg(long, default_value_t = 1e-2, value_name = "EPS", requires = "tune")]
+    pub tune_perturbation: f64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1.0, value_name = "LR", requires = "tune")]
+    pub tune_learning_rate: f64,
+    /// Which parameters move: all, lora, lora_b or bias.
+    #[arg(long, default_value = "all", requires = "tune")]
+    pub tune_trainable: String,
+    /// Most steps one run may take.
+    #[arg(long, default_value_t = 1000, requires = "tune")]
+    pub tune_max_steps: u64,
 }
 
 /// Output sanitization: noise flooding settings (masking, level drop and re-randomization

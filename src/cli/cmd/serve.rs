@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use hepeft::model::load::load_features_npy;
 use hepeft::serve::client::QueryClient;
+use hepeft::serve::tune::TuneServiceConfig;
 use hepeft::serve::{run_until_signal, AuthTokens, RateLimit, ServerConfig};
+use hepeft::tune::{Trainable, TuneConfig};
 
 use super::decrypt::{top_k, Ranked};
 use crate::cli::args::{QueryArgs, ServeArgs};
@@ -65,6 +67,23 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
         sanitize: args.flooding.config(),
+        tune: args
+            .tune
+            .tune
+            .then(|| -> Result<TuneServiceConfig> {
+                Ok(TuneServiceConfig {
+                    config: TuneConfig {
+                        directions: args.tune.tune_directions,
+                        perturbation: args.tune.tune_perturbation,
+                        learning_rate: args.tune.tune_learning_rate,
+                        trainable: Trainable::parse(&args.tune.tune_trainable)?,
+                    },
+                    checkpoint_dir: args.tune.tune_dir.clone(),
+                    max_steps: args.tune.tune_max_steps,
+                    ..TuneServiceConfig::default()
+                })
+            })
+            .transpose()?,
     };
     if args.flooding.no_flooding {
         ui.note(crate::cli::args::FloodingArgs::WARNING);
