@@ -461,3 +461,100 @@ impl super::client::QueryClient {
 fn parse_status(body: &[u8]) -> Result<TuneStatus> {
     serde_json::from_slice(body).map_err(|e| Error::format("tuning status", e.to_string()))
 }
+
+/// What a remote run did, as the client saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteTuneReport {
+    /// The run's status after the last step.
+    pub status: TuneStatus,
+    /// One record per step taken in this call (train loss is the mean over the `2k`
+    /// perturbed passes; no validation: the served adapter does not move).
+    pub steps: Vec<crate::tune::StepRecord>,
+    /// Bytes of the encrypted training batch uploaded once.
+    pub query_bytes: usize,
+    /// The differential-privacy epsilon of the replies so far, if they were noised.
+    pub dp_epsilon: Option<f64>,
+}
+
+/// The client's whole side of a remote run: uploads the encrypted batch `x` once (under
+/// `keys`, generated for [`QueryClient::tune_plan`](super::client::QueryClient::tune_plan)
+/// and registered as `id`), then takes steps until the run reaches `steps`, replying with
+/// `labels` under `privacy`. With `state`, the client's checkpoint (ledger and last reply)
+/// is written after every reply and read back on start, so a crashed client resumes
+/// without a second privacy cost. Cost per step: `2k` result downloads and decryptions,
+/// `18 + 8k` bytes up.
+///
+/// # Errors
+/// Transport errors and the server's refusals; decryption and shape errors.
+#[allow(clippy::too_many_arguments)]
+pub fn run_remote<G: rand::RngCore + rand::CryptoRng>(
+    client: &super::client::QueryClient,
+    keys: &super::client::ClientKeys,
+    id: &str,
+    x: ndarray::ArrayView2<f64>,
+    labels: &[usize],
+    privacy: crate::tune::ReplyPrivacy,
+    steps: u64,
+    state: Option<&Path>,
+    on_step: &mut dyn FnMut(&crate::tune::StepRecord),
+    rng: &mut G,
+) -> Result<RemoteTuneReport> {
+    use crate::ckks::{Decryptor, EncryptionKey};
+    use crate::tune::TuneClient;
+    let plan = client.tune_plan()?.clone();
+    let remote = client.connect()?;
+    let pk = keys.public.as_ref().ok_or_else(|| Error::MissingKey {
+        what: "public key in the key directory (tuning encrypts the batch under it)".into(),
+    })?;
+    let query = plan.encrypt_query(remote.encoder(), EncryptionKey::Public(pk), &[x], rng)?;
+    let query_bytes = wire::write_bundle(
+        remote.params(),
+        query.clone(),
+        &session::query_binding(keys.binding.key_set, &plan, &[x.nrows()]),
+    )?
+    .len();
+    let mut status = client.tune_start(id, &query, x.nrows())?;
+    let mut tuner = match state.filter(|p| p.exists()) {
+        Some(p) => TuneClient::resume(labels.to_vec(), p, rng)?,
+        None => TuneClient::new(labels.to_vec(), privacy, rng)?,
+    };
+    let dec = Decryptor::new(remote.params(), &keys.secret)?;
+    let mut records = Vec::new();
+    while status.step < steps {
+        let t = std::time::Instant::now();
+        let results = client.tune_step(id, &status)?;
+        let down: usize = results.outputs.iter().map(Vec::len).sum::<usize>()
+            * crate::ckks::serialize::to_bytes(
+                remote.params(),
+                results
+                    .outputs
+                    .first()
+                    .and_then(|o| o.first())
+                    .ok_or_else(|| Error::format("tuning step results", "no ciphertext"))?,
+            )?
+            .len();
+        let logits = tuner.decrypt_step(&plan, remote.encoder(), &dec, &results, &status.config)?;
+        let reply = tuner.reply(status.step, &logits, &status.config)?;
+        if let Some(p) = state {
+            tuner.save(p)?;
+        }
+        let next = client.tune_reply(id, &reply)?;
+        let rec = crate::tune::StepRecord {
+            step: status.step,
+            train_loss: crate::tune::local::mean_loss(&logits, labels)?,
+            validation: None,
+            seconds: t.elapsed().as_secs_f64(),
+            bytes_down: down,
+            bytes_up: reply.to_bytes().len(),
+        };
+        on_step(&rec);
+        records.push(rec);
+        status = next;
+    }
+    Ok(RemoteTuneReport {
+        status,
+        steps: records,
+        query_bytes,
+        dp_epsilon: tuner.ledger().epsilon(tuner.privacy().delta),
+    })
+}

@@ -152,7 +152,9 @@ pub fn query(args: &QueryArgs, ui: &Ui) -> Result<()> {
 }
 
 /// The query's access token: the first non-comment line of `file`, else `HEPEFT_TOKEN`.
-fn read_token(file: Option<&std::path::Path>) -> Result<Option<zeroize::Zeroizing<String>>> {
+pub(crate) fn read_token(
+    file: Option<&std::path::Path>,
+) -> Result<Option<zeroize::Zeroizing<String>>> {
     if let Some(f) = file {
         let text = zeroize::Zeroizing::new(
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
