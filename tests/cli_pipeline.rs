@@ -322,7 +322,7 @@ fn params_commands() {
             &f.dir.join("no.toml"),
         ]),
         1,
-        "at most 2^50 is supported",
+        "at most 2^60 is supported",
     );
 }
 

@@ -291,3 +291,84 @@ fn batch_layout_with_flooding_refuses_with_the_reason() {
     assert!(err.contains("--mode latency"), "{err}");
     let _ = Mode::Batch;
 }
+
+/// The cost of flooding on head (a): the selection with and without default flooding
+/// (ring, chain, levels, key and ciphertext bytes) and one query's server time (evaluate +
+/// sanitize, one thread, median of 3). Prints the rows of docs/BENCHMARKS.md; asserts only
+/// that both selections exist.
+#[test]
+#[ignore = "timing table for docs/BENCHMARKS.md: head (a) at N = 2^13 and N = 2^14"]
+fn flooding_cost_of_head_a() {
+    let a = zoo::square_mlp(&mut r(8), 768, 64, 100).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for flooding in [None, Some(FloodingConfig::default())] {
+        let sel = select(
+            &a,
+            &SelectRequest {
+                flooding,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = &sel.params;
+        let plan = &sel.plan;
+        let f = Fixture::new(p.clone(), 3);
+        let keys = KeyGenerator::new(p)
+            .gen_evaluation_keys(
+                &f.sk,
+                &plan.galois_elements(),
+                plan.needs_relin(),
+                &mut rng(4),
+            )
+            .unwrap();
+        let ev = Evaluator::with_keys(p, std::sync::Arc::new(keys)).unwrap();
+        let prepared = plan.prepare().unwrap();
+        let inputs = zoo::uniform_inputs(&mut r(5), &a, 1);
+        let views: Vec<ArrayView2<f64>> = inputs.iter().map(|x| x.view()).collect();
+        let cfg = match flooding {
+            Some(_) => SanitizeConfig::flooded(),
+            None => SanitizeConfig::without_flooding(),
+        };
+        let mut times = Vec::new();
+        let mut out_bytes = 0;
+        for i in 0..3 {
+            let q = plan
+                .encrypt_query(
+                    &f.encoder,
+                    EncryptionKey::Public(&f.pk),
+                    &views,
+                    &mut rng(10 + i),
+                )
+                .unwrap();
+            let t = std::time::Instant::now();
+            let out = pool.install(|| {
+                let out = prepared.evaluate(&ev, &q).unwrap();
+                plan.sanitize(&ev, out, &f.pk, &cfg, &mut rng(20 + i))
+                    .unwrap()
+                    .0
+            });
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            out_bytes = out.iter().map(|c| 2 * (c.level() + 1) * p.n() * 8).sum();
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "| {} | N = 2^{}, log Q {:?}, log P {:?}, scale 2^{} | {} levels (adapter {}) | {:.1} MiB keys ({} keys) | {:.2} MiB query | {:.2} MiB result | {:.0} ms | predicted {:.1} bits |",
+            if flooding.is_some() { "40-bit flooding, 1 query" } else { "no flooding" },
+            p.log_n(),
+            sel.report.log_q,
+            sel.report.log_p,
+            sel.report.log_scale,
+            sel.report.levels,
+            sel.report.depth,
+            sel.report.evaluation_key_bytes as f64 / (1 << 20) as f64,
+            sel.report.rotation_keys + usize::from(plan.needs_relin()),
+            (sel.report.ciphertext_bytes * sel.report.query_ciphertexts) as f64 / (1 << 20) as f64,
+            out_bytes as f64 / (1 << 20) as f64,
+            times[1],
+            sel.report.flooded_precision_bits.unwrap_or(sel.report.predicted_precision_bits)
+        );
+    }
+}
