@@ -41,11 +41,11 @@ fn selects_secure_parameters_with_enough_depth() {
 fn refuses_what_cannot_be_reached() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
     let lora = zoo::lora_head(&mut rng, 64, 4, 10).unwrap();
-    // too much precision for a 50-bit scale
+    // too much precision for a 60-bit scale
     let err = select(
         &lora,
         &SelectRequest {
-            precision_bits: 40,
+            precision_bits: 50,
             ..Default::default()
         },
     )
@@ -113,9 +113,11 @@ fn the_selected_parameters_deliver_the_predicted_precision() {
     assert!(bits >= 16.0, "measured {bits:.1} bits");
 }
 
-/// `params select` accounts for noise flooding: 40-bit flooding cannot keep 16 bits under a
-/// 2^50 scale and is refused with the reason; at 20 bits, 8 bits of precision are chosen
-/// and then measured on sanitized (masked, re-randomized, flooded) results.
+/// `params select` accounts for noise flooding: the default (40 bits, 16 bits of precision)
+/// takes a scale near 2^57 with a prime reserved for the output, 30 bits after 40-bit
+/// flooding would need a scale beyond 2^60 and is refused with the reason; at 20 bits,
+/// 8 bits of precision are chosen and then measured on sanitized (masked, re-randomized,
+/// flooded) results.
 #[test]
 fn selection_accounts_for_noise_flooding() {
     use hepeft::ckks::*;
@@ -124,9 +126,21 @@ fn selection_accounts_for_noise_flooding() {
     use ndarray::ArrayView2;
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
     let lora = zoo::lora_head(&mut rng, 64, 4, 10).unwrap();
+    let s = select(
+        &lora,
+        &SelectRequest {
+            flooding: Some(FloodingConfig::default()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(s.report.flooded_precision_bits.unwrap() >= 16.0);
+    assert!(s.report.log_scale > 50, "{}", s.report.to_text());
+    assert_eq!(s.params.output_floor_level(), 1, "{}", s.report.to_text());
     let err = select(
         &lora,
         &SelectRequest {
+            precision_bits: 30,
             flooding: Some(FloodingConfig::default()),
             ..Default::default()
         },
@@ -134,6 +148,7 @@ fn selection_accounts_for_noise_flooding() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("flooding"), "{err}");
+    assert!(err.contains("at most 2^60"), "{err}");
 
     let flooding = FloodingConfig::new(20, 1);
     let s = select(
