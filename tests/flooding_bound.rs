@@ -414,3 +414,65 @@ fn batch_flooded_figure_covers_the_worst_logit() {
         abs.min_bits
     );
 }
+
+/// Friction (b): a refusal never prints an inequality that does not hold (a log2(QP) of
+/// 218.0004 against a bound of 218 used to print as "218.0 exceeds ... 218").
+#[test]
+fn insecure_refusal_prints_a_true_inequality() {
+    let e = hepeft::Error::InsecureParameters {
+        log_n: 13,
+        log_qp: 218.0004,
+        max_log_qp: 218,
+        security_bits: 128,
+    }
+    .to_string();
+    assert!(e.contains("log2(QP) = 218.0004 exceeds"), "{e}");
+    let e = hepeft::Error::InsecureParameters {
+        log_n: 13,
+        log_qp: 230.26,
+        max_log_qp: 218,
+        security_bits: 128,
+    }
+    .to_string();
+    assert!(e.contains("log2(QP) = 230.3 exceeds"), "{e}");
+}
+
+/// The tail bound over `count` values: three standard deviations for one value, growing
+/// slowly with the count; the output floor: level 0 on every preset, 1 on the chains
+/// selected for flooding.
+#[test]
+fn tail_bits_and_output_floor() {
+    use hepeft::plan::sanitize::tail_bits;
+    assert!(
+        (tail_bits(1.0) - 3f64.log2()).abs() < 0.02,
+        "{}",
+        tail_bits(1.0)
+    );
+    println!(
+        "tail bits: 1 {:.3}, 10 {:.3}, 100 {:.3}, 1e4 {:.3}, 81920 {:.3}, 1e6 {:.3}",
+        tail_bits(1.0),
+        tail_bits(10.0),
+        tail_bits(100.0),
+        tail_bits(1e4),
+        tail_bits(81920.0),
+        tail_bits(1e6)
+    );
+    assert!(tail_bits(100.0) > tail_bits(10.0) && tail_bits(1e4) < 2.5);
+    for (name, _) in PRESETS {
+        assert_eq!(
+            CkksParams::preset(name).unwrap().output_floor_level(),
+            0,
+            "{name}"
+        );
+    }
+    let (log_q, q0) = hepeft::select::chain(59, 4);
+    assert_eq!((log_q[..2].to_vec(), q0), (vec![61, 30], 61));
+    let (log_q, _) = hepeft::select::chain(40, 3);
+    assert_eq!(log_q, vec![50, 40, 40, 40]);
+    let lit = CkksParamsLiteral::new(12, hepeft::select::chain(55, 2).0, vec![61], 55)
+        .with_security(Security::Unchecked);
+    assert_eq!(
+        CkksParams::from_literal(lit).unwrap().output_floor_level(),
+        1
+    );
+}
