@@ -247,11 +247,11 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         human_bytes(report.result_bytes),
         meta_path(&args.out).display()
     );
-    let text =
-        match report.sanitize.as_ref().and_then(|r| r.flooding.as_ref()) {
-            Some(f) => format!(
-            "{text}  sanitized: level 0, re-randomized, {}; flooding at {} bits for {} quer(ies): \
+    let text = match report.sanitize.as_ref().and_then(|r| r.flooding.as_ref()) {
+        Some(f) => format!(
+            "{text}  sanitized: level {}, re-randomized, {}; flooding at {} bits for {} quer(ies): \
              noise 2^{:.1} per slot, about {:.1} bits of precision left ({:.1} bits spent)\n",
+            report.sanitize.as_ref().map_or(0, |r| r.output_level),
             report.sanitize.as_ref().map_or("", |r| r.mask_note.as_str()),
             f.statistical_security,
             f.queries,
@@ -259,14 +259,15 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
             f.precision_bits_after,
             f.cost_bits
         ),
-            None => format!(
-                "{text}  sanitized: level 0, re-randomized, {}; NO noise flooding\n",
-                report
-                    .sanitize
-                    .as_ref()
-                    .map_or("", |r| r.mask_note.as_str())
-            ),
-        };
+        None => format!(
+            "{text}  sanitized: level {}, re-randomized, {}; NO noise flooding\n",
+            report.sanitize.as_ref().map_or(0, |r| r.output_level),
+            report
+                .sanitize
+                .as_ref()
+                .map_or("", |r| r.mask_note.as_str())
+        ),
+    };
     ui.report(&report, &text, false)?;
     Ok(report)
 }
