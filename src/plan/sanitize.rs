@@ -12,7 +12,9 @@
 //!    coefficients, sits in the gap slots) a level is required and its absence is an error.
 //!    Batch layout: every slot is the adapter applied to a sample the client chose, so
 //!    there is nothing to mask.
-//! 2. **Drop to level 0**: fewer limbs to download, and nothing of the upper limbs remains.
+//! 2. **Drop to the output level** ([`crate::ckks::CkksParams::output_floor_level`]: 0, or 1
+//!    on chains with a prime reserved for the output): fewer limbs to download, and nothing
+//!    of the upper limbs remains.
 //! 3. **Re-randomize**: add a fresh public-key encryption of zero under the client's key,
 //!    so `c_1` no longer is a deterministic function of the query and the weights.
 //! 4. **Flood** (on by default): add a rounded Gaussian of standard deviation `sigma` to
@@ -21,7 +23,8 @@
 //!
 //! ## The flooding formula
 //!
-//! Let the evaluation error of an output, in message units, be at most `eps` per slot. Its
+//! Let the evaluation error of one query's outputs, in message units, have a root-mean-square
+//! over the live slots of at most `eps`. Its
 //! coefficient vector `e` then has `||e||_2 <= eps * Delta` (the slots are the canonical
 //! embedding, an isometry up to `sqrt(N/2)` on the N/2 slots), and two adapters with the
 //! same logits differ in their errors by `d`, `||d||_2 <= D = 2 eps Delta`. After a mask
@@ -53,7 +56,9 @@
 //!
 //! **Where `eps` comes from.** It must not depend on the weights (the flooding width is
 //! visible to the client), so by default it is the public precision model of the
-//! parameter set ([`model_precision_bits`]) plus [`EPS_MARGIN_BITS`]. The server can check
+//! parameter set ([`model_precision_bits`]) plus [`EPS_MARGIN_BITS`] (0), as a bound on the
+//! RMS of one query's outputs (`tests/flooding_bound.rs` measures it per family and preset;
+//! adapters with weights far from unit scale can exceed it, see `docs/threat-model.md`). The server can check
 //! that its adapter respects that bound with [`crate::plan::PreparedPlan`] and a throwaway
 //! key ([`measure_output_error`]); the guarantee holds for adapters that do.
 
