@@ -3,7 +3,10 @@
 # run, single-threaded: heads (a) 768 -> 64 -> (0.5t + 0.25t^2) -> 100 and (b) 384 -> 8 ->
 # same -> 10, and the LoRA maps B(Ax) for d = 768, r = 8 and r = 64.
 #   hepeft: `cargo bench --bench head -- head_selected` (parameters of `params select
-#           --precision 16 --no-flooding`), medians from criterion's estimates.json;
+#           --precision 16 --no-flooding`), medians from criterion's estimates.json; heads
+#           (a) and (b) also as NAME/flood40: the parameters selected for the default
+#           40-bit flooding, timed as evaluate + sanitize (issue 14), against the same
+#           unflooded SEAL figure;
 #   SEAL:   bench/seal/heads_bsgs.py through tenseal.sealapi at N = 2^13 in a throwaway
 #           virtualenv outside the repository (created as bench/seal/run.sh does).
 # Prints the CPU's AVX-512 flags, the load average before and after, medians, SEAL/hepeft

@@ -205,8 +205,103 @@ fn bench_selected(c: &mut Criterion) {
                 b.iter(|| pool.install(|| prepared.evaluate(&ev, black_box(&query))))
             });
         }
+        if base.starts_with("a_") || base.starts_with("b_") {
+            bench_flooded(&mut g, base, &adapter, &mut rng);
+        }
     }
     g.finish();
+}
+
+/// Issue 14's flooding column: `NAME/flood40`, the parameters `params select --precision 16`
+/// picks with the default 40-bit flooding (one query), timed as evaluate + sanitize (mask,
+/// drop to the output level, re-randomize, flood), one thread; prints the same
+/// `head_selected/...` line as the unflooded cases (bits: worst logit after flooding,
+/// relative to the largest output).
+fn bench_flooded(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    base: &str,
+    adapter: &hepeft::model::Adapter,
+    rng: &mut ChaCha20Rng,
+) {
+    use hepeft::plan::{FloodingConfig, SanitizeConfig};
+    let sel = hepeft::select::select(
+        adapter,
+        &hepeft::select::SelectRequest {
+            precision_bits: 16,
+            flooding: Some(FloodingConfig::default()),
+            ..Default::default()
+        },
+    )
+    .expect("select with flooding");
+    let (params, plan) = (sel.params.clone(), sel.plan.clone());
+    let kg = KeyGenerator::new(&params);
+    let sk = kg.gen_secret_key(rng);
+    let pk = kg.gen_public_key(&sk, rng).expect("pk");
+    let keys = kg
+        .gen_evaluation_keys(&sk, &plan.galois_elements(), plan.needs_relin(), rng)
+        .expect("keys");
+    let key_bytes = hepeft::ckks::to_bytes(&params, &keys)
+        .expect("keys bytes")
+        .len();
+    let ev = Evaluator::with_keys(&params, Arc::new(keys)).expect("evaluator");
+    let enc = Encoder::new(&params).expect("encoder");
+    let inputs = zoo::uniform_inputs(rng, adapter, 1);
+    let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
+    let query = plan
+        .encrypt_query(&enc, EncryptionKey::Public(&pk), &views, rng)
+        .expect("query");
+    let bundle = |items: &[hepeft::ckks::Ciphertext]| {
+        hepeft::ckks::to_bytes(
+            &params,
+            &hepeft::ckks::CiphertextBundle {
+                digest: params.digest(),
+                items: items.to_vec(),
+            },
+        )
+        .expect("bundle bytes")
+        .len()
+    };
+    let prepared = plan.prepare().expect("prepare");
+    let cfg = SanitizeConfig::flooded();
+    let out = prepared.evaluate(&ev, &query).expect("evaluate");
+    let (result, _) = plan.sanitize(&ev, out, &pk, &cfg, rng).expect("sanitize");
+    let dec = hepeft::ckks::Decryptor::new(&params, &sk).expect("decryptor");
+    let got = plan
+        .decrypt_result(&enc, &dec, &result, 1)
+        .expect("decrypt");
+    let rows: Vec<ndarray::ArrayView1<f64>> = inputs.iter().map(|a| a.row(0)).collect();
+    let (want, _) = hepeft::model::reference::evaluate(adapter, &rows).expect("twin");
+    let prec =
+        hepeft::ckks::PrecisionStats::relative_to_largest(&got.row(0).to_vec(), &want.to_vec());
+    eprintln!(
+        "head_selected/{base}/flood40 logn={} depth={} key_switches={} ntts={} rotations={} bits={:.2} query_bytes={} result_bytes={} key_bytes={}",
+        params.log_n(),
+        plan.depth(),
+        plan.key_switches(),
+        plan.ntts(),
+        plan.report().iter().map(|r| r.rotations).sum::<usize>(),
+        prec.min_bits,
+        bundle(&query),
+        bundle(&result),
+        key_bytes,
+    );
+    eprint!("{}", plan.summary());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let mut r = ChaCha20Rng::seed_from_u64(9);
+    g.bench_function(
+        format!("{base}/flood40/N{}/threads1", params.log_n()),
+        |b| {
+            b.iter(|| {
+                pool.install(|| {
+                    let out = prepared.evaluate(&ev, black_box(&query))?;
+                    plan.sanitize(&ev, out, &pk, &cfg, &mut r)
+                })
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench_heads, bench_selected);
