@@ -65,11 +65,9 @@ impl Modulus {
     /// `-a mod p`.
     #[inline(always)]
     pub fn neg(&self, a: u64) -> u64 {
-        if a == 0 {
-            0
-        } else {
-            self.p - a
-        }
+        // branch-free: p - 0 = p maps to 0
+        let r = self.p - a;
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// Reduces any 128-bit value (in particular any product of two reduced
