@@ -277,9 +277,9 @@ pub(crate) fn add_p_times(
     let ring = params.ring();
     let level = acc.level();
     let p_mod_q = params.p_mod_q();
-    for i in 0..=level {
+    for (i, &w) in p_mod_q.iter().enumerate().take(level + 1) {
         let m = *ring.table(level, i).modulus();
-        let (w, ws) = (p_mod_q[i], m.shoup(p_mod_q[i]));
+        let ws = m.shoup(w);
         let src = x.limb(i);
         let dst = acc.limb_mut(i);
         match perm {

@@ -397,7 +397,9 @@ mod tests {
     /// transform read below the top level.
     #[test]
     fn double_hoisted_bsgs_equals_single_hoisted() {
-        let cases: [(u32, Vec<u32>, Vec<u32>, Option<usize>); 4] = [
+        // (log N, log q, log p, dnum)
+        type Case = (u32, Vec<u32>, Vec<u32>, Option<usize>);
+        let cases: [Case; 4] = [
             (10, vec![50, 40, 40], vec![50], None),
             (11, vec![55, 40, 40, 40], vec![50, 50], None),
             (12, vec![55, 40, 40, 40, 40], vec![55], None),
