@@ -3,10 +3,12 @@
 //! * **The bound.** Flooding hides an error whose root-mean-square over the live output
 //!   slots of one query is at most the public `eps` of `FloodingConfig` (the precision model
 //!   of the parameter set, `EPS_MARGIN_BITS` = 0 over it). For every adapter family of
-//!   `model::zoo` on a deep N = 2^12 test chain at scale 2^40, on the selected N = 2^14 sets
-//!   at scales 2^56..2^60 and (ignored) on the shipped real adapters, the measured worst
-//!   per-query RMS against the f64 twin over many queries sits below `eps`; each case prints
-//!   its margin.
+//!   `model::zoo` on a deep N = 2^12 test chain at scale 2^40, on two presets and on the
+//!   selected N = 2^14 sets at scales 2^57..2^59, the measured worst per-query RMS against
+//!   the f64 twin over many queries sits below `eps`; each case prints its margin. On the
+//!   shipped real adapters (ignored) the margin is printed, not asserted: two of them
+//!   (digits/bottleneck, finefoods/side) exceed the unit-weight model by 1.3 bits
+//!   (`docs/threat-model.md`).
 //! * **Selection.** `select` with the default request plus default flooding (16 bits,
 //!   40-bit statistical security, one query) succeeds for heads (a) 768 -> 64 -> sq -> 100
 //!   and (b) 384 -> 8 -> sq -> 10 and every shipped real adapter in the latency layout,
