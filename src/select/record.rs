@@ -545,9 +545,15 @@ pub fn resolve_sanitize(
                 ));
             }
             _ => {
-                if let Some(m) = max_flooding_bits(plan, queries, floor) {
+                // The strongest level these parameters carry while keeping a useful
+                // precision (16 bits, or the recorded target), else the floor.
+                let useful = f64::from(target.unwrap_or(16)).max(floor);
+                let best = max_flooding_bits(plan, queries, useful)
+                    .map(|m| (m, useful))
+                    .or_else(|| max_flooding_bits(plan, queries, floor).map(|m| (m, floor)));
+                if let Some((m, keep)) = best {
                     ways.push(format!(
-                        "pass --flooding-bits {m} (the most these parameters carry at {floor} bit(s) for {queries} {})",
+                        "pass --flooding-bits {m} (the most these parameters carry keeping {keep} bits for {queries} {})",
                         plural(queries)
                     ));
                 }
@@ -576,14 +582,14 @@ pub fn resolve_sanitize(
             )
         } else if let Some(t) = target {
             format!(
-                "noise flooding at {bits} bits for {queries} {} would leave {predicted:.1} bits of precision, \
+                "noise flooding at {bits} bits would leave {predicted:.1} bits of precision for {queries} {}, \
                  but these parameters were selected for {t} bits ({})",
                 plural(queries),
                 record.map_or_else(String::new, SelectionRecord::describe)
             )
         } else {
             format!(
-                "noise flooding at {bits} bits for {queries} {} would leave {predicted:.1} bits of precision \
+                "noise flooding at {bits} bits would leave {predicted:.1} bits of precision for {queries} {} \
                  with these parameters",
                 plural(queries)
             )
