@@ -570,7 +570,7 @@ pub fn resolve_sanitize(
             {
                 ways.push(format!(
                     "no parameter set up to N = 2^16 carries {bits}-bit flooding at {precision} bits for this \
-                     adapter; the strongest that does is {m}-bit: {a} (then evaluate with --flooding-bits {m})"
+                     adapter; the strongest that does is {m}-bit: {a} (then --flooding-bits {m})"
                 ));
             }
         }

@@ -27,6 +27,23 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     if all_weights_zero(&adapter) {
         ui.note("warning: every weight of this model is zero (is it the public card?)\n");
     }
+    let auth = match &args.token_file {
+        Some(f) => AuthTokens::from_file(f)?,
+        None => AuthTokens::none(),
+    };
+    if !auth.is_required() && !args.listen.ip().is_loopback() {
+        if !args.insecure_no_auth {
+            anyhow::bail!(
+                "refusing to listen on {} without access tokens: pass --token-file FILE (or --insecure-no-auth behind an authenticating proxy)",
+                args.listen
+            );
+        }
+        ui.note("WARNING: serving on a non-loopback address WITHOUT AUTHENTICATION (--insecure-no-auth)\n");
+    }
+    let rate_limit = args
+        .rate_limit
+        .map(|r| RateLimit::new(r, args.rate_burst))
+        .transpose()?;
     // The layout and flooding the parameters were selected for, unless told otherwise.
     let public_adapter = hepeft::plan::public_structure(&adapter)?;
     let ctx = hepeft::select::record::SelectContext {
@@ -46,23 +63,6 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     for w in &resolved.warnings {
         ui.note(w);
     }
-    let auth = match &args.token_file {
-        Some(f) => AuthTokens::from_file(f)?,
-        None => AuthTokens::none(),
-    };
-    if !auth.is_required() && !args.listen.ip().is_loopback() {
-        if !args.insecure_no_auth {
-            anyhow::bail!(
-                "refusing to listen on {} without access tokens: pass --token-file FILE (or --insecure-no-auth behind an authenticating proxy)",
-                args.listen
-            );
-        }
-        ui.note("WARNING: serving on a non-loopback address WITHOUT AUTHENTICATION (--insecure-no-auth)\n");
-    }
-    let rate_limit = args
-        .rate_limit
-        .map(|r| RateLimit::new(r, args.rate_burst))
-        .transpose()?;
     let defaults = ServerConfig::default();
     let cfg = ServerConfig {
         listen: args.listen,
