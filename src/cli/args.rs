@@ -234,7 +234,7 @@ pub struct ServeTuneArgs {
 
 /// Output sanitization: noise flooding settings (masking, level drop and re-randomization
 /// always run).
-#[derive(Debug, Args, Clone, Copy, PartialEq)]
+#[derive(Debug, Args, Clone, Copy, PartialEq, Default)]
 pub struct FloodingArgs {
     /// Statistical security of the noise flooding added to every result, bits (default:
     /// the level the parameter file records, else 40).
@@ -248,16 +248,6 @@ pub struct FloodingArgs {
     /// and leaks information about them. For tests and trusted clients only.
     #[arg(long)]
     pub no_flooding: bool,
-}
-
-impl Default for FloodingArgs {
-    fn default() -> Self {
-        FloodingArgs {
-            flooding_bits: None,
-            flooding_queries: None,
-            no_flooding: false,
-        }
-    }
 }
 
 impl FloodingArgs {
