@@ -65,7 +65,7 @@ fn sanitized_outputs_decrypt_to_the_same_values() {
         let before = ev.pbs_count();
         let s = ev.sanitize(&dot, p, &k.pk, &mut r).unwrap();
         assert_eq!(ev.pbs_count() - before, sanitize_pbs(p), "p = {p}");
-        let got = k.client.decrypt(&[s.clone()], p).unwrap()[0];
+        let got = k.client.decrypt(std::slice::from_ref(&s), p).unwrap()[0];
         assert_eq!(got, to_signed(want as u64, p), "p = {p}");
         // the noise is the flooding's (TUniform 2^(61-p)) plus fresh bootstrapping noise
         let e = noise(k, &s, want, p).abs();
