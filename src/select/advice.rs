@@ -1,5 +1,5 @@
 //! Refusals that name a setting that works (issue 14, friction item a): when
-//! [`select`](super::select) refuses, [`select_with_advice`] tries the nearest requests one
+//! [`select`] refuses, [`select_with_advice`] tries the nearest requests one
 //! change away (less precision, weaker flooding, fewer covered queries, the latency layout,
 //! 128-bit security) and appends those that succeed to the refusal.
 
