@@ -21,6 +21,7 @@ pub mod peft;
 pub mod peft_config;
 pub mod reference;
 pub mod tensors;
+pub mod token;
 pub mod zoo;
 
 pub use activation::{Activation, ActivationFn};
