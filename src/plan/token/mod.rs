@@ -49,6 +49,9 @@ use crate::model::layer::NodeRef;
 use crate::model::token::{LinearAttention, Pooling, TokenAdapter, TokenOp};
 use crate::{Error, Result};
 
+pub mod fuse;
+pub use fuse::fuse_tokens;
+
 /// Levels consumed by a linear attention node (qkv, mixing, `K^T U`, `Q G`, proj).
 pub const ATTENTION_LEVELS: usize = 5;
 
