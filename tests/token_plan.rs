@@ -151,28 +151,83 @@ fn tokenwise_ops_match_the_twin() {
 }
 
 #[test]
-fn residual_add_at_different_levels() {
-    let p = params(10, 4);
+fn residuals_over_packed_and_column_values() {
+    // x, y packed (inputs); down: packed -> columns; act; up: columns -> packed; a residual
+    // over three packed operands at different levels; a column residual inside.
+    let p = params(10, 8);
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let mut b = TokenAdapterBuilder::new(4);
     let x = b.input("x", 8).unwrap();
     let y = b.input("y", 8).unwrap();
+    let down = b
+        .node(
+            "down",
+            TokenOp::Linear {
+                weight: mat(&mut rng, 4, 8, 0.3),
+                bias: Some(vec1(&mut rng, 4, 0.1)),
+            },
+            &[x],
+        )
+        .unwrap();
+    let half = b.node("half", TokenOp::Scale(0.5), &[down]).unwrap();
+    let inner = b.node("inner", TokenOp::Add, &[down, half]).unwrap();
+    let up = b
+        .node(
+            "up",
+            TokenOp::Linear {
+                weight: mat(&mut rng, 8, 4, 0.5),
+                bias: Some(vec1(&mut rng, 8, 0.1)),
+            },
+            &[inner],
+        )
+        .unwrap();
+    let aff = b
+        .node(
+            "aff",
+            TokenOp::Affine {
+                mul: vec1(&mut rng, 8, 1.0),
+                add: vec1(&mut rng, 8, 0.2),
+            },
+            &[up],
+        )
+        .unwrap();
+    b.node("res", TokenOp::Add, &[aff, x, y]).unwrap();
+    let ad = b.build().unwrap();
+    let plan = TokenPlan::compile(&ad, &p).unwrap();
+    use hepeft::plan::token::Layout;
+    assert_eq!(
+        plan.layouts(),
+        &[
+            Layout::Cols,
+            Layout::Cols,
+            Layout::Cols,
+            Layout::Packed,
+            Layout::Packed,
+            Layout::Packed
+        ]
+    );
+    let xs = inputs(&mut rng, &ad);
+    let (got, want) = run(&ad, &p, &xs, 3);
+    assert!(bits("residuals (packed and columns)", &got, &want) > 20.0);
+}
+
+#[test]
+fn packed_to_packed_linear_is_refused_with_a_reason() {
+    let mut b = TokenAdapterBuilder::new(4);
+    let x = b.input("x", 8).unwrap();
     let l = b
         .node(
-            "lin",
+            "square",
             TokenOp::Linear {
-                weight: mat(&mut rng, 8, 8, 0.3),
+                weight: Array2::eye(8),
                 bias: None,
             },
             &[x],
         )
         .unwrap();
-    let a = b.node("aff", TokenOp::Scale(0.5), &[l]).unwrap();
-    b.node("res", TokenOp::Add, &[a, x, y]).unwrap();
-    let ad = b.build().unwrap();
-    let xs = inputs(&mut rng, &ad);
-    let (got, want) = run(&ad, &p, &xs, 3);
-    assert!(bits("residual (3 operands, levels 2 and 0)", &got, &want) > 20.0);
+    b.node("res", TokenOp::Add, &[l, x]).unwrap();
+    let e = TokenPlan::compile(&b.build().unwrap(), &params(10, 2)).unwrap_err();
+    assert!(e.to_string().contains("packed to packed"), "{e}");
 }
 
 fn attention(rng: &mut impl Rng, t: usize, r: usize, heads: usize, bias: bool) -> LinearAttention {

@@ -40,7 +40,12 @@ fn minilm_sized_owc_fits_up_to_three_taps_at_128_bits() {
                 println!("s = {taps}, {precision} bits:\n{}", sel.report.to_text());
                 assert!(fits, "s = {taps} was expected not to fit");
                 assert!(sel.report.log_qp <= sel.report.max_log_qp as f64);
-                assert_eq!(sel.report.query_ciphertexts, 384 * (taps + 1));
+                // packed: N/2 / 64 columns per ciphertext
+                let per_ct = (1usize << (sel.report.log_n - 1)) / 64;
+                assert_eq!(
+                    sel.report.query_ciphertexts,
+                    (taps + 1) * 384usize.div_ceil(per_ct)
+                );
                 assert_eq!(sel.report.result_ciphertexts, 2);
             }
             Err(e) => {

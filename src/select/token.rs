@@ -45,12 +45,12 @@ pub struct TokenSelectionReport {
     pub evaluation_keys: usize,
     /// Bytes of all evaluation keys (seeded, as stored).
     pub evaluation_key_bytes: usize,
-    /// Ciphertexts uploaded per sample (one per input column).
+    /// Ciphertexts uploaded per sample (each input packed, `N / (2 T')` columns each).
     pub query_ciphertexts: usize,
     /// Bytes uploaded per sample (fresh ciphertexts at the top level, seeded `c_1` halves
     /// them with symmetric encryption; this is the public-key figure).
     pub query_bytes: usize,
-    /// Ciphertexts returned per sample (one per output column).
+    /// Ciphertexts returned per sample.
     pub result_ciphertexts: usize,
     /// Bytes returned per sample (at the output level).
     pub result_bytes: usize,
@@ -201,8 +201,8 @@ fn report_for(
     let switching_key_bytes = params.num_digits() * (top + 1 + k) * n * 8 + 32;
     let keys = plan.rotation_steps().len() + usize::from(plan.needs_relin());
     let log2 = |v: u64| (v as f64).log2().round() as u32;
-    let query: usize = adapter.inputs().iter().map(|i| i.dim).sum();
-    let result = adapter.output_shape().1;
+    let query = plan.query_ciphertexts(adapter);
+    let result = plan.result_ciphertexts();
     let log_scale = params.default_scale().log2().round() as u32;
     TokenSelectionReport {
         log_n: params.log_n(),

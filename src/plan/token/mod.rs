@@ -1,16 +1,29 @@
 //! Encrypted evaluation of token-level adapters ([`TokenAdapter`]) for one sample (latency).
 //!
-//! # Layout: column packing
-//! A `T x w` token matrix is `w` ciphertexts, one per feature column. Column `j` holds the
-//! `T` tokens in slots `0..T`, zero-padded to `T'` = the next power of two, and the block
-//! of `T'` slots is repeated over all `N/2` slots (period `T'`). The client prepares this
-//! layout for free; the server then needs:
-//! - **token-wise maps** (linear, LoRA, affine, scale): constant products and additions
-//!   across ciphertexts, no rotation; one level. Every output column is
-//!   `sum_i w_oi x_i` with the constants encoded at the scale that lands on exactly the
-//!   default scale after the rescale.
-//! - **polynomial activations**: per column, the interval map (one level) and the Chebyshev
-//!   evaluation (`ceil(log2(deg + 1))` levels, `deg`-ish key switches).
+//! # Layouts
+//! Two layouts for a `T x w` token matrix ([`Layout`]), with `T'` = the next power of two
+//! above `T` (padding tokens are zero on input):
+//! - [`Layout::Packed`]: `c = N / (2 T')` columns per ciphertext, column `a c + b` in block
+//!   `b` (slots `b T' .. b T' + T'`) of ciphertext `a`. The inputs are uploaded this way
+//!   (`ceil(d / c)` ciphertexts per tapped layer: 2 for `d = 384`, `T = 64` at N = 2^15),
+//!   and every value added to them (the residual stream of the OWC recurrence) stays packed.
+//! - [`Layout::Cols`]: one ciphertext per column, the `T'` token slots repeated over all
+//!   slots (period `T'`). The narrow values inside an adapter (width `r`) use it.
+//!
+//! The plan picks the layout per value: inputs packed, linear maps produce columns unless
+//! their output is added to a packed value, other ops keep their operand's layout.
+//!
+//! # Operations
+//! - **token-wise linear maps** (linear, LoRA densified, one level): columns -> columns by
+//!   constant products (no rotation); columns -> packed by one plaintext product per input
+//!   column and output ciphertext (weights laid out per block, no rotation); packed ->
+//!   columns by one plaintext product per input ciphertext and output column, then a
+//!   rotate-and-sum over the blocks (`log2 c` rotations). Packed -> packed is not
+//!   supported yet (refused at compile time). Constants are encoded at the scale that lands
+//!   on exactly the default scale after the rescale.
+//! - **affine / scale** (one level): constant or plaintext products.
+//! - **polynomial activations**: per ciphertext, the interval map (one level, unless folded
+//!   by [`fuse_tokens`]) and the Chebyshev evaluation (`ceil(log2(deg + 1))` levels).
 //! - **the `T x T` token mixing**: a plaintext matrix on the slot axis, applied by the
 //!   diagonal method with baby-step giant-step ([`LinearTransform`]); the period `T'` makes
 //!   the rotations cyclic over the tokens. One level, `~2 sqrt(T')` rotations per column.
@@ -20,10 +33,12 @@
 //!   `K_c * U_e` and a rotate-and-sum over the tokens (`log2 T'` rotations), then
 //!   `out_e = sum_c Q_c * G_ce` (ciphertext-ciphertext products, one relinearization per
 //!   output column). The `T x T` scores are never materialised. Levels: qkv 1, mixing 1,
-//!   `K^T U` 1, `Q G` 1, proj 1.
+//!   `K^T U` 1, `Q G` 1, proj 1. Cost per head: `dh^2` products and `dh^2 log2 T'`
+//!   rotations (the dominant term at `r = 64`).
 //! - **pooling**: a plaintext mask (`1/T` on real tokens for mean, the first token for CLS,
-//!   zero on padding) and a rotate-and-sum: one level, `log2 T'` rotations. The pooled row
-//!   is then replicated in every slot.
+//!   zero on padding) and a rotate-and-sum over the tokens: one level, `log2 T'` rotations.
+//!   In columns the pooled row is replicated; packed, it is valid in the first slot of
+//!   each block.
 //! - **residuals**: additions after dropping to the lower level.
 //!
 //! Padding tokens (`T < T'`) carry garbage after biases, but never reach a real token: the
@@ -34,7 +49,7 @@
 
 use std::collections::BTreeSet;
 
-use ndarray::Array2;
+use ndarray::{Array1, Array2, Axis, Slice};
 use rand::{CryptoRng, RngCore};
 use rayon::prelude::*;
 
@@ -69,6 +84,71 @@ pub struct TokenPlan {
     relin: bool,
     output_shape: (usize, usize),
     scale: f64,
+    /// Layout of every input, then of every node.
+    input_layouts: Vec<Layout>,
+    layouts: Vec<Layout>,
+    /// Valid rows of every node value (`T`, or 1 after pooling).
+    rows: Vec<usize>,
+}
+
+/// How a `T x w` value sits in ciphertexts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One ciphertext per column, the `T'` token slots repeated over all slots.
+    Cols,
+    /// `c = N / (2 T')` columns per ciphertext, column `a c + b` in block `b` (slots
+    /// `b T' .. (b + 1) T'`) of ciphertext `a`. After pooling only slot `b T'` is valid.
+    Packed,
+}
+
+/// Forward layouts under `required` (node outputs that must be packed): inputs are packed,
+/// linear maps and attention produce columns unless required, other ops keep their first
+/// operand's layout.
+fn forward_layouts(adapter: &TokenAdapter, required: &[bool]) -> Vec<Layout> {
+    let mut out: Vec<Layout> = Vec::with_capacity(adapter.nodes().len());
+    for (j, n) in adapter.nodes().iter().enumerate() {
+        let l = match n.op {
+            TokenOp::Linear { .. } | TokenOp::LowRank { .. } | TokenOp::LinearAttention(_) => {
+                if required[j] {
+                    Layout::Packed
+                } else {
+                    Layout::Cols
+                }
+            }
+            _ => match n.inputs.first() {
+                Some(NodeRef::Node(k)) => out[*k],
+                _ => Layout::Packed,
+            },
+        };
+        out.push(l);
+    }
+    out
+}
+
+/// Requires `r` to be packed: marks the linear map that produces it (through layout-keeping
+/// ops). Returns whether something changed.
+fn require_packed(adapter: &TokenAdapter, required: &mut [bool], r: NodeRef) -> bool {
+    let NodeRef::Node(k) = r else { return false };
+    let Some(n) = adapter.nodes().get(k) else {
+        return false;
+    };
+    match n.op {
+        TokenOp::Linear { .. } | TokenOp::LowRank { .. } | TokenOp::LinearAttention(_) => {
+            if required[k] {
+                false
+            } else {
+                required[k] = true;
+                true
+            }
+        }
+        _ => {
+            let mut changed = false;
+            for &i in &n.inputs {
+                changed |= require_packed(adapter, required, i);
+            }
+            changed
+        }
+    }
 }
 
 fn op_levels(op: &TokenOp) -> usize {
@@ -88,6 +168,26 @@ fn op_levels(op: &TokenOp) -> usize {
 
 fn unit_interval((lo, hi): (f64, f64)) -> bool {
     lo == -1.0 && hi == 1.0
+}
+
+/// Whether the first operand of `n` is packed.
+fn ins_packed(n: &crate::model::token::TokenNode, layouts: &[Layout]) -> bool {
+    match n.inputs.first() {
+        Some(NodeRef::Node(k)) => layouts.get(*k) == Some(&Layout::Packed),
+        Some(NodeRef::Input(_)) => true,
+        None => false,
+    }
+}
+
+/// Rotate-and-sum steps over the blocks of a packed ciphertext: T', 2T', .., N/4.
+fn block_steps(period: usize, slots: usize) -> Vec<i64> {
+    let mut v = Vec::new();
+    let mut k = period;
+    while k < slots {
+        v.push(k as i64);
+        k *= 2;
+    }
+    v
 }
 
 /// `log2 T'` rotate-and-sum steps: 1, 2, 4, .., T'/2.
@@ -145,10 +245,73 @@ impl TokenPlan {
                  (hepeft::select::token::select_token) or fewer tapped layers"
             )));
         }
+        // layouts: the inputs (and everything added to them) packed, the rest in columns
+        let mut required = vec![false; adapter.nodes().len()];
+        let layouts = loop {
+            let layouts = forward_layouts(adapter, &required);
+            let layout_of = |r: &NodeRef| match r {
+                NodeRef::Input(_) => Layout::Packed,
+                NodeRef::Node(k) => layouts[*k],
+            };
+            let mut changed = false;
+            for n in adapter.nodes() {
+                if matches!(n.op, TokenOp::Add)
+                    && n.inputs.iter().any(|r| layout_of(r) == Layout::Packed)
+                {
+                    for r in &n.inputs {
+                        if layout_of(r) == Layout::Cols {
+                            changed |= require_packed(adapter, &mut required, *r);
+                        }
+                    }
+                }
+            }
+            if !changed {
+                break layouts;
+            }
+        };
+        let layout_of = |r: &NodeRef| match r {
+            NodeRef::Input(_) => Layout::Packed,
+            NodeRef::Node(k) => layouts[*k],
+        };
+        for n in adapter.nodes() {
+            let ins: Vec<Layout> = n.inputs.iter().map(layout_of).collect();
+            if matches!(n.op, TokenOp::Add) && ins.iter().any(|&l| l != ins[0]) {
+                return Err(Error::model(format!(
+                    "node {}: its operands cannot share one ciphertext layout (a residual over a value \
+                     that is not a linear map, a residual or an element-wise op of the inputs)",
+                    n.name
+                )));
+            }
+        }
+        for (j, n) in adapter.nodes().iter().enumerate() {
+            let linear = matches!(
+                n.op,
+                TokenOp::Linear { .. } | TokenOp::LowRank { .. } | TokenOp::LinearAttention(_)
+            );
+            if linear && ins_packed(n, &layouts) && layouts[j] == Layout::Packed {
+                return Err(Error::model(format!(
+                    "node {}: a linear map from packed to packed token matrices is not supported yet \
+                     (the plan packs the inputs and every residual over them)",
+                    n.name
+                )));
+            }
+        }
+        let mut rows: Vec<usize> = Vec::with_capacity(adapter.nodes().len());
+        for n in adapter.nodes() {
+            rows.push(n.shape.0);
+        }
         let mut levels = Vec::with_capacity(adapter.nodes().len());
         let mut steps = BTreeSet::new();
         let mut relin = false;
-        for n in adapter.nodes() {
+        for (j, n) in adapter.nodes().iter().enumerate() {
+            let from_packed = ins_packed(n, &layouts);
+            let linear = matches!(
+                n.op,
+                TokenOp::Linear { .. } | TokenOp::LowRank { .. } | TokenOp::LinearAttention(_)
+            );
+            if linear && from_packed && layouts[j] == Layout::Cols {
+                steps.extend(block_steps(period, slots));
+            }
             let before = n
                 .inputs
                 .iter()
@@ -183,6 +346,9 @@ impl TokenPlan {
             relin,
             output_shape: adapter.output_shape(),
             scale: params.default_scale(),
+            input_layouts: vec![Layout::Packed; adapter.inputs().len()],
+            layouts,
+            rows,
         })
     }
 
@@ -218,6 +384,58 @@ impl TokenPlan {
         self.relin
     }
 
+    /// Columns per packed ciphertext, `c = N / (2 T')`.
+    pub fn columns_per_ciphertext(&self) -> usize {
+        self.slots / self.period
+    }
+    /// Layout of each node's value.
+    pub fn layouts(&self) -> &[Layout] {
+        &self.layouts
+    }
+    /// Ciphertexts holding a value of `width` columns in `layout`.
+    pub fn ciphertexts_for(&self, layout: Layout, width: usize) -> usize {
+        match layout {
+            Layout::Cols => width,
+            Layout::Packed => width.div_ceil(self.columns_per_ciphertext()),
+        }
+    }
+    /// Ciphertexts the client uploads per sample (all inputs, packed).
+    pub fn query_ciphertexts(&self, adapter: &TokenAdapter) -> usize {
+        adapter
+            .inputs()
+            .iter()
+            .map(|i| self.ciphertexts_for(Layout::Packed, i.dim))
+            .sum()
+    }
+    /// Ciphertexts returned per sample.
+    pub fn result_ciphertexts(&self) -> usize {
+        let l = self.layouts.last().copied().unwrap_or(Layout::Cols);
+        self.ciphertexts_for(l, self.output_shape.1)
+    }
+
+    /// The slot vector of packed ciphertext `a` of a `width`-column value: slot `b T' + t`
+    /// holds `f(t, a c + b)` for `t < rows` and a valid column, else 0.
+    fn packed_slots(
+        &self,
+        a: usize,
+        width: usize,
+        rows: usize,
+        f: impl Fn(usize, usize) -> f64,
+    ) -> Vec<f64> {
+        let c = self.columns_per_ciphertext();
+        (0..self.slots)
+            .map(|i| {
+                let (b, t) = (i / self.period, i % self.period);
+                let col = a * c + b;
+                if t < rows.min(self.tokens) && col < width {
+                    f(t, col)
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
     /// The slot vector of one column of `T` tokens: zero-padded to `T'`, repeated.
     fn column_slots(&self, column: impl Fn(usize) -> f64) -> Vec<f64> {
         (0..self.slots)
@@ -232,9 +450,10 @@ impl TokenPlan {
             .collect()
     }
 
-    /// Encrypts one sample: `inputs[i]` is `T x dim_i`; returns one ciphertext per column
-    /// of every input, at [`TokenPlan::input_level`] and the default scale. Cost: one
-    /// encoding and encryption per column.
+    /// Encrypts one sample: `inputs[i]` is `T x dim_i`; returns the packed ciphertexts of
+    /// every input (`ceil(dim_i / c)` each, [`Layout::Packed`]), at
+    /// [`TokenPlan::input_level`] and the default scale. Cost: one encoding and encryption
+    /// per ciphertext.
     ///
     /// # Errors
     /// Wrong input shapes.
@@ -266,13 +485,14 @@ impl TokenPlan {
                     x.ncols()
                 )));
             }
-            let mut cols = Vec::with_capacity(spec.dim);
-            for j in 0..spec.dim {
-                let v = self.column_slots(|t| x[[t, j]]);
+            let n = self.ciphertexts_for(Layout::Packed, spec.dim);
+            let mut cts = Vec::with_capacity(n);
+            for a in 0..n {
+                let v = self.packed_slots(a, spec.dim, self.tokens, |t, j| x[[t, j]]);
                 let pt = encoder.encode(&v, self.input_level, scale)?;
-                cols.push(encryptor.encrypt(&pt, rng)?);
+                cts.push(encryptor.encrypt(&pt, rng)?);
             }
-            out.push(cols);
+            out.push(cts);
         }
         Ok(out)
     }
@@ -289,14 +509,31 @@ impl TokenPlan {
         cols: &[Ciphertext],
     ) -> Result<Array2<f64>> {
         let (rows, w) = self.output_shape;
-        if cols.len() != w {
-            return Err(Error::dims("token adapter output columns", w, cols.len()));
+        let layout = self.layouts.last().copied().unwrap_or(Layout::Cols);
+        let n = self.ciphertexts_for(layout, w);
+        if cols.len() != n {
+            return Err(Error::dims(
+                "token adapter output ciphertexts",
+                n,
+                cols.len(),
+            ));
         }
+        let c = self.columns_per_ciphertext();
         let mut out = Array2::zeros((rows, w));
-        for (j, ct) in cols.iter().enumerate() {
+        for (a, ct) in cols.iter().enumerate() {
             let v = encoder.decode(&decryptor.decrypt(ct)?)?;
             for t in 0..rows {
-                out[[t, j]] = v.get(t).copied().unwrap_or(0.0);
+                match layout {
+                    Layout::Cols => out[[t, a]] = v.get(t).copied().unwrap_or(0.0),
+                    Layout::Packed => {
+                        for b in 0..c {
+                            let j = a * c + b;
+                            if j < w {
+                                out[[t, j]] = v.get(b * self.period + t).copied().unwrap_or(0.0);
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok(out)
@@ -324,12 +561,13 @@ impl TokenPlan {
                 inputs.len(),
             ));
         }
-        for (spec, cols) in adapter.inputs().iter().zip(inputs) {
-            if cols.len() != spec.dim {
+        for (spec, cts) in adapter.inputs().iter().zip(inputs) {
+            let n = self.ciphertexts_for(Layout::Packed, spec.dim);
+            if cts.len() != n {
                 return Err(Error::dims(
-                    format!("columns of input {}", spec.name),
-                    spec.dim,
-                    cols.len(),
+                    format!("packed ciphertexts of input {}", spec.name),
+                    n,
+                    cts.len(),
                 ));
             }
         }
@@ -349,10 +587,22 @@ impl TokenPlan {
                     NodeRef::Node(k) => values[*k].as_slice(),
                 })
                 .collect();
-            let out = run.node(&node.op, &args).map_err(|e| Error::InvalidValue {
-                context: format!("encrypted token node {}", node.name),
-                reason: e.to_string(),
-            })?;
+            let (lin, rin) = match node.inputs.first() {
+                Some(NodeRef::Node(k)) => (self.layouts[*k], self.rows[*k]),
+                _ => (Layout::Packed, self.tokens),
+            };
+            let shape = Shape {
+                lin,
+                rin,
+                lout: self.layouts[j],
+                wout: node.shape.1,
+            };
+            let out = run
+                .node(&node.op, &args, shape)
+                .map_err(|e| Error::InvalidValue {
+                    context: format!("encrypted token node {}", node.name),
+                    reason: e.to_string(),
+                })?;
             if let Some(c) = out.first() {
                 if c.level() != self.levels[j] {
                     return Err(Error::InvalidValue {
@@ -371,6 +621,15 @@ impl TokenPlan {
             .pop()
             .ok_or_else(|| Error::model("token adapter has no nodes"))
     }
+}
+
+/// Layouts around one node: first operand (layout, valid rows) and output (layout, width).
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    lin: Layout,
+    rin: usize,
+    lout: Layout,
+    wout: usize,
 }
 
 struct Run<'a> {
@@ -393,7 +652,7 @@ impl Run<'_> {
             })
     }
 
-    /// Columns brought to their lowest common level (the scale is unchanged).
+    /// Ciphertexts brought to their lowest common level (the scale is unchanged).
     fn aligned(&self, cols: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
         let level = cols.iter().map(|c| c.level()).min().unwrap_or(0);
         cols.iter()
@@ -401,18 +660,25 @@ impl Run<'_> {
             .collect()
     }
 
-    /// `y_o = sum_i w[o, i] x_i + b_o` landing at scale `target` one level down.
+    /// `Y = X W^T + 1 b^T` (`w` is `out x in`), landing at scale `target` one level down,
+    /// from layout `sh.lin` to `sh.lout`:
+    /// - columns -> columns: constant products, no rotation;
+    /// - columns -> packed: per output ciphertext, one plaintext product per input column
+    ///   (the weights laid out per block), no rotation;
+    /// - packed -> columns: per output column, one plaintext product per input ciphertext
+    ///   and a rotate-and-sum over the blocks (`log2 c` rotations).
     fn linear(
         &self,
         x: &[Ciphertext],
-        rows: &[Vec<f64>],
-        bias: Option<&[f64]>,
+        w: &Array2<f64>,
+        bias: Option<&Array1<f64>>,
         target: f64,
+        sh: Shape,
     ) -> Result<Vec<Ciphertext>> {
         let x = self.aligned(x)?;
         let first = x
             .first()
-            .ok_or_else(|| Error::model("linear map on zero columns"))?;
+            .ok_or_else(|| Error::model("linear map on zero ciphertexts"))?;
         let level = first.level();
         if level == 0 {
             return Err(Error::LevelExhausted {
@@ -422,36 +688,108 @@ impl Run<'_> {
             });
         }
         let cs = target * self.q(level)? / first.scale();
-        rows.par_iter()
-            .enumerate()
-            .map(|(o, w)| {
-                let mut acc: Option<Ciphertext> = None;
-                for (xi, &wi) in x.iter().zip(w) {
-                    if wi == 0.0 {
-                        continue;
+        let (out_w, in_w) = w.dim();
+        let plan = self.plan;
+        let rows = sh.rin;
+        match (sh.lin, sh.lout) {
+            (Layout::Cols, Layout::Cols) => (0..out_w)
+                .into_par_iter()
+                .map(|o| {
+                    let mut acc: Option<Ciphertext> = None;
+                    for (i, xi) in x.iter().enumerate() {
+                        let wi = w[[o, i]];
+                        if wi == 0.0 {
+                            continue;
+                        }
+                        let t = self.ev.mul_const(xi, wi, cs)?;
+                        match acc.as_mut() {
+                            None => acc = Some(t),
+                            Some(a) => self.ev.add_assign(a, &t)?,
+                        }
                     }
-                    let t = self.ev.mul_const(xi, wi, cs)?;
-                    match acc.as_mut() {
-                        None => acc = Some(t),
-                        Some(a) => self.ev.add_assign(a, &t)?,
+                    let mut y = match acc {
+                        Some(a) => a,
+                        None => self.ev.mul_const(first, 0.0, cs)?,
+                    };
+                    self.ev.rescale_assign(&mut y)?;
+                    if let Some(b) = bias {
+                        if b[o] != 0.0 {
+                            self.ev.add_const_assign(&mut y, b[o])?;
+                        }
                     }
-                }
-                let mut y = match acc {
-                    Some(a) => a,
-                    None => self.ev.mul_const(first, 0.0, cs)?,
-                };
-                self.ev.rescale_assign(&mut y)?;
-                if let Some(b) = bias {
-                    let bo = b.get(o).copied().unwrap_or(0.0);
-                    if bo != 0.0 {
-                        self.ev.add_const_assign(&mut y, bo)?;
+                    Ok(y)
+                })
+                .collect(),
+            (Layout::Cols, Layout::Packed) => (0..plan.ciphertexts_for(Layout::Packed, out_w))
+                .into_par_iter()
+                .map(|a| {
+                    let mut acc: Option<Ciphertext> = None;
+                    for (i, xi) in x.iter().enumerate() {
+                        let pat = plan.packed_slots(a, out_w, rows, |_, o| w[[o, i]]);
+                        if pat.iter().all(|&v| v == 0.0) {
+                            continue;
+                        }
+                        let pt = self.encoder.encode(&pat, level, cs)?;
+                        let t = self.ev.mul_plain(xi, &pt)?;
+                        match acc.as_mut() {
+                            None => acc = Some(t),
+                            Some(acc) => self.ev.add_assign(acc, &t)?,
+                        }
                     }
-                }
-                Ok(y)
-            })
-            .collect()
+                    let mut y = match acc {
+                        Some(a) => a,
+                        None => self.ev.mul_const(first, 0.0, cs)?,
+                    };
+                    self.ev.rescale_assign(&mut y)?;
+                    if let Some(b) = bias {
+                        let pat = plan.packed_slots(a, out_w, rows, |_, o| b[o]);
+                        let pt = self.encoder.encode(&pat, y.level(), y.scale())?;
+                        self.ev.add_plain_assign(&mut y, &pt)?;
+                    }
+                    Ok(y)
+                })
+                .collect(),
+            (Layout::Packed, Layout::Cols) => (0..out_w)
+                .into_par_iter()
+                .map(|o| {
+                    let mut acc: Option<Ciphertext> = None;
+                    for (a, xa) in x.iter().enumerate() {
+                        let pat = plan.packed_slots(a, in_w, rows, |_, i| w[[o, i]]);
+                        if pat.iter().all(|&v| v == 0.0) {
+                            continue;
+                        }
+                        let pt = self.encoder.encode(&pat, level, cs)?;
+                        let t = self.ev.mul_plain(xa, &pt)?;
+                        match acc.as_mut() {
+                            None => acc = Some(t),
+                            Some(acc) => self.ev.add_assign(acc, &t)?,
+                        }
+                    }
+                    let mut y = match acc {
+                        Some(a) => a,
+                        None => self.ev.mul_const(first, 0.0, cs)?,
+                    };
+                    self.ev.rescale_assign(&mut y)?;
+                    for s in block_steps(plan.period, plan.slots) {
+                        let r = self.ev.rotate(&y, s)?;
+                        self.ev.add_assign(&mut y, &r)?;
+                    }
+                    if let Some(b) = bias {
+                        if b[o] != 0.0 {
+                            self.ev.add_const_assign(&mut y, b[o])?;
+                        }
+                    }
+                    Ok(y)
+                })
+                .collect(),
+            (Layout::Packed, Layout::Packed) => Err(Error::model(
+                "a linear map from packed to packed token matrices is not supported yet",
+            )),
+        }
     }
 
+    /// Rotate-and-sum over the `T'` token slots (every slot of a column ciphertext gets the
+    /// sum; in a packed ciphertext only the first slot of each block is right).
     fn rotate_sum(&self, ct: &mut Ciphertext) -> Result<()> {
         for s in sum_steps(self.plan.period) {
             let r = self.ev.rotate(ct, s)?;
@@ -460,46 +798,55 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// `ct ⊙ mask` (a column pattern), rescaled to `target`.
+    /// `ct ⊙ pattern`, rescaled to `target`; the pattern is `f(t, column)` in either layout
+    /// (`a` = the ciphertext's index for packed values).
     fn mask(
         &self,
         ct: &Ciphertext,
-        pattern: impl Fn(usize) -> f64,
+        layout: Layout,
+        a: usize,
+        width: usize,
+        f: impl Fn(usize, usize) -> f64,
         target: f64,
     ) -> Result<Ciphertext> {
         let level = ct.level();
         let pscale = target * self.q(level)? / ct.scale();
-        let pt = self
-            .encoder
-            .encode(&self.plan.column_slots(pattern), level, pscale)?;
+        let pat = match layout {
+            Layout::Cols => self.plan.column_slots(|t| f(t, a)),
+            Layout::Packed => self.plan.packed_slots(a, width, self.plan.tokens, f),
+        };
+        let pt = self.encoder.encode(&pat, level, pscale)?;
         let mut y = self.ev.mul_plain(ct, &pt)?;
         self.ev.rescale_assign(&mut y)?;
         Ok(y)
     }
 
-    fn node(&self, op: &TokenOp, args: &[&[Ciphertext]]) -> Result<Vec<Ciphertext>> {
+    fn node(&self, op: &TokenOp, args: &[&[Ciphertext]], sh: Shape) -> Result<Vec<Ciphertext>> {
         let x = args
             .first()
             .copied()
             .ok_or_else(|| Error::model("node without operands"))?;
         let delta = self.delta;
         match op {
-            TokenOp::Linear { weight, bias } => {
-                let rows: Vec<Vec<f64>> = weight.rows().into_iter().map(|r| r.to_vec()).collect();
-                let b = bias.as_ref().map(|b| b.to_vec());
-                self.linear(x, &rows, b.as_deref(), delta)
-            }
+            TokenOp::Linear { weight, bias } => self.linear(x, weight, bias.as_ref(), delta, sh),
             TokenOp::LowRank { a, b, scale, bias } => {
                 let w = b.dot(a) * *scale;
-                let rows: Vec<Vec<f64>> = w.rows().into_iter().map(|r| r.to_vec()).collect();
-                let bb = bias.as_ref().map(|b| b.to_vec());
-                self.linear(x, &rows, bb.as_deref(), delta)
+                self.linear(x, &w, bias.as_ref(), delta, sh)
             }
             TokenOp::Affine { mul, add } => {
                 let x = self.aligned(x)?;
                 x.par_iter()
                     .enumerate()
-                    .map(|(i, c)| self.scalar_affine(c, mul[i], add[i], delta))
+                    .map(|(i, c)| match sh.lin {
+                        Layout::Cols => self.scalar_affine(c, mul[i], add[i], delta),
+                        Layout::Packed => {
+                            let mut y = self.mask(c, sh.lin, i, sh.wout, |_, j| mul[j], delta)?;
+                            let pat = self.plan.packed_slots(i, sh.wout, sh.rin, |_, j| add[j]);
+                            let pt = self.encoder.encode(&pat, y.level(), y.scale())?;
+                            self.ev.add_plain_assign(&mut y, &pt)?;
+                            Ok(y)
+                        }
+                    })
                     .collect()
             }
             TokenOp::Scale(f) => {
@@ -543,20 +890,26 @@ impl Run<'_> {
             TokenOp::Pool(pool) => {
                 let tokens = self.plan.tokens;
                 let x = self.aligned(x)?;
+                let pattern = |t: usize, _: usize| match pool {
+                    Pooling::Cls => {
+                        if t == 0 {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    }
+                    Pooling::Mean => 1.0 / tokens as f64,
+                };
                 x.par_iter()
-                    .map(|c| {
-                        let mut y = match pool {
-                            Pooling::Cls => {
-                                self.mask(c, |t| if t == 0 { 1.0 } else { 0.0 }, delta)?
-                            }
-                            Pooling::Mean => self.mask(c, |_| 1.0 / tokens as f64, delta)?,
-                        };
+                    .enumerate()
+                    .map(|(a, c)| {
+                        let mut y = self.mask(c, sh.lin, a, sh.wout, pattern, delta)?;
                         self.rotate_sum(&mut y)?;
                         Ok(y)
                     })
                     .collect()
             }
-            TokenOp::LinearAttention(at) => self.attention(at, x),
+            TokenOp::LinearAttention(at) => self.attention(at, x, sh),
         }
     }
 
@@ -570,7 +923,12 @@ impl Run<'_> {
         Ok(y)
     }
 
-    fn attention(&self, at: &LinearAttention, x: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
+    fn attention(
+        &self,
+        at: &LinearAttention,
+        x: &[Ciphertext],
+        sh: Shape,
+    ) -> Result<Vec<Ciphertext>> {
         let delta = self.delta;
         let r = at.width();
         let dh = at.head_dim();
@@ -586,13 +944,30 @@ impl Run<'_> {
             });
         }
         let l = l_in - 1;
-        let row = |k: usize, f: f64| -> Vec<f64> { at.qkv.row(k).iter().map(|v| v * f).collect() };
-        let bias = |k: usize, f: f64| -> f64 { at.qkv_bias.as_ref().map_or(0.0, |b| b[k] * f) };
-        // K and V at (l, delta)
-        let kv_rows: Vec<Vec<f64>> = (r..3 * r).map(|k| row(k, 1.0)).collect();
-        let kv_bias: Vec<f64> = (r..3 * r).map(|k| bias(k, 1.0)).collect();
-        let kv = self.linear(&x, &kv_rows, Some(&kv_bias), delta)?;
-        let (k_cols, v_cols) = kv.split_at(r);
+        let to_cols = Shape {
+            lin: sh.lin,
+            rin: sh.rin,
+            lout: Layout::Cols,
+            wout: r,
+        };
+        let rows_of = |from: usize, f: f64| -> (Array2<f64>, Array1<f64>) {
+            let w = at
+                .qkv
+                .slice_axis(Axis(0), Slice::from(from..from + r))
+                .mapv(|v| v * f);
+            let b = match &at.qkv_bias {
+                Some(b) => b
+                    .slice_axis(Axis(0), Slice::from(from..from + r))
+                    .mapv(|v| v * f),
+                None => Array1::zeros(r),
+            };
+            (w, b)
+        };
+        // K and V in columns at (l, delta)
+        let (kw, kb) = rows_of(r, 1.0);
+        let (vw, vb) = rows_of(2 * r, 1.0);
+        let k_cols = self.linear(&x, &kw, Some(&kb), delta, to_cols)?;
+        let v_cols = self.linear(&x, &vw, Some(&vb), delta, to_cols)?;
         // U = M^T V on the token axis: y[t] = sum_j M[j, t] v[j], diagonal k: A[t, t + k]
         let diags: Vec<Vec<f64>> = (0..period)
             .map(|k| {
@@ -606,13 +981,7 @@ impl Run<'_> {
                 })
             })
             .collect();
-        let lt = LinearTransform::new(
-            self.encoder,
-            &diags,
-            l,
-            delta * self.q(l)? / delta,
-            baby_step_for(period),
-        )?;
+        let lt = LinearTransform::new(self.encoder, &diags, l, self.q(l)?, baby_step_for(period))?;
         let u_cols: Vec<Ciphertext> = v_cols
             .par_iter()
             .map(|v| {
@@ -628,7 +997,7 @@ impl Run<'_> {
                 v_cols
                     .par_iter()
                     .map(|v| {
-                        let mut b = self.mask(v, |t| m[t], delta)?;
+                        let mut b = self.mask(v, Layout::Cols, 0, 1, |t, _| m[t], delta)?;
                         self.rotate_sum(&mut b)?;
                         self.ev.drop_to_level(&b, l - 3)
                     })
@@ -658,10 +1027,9 @@ impl Run<'_> {
             .ok_or_else(|| Error::model("attention without heads"))?;
         // Q at level l with the scale that makes Q * G land on delta after one rescale
         let s_q = delta * self.q(l - 2)? / s_g;
-        let q_rows: Vec<Vec<f64>> = (0..r).map(|k| row(k, at.scale)).collect();
-        let q_bias: Vec<f64> = (0..r).map(|k| bias(k, at.scale)).collect();
+        let (qw, qb) = rows_of(0, at.scale);
         let q_cols: Vec<Ciphertext> = self
-            .linear(&x, &q_rows, Some(&q_bias), s_q)?
+            .linear(&x, &qw, Some(&qb), s_q, to_cols)?
             .iter()
             .map(|c| self.ev.drop_to_level(c, l - 2))
             .collect::<Result<_>>()?;
@@ -688,8 +1056,12 @@ impl Run<'_> {
                 Ok(y)
             })
             .collect::<Result<_>>()?;
-        let p_rows: Vec<Vec<f64>> = at.proj.rows().into_iter().map(|r| r.to_vec()).collect();
-        let p_bias = at.proj_bias.as_ref().map(|b| b.to_vec());
-        self.linear(&heads_out, &p_rows, p_bias.as_deref(), delta)
+        let proj = Shape {
+            lin: Layout::Cols,
+            rin: tokens,
+            lout: sh.lout,
+            wout: r,
+        };
+        self.linear(&heads_out, &at.proj, at.proj_bias.as_ref(), delta, proj)
     }
 }
