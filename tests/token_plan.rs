@@ -386,3 +386,34 @@ fn fused_owc_block_at_t16_matches_the_twin() {
         );
     }
 }
+
+/// MiniLM-sized OWC (d = 384, T = 64, r = 64, H = 2, s = 1) at the parameters
+/// `select_token` picks for 16 bits at 128-bit security. Slow (minutes): `--ignored`.
+#[test]
+#[ignore]
+fn minilm_sized_owc_s1_at_selected_parameters() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let sh = OwcShape {
+        tokens: 64,
+        d: 384,
+        r: 64,
+        heads: 2,
+        taps: 1,
+        classes: 2,
+    };
+    let ad = fuse_tokens(&random_owc(&mut rng, sh).unwrap()).unwrap();
+    let sel = hepeft::select::token::select_token(&ad, 16, Security::Bits128).unwrap();
+    println!("{}", sel.report.to_text());
+    let xs = inputs(&mut rng, &ad);
+    let t0 = std::time::Instant::now();
+    let (got, want) = run(&ad, &sel.params, &xs, 30);
+    println!(
+        "keygen + encrypt + evaluate + decrypt: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(bits("MiniLM-sized OWC s=1", &got, &want) > 12.0);
+    assert_eq!(
+        hepeft::model::reference::argmax(got.row(0)),
+        hepeft::model::reference::argmax(want.row(0))
+    );
+}

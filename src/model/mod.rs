@@ -22,6 +22,7 @@ pub mod peft_config;
 pub mod reference;
 pub mod tensors;
 pub mod token;
+pub mod token_card;
 pub mod zoo;
 
 pub use activation::{Activation, ActivationFn};
