@@ -924,6 +924,7 @@ pub fn uniform_tokens(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::unreachable)]
 mod tests {
     use super::*;
     use ndarray::array;

@@ -76,22 +76,22 @@ pub struct TokenNodeCard {
     /// `linear_attention`: heads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heads: Option<usize>,
-    /// `linear_attention`: `qkv` [3r, r].
+    /// `linear_attention`: `qkv`, shape `3r x r`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qkv: Option<String>,
-    /// `linear_attention`: optional `qkv_bias` [3r].
+    /// `linear_attention`: optional `qkv_bias`, length `3r`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qkv_bias: Option<String>,
-    /// `linear_attention`: `mix` [T, T].
+    /// `linear_attention`: `mix`, shape `T x T`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<String>,
-    /// `linear_attention`: optional `mix_bias` [T].
+    /// `linear_attention`: optional `mix_bias`, length `T`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix_bias: Option<String>,
-    /// `linear_attention`: `proj` [r, r].
+    /// `linear_attention`: `proj`, shape `r x r`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proj: Option<String>,
-    /// `linear_attention`: optional `proj_bias` [r].
+    /// `linear_attention`: optional `proj_bias`, length `r`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proj_bias: Option<String>,
     /// `pool`: `cls` or `mean`.
@@ -415,6 +415,7 @@ pub fn save_token_adapter(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::unreachable)]
 mod tests {
     use super::*;
     use crate::model::token::{evaluate_tokens, random_owc, uniform_tokens, OwcShape};

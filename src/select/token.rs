@@ -102,7 +102,7 @@ impl TokenSelectionReport {
 /// [`fuse_tokens`](crate::plan::token::fuse_tokens) to save levels).
 ///
 /// # Errors
-/// [`Error::Params`] naming, for every N up to 2^16, why it was refused (too deep for the
+/// [`Error::InvalidParameters`] naming, for every N up to 2^16, why it was refused (too deep for the
 /// security bound, too many tokens for the slots, precision out of reach).
 pub fn select_token(
     adapter: &TokenAdapter,

@@ -224,7 +224,7 @@ impl TokenPlan {
     /// Schedules `adapter` under `params`: inputs are encrypted at the top level.
     ///
     /// # Errors
-    /// [`Error::Params`] when `T'` (the next power of two above `T`) exceeds the slots, or
+    /// [`Error::InvalidParameters`] when `T'` (the next power of two above `T`) exceeds the slots, or
     /// the depth exceeds the chain (naming both and what to do).
     pub fn compile(adapter: &TokenAdapter, params: &CkksParams) -> Result<Self> {
         let tokens = adapter.tokens();
