@@ -1008,23 +1008,15 @@ impl Run<'_> {
             .iter()
             .map(|c| self.ev.drop_to_level(c, l - 1))
             .collect::<Result<_>>()?;
-        // G[h][c][e] = sum_t K_c[t] U_e[t], replicated, at (l - 2, delta^2 / q_{l-1})
-        let pairs: Vec<(usize, usize, usize)> = (0..at.heads)
-            .flat_map(|h| (0..dh).flat_map(move |c| (0..dh).map(move |e| (h, c, e))))
-            .collect();
-        let g: Vec<Ciphertext> = pairs
-            .par_iter()
-            .map(|&(h, c, e)| {
-                let mut p = self.ev.mul_relin(&k_low[h * dh + c], &u_cols[h * dh + e])?;
-                self.ev.rescale_assign(&mut p)?;
-                self.rotate_sum(&mut p)?;
-                Ok(p)
-            })
-            .collect::<Result<_>>()?;
-        let s_g = g
+        // G[h][c][e] = sum_t K_c[t] U_e[t], replicated, at (l - 2, s_g = delta^2 / q_{l-1})
+        // (K and U are both at exactly delta), computed per output column and consumed at
+        // once, so that only a few ciphertexts are alive per thread.
+        let s_g = k_low
             .first()
-            .map(|c| c.scale())
-            .ok_or_else(|| Error::model("attention without heads"))?;
+            .zip(u_cols.first())
+            .map(|(k, u)| k.scale() * u.scale())
+            .ok_or_else(|| Error::model("attention without columns"))?
+            / self.q(l - 1)?;
         // Q at level l with the scale that makes Q * G land on delta after one rescale
         let s_q = delta * self.q(l - 2)? / s_g;
         let (qw, qb) = rows_of(0, at.scale);
@@ -1037,11 +1029,12 @@ impl Run<'_> {
             .into_par_iter()
             .map(|col| {
                 let h = col / dh;
-                let e = col % dh;
                 let mut acc: Option<Ciphertext> = None;
                 for c in 0..dh {
-                    let gi = (h * dh + c) * dh + e;
-                    let p = self.ev.mul(&q_cols[h * dh + c], &g[gi])?;
+                    let mut g = self.ev.mul_relin(&k_low[h * dh + c], &u_cols[col])?;
+                    self.ev.rescale_assign(&mut g)?;
+                    self.rotate_sum(&mut g)?;
+                    let p = self.ev.mul(&q_cols[h * dh + c], &g)?;
                     match acc.as_mut() {
                         None => acc = Some(p),
                         Some(a) => self.ev.add_assign(a, &p)?,
