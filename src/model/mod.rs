@@ -23,6 +23,7 @@ pub mod reference;
 pub mod tensors;
 pub mod token;
 pub mod token_card;
+pub mod token_npy;
 pub mod zoo;
 
 pub use activation::{Activation, ActivationFn};
