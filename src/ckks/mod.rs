@@ -31,6 +31,6 @@ pub use params::{CkksParams, CkksParamsLiteral, SecretDistribution, PRESETS};
 pub use precision::PrecisionStats;
 pub use security::Security;
 pub use serialize::{
-    from_bytes, from_bytes_bound, load, load_bound, save, save_bound, to_bytes, to_bytes_bound,
-    CiphertextBundle, HeObject,
+    ciphertext_bytes, from_bytes, from_bytes_bound, load, load_bound, save, save_bound, to_bytes,
+    to_bytes_bound, CiphertextBundle, HeObject, KeyFileSizes,
 };

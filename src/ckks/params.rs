@@ -9,6 +9,10 @@ use sha2::{Digest, Sha256};
 use std::ops::Range;
 use std::sync::Arc;
 
+/// The TOML table of a parameter file that records what the set was selected for (owned by
+/// `crate::select::record`; skipped by [`CkksParams::from_toml`]).
+pub const SELECTION_TABLE: &str = "selected_for";
+
 /// Distribution of the secret key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -397,9 +401,18 @@ impl CkksParams {
     }
 
     /// Parses a TOML literal (the format of the files in `params/`) and checks it.
+    ///
+    /// A top-level `[selected_for]` table (what `hepeft params select` chose the set for,
+    /// read by `crate::select::ParamsFile`) is not part of the literal and is skipped
+    /// here; it does not enter the digest.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let lit: CkksParamsLiteral =
-            toml::from_str(text).map_err(|e| Error::format("parameter file", e.to_string()))?;
+        let fmt = |e: toml::de::Error| Error::format("parameter file", e.to_string());
+        let mut table: toml::Table = toml::from_str(text).map_err(fmt)?;
+        let lit: CkksParamsLiteral = if table.remove(SELECTION_TABLE).is_some() {
+            toml::Value::Table(table).try_into().map_err(fmt)?
+        } else {
+            toml::from_str(text).map_err(fmt)?
+        };
         Self::from_literal(lit)
     }
 
@@ -435,8 +448,13 @@ impl CkksParams {
         let all: Vec<_> = ring.q_tables().iter().chain(ring.p_tables()).collect();
         let ifma = all.iter().filter(|t| t.uses_ifma()).count();
         if ifma == 0 {
+            let kernels = if cfg!(feature = "avx512") {
+                "AVX-512/AVX2 kernels"
+            } else {
+                "AVX2 kernels: built without the avx512 feature"
+            };
             format!(
-                "no IFMA kernel on this CPU for any of the {} primes (AVX-512/AVX2 kernels)",
+                "no IFMA kernel on this CPU for any of the {} primes ({kernels})",
                 all.len()
             )
         } else {

@@ -55,6 +55,54 @@ fn max_switching_key_bytes(params: &CkksParams) -> u64 {
             * poly_bytes(params, params.max_level() + 1 + params.p().len())
 }
 
+/// Exact sizes (bytes, whole files with envelope) of the key files `hepeft keygen` writes
+/// for a plan with `galois_keys` rotation keys and, if `relin`, a relinearization key:
+/// seeded switching keys, a seeded public key, the evaluation-key file carrying the public
+/// key, and key-binding blocks on the secret and evaluation keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeyFileSizes {
+    /// `secret.key`.
+    pub secret_key: u64,
+    /// `public.key`.
+    pub public_key: u64,
+    /// One seeded switching key inside `eval.keys` (without its Galois element).
+    pub switching_key: u64,
+    /// `eval.keys`: relinearization key, Galois keys, the public key, binding block.
+    pub evaluation_keys: u64,
+}
+
+impl KeyFileSizes {
+    /// Computes the sizes from the serializer's layout (checked against written files in
+    /// `tests/select_params.rs`).
+    pub fn new(params: &CkksParams, galois_keys: usize, relin: bool) -> Self {
+        let frame = (HEADER_LEN + CHECKSUM_LEN) as u64;
+        let ext = params.max_level() + 1 + params.p().len();
+        // digit count, seed flag, seed, one polynomial per digit
+        let swk = 8 + 1 + 32 + params.num_digits() as u64 * poly_bytes(params, ext);
+        // seed flag, seed, b
+        let pk_payload = 1 + 32 + poly_bytes(params, ext);
+        let evk_payload = KEY_BINDING_LEN
+            + 1
+            + if relin { swk } else { 0 }
+            + 8
+            + galois_keys as u64 * (8 + swk)
+            + 1
+            + pk_payload;
+        KeyFileSizes {
+            secret_key: frame + 4 + params.n() as u64 + KEY_BINDING_LEN,
+            public_key: frame + pk_payload,
+            switching_key: swk,
+            evaluation_keys: frame + evk_payload,
+        }
+    }
+}
+
+/// Bytes of one serialized ciphertext of `parts` parts at `level`, unseeded (as a public-key
+/// encryption or an evaluation result is stored inside a bundle).
+pub fn ciphertext_bytes(params: &CkksParams, level: usize, parts: usize) -> u64 {
+    8 + 1 + 1 + parts as u64 * poly_bytes(params, level + 1)
+}
+
 /// An object with a file format of its own.
 pub trait HeObject: Sized {
     /// The envelope kind.

@@ -140,9 +140,10 @@ pub struct ServeArgs {
     /// Parameter set: a preset name or a TOML file.
     #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
     pub params: ParamsSource,
-    /// Packing layout the service offers.
-    #[arg(long, value_enum, default_value = "latency")]
-    pub mode: ModeArg,
+    /// Packing layout the service offers (default: the one the parameter file records,
+    /// else latency).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
     /// Address to listen on (loopback by default; put TLS termination in front for remote use).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
@@ -233,43 +234,50 @@ pub struct ServeTuneArgs {
 
 /// Output sanitization: noise flooding settings (masking, level drop and re-randomization
 /// always run).
-#[derive(Debug, Args, Clone, Copy, PartialEq)]
+#[derive(Debug, Args, Clone, Copy, PartialEq, Default)]
 pub struct FloodingArgs {
-    /// Statistical security of the noise flooding added to every result, bits.
-    #[arg(long, default_value_t = 40, value_name = "BITS")]
-    pub flooding_bits: u32,
+    /// Statistical security of the noise flooding added to every result, bits (default:
+    /// the level the parameter file records, else 40).
+    #[arg(long, value_name = "BITS")]
+    pub flooding_bits: Option<u32>,
     /// Result decryptions per key the flooding covers at full strength (the bound degrades
-    /// as sqrt(queries / this) beyond).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub flooding_queries: u64,
+    /// as sqrt(queries / this) beyond; default: the recorded budget, else 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub flooding_queries: Option<u64>,
     /// Turn noise flooding off: the client's decryption error then depends on the weights
     /// and leaks information about them. For tests and trusted clients only.
     #[arg(long)]
     pub no_flooding: bool,
 }
 
-impl Default for FloodingArgs {
-    fn default() -> Self {
-        FloodingArgs {
-            flooding_bits: 40,
-            flooding_queries: 1,
-            no_flooding: false,
-        }
-    }
-}
-
 impl FloodingArgs {
-    /// The library configuration.
+    /// The library configuration with the defaults (40 bits, 1 query) for what is not
+    /// given (`params select`: nothing is recorded yet).
     pub fn config(&self) -> hepeft::plan::SanitizeConfig {
         if self.no_flooding {
             hepeft::plan::SanitizeConfig::without_flooding()
         } else {
             hepeft::plan::SanitizeConfig {
                 flooding: Some(hepeft::plan::FloodingConfig::new(
-                    self.flooding_bits,
-                    self.flooding_queries,
+                    self.bits(),
+                    self.flooding_queries.unwrap_or(1),
                 )),
             }
+        }
+    }
+
+    /// `--flooding-bits`, or the default.
+    pub fn bits(&self) -> u32 {
+        self.flooding_bits
+            .unwrap_or(hepeft::plan::sanitize::DEFAULT_STATISTICAL_SECURITY)
+    }
+
+    /// What the command line says, for [`hepeft::select::record::resolve_sanitize`].
+    pub fn request(&self) -> hepeft::select::record::FloodingRequest {
+        hepeft::select::record::FloodingRequest {
+            bits: self.flooding_bits,
+            queries: self.flooding_queries,
+            off: self.no_flooding,
         }
     }
 
@@ -374,9 +382,10 @@ pub struct KeygenArgs {
     /// written by `params select --backend exact`.
     #[arg(long, value_name = "CARD")]
     pub model: PathBuf,
-    /// Packing layout the keys are made for.
-    #[arg(long, value_enum, default_value_t = ModeArg::Latency)]
-    pub mode: ModeArg,
+    /// Packing layout the keys are made for (default: the one the parameter file records,
+    /// else latency).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
     /// Output directory (secret.key, public.key, eval.keys, params.toml, plan.json).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -594,6 +603,27 @@ impl ParamsSource {
                     .with_context(|| format!("reading parameter file {}", path.display()))?;
                 CkksParams::from_toml(&text)
                     .with_context(|| format!("parameter file {}", path.display()))
+            }
+        }
+    }
+
+    /// Loads the parameter set with its `[selected_for]` record, and the warning to print
+    /// when a file has none (presets carry none and need none).
+    pub fn load_file(&self) -> anyhow::Result<(hepeft::select::ParamsFile, Option<String>)> {
+        use anyhow::Context as _;
+        use hepeft::select::ParamsFile;
+        match self {
+            ParamsSource::Preset(name) => Ok((ParamsFile::bare(CkksParams::preset(name)?), None)),
+            ParamsSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading parameter file {}", path.display()))?;
+                let file = ParamsFile::from_toml(&text)
+                    .with_context(|| format!("parameter file {}", path.display()))?;
+                let warning = file
+                    .record
+                    .is_none()
+                    .then(|| ParamsFile::missing_record_warning(&path.display().to_string()));
+                Ok((file, warning))
             }
         }
     }

@@ -15,7 +15,9 @@ pub mod io;
 pub mod keys;
 pub mod noise;
 pub mod params;
+pub mod sanitize;
 
 pub use eval::{encode, to_signed, Evaluator, ExactCiphertext, Lut, SeededCiphertexts};
 pub use keys::{generate_keys, ClientKey, CompressedServerKey, ServerKey};
 pub use params::{ExactParams, ExactParamsLiteral, DEFAULT_VETTED, READ_BITS};
+pub use sanitize::{sanitize_pbs, ExactPublicKey};

@@ -52,6 +52,48 @@ impl QuantizedPlan {
         key.decrypt(cts, self.output_log_modulus())
     }
 
+    /// Server side: sanitizes the outputs of [`evaluate`](Self::evaluate) before they leave
+    /// (see [`crate::exact::sanitize`]): each output is re-randomized under the client's
+    /// public key, rebuilt from fresh bootstrappings and flooded, so that what the client
+    /// decrypts depends on the output values only. Decrypts to the same integers.
+    ///
+    /// Cost: [`sanitize_pbs`](crate::exact::sanitize_pbs)`(output_log_modulus)`
+    /// bootstrappings per output (7 for logits modulo 2^11), run in parallel, and two
+    /// public-key encryptions of zero per output. Returns the outputs and the bootstrappings
+    /// performed.
+    ///
+    /// # Errors
+    /// [`Error::DimensionMismatch`] for a wrong count or key; what
+    /// [`Evaluator::sanitize`] refuses.
+    pub fn sanitize_outputs(
+        &self,
+        key: &ServerKey,
+        pk: &crate::exact::ExactPublicKey,
+        outputs: &[ExactCiphertext],
+        rng: &mut (impl Rng + CryptoRng),
+    ) -> Result<(Vec<ExactCiphertext>, u64)> {
+        if outputs.len() != self.output_dim() {
+            return Err(Error::dims(
+                "exact outputs",
+                self.output_dim(),
+                outputs.len(),
+            ));
+        }
+        let p = self.output_log_modulus();
+        let ev = Evaluator::new(key);
+        // randomness is drawn in order on this thread; the bootstrappings run in parallel
+        let seeds: Vec<[u8; 32]> = outputs.iter().map(|_| rng.random()).collect();
+        let out = outputs
+            .par_iter()
+            .zip(seeds.par_iter())
+            .map(|(c, seed)| {
+                let mut r = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(*seed);
+                ev.sanitize(c, p, pk, &mut r)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((out, ev.pbs_count()))
+    }
+
     /// Server side: evaluates the plan on encrypted inputs. Cost:
     /// [`predicted_pbs`](Self::predicted_pbs) bootstrappings plus one leveled dot product per
     /// neuron; the count actually performed is returned in [`ExactRun::pbs`].

@@ -16,6 +16,12 @@ use crate::plan::{FloodingConfig, Mode, Plan, PlanOptions};
 use crate::{Error, Result};
 use serde::Serialize;
 
+pub mod advice;
+pub mod record;
+
+pub use advice::select_with_advice;
+pub use record::{ParamsFile, SelectionRecord};
+
 /// What the caller wants.
 #[derive(Clone, Copy, Debug)]
 pub struct SelectRequest {
@@ -88,10 +94,17 @@ pub struct SelectionReport {
     pub key_switches_per_query: usize,
     /// Bytes of one switching key as stored (seeded).
     pub switching_key_bytes: usize,
-    /// Bytes of all evaluation keys as stored (seeded).
+    /// Bytes of the `eval.keys` file as `keygen` writes it (switching keys, the public key
+    /// the server re-randomizes with, envelope and binding): exact.
     pub evaluation_key_bytes: usize,
-    /// Bytes of one fresh ciphertext (public-key encryption).
+    /// Bytes of the `public.key` file: exact.
+    pub public_key_bytes: usize,
+    /// Bytes of the `secret.key` file: exact.
+    pub secret_key_bytes: usize,
+    /// Bytes of one fresh ciphertext (public-key encryption) inside a query file.
     pub ciphertext_bytes: usize,
+    /// Bytes of one result ciphertext (level 0) inside a result file.
+    pub result_ciphertext_bytes: usize,
     /// Ciphertexts uploaded per query.
     pub query_ciphertexts: usize,
     /// Ciphertexts downloaded per query (at the output level).
@@ -282,12 +295,10 @@ pub fn report_for(
     depth: usize,
     refused: Vec<String>,
 ) -> SelectionReport {
-    let n = params.n();
     let top = params.max_level();
-    let k = params.p().len();
-    let digits = params.num_digits();
-    let switching_key_bytes = digits * (top + 1 + k) * n * 8 + 32;
-    let keys = plan.galois_elements().len() + usize::from(plan.needs_relin());
+    let sizes =
+        crate::ckks::KeyFileSizes::new(params, plan.galois_elements().len(), plan.needs_relin());
+    let usize_of = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
     let log2 = |v: u64| (v as f64).log2().round() as u32;
     SelectionReport {
         log_n: params.log_n(),
@@ -309,9 +320,12 @@ pub fn report_for(
         flooding_bits: None,
         rotation_keys: plan.galois_elements().len(),
         key_switches_per_query: plan.key_switches(),
-        switching_key_bytes,
-        evaluation_key_bytes: keys * switching_key_bytes,
-        ciphertext_bytes: 2 * (top + 1) * n * 8,
+        switching_key_bytes: usize_of(sizes.switching_key),
+        evaluation_key_bytes: usize_of(sizes.evaluation_keys),
+        public_key_bytes: usize_of(sizes.public_key),
+        secret_key_bytes: usize_of(sizes.secret_key),
+        ciphertext_bytes: usize_of(crate::ckks::ciphertext_bytes(params, top, 2)),
+        result_ciphertext_bytes: usize_of(crate::ckks::ciphertext_bytes(params, 0, 2)),
         query_ciphertexts: plan.input_ciphertexts(),
         result_ciphertexts: plan.output_ciphertexts(),
         digest: params.digest_short(),
@@ -322,13 +336,21 @@ pub fn report_for(
 impl SelectionReport {
     /// Human-readable report.
     pub fn to_text(&self) -> String {
-        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        let size = |b: usize| {
+            let b = b as f64;
+            if b >= (1u64 << 20) as f64 {
+                format!("{:.2} MiB", b / (1u64 << 20) as f64)
+            } else {
+                format!("{:.1} KiB", b / 1024.0)
+            }
+        };
         let mut s = format!(
             "N = 2^{}  log Q = {:?}  log P = {:?}  scale 2^{}  dnum {}\n\
              log2(QP) = {:.1} <= {} (HomomorphicEncryption.org, {}-bit, ternary secret)\n\
              levels {} (adapter uses {}, lower bound {}), predicted precision {:.1} bits\n\
              rotation keys {}, key switches per query {}\n\
-             evaluation keys {:.1} MiB ({:.1} MiB each), ciphertext {:.2} MiB, query {} ciphertext(s), result {} ciphertext(s)\n\
+             eval.keys {} ({} per switching key, public key included), public.key {}, secret.key {}\n\
+             query {} ciphertext(s) of {}, result {} ciphertext(s) of {}\n\
              digest {}\n",
             self.log_n,
             self.log_q,
@@ -344,11 +366,14 @@ impl SelectionReport {
             self.predicted_precision_bits,
             self.rotation_keys,
             self.key_switches_per_query,
-            mib(self.evaluation_key_bytes),
-            mib(self.switching_key_bytes),
-            mib(self.ciphertext_bytes),
+            size(self.evaluation_key_bytes),
+            size(self.switching_key_bytes),
+            size(self.public_key_bytes),
+            size(self.secret_key_bytes),
             self.query_ciphertexts,
+            size(self.ciphertext_bytes),
             self.result_ciphertexts,
+            size(self.result_ciphertext_bytes),
             self.digest
         );
         if let (Some(p), Some(s_bits)) = (self.flooded_precision_bits, self.flooding_bits) {

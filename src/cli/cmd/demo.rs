@@ -292,7 +292,7 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             params: Some(ParamsSource::Preset(preset.into())),
             backend: Backend::Ckks,
             model: public_card.clone(),
-            mode: args.mode,
+            mode: Some(args.mode),
             out: keys_dir.clone(),
             force: true,
         },

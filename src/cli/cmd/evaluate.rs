@@ -38,11 +38,15 @@ pub struct EvaluateReport {
 /// `hepeft evaluate`.
 pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let t_load = Instant::now();
-    let params = args
+    let (params_file, params_warning) = args
         .params
         .as_ref()
         .context("--params is required with --backend ckks")?
-        .load()?;
+        .load_file()?;
+    if let Some(w) = params_warning {
+        ui.note(&w);
+    }
+    let params = params_file.params.clone();
     // The adapter's privacy rests on RLWE under the client's parameters too (the
     // re-randomization hides the evaluation's c_1 only if RLWE is hard): refuse a set that
     // opted out of the security check.
@@ -130,23 +134,28 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let Some(client_pk) = keys.public_key().cloned() else {
         bail!("{} carries no public key", args.eval_keys.display());
     };
-    let sanitize_cfg = args.flooding.config();
+    // The layout and flooding the parameters were selected for, unless told otherwise;
+    // refused before any work when the flooding would leave less precision than the set
+    // was selected for (the advice names only settings that work).
+    let public_adapter = hepeft::plan::public_structure(&adapter)?;
+    let ctx = hepeft::select::record::SelectContext {
+        adapter: &public_adapter,
+        command: "hepeft params select --model <public card>",
+    };
+    hepeft::select::record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
+        .context("the query's layout")?;
+    let resolved = hepeft::select::record::resolve_sanitize(
+        params_file.record.as_ref(),
+        &args.flooding.request(),
+        &plan,
+        Some(&ctx),
+    )?;
+    let sanitize_cfg = resolved.config;
     if args.flooding.no_flooding {
         ui.note(crate::cli::args::FloodingArgs::WARNING);
     }
-    // Refuse before any work a flooding that would leave no precision (the same prediction
-    // the sanitization report makes).
-    if let Some(f) = &sanitize_cfg.flooding {
-        let bits = plan.flooded_precision_bits(f);
-        if bits < 1.0 {
-            bail!(
-                "noise flooding at {} bits would leave {bits:.1} bits of precision with these parameters: \
-                 choose parameters with a larger scale (`hepeft params select --flooding-bits {}`), lower \
-                 --flooding-bits, or, for a trusted client only, --no-flooding",
-                f.statistical_security,
-                f.statistical_security
-            );
-        }
+    for w in &resolved.warnings {
+        ui.note(w);
     }
     let (query, query_binding): (CiphertextBundle, _) = load_bound(&args.input, &params)
         .with_context(|| format!("reading query {}", args.input.display()))?;

@@ -158,13 +158,28 @@ pub fn os_rng() -> Result<ChaCha20Rng> {
 
 /// `hepeft keygen`.
 pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
-    let params = args
+    let (file, warning) = args
         .params
         .as_ref()
         .context("--params is required with --backend ckks")?
-        .load()?;
-    let mode = Mode::from(args.mode);
+        .load_file()?;
+    if let Some(w) = warning {
+        ui.note(&w);
+    }
+    let params = file.params.clone();
     let adapter = load_model(&args.model, None)?;
+    // The layout the parameters were selected for, unless told otherwise (a different one
+    // is refused, naming the flag that works).
+    let public_adapter = hepeft::plan::public_structure(&adapter)?;
+    let command = format!("hepeft params select --model {}", args.model.display());
+    let mode = hepeft::select::record::resolve_mode(
+        file.record.as_ref(),
+        args.mode.map(Mode::from),
+        Some(&hepeft::select::record::SelectContext {
+            adapter: &public_adapter,
+            command: &command,
+        }),
+    )?;
     let plan = public_plan(&adapter, &params, mode)?;
     let dir = &args.out;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -193,9 +208,19 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
 
     let t = Instant::now();
     let header = format!("# Written by `hepeft keygen`: {}\n", params.describe());
+    // The record travels with the parameters to the server; parameters without one get the
+    // layout of these keys recorded.
+    let record = file
+        .record
+        .clone()
+        .unwrap_or_else(|| hepeft::select::SelectionRecord::keygen(mode));
+    let written = hepeft::select::ParamsFile {
+        params: params.clone(),
+        record: Some(record),
+    };
     write_atomic(
         &dir.join(PARAMS_TOML),
-        format!("{header}{}", params.to_toml()?).as_bytes(),
+        format!("{header}{}", written.to_toml()?).as_bytes(),
     )?;
     let pk_path = dir.join(PUBLIC_KEY);
     save(&pk_path, &params, &pk).with_context(|| format!("writing {}", pk_path.display()))?;

@@ -7,7 +7,7 @@ use hepeft::ckks::security::max_log_qp;
 use hepeft::ckks::{CkksParams, PRESETS};
 use hepeft::io::format::digest_hex;
 use hepeft::plan::{public_structure, Mode};
-use hepeft::select::{select as select_params, SelectRequest};
+use hepeft::select::{select_with_advice, ParamsFile, SelectRequest, SelectionRecord};
 
 use crate::cli::args::{ParamsSource, SelectArgs};
 use crate::cli::common::{load_model, mode_name, plan_options, write_atomic};
@@ -73,13 +73,19 @@ pub fn list(ui: &Ui) -> Result<()> {
 /// `params show NAME|FILE`.
 pub fn show(source: &ParamsSource, ui: &Ui) -> Result<()> {
     let params = source.load()?;
-    let (name, notes) = match source {
+    let (file, _) = source.load_file()?;
+    let (name, mut notes) = match source {
         ParamsSource::Preset(n) => {
             let toml = PRESETS.iter().find(|(p, _)| p == n).map_or("", |(_, t)| *t);
             (Some(n.as_str()), preset_notes(toml))
         }
         ParamsSource::File(_) => (None, Vec::new()),
     };
+    notes.push(match &file.record {
+        Some(r) => format!("selected for: {}", r.describe()),
+        None => "selected for: nothing recorded (latency layout and 40-bit flooding for 1 query by default)"
+            .to_string(),
+    });
     let i = info(name, &params, notes);
     let mut text = format!("{}\n{}\n", source.label(), params.describe());
     for n in &i.notes {
@@ -121,7 +127,7 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
         batch: args.batch.map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
         flooding: args.flooding.config().flooding,
     };
-    let sel = select_params(&public, &req).with_context(|| {
+    let sel = select_with_advice(&public, &req).with_context(|| {
         format!(
             "selecting parameters for {} ({} mode, {} bits, {}-bit security, {})",
             args.model.display(),
@@ -131,11 +137,19 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
             if args.flooding.no_flooding {
                 "no noise flooding".to_string()
             } else {
-                format!("{}-bit noise flooding", args.flooding.flooding_bits)
+                format!("{}-bit noise flooding", args.flooding.bits())
             }
         )
     })?;
-    let toml = sel.params.to_toml()?;
+    let predicted = sel
+        .report
+        .flooded_precision_bits
+        .unwrap_or(sel.report.predicted_precision_bits);
+    let file = ParamsFile {
+        params: sel.params.clone(),
+        record: Some(SelectionRecord::selected(&req, predicted)),
+    };
+    let toml = file.to_toml()?;
     let header = format!(
         "# Selected by `hepeft params select` for {} ({} mode, {} bits, {}).\n# {}\n",
         args.model.display(),

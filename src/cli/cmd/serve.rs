@@ -20,7 +20,11 @@ use crate::cli::Ui;
 
 /// `hepeft serve`: runs until SIGINT or SIGTERM, finishing requests in flight.
 pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
-    let params = args.params.load()?;
+    let (params_file, params_warning) = args.params.load_file()?;
+    if let Some(w) = params_warning {
+        ui.note(&w);
+    }
+    let params = params_file.params.clone();
     let adapter = load_model(&args.model, args.weights.as_deref())?;
     if all_weights_zero(&adapter) {
         ui.note("warning: every weight of this model is zero (is it the public card?)\n");
@@ -42,6 +46,25 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
         .rate_limit
         .map(|r| RateLimit::new(r, args.rate_burst))
         .transpose()?;
+    // The layout and flooding the parameters were selected for, unless told otherwise.
+    let public_adapter = hepeft::plan::public_structure(&adapter)?;
+    let ctx = hepeft::select::record::SelectContext {
+        adapter: &public_adapter,
+        command: "hepeft params select --model <card>",
+    };
+    let record = params_file.record.as_ref();
+    let mode = hepeft::select::record::resolve_mode(record, args.mode.map(Into::into), Some(&ctx))?;
+    let plan = hepeft::plan::Plan::compile(&public_adapter, &params, plan_options(mode))
+        .context("compiling the model")?;
+    let resolved = hepeft::select::record::resolve_sanitize(
+        record,
+        &args.flooding.request(),
+        &plan,
+        Some(&ctx),
+    )?;
+    for w in &resolved.warnings {
+        ui.note(w);
+    }
     let defaults = ServerConfig::default();
     let cfg = ServerConfig {
         listen: args.listen,
@@ -61,12 +84,12 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         auth,
         rate_limit,
-        mode: plan_options(args.mode.into()),
+        mode: plan_options(mode),
         model_name: args
             .model
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
-        sanitize: args.flooding.config(),
+        sanitize: resolved.config,
         tune: args
             .tune
             .tune
