@@ -21,6 +21,9 @@ pub mod peft;
 pub mod peft_config;
 pub mod reference;
 pub mod tensors;
+pub mod token;
+pub mod token_card;
+pub mod token_npy;
 pub mod zoo;
 
 pub use activation::{Activation, ActivationFn};

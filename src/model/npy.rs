@@ -82,7 +82,7 @@ pub fn features_from_npy_bytes(bytes: &[u8]) -> Result<Array2<f64>> {
 /// before `ndarray-npy` parses the header: its reader allocates the declared header length
 /// up front, so a 26-byte file declaring a 4 GiB header made it allocate 4 GiB (found by
 /// the `model_files` fuzz target, docs/fuzzing.md).
-fn check_npy_preamble(bytes: &[u8]) -> Result<()> {
+pub(crate) fn check_npy_preamble(bytes: &[u8]) -> Result<()> {
     let what = "npy features";
     let magic = b"\x93NUMPY";
     if bytes.get(..magic.len()) != Some(&magic[..]) {

@@ -27,6 +27,7 @@ mod run_ckks;
 #[cfg(feature = "exact")]
 mod run_exact;
 pub mod sanitize;
+pub mod token;
 
 pub use compile::{InputLayout, Mode, Plan, PlanOptions, StageReport};
 #[cfg(feature = "exact")]

@@ -7,6 +7,8 @@
 //! unit-sized output (25 bits at scale 2^40). It is a prediction; `hepeft demo` and the test
 //! suite report the measured figure.
 
+pub mod token;
+
 use crate::ckks::security::{max_log_qp, Security};
 use crate::ckks::{CkksParams, CkksParamsLiteral};
 use crate::model::Adapter;
