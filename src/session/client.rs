@@ -427,6 +427,21 @@ impl Client {
         )
     }
 
+    /// Checks a result as [`Client::decrypt`] does, without decrypting: bound as a result,
+    /// to this client's key set and plan, with the plan's shape, at level 0. Returns its
+    /// binding. A few comparisons.
+    ///
+    /// # Errors
+    /// [`Error::Mismatch`] or [`Error::DimensionMismatch`].
+    pub fn check_result(&self, result: &QueryResult) -> Result<Binding> {
+        super::check_result_matches_secret(
+            Some(&result.binding),
+            &self.binding,
+            &self.plan,
+            &result.items,
+        )
+    }
+
     /// Checks a result against the keys and the plan
     /// ([`super::check_result_matches_secret`]: role, key set, plan, shape, level 0) and
     /// decrypts it into `samples x output_dim`. Cost: one decryption and decoding per
@@ -439,12 +454,7 @@ impl Client {
         let sk = self.secret.as_ref().ok_or_else(|| Error::MissingKey {
             what: "secret key (this client can only encrypt)".into(),
         })?;
-        let b = super::check_result_matches_secret(
-            Some(&result.binding),
-            &self.binding,
-            &self.plan,
-            &result.items,
-        )?;
+        let b = self.check_result(result)?;
         let queries: Vec<usize> = b.queries.iter().map(|&q| q as usize).collect();
         let dec = Decryptor::new(self.params(), sk)?;
         decrypt_queries(&self.plan, &self.encoder, &dec, &result.items, &queries)

@@ -24,6 +24,7 @@ use crate::plan::{Mode, Plan};
 use crate::{Error, Result};
 
 use super::client::ClientKeys;
+use super::message::CtMeta;
 
 /// Secret key (never leaves the client; mode 0600).
 pub const SECRET_KEY: &str = "secret.key";
@@ -296,6 +297,39 @@ impl KeyDir {
         })
     }
 
+    /// Checks the sidecar of a result (`ct`) names this directory's plan and key set
+    /// before anything is decrypted.
+    ///
+    /// # Errors
+    /// [`Error::Mismatch`] ("model" or "key").
+    pub fn check_meta(&self, meta: &CtMeta, ct: &Path) -> Result<()> {
+        if meta.structure_digest != self.info.structure_digest {
+            return Err(Error::mismatch(
+                "model",
+                format!(
+                    "{} was computed for a plan with structure digest {}, the keys in {} are for {}",
+                    ct.display(),
+                    meta.structure_digest.chars().take(16).collect::<String>(),
+                    self.dir.display(),
+                    self.info.structure_digest.chars().take(16).collect::<String>()
+                ),
+            ));
+        }
+        if meta.key_id != self.info.key_id {
+            return Err(Error::mismatch(
+                "key",
+                format!(
+                    "{} was encrypted under public key {}, the keys in {} are {}: it cannot be decrypted with them",
+                    ct.display(),
+                    meta.key_id,
+                    self.dir.display(),
+                    self.info.key_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `dir/name`.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -338,6 +372,26 @@ impl KeyDir {
     }
 }
 
+/// Refuses to write keys into `dir` if it already holds a secret key, unless `force`
+/// (results encrypted under the old key could no longer be decrypted). Call it before
+/// generating keys, so the refusal costs nothing. One `stat`.
+///
+/// # Errors
+/// [`Error::Refused`].
+pub fn check_writable(dir: &Path, force: bool) -> Result<()> {
+    let sk_path = dir.join(SECRET_KEY);
+    if sk_path.exists() && !force {
+        return Err(Error::Refused {
+            reason: format!(
+                "{} already exists: refusing to overwrite a secret key (results encrypted under it could \
+                 no longer be decrypted); pass --force or choose another --out",
+                sk_path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// [`KeyDir::create`] from borrowed keys.
 pub(crate) fn create_from_parts(
     dir: &Path,
@@ -349,17 +403,9 @@ pub(crate) fn create_from_parts(
     force: bool,
 ) -> Result<KeyDir> {
     let params = plan.params();
+    check_writable(dir, force)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let sk_path = dir.join(SECRET_KEY);
-    if sk_path.exists() && !force {
-        return Err(Error::Refused {
-            reason: format!(
-                "{} already exists: refusing to overwrite a secret key (results encrypted under it could \
-                 no longer be decrypted); pass --force or choose another --out",
-                sk_path.display()
-            ),
-        });
-    }
     let header = format!("# Written by `hepeft keygen`: {}\n", params.describe());
     write_bytes_atomic(
         dir.join(PARAMS_TOML),

@@ -68,6 +68,26 @@ pub fn check_params_secure(params: &CkksParams) -> Result<()> {
     Ok(())
 }
 
+/// [`Server::check_keys`] before the plan is prepared (the CLI checks the keys first, so
+/// a wrong key file costs no preparation).
+///
+/// # Errors
+/// As [`Server::check_keys`].
+pub fn check_keys(
+    plan: &Plan,
+    keys: &EvaluationKeys,
+    binding: Option<&Binding>,
+) -> Result<KeySetId> {
+    if keys.public_key().is_none() {
+        return Err(Error::MissingKey {
+            what: "public key in the evaluation keys: the server re-randomizes every result with a fresh \
+                   encryption of zero under the client's public key; regenerate the keys with this version"
+                .into(),
+        });
+    }
+    super::check_eval_keys(plan.params(), keys, binding, Some(plan))
+}
+
 /// A plan prepared for evaluation, with the sanitization every result gets.
 pub struct Server {
     prepared: PreparedPlan,
@@ -126,14 +146,7 @@ impl Server {
     /// # Errors
     /// [`Error::ParameterMismatch`], [`Error::MissingKey`], [`Error::Mismatch`].
     pub fn check_keys(&self, keys: &EvaluationKeys, binding: Option<&Binding>) -> Result<KeySetId> {
-        if keys.public_key().is_none() {
-            return Err(Error::MissingKey {
-                what: "public key in the evaluation keys: the server re-randomizes every result with a fresh \
-                       encryption of zero under the client's public key; regenerate the keys with this version"
-                    .into(),
-            });
-        }
-        super::check_eval_keys(self.params(), keys, binding, Some(self.plan()))
+        check_keys(self.plan(), keys, binding)
     }
 
     /// Parses an evaluation-key envelope (the bytes of `eval.keys`) and checks it
