@@ -558,7 +558,6 @@ pub fn read_file(path: impl AsRef<Path>, expected: FileKind, max_payload: u64) -
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::io::format::*;

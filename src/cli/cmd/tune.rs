@@ -4,8 +4,6 @@
 
 use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 
 use hepeft::model::load::{load_card, load_features_npy, load_labels_npy, save_adapter};
 use hepeft::plan::{FloodingConfig, SanitizeConfig};
@@ -68,6 +66,7 @@ pub fn run(a: &TuneArgs, ui: &Ui) -> Result<()> {
         "{bar:30} {pos}/{len} steps {msg}",
     )?);
     let validation = (n_val > 0).then_some((val_x, val_y));
+    let (mut party_rng, mut rng) = (hepeft::session::os_rng()?, hepeft::session::os_rng()?);
     let (tuned, report) = run_local(
         &adapter,
         train_x,
@@ -81,8 +80,8 @@ pub fn run(a: &TuneArgs, ui: &Ui) -> Result<()> {
             bar.set_position(r.step + 1);
             bar.set_message(format!("train loss {:.4}{v}", r.train_loss));
         },
-        &mut ChaCha20Rng::from_os_rng(),
-        &mut ChaCha20Rng::from_os_rng(),
+        &mut party_rng,
+        &mut rng,
     )?;
     bar.finish();
     let weights = save_adapter(&tuned, &a.out, None).context("writing the tuned card")?;
