@@ -198,12 +198,14 @@ pub(super) async fn evaluate(
             })?;
             let plan = st.session.plan();
             // Every query must be encrypted under the key set of these evaluation keys.
-            let key_set = crate::session::eval_keys_id(&st.params, &keys)?;
+            let key_set = session::eval_keys_id(&st.params, &keys)?;
             let query = wire::read_queries(&st.params, &body, plan, key_set)?;
-            let mut rng = session::os_rng()?;
-            let (result, _) = st
-                .session
-                .evaluate_queries(keys, &query, &mut rng, &|_, _, _| {})?;
+            let (result, _) = st.session.evaluate_queries(
+                keys,
+                &query,
+                &mut session::os_rng()?,
+                &|_, _, _| {},
+            )?;
             Ok((result.to_bytes(&st.params)?, result.binding.queries.len()))
         })
         .await?;
@@ -226,6 +228,139 @@ pub(super) async fn evaluate(
         out,
     )
         .into_response())
+}
+
+pub(super) fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+/// `POST /v1/tune/{id}`: starts or resumes the tuning run of key id `id` on the batch query
+/// in the body.
+pub(super) async fn tune_start(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let checked = check_id(&id)
+        .and_then(|()| st.tune_runs().map(|_| ()))
+        .and_then(|()| match st.keys.lookup(&id) {
+            Some(_) => Ok(()),
+            None => Err(unknown_key(&id)),
+        });
+    if let Err(e) = checked {
+        return Err(st.reject(req, e).await);
+    }
+    let admitted = match st.admit() {
+        Ok(a) => a,
+        Err(e) => return Err(st.reject(req, e).await),
+    };
+    let body = st.read_body(req, FileKind::Ciphertext).await?;
+    let slot = st.slot().await?;
+    let status = st
+        .compute(admitted, slot, move |st| {
+            let keys = st.keys.load(&id)?.ok_or_else(|| Error::MissingKey {
+                what: format!("key id {id} (dropped while the request waited)"),
+            })?;
+            let key_set = crate::session::eval_keys_id(&st.params, &keys)?;
+            let runs = st
+                .tune
+                .as_ref()
+                .ok_or_else(|| Error::model("tuning is off"))?;
+            runs.start(&st.params, &id, key_set, &body)
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &status))
+}
+
+/// `GET /v1/tune/{id}`: the run's status.
+pub(super) async fn tune_status(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    let runs = st.tune_runs()?;
+    if !runs.exists(&id) {
+        return Err(no_run(&id));
+    }
+    Ok(json(StatusCode::OK, &runs.status_of(&id)?))
+}
+
+/// `DELETE /v1/tune/{id}`: forgets the run (its checkpoint stays with the owner).
+pub(super) async fn tune_delete(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    if st.tune_runs()?.remove(&id)? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(no_run(&id))
+    }
+}
+
+/// `POST /v1/tune/{id}/step`: the `2k` sanitized results of the run's current step.
+pub(super) async fn tune_step(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    if !st.tune_runs()?.exists(&id) {
+        return Err(no_run(&id));
+    }
+    let admitted = st.admit()?;
+    let slot = st.slot().await?;
+    let t0 = Instant::now();
+    let (body, step) = st
+        .compute(admitted, slot, move |st| {
+            let (ev, _, pk) = st.client_context(&id)?;
+            let runs = st
+                .tune
+                .as_ref()
+                .ok_or_else(|| Error::model("tuning is off"))?;
+            runs.step(&st.params, &id, &ev, &pk, &st.cfg.sanitize)
+        })
+        .await?;
+    st.metrics.evaluations.fetch_add(1, Ordering::Relaxed);
+    st.metrics
+        .eval_seconds_micros
+        .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static(crate::serve::tune::TUNE_STEP_HEADER),
+                HeaderValue::from(step),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `POST /v1/tune/{id}/reply`: applies the client's `k` scalars.
+pub(super) async fn tune_reply(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    let runs = st.tune_runs()?;
+    if !runs.exists(&id) {
+        return Err(st.reject(req, no_run(&id)).await);
+    }
+    // 18 + 8k bytes, k <= 256: nothing larger is a reply.
+    let limit = 18 + 8 * 256;
+    if content_length(req.headers()).is_some_and(|n| n > limit as u64) {
+        return Err(st.reject(req, too_large(limit)).await);
+    }
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| close(too_large(limit)))?;
+    let status = runs.reply(&id, &body)?;
+    Ok(json(StatusCode::OK, &status))
 }
 
 /// Authentication and rate limiting of `/v1/*` (see [`ServerConfig::auth`] and
@@ -312,6 +447,6 @@ pub(super) async fn track(State(st): State<Arc<AppState>>, req: Request, next: N
 pub(super) async fn fallback() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint (see /v1/model, /v1/keys, /v1/evaluate/{key_id}, /healthz, /metrics)",
+        "no such endpoint (see /v1/model, /v1/keys, /v1/evaluate/{key_id}, /v1/tune/{key_id}, /healthz, /metrics)",
     )
 }

@@ -69,6 +69,15 @@ impl Server {
             )?;
             let description_json = description.to_bytes()?;
             let session = session::Server::new(plan, cfg.sanitize)?;
+            let tune = match &cfg.tune {
+                Some(t) => Some(crate::serve::tune::TuneRuns::new(
+                    &adapter,
+                    &params,
+                    cfg.mode,
+                    t.clone(),
+                )?),
+                None => None,
+            };
             let keys = KeyStore::new(
                 params.clone(),
                 cfg.key_store_max_bytes,
@@ -93,6 +102,7 @@ impl Server {
                 admission: Arc::new(Semaphore::new(admission)),
                 slots: Arc::new(Semaphore::new(cfg.max_concurrent_evaluations)),
                 limiter: cfg.rate_limit.map(RateLimiter::new),
+                tune,
                 cfg,
             })
         })
@@ -107,6 +117,12 @@ impl Server {
             .route("/v1/keys", post(keys_upload))
             .route("/v1/keys/{id}", get(key_info).delete(key_delete))
             .route("/v1/evaluate/{id}", post(evaluate))
+            .route(
+                "/v1/tune/{id}",
+                post(tune_start).get(tune_status).delete(tune_delete),
+            )
+            .route("/v1/tune/{id}/step", post(tune_step))
+            .route("/v1/tune/{id}/reply", post(tune_reply))
             .route_layer(middleware::from_fn_with_state(state.clone(), access));
         let router = Router::new()
             .route("/healthz", get(healthz))
