@@ -1,5 +1,6 @@
 //! The versioned on-disk envelope shared by every hepeft file (re-exported by
-//! [`super::format`], with the payload codec and the atomic file writers).
+//! [`super::format`], with the payload codec and the atomic file writers). About 130 of
+//! this file's lines are its unit tests (they exercise the whole format module).
 //!
 //! Every object hepeft writes (parameters, keys, ciphertexts, plaintexts, logits, compiled
 //! plans) is one *envelope*: a fixed 56-byte header, an opaque payload, and an 8-byte

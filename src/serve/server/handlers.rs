@@ -214,20 +214,7 @@ pub(super) async fn evaluate(
     m.queries.fetch_add(queries as u64, Ordering::Relaxed);
     m.eval_seconds_micros
         .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (
-                header::HeaderName::from_static(QUERIES_HEADER),
-                HeaderValue::from(queries),
-            ),
-        ],
-        out,
-    )
-        .into_response())
+    Ok(octets(out, QUERIES_HEADER, queries))
 }
 
 pub(super) fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
@@ -324,20 +311,7 @@ pub(super) async fn tune_step(
     st.metrics
         .eval_seconds_micros
         .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (
-                header::HeaderName::from_static(crate::serve::tune::TUNE_STEP_HEADER),
-                HeaderValue::from(step),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(octets(body, crate::serve::tune::TUNE_STEP_HEADER, step))
 }
 
 /// `POST /v1/tune/{id}/reply`: applies the client's `k` scalars.
@@ -449,4 +423,23 @@ pub(super) async fn fallback() -> ApiError {
         StatusCode::NOT_FOUND,
         "no such endpoint (see /v1/model, /v1/keys, /v1/evaluate/{key_id}, /v1/tune/{key_id}, /healthz, /metrics)",
     )
+}
+
+/// A binary answer (`application/octet-stream`) with one count header.
+fn octets<B: axum::response::IntoResponse, V: Into<HeaderValue>>(
+    body: B,
+    name: &'static str,
+    value: V,
+) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::HeaderName::from_static(name), value.into()),
+        ],
+        body,
+    )
+        .into_response()
 }
