@@ -31,7 +31,7 @@ pub fn write_file_atomic(
     write_file_atomic_flagged(path, kind, params_digest, 0, payload, mode)
 }
 
-/// [`write_file_atomic`] with flag bits (see [`FLAG_BOUND`]).
+/// [`write_file_atomic`] with flag bits (see [`FLAG_BOUND`](super::envelope::FLAG_BOUND)).
 ///
 /// # Errors
 /// As [`write_file_atomic`].

@@ -396,7 +396,7 @@ impl super::client::QueryClient {
     }
 
     /// Starts (or resumes) the tuning run of key id `id` on the encrypted training batch
-    /// `query` ([`Plan::encrypt_query`] of `samples` rows under [`QueryClient::tune_plan`]).
+    /// `query` ([`Plan::encrypt_query`] of `samples` rows under [`QueryClient::tune_plan`](super::client::QueryClient::tune_plan)).
     /// Cost: one upload of the query.
     ///
     /// # Errors
@@ -478,7 +478,7 @@ pub struct RemoteTuneReport {
 }
 
 /// The client's whole side of a remote run: uploads the encrypted batch `x` once (under
-/// `keys`, generated for [`QueryClient::tune_plan`](super::client::QueryClient::tune_plan)
+/// `keys`, generated for [`QueryClient::tune_plan`](super::client::QueryClient::tune_plan)(super::client::QueryClient::tune_plan)
 /// and registered as `id`), then takes steps until the run reaches `steps`, replying with
 /// `labels` under `privacy`. With `state`, the client's checkpoint (ledger and last reply)
 /// is written after every reply and read back on start, so a crashed client resumes
