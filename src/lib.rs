@@ -5,20 +5,24 @@
 //! Layers point one way only (a module names only modules to its left or above it):
 //!
 //! ```text
-//! math  ->  ckks | exact        model        io (envelopes, binding, bounded readers)
+//! math  ->  ckks | exact        model        io (envelope, payload, fs, binding, limits)
 //!               \               |           /
 //!                +---------->  plan  <-----+      (compile, fuse, layouts, run, sanitize)
 //!                               |
 //!                             select                (parameters from depth and precision)
 //!                               |
-//!                  session (binding checks)   tune (private tuning: server, client, twin)
-//!                               |
-//!                          cli | serve              (thin front ends)
+//!                            session                (the protocol: key directory, Client,
+//!                           /   |   \               Server, queries, results, description)
+//!                      cli  serve  python           (thin front ends; tune rides beside)
 //! ```
 //!
 //! `exact` (feature `exact`, on by default) is the TFHE backend: quantized heads evaluated
-//! bit-exactly with tfhe-rs (see `docs/exact.md`). `session` holds, once, every check that
-//! ties keys, queries, results and plans together (the CLI and the service call it);
+//! bit-exactly with tfhe-rs (see `docs/exact.md`). `session` is the one home of the
+//! client/server protocol: the key directory and its metadata, `Client::{keygen,
+//! encrypt_samples, decrypt}`, `Server::{check_keys, evaluate_queries}` (sanitization
+//! inside), query and result metadata, the model description, and every check that ties
+//! keys, queries, results and plans together. The CLI (`src/cli`, binary only), the HTTP
+//! service (`serve`) and the Python bindings call it and add only transport and reporting.
 //! `tune` runs private tuning over the batch layout (`docs/tuning.md`).
 
 pub mod ckks;

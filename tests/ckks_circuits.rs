@@ -1,5 +1,4 @@
 //! Linear transforms (BSGS) and Chebyshev polynomial evaluation against f64 twins.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;

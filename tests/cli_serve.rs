@@ -1,6 +1,5 @@
 //! `hepeft serve` and `hepeft query` as processes on loopback: a client with keys from
 //! `keygen` queries a served adapter and gets the plaintext twin's logits.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

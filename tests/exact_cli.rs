@@ -1,7 +1,6 @@
 //! `--backend exact` end to end on files: params select -> keygen -> encrypt -> evaluate ->
 //! decrypt, compared with the integer reference (bit for bit) and the f64 reference.
 #![cfg(all(feature = "exact", feature = "cli"))]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::process::Command;

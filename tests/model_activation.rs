@@ -1,5 +1,4 @@
 //! Chebyshev activations: fit accuracy, exact conversions, argument checks.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hepeft::model::{Activation, ActivationFn};
 use hepeft::Error;

@@ -1,6 +1,5 @@
 //! Adapter graphs: builder checks, the reference evaluator against hand computation, the
 //! out-of-interval report and the zoo.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hepeft::model::{
     evaluate, evaluate_batch, evaluate_exact_fn, evaluate_exact_fn_batch, zoo, Activation,

@@ -1,5 +1,4 @@
 //! Parameter selection: secure choices that run, refusals with reasons.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use hepeft::ckks::Security;
 use hepeft::model::{zoo, ActivationFn};

@@ -2,34 +2,25 @@
 //! written next to queries and results, atomic writes, and up-front consistency checks.
 
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use hepeft::ckks::CkksParams;
-use hepeft::io::format::{digest_hex, peek_header, FileKind, Header, HEADER_LEN};
-use hepeft::model::load::{load_card, save_features_npy, ModelCard, PeftLora, TensorStore};
+use hepeft::io::format::{
+    digest_hex, peek_header, write_bytes_atomic, FileKind, Header, HEADER_LEN,
+};
+use hepeft::model::load::{features_to_npy_bytes, load_card, ModelCard, PeftLora, TensorStore};
 use hepeft::model::{Adapter, Op};
-use hepeft::plan::{public_structure, Mode, Plan, PlanOptions};
+use hepeft::plan::{Mode, Plan};
 
-/// File names inside a key directory.
-pub const SECRET_KEY: &str = "secret.key";
-/// Public encryption key.
-pub const PUBLIC_KEY: &str = "public.key";
-/// Evaluation keys (the only key file the server receives).
-pub const EVAL_KEYS: &str = "eval.keys";
-/// Parameter set (TOML, frozen primes).
-pub const PARAMS_TOML: &str = "params.toml";
-/// Plan metadata (JSON).
-pub const PLAN_JSON: &str = "plan.json";
-
-/// Version tag of `plan.json`.
-pub const PLAN_FORMAT: &str = "hepeft-plan/1";
-/// Version tag of the query / result metadata.
-pub const META_FORMAT: &str = "hepeft-ciphertext-meta/1";
+pub use hepeft::session::{
+    meta_path, plan_options, CtMeta, EVAL_KEYS, META_FORMAT, PARAMS_TOML, PLAN_FORMAT, PLAN_JSON,
+    PUBLIC_KEY, SECRET_KEY,
+};
 
 /// Loads the adapter a card describes, optionally with another weights file.
 pub fn load_model(card: &Path, weights: Option<&Path>) -> Result<Adapter> {
@@ -80,38 +71,15 @@ pub fn all_weights_zero(adapter: &Adapter) -> bool {
     })
 }
 
-/// Options of the plans the CLI compiles.
-pub fn plan_options(mode: Mode) -> PlanOptions {
-    PlanOptions {
-        mode,
-        ..PlanOptions::default()
-    }
-}
-
 /// The plan a client compiles: from the public structure of the card's adapter, so a public
 /// and a private card give the same plan.
 pub fn public_plan(adapter: &Adapter, params: &CkksParams, mode: Mode) -> Result<Plan> {
-    let public = public_structure(adapter).context("deriving the public structure of the model")?;
-    Plan::compile(&public, params, plan_options(mode)).with_context(|| {
+    hepeft::session::public_plan(adapter, params, mode).with_context(|| {
         format!(
-            "compiling the model for parameters {} in {} mode",
-            params.digest_short(),
-            mode_name(mode)
+            "compiling the model for parameters {} in {mode} mode",
+            params.digest_short()
         )
     })
-}
-
-/// `latency` or `batch`.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Latency => "latency",
-        Mode::Batch => "batch",
-    }
-}
-
-/// Parses a mode name written by this tool.
-pub fn parse_mode(s: &str) -> Result<Mode> {
-    Ok(Mode::parse(s)?)
 }
 
 /// First 16 hex digits of a digest.
@@ -127,61 +95,6 @@ pub fn file_id(path: &Path) -> Result<String> {
     Ok(short(&d))
 }
 
-/// `plan.json` of a key directory: what the keys were made for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PlanInfo {
-    /// [`PLAN_FORMAT`].
-    pub format: String,
-    /// `latency` or `batch`.
-    pub mode: String,
-    /// Plan structure digest (hex).
-    pub structure_digest: String,
-    /// Parameter digest (hex).
-    pub params_digest: String,
-    /// Identifier of public.key (first 16 hex digits of its SHA-256).
-    pub key_id: String,
-    /// Galois elements of the evaluation keys (exactly the plan's).
-    pub galois_elements: Vec<u64>,
-    /// Rotation steps behind them.
-    pub rotation_steps: Vec<i64>,
-    /// Whether eval.keys holds a relinearization key.
-    pub relinearization: bool,
-    /// Widths of the adapter inputs.
-    pub input_dims: Vec<usize>,
-    /// Width of the output.
-    pub output_dim: usize,
-}
-
-/// Metadata written next to a query (`query.ct.json`) or a result (`result.ct.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CtMeta {
-    /// [`META_FORMAT`].
-    pub format: String,
-    /// `query` or `result`.
-    pub content: String,
-    /// `latency` or `batch`.
-    pub mode: String,
-    /// Total number of samples.
-    pub samples: usize,
-    /// Samples in each query, in order (latency: all 1; batch: at most N/2 each).
-    pub queries: Vec<usize>,
-    /// Ciphertexts per query; the bundle holds `queries.len() * ciphertexts_per_query`.
-    pub ciphertexts_per_query: usize,
-    /// Plan structure digest (hex) the client compiled.
-    pub structure_digest: String,
-    /// Parameter digest (hex).
-    pub params_digest: String,
-    /// Identifier of the public key the query was encrypted under.
-    pub key_id: String,
-}
-
-/// `<file>.json`.
-pub fn meta_path(ct: &Path) -> PathBuf {
-    let mut s = ct.as_os_str().to_os_string();
-    s.push(".json");
-    PathBuf::from(s)
-}
-
 /// Reads a JSON file: a regular file of at most `MAX_TEXT_FILE` (1 MiB).
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     let text = hepeft::io::limits::read_text(path, hepeft::io::limits::MAX_TEXT_FILE, what)
@@ -189,95 +102,10 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Resul
     serde_json::from_str(&text).with_context(|| format!("{what} {} is malformed", path.display()))
 }
 
-/// Checks every field of a query or result sidecar against the binding inside the
-/// ciphertext envelope (the envelope is authoritative: a ciphertext swapped under an
-/// untouched sidecar, or an edited sidecar, is refused here).
-pub fn check_meta_binding(
-    ct: &Path,
-    meta: &CtMeta,
-    binding: &hepeft::io::Binding,
-    mode: hepeft::plan::Mode,
-) -> Result<()> {
-    let path = meta_path(ct);
-    let mismatch = |field: &str, side: String, env: String| -> Result<()> {
-        if side != env {
-            bail!(
-                "{}: field `{field}` is {side}, but the ciphertext in {} is bound to {env}: the two files \
-                 do not belong together (keep each ciphertext with its own .json)",
-                path.display(),
-                ct.display()
-            );
-        }
-        Ok(())
-    };
-    mismatch("key_id", meta.key_id.clone(), binding.key_set.hex())?;
-    mismatch(
-        "structure_digest",
-        meta.structure_digest.clone(),
-        digest_hex(&binding.structure),
-    )?;
-    mismatch(
-        "ciphertexts_per_query",
-        meta.ciphertexts_per_query.to_string(),
-        binding.per_query.to_string(),
-    )?;
-    mismatch(
-        "queries",
-        format!("{:?}", meta.queries),
-        format!("{:?}", binding.queries),
-    )?;
-    mismatch(
-        "content",
-        meta.content.clone(),
-        binding.role.name().to_string(),
-    )?;
-    mismatch("mode", meta.mode.clone(), mode_name(mode).to_string())?;
-    Ok(())
-}
-
 /// Refuses an output path that holds a key file (`--out keys/secret.key`).
 pub fn check_output(path: &Path) -> Result<()> {
     hepeft::io::limits::refuse_key_overwrite(path, None)?;
     Ok(())
-}
-
-/// Reads the metadata of a query or result and checks it against `params` and its content.
-pub fn read_meta(ct: &Path, content: &str, params: &CkksParams) -> Result<CtMeta> {
-    let path = meta_path(ct);
-    if !path.is_file() {
-        bail!(
-            "missing {}: the {content} metadata written next to {} by hepeft (keep the two files together)",
-            path.display(),
-            ct.display()
-        );
-    }
-    let meta: CtMeta = read_json(&path, &format!("{content} metadata"))?;
-    if meta.format != META_FORMAT {
-        bail!(
-            "{}: unsupported metadata format {:?} (expected {META_FORMAT})",
-            path.display(),
-            meta.format
-        );
-    }
-    if meta.content != content {
-        bail!(
-            "{} describes a {}, expected a {content}",
-            ct.display(),
-            meta.content
-        );
-    }
-    if meta.params_digest != digest_hex(&params.digest()) {
-        bail!(
-            "parameter mismatch: {} was made for parameters {}, expected {}",
-            ct.display(),
-            meta.params_digest.chars().take(16).collect::<String>(),
-            params.digest_short()
-        );
-    }
-    if meta.queries.iter().sum::<usize>() != meta.samples || meta.queries.contains(&0) {
-        bail!("{}: inconsistent sample counts", path.display());
-    }
-    Ok(meta)
 }
 
 /// Reads the header of an envelope file, checks its kind and parameter digest.
@@ -340,34 +168,16 @@ pub fn preset_name_for(digest: &[u8; 32]) -> Option<&'static str> {
     })
 }
 
-/// Writes bytes to `path` through a temporary file in the same directory and a rename.
+/// Writes bytes to `path` atomically ([`write_bytes_atomic`]: temporary file, sync,
+/// rename); refuses to replace a key file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    check_output(path)?;
-    let tmp = temp_sibling(path)?;
-    let res = (|| -> Result<()> {
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    write_bytes_atomic(path, bytes, None).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes a features / logits matrix as an f64 `.npy` file atomically.
 pub fn save_npy_atomic(path: &Path, m: ArrayView2<f64>) -> Result<()> {
-    check_output(path)?;
-    let tmp = temp_sibling(path)?;
-    let res = (|| -> Result<()> {
-        save_features_npy(&tmp, m).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    let bytes = features_to_npy_bytes(m).with_context(|| format!("writing {}", path.display()))?;
+    write_atomic(path, &bytes)
 }
 
 /// Serializes `value` as pretty JSON and writes it atomically.
@@ -375,17 +185,6 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
-}
-
-fn temp_sibling(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?
-        .to_string_lossy();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    Ok(path.with_file_name(format!(".{name}.tmp-{}-{nanos}", std::process::id())))
 }
 
 /// Size of a file in bytes (0 if unreadable).

@@ -188,7 +188,6 @@ pub fn check_threads(requested: usize) -> Result<usize> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -6,8 +6,11 @@
 //! of it by the modules that own those types. Layout: `docs/file-formats.md`.
 
 pub mod binding;
+pub mod envelope;
 pub mod format;
+pub mod fs;
 pub mod limits;
+pub mod payload;
 
 pub use binding::{Binding, KeySetId, Role};
 pub use format::{

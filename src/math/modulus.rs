@@ -298,7 +298,6 @@ pub fn ntt_primes_near(bits: u32, n: usize, count: usize, exclude: &[u64]) -> Re
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -120,7 +120,6 @@ pub fn automorphism_eval_permutation(eval_exponent: &[u32], g: u64) -> Vec<u32> 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::math::modulus::ntt_primes;

@@ -358,7 +358,6 @@ impl CrtReconstructor {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::math::modulus::ntt_primes;

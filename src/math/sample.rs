@@ -144,7 +144,6 @@ pub fn fresh_seed<G: RngCore + CryptoRng>(rng: &mut G) -> [u8; 32] {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -663,6 +663,35 @@ pub fn save_adapter(
     name: Option<&str>,
 ) -> Result<PathBuf> {
     let card_path = card_path.as_ref();
+    let files = adapter_files(adapter, card_path, name)?;
+    std::fs::write(&files.weights_path, &files.weights)
+        .map_err(|e| Error::io(&files.weights_path, e))?;
+    std::fs::write(card_path, &files.card).map_err(|e| Error::io(card_path, e))?;
+    Ok(files.weights_path)
+}
+
+/// The two files [`save_adapter`] writes, in memory.
+#[derive(Debug, Clone)]
+pub struct AdapterFiles {
+    /// `<card stem>.safetensors` next to the card.
+    pub weights_path: PathBuf,
+    /// F64 safetensors of every tensor.
+    pub weights: Vec<u8>,
+    /// The card (TOML or JSON by the card path's extension), naming the weights file.
+    pub card: String,
+}
+
+/// The card and weights of `adapter` as [`save_adapter`] would write them for
+/// `card_path`, without writing (callers choose how: atomically, over the network).
+/// Costs one serialization of every tensor.
+///
+/// # Errors
+/// [`Error::Format`] for an unsupported extension or a path without a file name.
+pub fn adapter_files(
+    adapter: &Adapter,
+    card_path: &Path,
+    name: Option<&str>,
+) -> Result<AdapterFiles> {
     let format = CardFormat::from_path(card_path)?;
     let stem = card_path
         .file_stem()
@@ -677,10 +706,11 @@ pub fn save_adapter(
     let weights_path = card_path.with_file_name(&weights_name);
     let (mut card, store) = ModelCard::from_adapter(adapter, name)?;
     card.weights = Some(WeightFiles::One(weights_name));
-    store.write(&weights_path)?;
-    let text = card.to_string(format)?;
-    std::fs::write(card_path, text).map_err(|e| Error::io(card_path, e))?;
-    Ok(weights_path)
+    Ok(AdapterFiles {
+        weights_path,
+        weights: store.to_bytes()?,
+        card: card.to_string(format)?,
+    })
 }
 
 /// Deserializes `[lo, hi]`, refusing a list of any other length (serde's `[f64; 2]`

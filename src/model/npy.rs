@@ -176,28 +176,34 @@ pub fn load_labels_npy(path: impl AsRef<Path>) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Writes `samples x features` as an f64 `.npy` file (C order).
+/// Writes `samples x features` as an f64 `.npy` file (C order); see
+/// [`features_to_npy_bytes`].
 ///
 /// # Errors
-/// [`Error::InvalidValue`] for NaN/infinite values, [`Error::Io`] / [`Error::Format`] on
-/// write failure.
+/// [`Error::InvalidValue`] for NaN/infinite values, [`Error::Io`] on write failure.
 pub fn save_features_npy(path: impl AsRef<Path>, features: ArrayView2<f64>) -> Result<()> {
-    use ndarray_npy::WriteNpyExt;
     let path = path.as_ref();
+    let bytes = features_to_npy_bytes(features)?;
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// The bytes of an f64 `.npy` file holding `samples x features` (C order): a header of
+/// at most a few hundred bytes and 8 bytes per value.
+///
+/// # Errors
+/// [`Error::InvalidValue`] for NaN/infinite values, [`Error::Format`] if encoding fails.
+pub fn features_to_npy_bytes(features: ArrayView2<f64>) -> Result<Vec<u8>> {
+    use ndarray_npy::WriteNpyExt;
     if let Some(((r, c), v)) = features.indexed_iter().find(|(_, v)| !v.is_finite()) {
         return Err(Error::InvalidValue {
             context: format!("features to save, sample {r}, feature {c}"),
             reason: format!("value is {v}"),
         });
     }
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = std::io::BufWriter::new(file);
+    let mut out = Vec::with_capacity(128 + 8 * features.len());
     features
         .as_standard_layout()
-        .write_npy(&mut w)
-        .map_err(|e| match e {
-            ndarray_npy::WriteNpyError::Io(e) => Error::io(path, e),
-            other => Error::format("npy features", format!("{}: {other}", path.display())),
-        })?;
-    std::io::Write::flush(&mut w).map_err(|e| Error::io(path, e))
+        .write_npy(&mut out)
+        .map_err(|e| Error::format("npy features", e.to_string()))?;
+    Ok(out)
 }

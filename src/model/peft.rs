@@ -885,7 +885,6 @@ pub fn resolve_adapter_dir(dir: &Path, name: Option<&str>) -> Result<(PathBuf, S
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

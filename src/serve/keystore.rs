@@ -13,8 +13,7 @@ use super::{is_key_id, sha256_hex};
 use crate::ckks::{from_bytes, CkksParams, EvaluationKeys, SwitchingKey};
 use crate::{Error, Result};
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Resident size of parsed keys (seeded halves are expanded in memory).
@@ -155,7 +154,7 @@ impl KeyStore {
     ) -> Result<Arc<EvaluationKeys>> {
         if let Some(path) = self.path_of(id) {
             if !path.exists() {
-                write_atomic(&path, envelope)?;
+                crate::io::fs::replace_bytes_atomic(&path, envelope, None)?;
             }
         }
         let keys = self.insert_resident(id, keys, envelope.len() as u64);
@@ -295,25 +294,4 @@ impl KeyStore {
             disk_deletions: g.disk_deletions,
         }
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let nonce: u64 = rand::random();
-    let tmp = dir.join(format!(".{name}.{}.{nonce:016x}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
 }

@@ -34,8 +34,8 @@ use crate::session;
 use crate::tune::{batch_options, Applied, StepReply, StepResults, TuneConfig, TuneServer};
 use crate::{Error, Result};
 
-use super::server::os_rng;
 use super::wire;
+use crate::session::os_rng;
 
 /// Response header carrying the step number of a `/v1/tune/{id}/step` answer.
 pub const TUNE_STEP_HEADER: &str = "x-hepeft-tune-step";
@@ -189,15 +189,16 @@ impl TuneRuns {
         key_set: KeySetId,
         body: &[u8],
     ) -> Result<TuneStatus> {
-        let (mut queries, result_binding) = wire::read_queries(params, body, &self.plan, key_set)?;
-        if queries.len() != 1 {
+        let bound = wire::read_queries(params, body, &self.plan, key_set)?;
+        if bound.binding.queries.len() != 1 {
             return Err(Error::dims(
                 "queries in a tuning batch (one batch query holds up to N/2 samples)",
                 1,
-                queries.len(),
+                bound.binding.queries.len(),
             ));
         }
-        let query = queries.pop().unwrap_or_default();
+        let result_binding = crate::session::result_binding(&bound.binding, &self.plan);
+        let query = bound.items;
         let mut runs = self.runs.lock().map_err(|_| poisoned())?;
         if let Some(run) = runs.get(id) {
             let mut run = run.lock().map_err(|_| poisoned())?;
@@ -395,7 +396,7 @@ impl super::client::QueryClient {
     }
 
     /// Starts (or resumes) the tuning run of key id `id` on the encrypted training batch
-    /// `query` ([`Plan::encrypt_query`] of `samples` rows under [`QueryClient::tune_plan`]).
+    /// `query` ([`Plan::encrypt_query`] of `samples` rows under [`QueryClient::tune_plan`](super::client::QueryClient::tune_plan)).
     /// Cost: one upload of the query.
     ///
     /// # Errors
@@ -477,7 +478,7 @@ pub struct RemoteTuneReport {
 }
 
 /// The client's whole side of a remote run: uploads the encrypted batch `x` once (under
-/// `keys`, generated for [`QueryClient::tune_plan`](super::client::QueryClient::tune_plan)
+/// `keys`, generated for [`QueryClient::tune_plan`](super::client::QueryClient::tune_plan)(super::client::QueryClient::tune_plan)
 /// and registered as `id`), then takes steps until the run reaches `steps`, replying with
 /// `labels` under `privacy`. With `state`, the client's checkpoint (ledger and last reply)
 /// is written after every reply and read back on start, so a crashed client resumes

@@ -93,7 +93,6 @@ pub fn privatize<G: RngCore + CryptoRng>(d: &[f64], p: &ReplyPrivacy, rng: &mut 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rand::SeedableRng;

@@ -3,14 +3,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use ndarray::{Array2, Axis};
 use serde::Serialize;
 
-use hepeft::ckks::{load_bound, CiphertextBundle, Decryptor, Encoder, SecretKey};
 use hepeft::io::format::FileKind;
+use hepeft::session::{Client, CtMeta, KeyDir, QueryResult, Role};
 
-use super::keygen::KeyDir;
 use crate::cli::args::DecryptArgs;
 use crate::cli::common::*;
 use crate::cli::Ui;
@@ -58,26 +57,8 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
     let adapter = load_model(&args.model, None)?;
     let plan = public_plan(&adapter, params, keys.mode)?;
     keys.check_plan(&plan, &args.model)?;
-
-    let meta = read_meta(&args.input, "result", params)?;
-    if meta.structure_digest != keys.info.structure_digest {
-        bail!(
-            "model mismatch: {} was computed for a plan with structure digest {}, the keys in {} are for {}",
-            args.input.display(),
-            meta.structure_digest.chars().take(16).collect::<String>(),
-            keys.dir.display(),
-            keys.info.structure_digest.chars().take(16).collect::<String>()
-        );
-    }
-    if meta.key_id != keys.info.key_id {
-        bail!(
-            "key mismatch: {} was encrypted under public key {}, the keys in {} are {}: it cannot be decrypted with them",
-            args.input.display(),
-            meta.key_id,
-            keys.dir.display(),
-            keys.info.key_id
-        );
-    }
+    let meta = CtMeta::read(&args.input, "result", params)?;
+    keys.check_meta(&meta, &args.input)?;
     check_envelope(
         &args.input,
         FileKind::Ciphertext,
@@ -96,52 +77,27 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
     }
 
     let t = Instant::now();
-    let (bundle, result_binding): (CiphertextBundle, _) = load_bound(&args.input, params)
+    let result = QueryResult::load(&args.input, params, Role::Result)
         .with_context(|| format!("reading {}", args.input.display()))?;
-    let per = plan.output_ciphertexts();
-    let (sk, sk_binding): (SecretKey, _) =
-        load_bound(&sk_path, params).with_context(|| format!("reading {}", sk_path.display()))?;
     // The secret key must belong to this key directory's public key and plan, the result
     // to this secret key and plan; the sidecar must agree with the envelope.
-    let sk_binding = hepeft::session::check_secret_matches_public(
-        sk_binding.as_ref(),
-        keys.key_set()?,
-        Some(&plan),
-    )
-    .with_context(|| format!("checking {}", sk_path.display()))?;
-    let result_binding = hepeft::session::check_result_matches_secret(
-        result_binding.as_ref(),
-        &sk_binding,
-        &plan,
-        &bundle.items,
-    )
-    .with_context(|| format!("checking {}", args.input.display()))?;
-    check_meta_binding(&args.input, &meta, &result_binding, keys.mode)?;
-    let encoder = Encoder::new(params)?;
-    let dec = Decryptor::new(params, &sk)?;
-    let mut logits = Array2::zeros((meta.samples, plan.output_dim()));
-    let mut row = 0;
-    for (q, cts) in meta.queries.iter().zip(bundle.items.chunks(per.max(1))) {
-        let part = plan
-            .decrypt_result(&encoder, &dec, cts, *q)
-            .context("decrypting the result")?;
-        for r in part.axis_iter(Axis(0)) {
-            if row < logits.nrows() {
-                logits.row_mut(row).assign(&r);
-            }
-            row += 1;
-        }
-    }
+    let client = Client::for_decryption(&keys, plan, &args.model)
+        .with_context(|| format!("checking {}", sk_path.display()))?;
+    let binding = client
+        .check_result(&result)
+        .with_context(|| format!("checking {}", args.input.display()))?;
+    meta.check_binding(&args.input, &binding, keys.mode)?;
+    let logits = client.decrypt(&result).context("decrypting the result")?;
     let decrypt_time = t.elapsed();
     save_npy_atomic(&args.out, logits.view())?;
 
-    let k = args.top_k.min(plan.output_dim());
+    let classes = client.plan().output_dim();
     let report = DecryptReport {
         out: args.out.clone(),
         samples: meta.samples,
-        classes: plan.output_dim(),
+        classes,
         decrypt_seconds: decrypt_time.as_secs_f64(),
-        top_k: top_k(&logits, k),
+        top_k: top_k(&logits, args.top_k.min(classes)),
         logits,
     };
     ui.note(&format!(

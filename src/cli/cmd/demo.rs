@@ -399,7 +399,7 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             "OFF".into()
         },
         plan: plan.summary(),
-        mode: mode_name(mode).into(),
+        mode: mode.name().into(),
         seconds: Timings {
             publish: t_publish,
             keygen: kg.keygen_seconds + kg.write_seconds,

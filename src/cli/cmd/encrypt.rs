@@ -1,18 +1,17 @@
 //! `hepeft encrypt`: features -> encrypted query (client side, public key only).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use ndarray::{Array2, ArrayView2, Axis, Slice};
+use ndarray::{Array2, ArrayView2};
 use serde::Serialize;
 
-use hepeft::ckks::{load, save_bound, CiphertextBundle, Encoder, EncryptionKey, PublicKey};
-use hepeft::io::format::{digest_hex, FileKind};
+use hepeft::io::format::FileKind;
 use hepeft::model::load::load_features_npy;
-use hepeft::plan::Mode;
+use hepeft::model::InputSpec;
+use hepeft::session::{self, Client, KeyDir};
 
-use super::keygen::{os_rng, KeyDir};
 use crate::cli::args::EncryptArgs;
 use crate::cli::common::*;
 use crate::cli::Ui;
@@ -35,27 +34,59 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
     let params = &keys.params;
     let adapter = load_model(&args.model, None)?;
     let plan = public_plan(&adapter, params, keys.mode)?;
-    keys.check_plan(&plan, &args.model)?;
-
-    let pk_path = keys.path(PUBLIC_KEY);
-    check_envelope(&pk_path, FileKind::PublicKey, params, "public key")?;
+    check_envelope(
+        &keys.path(PUBLIC_KEY),
+        FileKind::PublicKey,
+        params,
+        "public key",
+    )?;
     check_output(&args.out)?;
     check_output(&meta_path(&args.out))?;
-    let pk: PublicKey =
-        load(&pk_path, params).with_context(|| format!("reading {}", pk_path.display()))?;
-    let key_set = hepeft::session::key_set_id(params, &pk)?;
-    let key_id = key_set.hex();
-    if key_id != keys.info.key_id {
-        bail!(
-            "key set mismatch: {} (key id {key_id}) is not the public key {} was written with (key id {})",
-            pk_path.display(),
-            keys.path(PLAN_JSON).display(),
-            keys.info.key_id
-        );
-    }
+    let client = Client::for_encryption(&keys, plan, &args.model)?;
+    let features = read_features(&args.input, adapter.inputs())?;
 
-    let specs = adapter.inputs();
-    if args.input.len() != specs.len() {
+    let t = Instant::now();
+    let views: Vec<ArrayView2<f64>> = features.iter().map(|m| m.view()).collect();
+    let query = client
+        .encrypt_samples(&views, &mut session::os_rng()?)
+        .context("encrypting the samples")?;
+    let encrypt_time = t.elapsed();
+
+    // The query's binding (key set, plan, role, shape) travels inside the envelope.
+    query
+        .save(&args.out, params)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let meta = query.meta(client.plan());
+    meta.write(&args.out)?;
+    let report = EncryptReport {
+        out: args.out.clone(),
+        mode: meta.mode.clone(),
+        samples: meta.samples,
+        queries: meta.queries.len(),
+        ciphertexts: query.items.len(),
+        bytes: file_size(&args.out),
+        encrypt_seconds: encrypt_time.as_secs_f64(),
+    };
+    let text = format!(
+        "encrypt: {} sample(s) in {} {} quer{} ({} ciphertexts, {}) in {}\n  wrote {} and {}\n",
+        report.samples,
+        report.queries,
+        report.mode,
+        if report.queries == 1 { "y" } else { "ies" },
+        report.ciphertexts,
+        human_bytes(report.bytes),
+        secs(encrypt_time),
+        args.out.display(),
+        meta_path(&args.out).display()
+    );
+    ui.report(&report, &text, false)?;
+    Ok(report)
+}
+
+/// Reads one `.npy` feature matrix per model input, checking the count, each width and
+/// that every file has the same, non-zero number of samples.
+fn read_features(paths: &[PathBuf], specs: &[InputSpec]) -> Result<Vec<Array2<f64>>> {
+    if paths.len() != specs.len() {
         let names: Vec<String> = specs
             .iter()
             .map(|s| format!("{}[{}]", s.name, s.dim))
@@ -64,11 +95,11 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
             "the model has {} input(s) ({}) but {} --input file(s) were given: pass one .npy per input, in that order",
             specs.len(),
             names.join(", "),
-            args.input.len()
+            paths.len()
         );
     }
     let mut features: Vec<Array2<f64>> = Vec::with_capacity(specs.len());
-    for (path, spec) in args.input.iter().zip(specs) {
+    for (path, spec) in paths.iter().zip(specs) {
         let m = load_features_npy(path)
             .with_context(|| format!("reading features {}", path.display()))?;
         if m.ncols() != spec.dim {
@@ -82,17 +113,12 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
         }
         features.push(m);
     }
+    let first = paths.first().map_or(Path::new(""), |p| p.as_path());
     let samples = features.first().map_or(0, |m| m.nrows());
     if samples == 0 {
-        bail!(
-            "no samples in {}",
-            args.input
-                .first()
-                .map_or_else(String::new, |p| p.display().to_string())
-        );
+        bail!("no samples in {}", first.display());
     }
-    if let Some((p, m)) = args
-        .input
+    if let Some((p, m)) = paths
         .iter()
         .zip(&features)
         .find(|(_, m)| m.nrows() != samples)
@@ -101,75 +127,8 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
             "{} has {} samples, {} has {samples}",
             p.display(),
             m.nrows(),
-            args.input[0].display()
+            first.display()
         );
     }
-
-    let t = Instant::now();
-    let encoder = Encoder::new(params)?;
-    let mut rng = os_rng()?;
-    let chunk = match keys.mode {
-        Mode::Latency => 1,
-        Mode::Batch => params.slots(),
-    };
-    let mut items = Vec::new();
-    let mut queries = Vec::new();
-    let mut start = 0;
-    while start < samples {
-        let end = (start + chunk).min(samples);
-        let views: Vec<ArrayView2<f64>> = features
-            .iter()
-            .map(|m| m.slice_axis(Axis(0), Slice::from(start..end)))
-            .collect();
-        let cts = plan
-            .encrypt_query(&encoder, EncryptionKey::Public(&pk), &views, &mut rng)
-            .with_context(|| format!("encrypting samples {start}..{end}"))?;
-        items.extend(cts);
-        queries.push(end - start);
-        start = end;
-    }
-    let encrypt_time = t.elapsed();
-
-    let bundle = CiphertextBundle {
-        digest: params.digest(),
-        items,
-    };
-    // The query's binding (key set, plan, role, shape) travels inside the envelope.
-    let binding = hepeft::session::query_binding(key_set, &plan, &queries);
-    save_bound(&args.out, params, &bundle, &binding)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    let meta = CtMeta {
-        format: META_FORMAT.into(),
-        content: "query".into(),
-        mode: mode_name(keys.mode).into(),
-        samples,
-        queries: queries.clone(),
-        ciphertexts_per_query: plan.input_ciphertexts(),
-        structure_digest: digest_hex(&plan.structure_digest()),
-        params_digest: digest_hex(&params.digest()),
-        key_id,
-    };
-    write_json(&meta_path(&args.out), &meta)?;
-    let report = EncryptReport {
-        out: args.out.clone(),
-        mode: meta.mode.clone(),
-        samples,
-        queries: queries.len(),
-        ciphertexts: bundle.items.len(),
-        bytes: file_size(&args.out),
-        encrypt_seconds: encrypt_time.as_secs_f64(),
-    };
-    let text = format!(
-        "encrypt: {samples} sample(s) in {} {} quer{} ({} ciphertexts, {}) in {}\n  wrote {} and {}\n",
-        report.queries,
-        report.mode,
-        if report.queries == 1 { "y" } else { "ies" },
-        report.ciphertexts,
-        human_bytes(report.bytes),
-        secs(encrypt_time),
-        args.out.display(),
-        meta_path(&args.out).display()
-    );
-    ui.report(&report, &text, false)?;
-    Ok(report)
+    Ok(features)
 }

@@ -9,9 +9,11 @@ use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use hepeft::ckks::{load_bound, save_bound, CiphertextBundle, EvaluationKeys, Evaluator};
+use hepeft::ckks::{load_bound, EvaluationKeys};
 use hepeft::io::format::{digest_hex, FileKind};
 use hepeft::plan::Plan;
+use hepeft::select::record::{self, SelectContext};
+use hepeft::session::{self, CtMeta, Query, Role, Server};
 
 use crate::cli::args::EvaluateArgs;
 use crate::cli::common::*;
@@ -47,19 +49,96 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         ui.note(&w);
     }
     let params = params_file.params.clone();
-    // The adapter's privacy rests on RLWE under the client's parameters too (the
-    // re-randomization hides the evaluation's c_1 only if RLWE is hard): refuse a set that
-    // opted out of the security check.
-    if params.security().bits().is_none() {
-        bail!(
-            "the parameter set is marked `security = \"unchecked\"`: the server refuses it, because re-randomizing \
-             results (and the client's own privacy) relies on RLWE at a checked security level; use a preset or \
-             `hepeft params select`"
-        );
+    session::check_params_secure(&params)?;
+    check_eval_keys_file(args, &params)?;
+    let meta = CtMeta::read(&args.input, "query", &params)?;
+    let mode = meta.mode()?;
+    check_envelope(&args.input, FileKind::Ciphertext, &params, "query")?;
+    let adapter = load_model(&args.model, args.weights.as_deref())?;
+    let plan = server_plan(args, &adapter, &params, &meta, ui)?;
+    check_output(&args.out)?;
+    check_output(&meta_path(&args.out))?;
+    let (keys, key_binding): (EvaluationKeys, _) = load_bound(&args.eval_keys, &params)
+        .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
+    // Carrying their public key, bound to it and this plan, covering every key it uses.
+    let key_set = session::server::check_keys(&plan, &keys, key_binding.as_ref())
+        .with_context(|| format!("checking evaluation keys {}", args.eval_keys.display()))?;
+    // The layout and flooding the parameters were selected for, unless told otherwise;
+    // refused before any work when the flooding would leave less precision than the set
+    // was selected for (the advice names only settings that work).
+    let public_adapter = hepeft::plan::public_structure(&adapter)?;
+    let ctx = SelectContext {
+        adapter: &public_adapter,
+        command: "hepeft params select --model <public card>",
+    };
+    record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
+        .context("the query's layout")?;
+    let resolved = record::resolve_sanitize(
+        params_file.record.as_ref(),
+        &args.flooding.request(),
+        &plan,
+        Some(&ctx),
+    )?;
+    if args.flooding.no_flooding {
+        ui.note(crate::cli::args::FloodingArgs::WARNING);
     }
+    for w in &resolved.warnings {
+        ui.note(w);
+    }
+    let sanitize = resolved.config;
+    session::check_flooding(&plan, sanitize.flooding.as_ref())?;
+    let query = Query::load(&args.input, &params, Role::Query)
+        .with_context(|| format!("reading query {}", args.input.display()))?;
+    // A query under these keys' key set, for this plan; its sidecar agrees with it.
+    let binding =
+        session::check_query_matches_keys(Some(&query.binding), key_set, &plan, query.items.len())
+            .with_context(|| format!("checking query {}", args.input.display()))?;
+    meta.check_binding(&args.input, &binding, mode)?;
+    let load_time = t_load.elapsed();
 
-    // The evaluation keys: the kind first (a secret key must never get here), then the
-    // parameters they were made for.
+    let t = Instant::now();
+    let server = Server::new(plan, sanitize).context("preparing the model's weights")?;
+    let prepare_time = t.elapsed();
+
+    let stages = server.plan().report().len().max(1);
+    let bar = progress_bar(ui, (meta.queries.len() * stages) as u64);
+    let progress = |q: usize, done: usize, _total: usize| {
+        bar.set_message(format!("query {}/{}", q + 1, meta.queries.len()));
+        bar.set_position((q * stages + done) as u64);
+    };
+    let t = Instant::now();
+    let (result, sanitize_report) = server
+        .evaluate_queries(Arc::new(keys), &query, &mut session::os_rng()?, &progress)
+        .context("evaluating the query")?;
+    bar.finish_and_clear();
+    let evaluate_time = t.elapsed();
+
+    let t = Instant::now();
+    result
+        .save(&args.out, &params)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    result.meta(server.plan()).write(&args.out)?;
+    let report = EvaluateReport {
+        out: args.out.clone(),
+        mode: meta.mode.clone(),
+        samples: meta.samples,
+        queries: meta.queries.len(),
+        key_switches_per_query: server.plan().key_switches(),
+        result_ciphertexts: result.items.len(),
+        result_bytes: file_size(&args.out),
+        load_seconds: load_time.as_secs_f64(),
+        prepare_seconds: prepare_time.as_secs_f64(),
+        evaluate_seconds: evaluate_time.as_secs_f64(),
+        write_seconds: t.elapsed().as_secs_f64(),
+        sanitize: sanitize_report,
+    };
+    ui.report(&report, &report_text(&report), false)?;
+    Ok(report)
+}
+
+/// The evaluation keys' file: never a secret key (the kind is read first), then the
+/// parameters they were made for.
+fn check_eval_keys_file(args: &EvaluateArgs, params: &hepeft::ckks::CkksParams) -> Result<()> {
     let header = read_header(&args.eval_keys)
         .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
     if header.kind == FileKind::SecretKey {
@@ -72,25 +151,29 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     check_envelope(
         &args.eval_keys,
         FileKind::EvaluationKeys,
-        &params,
+        params,
         "evaluation keys",
     )?;
+    Ok(())
+}
 
-    // The query: its metadata, then its header.
-    let meta = read_meta(&args.input, "query", &params)?;
-    let mode = parse_mode(&meta.mode)?;
-    check_envelope(&args.input, FileKind::Ciphertext, &params, "query")?;
-
-    // The model: the client compiled its plan from the public structure; so do we, to check
-    // we agree, then compile the real adapter (same structure) to evaluate.
-    let adapter = load_model(&args.model, args.weights.as_deref())?;
-    if all_weights_zero(&adapter) {
+/// The plan to evaluate: the client compiled its plan from the public structure; so do
+/// we, to check we agree, then compile the real adapter (same structure).
+fn server_plan(
+    args: &EvaluateArgs,
+    adapter: &hepeft::model::Adapter,
+    params: &hepeft::ckks::CkksParams,
+    meta: &CtMeta,
+    ui: &Ui,
+) -> Result<Plan> {
+    let mode = meta.mode()?;
+    if all_weights_zero(adapter) {
         ui.note(&format!(
             "warning: every weight of {} is zero (is this the public card?); the result will be zero\n",
             args.model.display()
         ));
     }
-    let public = public_plan(&adapter, &params, mode)?;
+    let public = public_plan(adapter, params, mode)?;
     let public_digest = digest_hex(&public.structure_digest());
     if public_digest != meta.structure_digest {
         bail!(
@@ -104,7 +187,7 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         );
     }
     let plan =
-        Plan::compile(&adapter, &params, plan_options(mode)).context("compiling the model")?;
+        Plan::compile(adapter, params, plan_options(mode)).context("compiling the model")?;
     if plan.structure_digest() != public.structure_digest() {
         bail!("internal error: the model and its public structure compile to different plans");
     }
@@ -115,131 +198,23 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
             plan.input_ciphertexts()
         );
     }
+    Ok(plan)
+}
 
-    check_output(&args.out)?;
-    check_output(&meta_path(&args.out))?;
-    let (keys, key_binding): (EvaluationKeys, _) = load_bound(&args.eval_keys, &params)
-        .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
-    if keys.public_key().is_none() {
-        bail!(
-            "{} carries no public key: the server re-randomizes every result with a fresh encryption of zero \
-             under the client's public key; regenerate the keys with this version of `hepeft keygen`",
-            args.eval_keys.display()
-        );
+fn progress_bar(ui: &Ui, total: u64) -> ProgressBar {
+    if ui.quiet {
+        return ProgressBar::hidden();
     }
-    // Bound to their public key and this plan, covering every key the plan uses.
-    let key_set =
-        hepeft::session::check_eval_keys(&params, &keys, key_binding.as_ref(), Some(&plan))
-            .with_context(|| format!("checking evaluation keys {}", args.eval_keys.display()))?;
-    let Some(client_pk) = keys.public_key().cloned() else {
-        bail!("{} carries no public key", args.eval_keys.display());
-    };
-    // The layout and flooding the parameters were selected for, unless told otherwise;
-    // refused before any work when the flooding would leave less precision than the set
-    // was selected for (the advice names only settings that work).
-    let public_adapter = hepeft::plan::public_structure(&adapter)?;
-    let ctx = hepeft::select::record::SelectContext {
-        adapter: &public_adapter,
-        command: "hepeft params select --model <public card>",
-    };
-    hepeft::select::record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
-        .context("the query's layout")?;
-    let resolved = hepeft::select::record::resolve_sanitize(
-        params_file.record.as_ref(),
-        &args.flooding.request(),
-        &plan,
-        Some(&ctx),
-    )?;
-    let sanitize_cfg = resolved.config;
-    if args.flooding.no_flooding {
-        ui.note(crate::cli::args::FloodingArgs::WARNING);
+    let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "evaluate [{elapsed_precise}] {bar:30} {pos}/{len} stages ({msg})",
+    ) {
+        b.set_style(style);
     }
-    for w in &resolved.warnings {
-        ui.note(w);
-    }
-    let (query, query_binding): (CiphertextBundle, _) = load_bound(&args.input, &params)
-        .with_context(|| format!("reading query {}", args.input.display()))?;
-    let per = plan.input_ciphertexts();
-    // The query must be a query, under these evaluation keys' key set, for this plan; its
-    // sidecar must agree with the envelope.
-    let query_binding = hepeft::session::check_query_matches_keys(
-        query_binding.as_ref(),
-        key_set,
-        &plan,
-        query.items.len(),
-    )
-    .with_context(|| format!("checking query {}", args.input.display()))?;
-    check_meta_binding(&args.input, &meta, &query_binding, mode)?;
-    let load_time = t_load.elapsed();
+    b
+}
 
-    let t = Instant::now();
-    let prepared = plan.prepare().context("preparing the model's weights")?;
-    let ev = Evaluator::with_keys(&params, Arc::new(keys))?;
-    let prepare_time = t.elapsed();
-
-    let stages = plan.report().len().max(1);
-    let total = (meta.queries.len() * stages) as u64;
-    let bar = if ui.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "evaluate [{elapsed_precise}] {bar:30} {pos}/{len} stages ({msg})",
-        ) {
-            b.set_style(style);
-        }
-        b
-    };
-    let t = Instant::now();
-    let mut rng = super::keygen::os_rng()?;
-    let mut sanitize_report = None;
-    let mut out = Vec::with_capacity(meta.queries.len() * plan.output_ciphertexts());
-    for (qi, cts) in query.items.chunks(per.max(1)).enumerate() {
-        bar.set_message(format!("query {}/{}", qi + 1, meta.queries.len()));
-        let base = (qi * stages) as u64;
-        let progress = |done: usize, _total: usize| bar.set_position(base + done as u64);
-        let res = prepared
-            .evaluate_with_progress(&ev, cts, &progress)
-            .with_context(|| format!("evaluating query {qi}"))?;
-        let (clean, rep) = plan
-            .sanitize(&ev, res, &client_pk, &sanitize_cfg, &mut rng)
-            .with_context(|| format!("sanitizing the result of query {qi}"))?;
-        sanitize_report = Some(rep);
-        out.extend(clean);
-    }
-    bar.finish_and_clear();
-    let evaluate_time = t.elapsed();
-
-    let t = Instant::now();
-    let bundle = CiphertextBundle {
-        digest: params.digest(),
-        items: out,
-    };
-    let result_binding = hepeft::session::result_binding(&query_binding, &plan);
-    save_bound(&args.out, &params, &bundle, &result_binding)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    let result_meta = CtMeta {
-        content: "result".into(),
-        ciphertexts_per_query: plan.output_ciphertexts(),
-        ..meta.clone()
-    };
-    write_json(&meta_path(&args.out), &result_meta)?;
-    let write_time = t.elapsed();
-
-    let report = EvaluateReport {
-        out: args.out.clone(),
-        mode: meta.mode.clone(),
-        samples: meta.samples,
-        queries: meta.queries.len(),
-        key_switches_per_query: plan.key_switches(),
-        result_ciphertexts: bundle.items.len(),
-        result_bytes: file_size(&args.out),
-        load_seconds: load_time.as_secs_f64(),
-        prepare_seconds: prepare_time.as_secs_f64(),
-        evaluate_seconds: evaluate_time.as_secs_f64(),
-        write_seconds: write_time.as_secs_f64(),
-        sanitize: sanitize_report,
-    };
+fn report_text(report: &EvaluateReport) -> String {
     let text = format!(
         "evaluate: {} sample(s) in {} {} quer{}, {} key switches per query\n  load {}, prepare {}, evaluate {}, write {}\n  wrote {} ({} ciphertexts, {}) and {}\n",
         report.samples,
@@ -247,36 +222,32 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
         report.mode,
         if report.queries == 1 { "y" } else { "ies" },
         report.key_switches_per_query,
-        secs(load_time),
-        secs(prepare_time),
-        secs(evaluate_time),
-        secs(write_time),
-        args.out.display(),
+        secs_f(report.load_seconds),
+        secs_f(report.prepare_seconds),
+        secs_f(report.evaluate_seconds),
+        secs_f(report.write_seconds),
+        report.out.display(),
         report.result_ciphertexts,
         human_bytes(report.result_bytes),
-        meta_path(&args.out).display()
+        meta_path(&report.out).display()
     );
-    let text = match report.sanitize.as_ref().and_then(|r| r.flooding.as_ref()) {
+    let mask = report
+        .sanitize
+        .as_ref()
+        .map_or("", |r| r.mask_note.as_str());
+    let level = report.sanitize.as_ref().map_or(0, |r| r.output_level);
+    match report.sanitize.as_ref().and_then(|r| r.flooding.as_ref()) {
         Some(f) => format!(
-            "{text}  sanitized: level {}, re-randomized, {}; flooding at {} bits for {} quer(ies): \
+            "{text}  sanitized: level {level}, re-randomized, {mask}; flooding at {} bits for {} quer(ies): \
              noise 2^{:.1} per slot, about {:.1} bits of precision left ({:.1} bits spent)\n",
-            report.sanitize.as_ref().map_or(0, |r| r.output_level),
-            report.sanitize.as_ref().map_or("", |r| r.mask_note.as_str()),
-            f.statistical_security,
-            f.queries,
-            f.slot_std_log2,
-            f.precision_bits_after,
-            f.cost_bits
+            f.statistical_security, f.queries, f.slot_std_log2, f.precision_bits_after, f.cost_bits
         ),
         None => format!(
-            "{text}  sanitized: level {}, re-randomized, {}; NO noise flooding\n",
-            report.sanitize.as_ref().map_or(0, |r| r.output_level),
-            report
-                .sanitize
-                .as_ref()
-                .map_or("", |r| r.mask_note.as_str())
+            "{text}  sanitized: level {level}, re-randomized, {mask}; NO noise flooding\n"
         ),
-    };
-    ui.report(&report, &text, false)?;
-    Ok(report)
+    }
+}
+
+fn secs_f(s: f64) -> String {
+    secs(std::time::Duration::from_secs_f64(s))
 }

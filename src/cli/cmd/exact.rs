@@ -10,8 +10,6 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use ndarray::Array2;
-use rand::SeedableRng as _;
-use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
 use hepeft::exact::{generate_keys, io as xio, ClientKey, ExactParams};
@@ -120,8 +118,7 @@ pub fn keygen(a: &KeygenArgs, ui: &Ui) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut rng =
-        ChaCha20Rng::try_from_os_rng().context("seeding the key generator from the OS")?;
+    let mut rng = hepeft::session::os_rng().context("seeding the key generator from the OS")?;
     let t = Instant::now();
     let (ck, sk) = generate_keys(&params, &mut rng)?;
     let keygen_seconds = t.elapsed().as_secs_f64();
@@ -183,7 +180,7 @@ pub fn encrypt(a: &EncryptArgs, ui: &Ui) -> Result<()> {
     );
     let views: Vec<_> = parts.iter().map(|x| x.view()).collect();
     let x = ndarray::concatenate(ndarray::Axis(1), &views).context("concatenating the inputs")?;
-    let mut rng = ChaCha20Rng::try_from_os_rng().context("seeding the encryptor from the OS")?;
+    let mut rng = hepeft::session::os_rng().context("seeding the encryptor from the OS")?;
     let mut xs = Vec::with_capacity(x.nrows() * q.input_dim);
     for row in x.rows() {
         xs.extend(q.quantize_input(row)?);
@@ -385,8 +382,7 @@ pub fn demo(args: &crate::cli::args::DemoArgs, ui: &Ui) -> Result<()> {
         adapter.summary().lines().next().unwrap_or("adapter"),
         plan.predicted_pbs()
     ));
-    let mut rng =
-        ChaCha20Rng::try_from_os_rng().context("seeding the key generator from the OS")?;
+    let mut rng = hepeft::session::os_rng().context("seeding the key generator from the OS")?;
     let t = Instant::now();
     let (ck, compressed) = generate_keys(&params, &mut rng)?;
     let keygen_seconds = t.elapsed().as_secs_f64();
@@ -497,8 +493,7 @@ fn argmax_i64(y: &[i64]) -> usize {
 
 /// A fresh private directory under the system temporary directory.
 fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let mut rng =
-        ChaCha20Rng::try_from_os_rng().context("seeding the temporary name from the OS")?;
+    let mut rng = hepeft::session::os_rng().context("seeding the temporary name from the OS")?;
     let n: u64 = rand::Rng::random(&mut rng);
     let d = std::env::temp_dir().join(format!("hepeft-exact-demo-{n:016x}"));
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;

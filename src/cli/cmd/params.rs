@@ -10,7 +10,7 @@ use hepeft::plan::{public_structure, Mode};
 use hepeft::select::{select_with_advice, ParamsFile, SelectRequest, SelectionRecord};
 
 use crate::cli::args::{ParamsSource, SelectArgs};
-use crate::cli::common::{load_model, mode_name, plan_options, write_atomic};
+use crate::cli::common::{load_model, plan_options, write_atomic};
 use crate::cli::Ui;
 
 #[derive(Serialize)]
@@ -131,7 +131,7 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
         format!(
             "selecting parameters for {} ({} mode, {} bits, {}-bit security, {})",
             args.model.display(),
-            mode_name(mode),
+            mode.name(),
             args.precision,
             args.security.bits().unwrap_or(0),
             if args.flooding.no_flooding {
@@ -153,7 +153,7 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
     let header = format!(
         "# Selected by `hepeft params select` for {} ({} mode, {} bits, {}).\n# {}\n",
         args.model.display(),
-        mode_name(mode),
+        mode.name(),
         args.precision,
         sel.params.security(),
         sel.params.describe()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use hepeft::model::load::{load_card, save_adapter, ModelCard};
+use hepeft::model::load::{adapter_files, load_card, ModelCard};
 use hepeft::model::Adapter;
 use hepeft::plan::public_structure;
 
@@ -27,8 +27,8 @@ pub struct PublishReport {
     pub summary: String,
 }
 
-/// Writes `public_structure(adapter)` as `dir/public.toml` + `dir/public.safetensors`, both
-/// through a temporary directory and renames (weights first: the card names them).
+/// Writes `public_structure(adapter)` as `dir/public.toml` + `dir/public.safetensors`, each
+/// atomically (weights first: the card names them).
 pub fn write_public(
     adapter: &Adapter,
     dir: &Path,
@@ -36,31 +36,13 @@ pub fn write_public(
 ) -> Result<(PathBuf, PathBuf, Adapter)> {
     let public = public_structure(adapter).context("deriving the public structure")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(".publish.tmp-{}-{nanos}", std::process::id()));
-    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let res = (|| -> Result<(PathBuf, PathBuf)> {
-        let tmp_card = tmp.join(PUBLIC_CARD);
-        let tmp_weights =
-            save_adapter(&public, &tmp_card, name).context("writing the public card")?;
-        let weights_name = tmp_weights
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_else(|| "public.safetensors".into());
-        let weights = dir.join(weights_name);
-        let card = dir.join(PUBLIC_CARD);
-        std::fs::rename(&tmp_weights, &weights)
-            .with_context(|| format!("writing {}", weights.display()))?;
-        std::fs::rename(&tmp_card, &card).with_context(|| format!("writing {}", card.display()))?;
-        Ok((card, weights))
-    })();
-    let _ = std::fs::remove_dir_all(&tmp);
-    let (card, weights) = res?;
+    let card = dir.join(PUBLIC_CARD);
+    let files = adapter_files(&public, &card, name).context("writing the public card")?;
+    write_atomic(&files.weights_path, &files.weights)?;
+    write_atomic(&card, files.card.as_bytes())?;
     // Read it back: the client will.
     let reread = load_card(&card).with_context(|| format!("re-reading {}", card.display()))?;
-    Ok((card, weights, reread))
+    Ok((card, files.weights_path, reread))
 }
 
 /// `hepeft publish`.

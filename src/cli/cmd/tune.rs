@@ -4,8 +4,6 @@
 
 use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 
 use hepeft::model::load::{load_card, load_features_npy, load_labels_npy, save_adapter};
 use hepeft::plan::{FloodingConfig, SanitizeConfig};
@@ -80,6 +78,7 @@ pub fn run(a: &TuneArgs, ui: &Ui) -> Result<()> {
     };
     let bar = progress(a, ui)?;
     let validation = (n_val > 0).then_some((val_x, val_y));
+    let (mut party_rng, mut rng) = (hepeft::session::os_rng()?, hepeft::session::os_rng()?);
     let (tuned, report) = run_local(
         &adapter,
         train_x,
@@ -93,8 +92,8 @@ pub fn run(a: &TuneArgs, ui: &Ui) -> Result<()> {
             bar.set_position(r.step + 1);
             bar.set_message(format!("train loss {:.4}{v}", r.train_loss));
         },
-        &mut ChaCha20Rng::from_os_rng(),
-        &mut ChaCha20Rng::from_os_rng(),
+        &mut party_rng,
+        &mut rng,
     )?;
     bar.finish();
     let weights = save_adapter(&tuned, out, None).context("writing the tuned card")?;
@@ -135,8 +134,8 @@ fn run_remote(a: &TuneArgs, x: ArrayView2<f64>, y: &[usize], ui: &Ui) -> Result<
         client = client.with_token(&token);
     }
     let plan = client.tune_plan().context("the server's tuning plan")?;
-    let mut rng = ChaCha20Rng::from_os_rng();
-    let keys = if dir.join("secret.key").exists() {
+    let mut rng = hepeft::session::os_rng()?;
+    let keys = if dir.join(hepeft::session::SECRET_KEY).exists() {
         ClientKeys::load_dir(dir, plan.params()).context("loading the keys")?
     } else {
         let keys = ClientKeys::generate(plan, &mut rng)?;

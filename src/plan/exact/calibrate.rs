@@ -472,7 +472,6 @@ fn max_row_norm2(w: &[i64], in_dim: usize, col_var: &[f64]) -> f64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

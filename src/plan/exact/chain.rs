@@ -235,7 +235,6 @@ fn dense(v: Affine, act: Option<Activation>) -> Result<FloatLayer> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::model::{ActivationFn, AdapterBuilder};
