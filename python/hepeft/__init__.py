@@ -12,7 +12,8 @@ Rust library; this package is a thin front end with numpy arrays in and out.
 >>> params = hepeft.params.select(model, precision=12).params
 >>> client = hepeft.Client.keygen(hepeft.publish(model), params)
 >>> server = hepeft.Server(model, params)
->>> result = server.evaluate(client.encrypt(np.full(8, 0.1)), client.eval_keys())
+>>> query = client.encrypt(np.full(8, 0.1))
+>>> result = server.evaluate(query, client.eval_keys(), flooding_bits=None)  # see docs
 >>> np.round(client.decrypt(result), 2)
 array([[0.8, 0.8, 0.8]])
 

@@ -243,7 +243,10 @@ impl Builder {
     }
 
     fn node(&self, r: NodeRef) -> Node {
-        Node { r, builder: self.id }
+        Node {
+            r,
+            builder: self.id,
+        }
     }
 }
 
@@ -381,7 +384,9 @@ impl Builder {
 impl Builder {
     /// `<kind><k>`, k the number of nodes added before (as the library's own helpers).
     fn auto_name(&self, kind: &str) -> String {
-        let k = self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let k = self
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("{kind}{k}")
     }
 
@@ -420,7 +425,6 @@ impl Builder {
         Ok(self.node(r))
     }
 }
-
 
 /// The public structure of `model` (same as `model.public()`): what a server publishes to
 /// its clients.

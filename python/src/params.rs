@@ -12,7 +12,10 @@ use crate::model::Model;
 use crate::protocol::plan_options;
 
 /// Turns a serializable report into Python objects (through JSON).
-pub fn to_python<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
+pub fn to_python<'py, T: serde::Serialize>(
+    py: Python<'py>,
+    value: &T,
+) -> PyResult<Bound<'py, PyAny>> {
     let text = serde_json::to_string(value)
         .map_err(|e| crate::errors::to_py(hepeft::Error::format("report", e.to_string())))?;
     py.import("json")?.call_method1("loads", (text,))

@@ -91,8 +91,7 @@ pub fn load(
                 ..opts.peft.clone()
             };
             let weights = dir.join("adapter_model.safetensors");
-            let peft =
-                PeftLora::load_with(&weights, dir.join("adapter_config.json"), &peft_opts)?;
+            let peft = PeftLora::load_with(&weights, dir.join("adapter_config.json"), &peft_opts)?;
             let imported = build_card(&peft, &base, &opts)?;
             // The card names tensors of the base, of the checkpoint (raw names) and the
             // derived ones: one store holding all three.

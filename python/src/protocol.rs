@@ -174,10 +174,14 @@ pub fn evaluate(
     let plan = prepared.plan();
     let params = plan.params();
     let key_set = hepeft::session::check_eval_keys(params, eval, Some(eval_binding), Some(plan))?;
-    let client_pk = eval.public_key().cloned().ok_or_else(|| Error::MissingKey {
-        what: "public key in the evaluation keys (the server re-randomizes every result under it)"
-            .into(),
-    })?;
+    let client_pk = eval
+        .public_key()
+        .cloned()
+        .ok_or_else(|| Error::MissingKey {
+            what:
+                "public key in the evaluation keys (the server re-randomizes every result under it)"
+                    .into(),
+        })?;
     if let Some(f) = &cfg.flooding {
         let bits = plan.flooded_precision_bits(f);
         if bits < 1.0 {

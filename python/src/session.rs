@@ -4,8 +4,8 @@
 use std::sync::{Arc, OnceLock};
 
 use hepeft::ckks::{
-    from_bytes, from_bytes_bound, to_bytes, to_bytes_bound, CiphertextBundle, CkksParams,
-    Encoder, EvaluationKeys, PublicKey, SecretKey,
+    from_bytes, from_bytes_bound, to_bytes, to_bytes_bound, CiphertextBundle, CkksParams, Encoder,
+    EvaluationKeys, PublicKey, SecretKey,
 };
 use hepeft::io::binding::{Binding, Role};
 use hepeft::plan::{Mode, Plan, PreparedPlan};
@@ -125,7 +125,10 @@ impl Bundle {
         if binding.role != role {
             return Err(to_py(Error::mismatch(
                 "role",
-                format!("these bytes are bound as a {} but a {role} is expected", binding.role),
+                format!(
+                    "these bytes are bound as a {} but a {role} is expected",
+                    binding.role
+                ),
             )));
         }
         Ok(Bundle {
