@@ -99,6 +99,11 @@ pub enum Error {
     #[error("invalid model: {reason}")]
     Model { reason: String },
 
+    /// The operation is refused because it would destroy or misuse a file (replacing a
+    /// secret key, a directory that is not a key directory); the reason names a way out.
+    #[error("{reason}")]
+    Refused { reason: String },
+
     /// Wrapped I/O failure, with the path when known.
     #[error("I/O error on {path:?}: {source}")]
     Io {

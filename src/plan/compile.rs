@@ -22,7 +22,10 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Parses `latency` or `batch`.
+    /// Parses `latency` or `batch` (also `throughput`, an old name of batch).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] for any other name.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "latency" => Ok(Mode::Latency),
@@ -31,6 +34,28 @@ impl Mode {
                 "unknown mode {s:?} (latency or batch)"
             ))),
         }
+    }
+
+    /// The name written in key directories, metadata and descriptions: `latency` or
+    /// `batch` (what [`Mode::parse`] reads back).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Latency => "latency",
+            Mode::Batch => "batch",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Mode::parse(s)
     }
 }
 

@@ -13,30 +13,26 @@
 //! Errors from the server arrive as [`Error::Io`] whose source is a [`RemoteError`]
 //! carrying the HTTP status and the server's message ([`remote_status`] extracts it).
 
-use super::{is_key_id, sha256_hex, wire, KeyInfo, ModelDescription, DESCRIPTION_FORMAT};
+use super::{is_key_id, sha256_hex, wire, KeyInfo, ModelDescription};
 use crate::ckks::{
-    load, load_bound, save, save_bound, to_bytes_bound, Ciphertext, CkksParams, Decryptor, Encoder,
-    EncryptionKey, EvaluationKeys, KeyGenerator, PublicKey, SecretKey,
+    to_bytes_bound, Ciphertext, CkksParams, Decryptor, Encoder, EncryptionKey, EvaluationKeys,
 };
 use crate::io::binding::{Binding, KeySetId};
-use crate::io::format::digest_hex;
-use crate::model::load::{ModelCard, TensorStore};
 use crate::model::Adapter;
-use crate::plan::{Mode, Plan};
+use crate::plan::Plan;
 use crate::session;
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView2, Axis, Slice};
-use rand::{CryptoRng, RngCore, SeedableRng};
+
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// File names of a key directory, as `hepeft keygen` writes them.
-pub const SECRET_KEY_FILE: &str = "secret.key";
-/// Public key file name in a key directory.
-pub const PUBLIC_KEY_FILE: &str = "public.key";
-/// Evaluation keys file name in a key directory.
-pub const EVAL_KEYS_FILE: &str = "eval.keys";
+/// Key-directory file names (the session layer's).
+pub use crate::session::keydir::{
+    EVAL_KEYS as EVAL_KEYS_FILE, PUBLIC_KEY as PUBLIC_KEY_FILE, SECRET_KEY as SECRET_KEY_FILE,
+};
+pub use crate::session::ClientKeys;
 
 /// Largest response the client reads (result bundles, the description, zero weights).
 pub const MAX_RESPONSE_BYTES: u64 = 4 << 30;
@@ -79,132 +75,6 @@ fn transport(url: &str, e: ureq::Error) -> Error {
     Error::Io {
         path: None,
         source: std::io::Error::other(format!("HTTP request to {url} failed: {e}")),
-    }
-}
-
-/// The client's keys: the secret key (never sent), the evaluation keys (uploaded) and,
-/// when known, the public key.
-pub struct ClientKeys {
-    /// Secret key: decrypts, and encrypts with seeded (half-size) ciphertexts.
-    pub secret: SecretKey,
-    /// Public key, if the key directory has one.
-    pub public: Option<PublicKey>,
-    /// The evaluation keys the plan needs.
-    pub eval: EvaluationKeys,
-    /// What the keys are bound to: their key set (the id of the public key the evaluation
-    /// keys carry) and the plan they were generated for.
-    pub binding: Binding,
-}
-
-impl std::fmt::Debug for ClientKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientKeys")
-            .field("secret", &"<redacted>")
-            .field("galois_elements", &self.eval.galois_elements().len())
-            .field("relin", &self.eval.relin().is_some())
-            .finish()
-    }
-}
-
-impl ClientKeys {
-    /// Fresh keys for `plan`: secret, public, and exactly the Galois and relinearization
-    /// keys the plan needs.
-    ///
-    /// # Errors
-    /// Key generation errors.
-    pub fn generate<G: RngCore + CryptoRng>(plan: &Plan, rng: &mut G) -> Result<Self> {
-        let params = plan.params();
-        let kg = KeyGenerator::new(params);
-        let secret = kg.gen_secret_key(rng);
-        let public = kg.gen_public_key(&secret, rng)?;
-        let eval = kg
-            .gen_evaluation_keys(&secret, &plan.galois_elements(), plan.needs_relin(), rng)?
-            .with_public_key(public.clone())?;
-        let binding = Binding::keys(
-            session::key_set_id(params, &public)?,
-            plan.structure_digest(),
-        );
-        Ok(ClientKeys {
-            secret,
-            public: Some(public),
-            eval,
-            binding,
-        })
-    }
-
-    /// Reads `secret.key`, `eval.keys` and (if present) `public.key` of a key directory
-    /// written by `hepeft keygen` or [`ClientKeys::save_dir`].
-    ///
-    /// # Errors
-    /// [`Error::Io`] for a missing file; format and parameter errors of [`load`].
-    /// The secret key and the evaluation keys must be bound to the same key set (the
-    /// public key the evaluation keys carry) and plan, and `public.key`, if present, must
-    /// be that public key.
-    pub fn load_dir(dir: impl AsRef<Path>, params: &CkksParams) -> Result<Self> {
-        let dir = dir.as_ref();
-        let (secret, sk_binding) = load_bound(dir.join(SECRET_KEY_FILE), params)?;
-        let (eval, ek_binding): (EvaluationKeys, _) = load_bound(dir.join(EVAL_KEYS_FILE), params)?;
-        let key_set = session::check_eval_keys(params, &eval, ek_binding.as_ref(), None)?;
-        let binding = session::check_secret_matches_public(sk_binding.as_ref(), key_set, None)?;
-        if ek_binding.as_ref().map(|b| b.structure) != Some(binding.structure) {
-            return Err(Error::mismatch(
-                "plan",
-                "the secret key and the evaluation keys were generated for different plans",
-            ));
-        }
-        let pk = dir.join(PUBLIC_KEY_FILE);
-        let public = if pk.exists() {
-            let public: PublicKey = load(pk, params)?;
-            let id = session::key_set_id(params, &public)?;
-            if id != key_set {
-                return Err(Error::mismatch(
-                    "key set",
-                    format!(
-                        "{PUBLIC_KEY_FILE} is key set {id}, the evaluation keys carry {key_set}"
-                    ),
-                ));
-            }
-            Some(public)
-        } else {
-            None
-        };
-        Ok(ClientKeys {
-            secret,
-            public,
-            eval,
-            binding,
-        })
-    }
-
-    /// Writes the keys to `dir` (created if needed; the secret key gets mode 0600).
-    ///
-    /// # Errors
-    /// [`Error::Io`] on file-system failures.
-    pub fn save_dir(&self, dir: impl AsRef<Path>, params: &CkksParams) -> Result<()> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        save_bound(
-            dir.join(SECRET_KEY_FILE),
-            params,
-            &self.secret,
-            &self.binding,
-        )?;
-        save_bound(dir.join(EVAL_KEYS_FILE), params, &self.eval, &self.binding)?;
-        if let Some(pk) = &self.public {
-            save(dir.join(PUBLIC_KEY_FILE), params, pk)?;
-        }
-        Ok(())
-    }
-
-    /// Checks the keys belong to `plan`'s parameters and hold every key it needs.
-    ///
-    /// # Errors
-    /// [`Error::ParameterMismatch`] or [`Error::MissingKey`].
-    pub fn check_for(&self, plan: &Plan) -> Result<()> {
-        let params = plan.params();
-        params.check_digest("secret key", &self.secret.params_digest())?;
-        session::check_eval_keys(params, &self.eval, Some(&self.binding), Some(plan))?;
-        Ok(())
     }
 }
 
@@ -252,57 +122,7 @@ impl RemoteModel {
         weights: &[u8],
         expected_params: Option<&str>,
     ) -> Result<Self> {
-        if description.format != DESCRIPTION_FORMAT {
-            return Err(Error::format(
-                "model description",
-                format!(
-                    "format {:?}, expected {DESCRIPTION_FORMAT:?}",
-                    description.format
-                ),
-            ));
-        }
-        let params = CkksParams::from_toml(&description.params_toml)?;
-        let got = digest_hex(&params.digest());
-        if got != description.params_digest {
-            return Err(Error::ParameterMismatch {
-                what: "the server's parameter set".into(),
-                expected: description.params_digest.clone(),
-                found: got,
-            });
-        }
-        if let Some(want) = expected_params {
-            if !got.starts_with(&want.to_ascii_lowercase()) || want.is_empty() {
-                return Err(Error::ParameterMismatch {
-                    what: "the server's parameter set".into(),
-                    expected: want.to_string(),
-                    found: got,
-                });
-            }
-        }
-        if sha256_hex(weights) != description.weights_digest {
-            return Err(Error::format(
-                "public model weights",
-                "SHA-256 differs from the description",
-            ));
-        }
-        let store = TensorStore::from_bytes(weights)?;
-        let card: &ModelCard = &description.card;
-        let adapter = card.to_adapter(Some(&store), None)?;
-        let plan = Plan::compile(&adapter, &params, description.plan_options()?)?;
-        let local = digest_hex(&plan.structure_digest());
-        if local != description.structure_digest {
-            return Err(Error::model(format!(
-                "the plan compiled from the server's public card has structure digest {local}, the server announces {}; client and server versions may differ",
-                description.structure_digest
-            )));
-        }
-        if plan.galois_elements() != description.galois_elements
-            || plan.needs_relin() != description.needs_relin
-        {
-            return Err(Error::model(
-                "the local plan needs other keys than the server announces",
-            ));
-        }
+        let (params, adapter, plan) = description.check(weights, expected_params)?;
         let encoder = Encoder::new(&params)?;
         Ok(RemoteModel {
             description,
@@ -646,49 +466,27 @@ impl QueryClient {
         let remote = self.connect()?;
         let plan = remote.plan();
         keys.check_for(plan)?;
-        if inputs.len() != plan.input_dims().len() {
-            return Err(Error::dims(
-                "adapter inputs",
-                plan.input_dims().len(),
-                inputs.len(),
-            ));
-        }
-        let samples = inputs.first().map_or(0, |a| a.nrows());
-        if samples == 0 {
-            return Err(Error::dims("samples (at least one)", 1, 0));
-        }
-        let id = self.register_keys(&keys.eval)?;
         let key_set = keys.binding.key_set;
-        let per_query = match plan.options().mode {
-            Mode::Latency => 1,
-            Mode::Batch => remote.params().slots(),
-        };
-        let mut rng = rand_chacha::ChaCha20Rng::try_from_os_rng().map_err(|e| Error::Io {
-            path: None,
-            source: std::io::Error::other(format!(
-                "the operating system's random generator failed: {e}"
-            )),
-        })?;
-        // Encrypt each query into its own envelope; pack envelopes into requests.
+        let mut rng = session::os_rng()?;
+        let query = session::encrypt_samples(
+            plan,
+            remote.encoder(),
+            EncryptionKey::Secret(&keys.secret),
+            key_set,
+            inputs,
+            &mut rng,
+        )?;
+        let samples = query.samples();
+        let id = self.register_keys(&keys.eval)?;
+        // Each query in its own envelope; envelopes are packed into requests.
         let mut chunks: Vec<(usize, usize)> = Vec::new();
         let mut envelopes: Vec<Vec<u8>> = Vec::new();
         let mut start = 0;
-        while start < samples {
-            let end = (start + per_query).min(samples);
-            let rows: Vec<ArrayView2<f64>> = inputs
-                .iter()
-                .map(|a| a.slice_axis(Axis(0), Slice::from(start..end)))
-                .collect();
-            let cts = plan.encrypt_query(
-                remote.encoder(),
-                EncryptionKey::Secret(&keys.secret),
-                &rows,
-                &mut rng,
-            )?;
-            let binding = session::query_binding(key_set, plan, &[end - start]);
-            envelopes.push(wire::write_bundle(remote.params(), cts, &binding)?);
-            chunks.push((start, end));
-            start = end;
+        for (n, cts) in query.queries().into_iter().zip(query.chunks()) {
+            let binding = session::query_binding(key_set, plan, &[n]);
+            envelopes.push(wire::write_bundle(remote.params(), cts.to_vec(), &binding)?);
+            chunks.push((start, start + n));
+            start += n;
         }
         let limit = remote.description().max_body_bytes.max(1);
         let dec = Decryptor::new(remote.params(), &keys.secret)?;
@@ -710,11 +508,11 @@ impl QueryClient {
                 }
                 r => r?,
             };
-            for (k, res) in results.iter().enumerate() {
-                let (a, b) = chunks[i + k];
-                let got = plan.decrypt_result(remote.encoder(), &dec, res, b - a)?;
-                out.slice_axis_mut(Axis(0), Slice::from(a..b)).assign(&got);
-            }
+            let sizes: Vec<usize> = chunks[i..j].iter().map(|(a, b)| b - a).collect();
+            let flat: Vec<Ciphertext> = results.into_iter().flatten().collect();
+            let got = session::decrypt_queries(plan, remote.encoder(), &dec, &flat, &sizes)?;
+            let (a, b) = (chunks[i].0, chunks[j - 1].1);
+            out.slice_axis_mut(Axis(0), Slice::from(a..b)).assign(&got);
             i = j;
         }
         Ok(out)

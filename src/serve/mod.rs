@@ -65,15 +65,13 @@ mod wire;
 pub use access::{AuthTokens, RateLimit, MIN_TOKEN_CHARS};
 pub use server::{run, run_until_signal, shutdown_signal, spawn, Server, ServerHandle};
 
-use crate::model::load::ModelCard;
-use crate::plan::{Mode, PlanOptions};
+use crate::plan::PlanOptions;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Format tag of [`ModelDescription`].
-pub const DESCRIPTION_FORMAT: &str = "hepeft-model/1";
+pub use crate::session::description::{sha256_hex, ModelDescription, DESCRIPTION_FORMAT};
 
 /// Response header carrying the number of queries in an evaluate request.
 pub const QUERIES_HEADER: &str = "x-hepeft-queries";
@@ -161,68 +159,6 @@ impl Default for ServerConfig {
     }
 }
 
-/// The public description of a served model (`GET /v1/model`): everything a client needs
-/// to compile the server's plan, and nothing about the weights.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ModelDescription {
-    /// [`DESCRIPTION_FORMAT`].
-    pub format: String,
-    /// Optional name.
-    pub name: Option<String>,
-    /// `latency` or `batch`.
-    pub mode: String,
-    /// Plan option `fold_normalization`.
-    pub fold_normalization: bool,
-    /// Widths of the adapter inputs, in order.
-    pub input_dims: Vec<usize>,
-    /// Width of the output (logits).
-    pub output_dim: usize,
-    /// Ciphertexts per query.
-    pub input_ciphertexts: usize,
-    /// Ciphertexts per result.
-    pub output_ciphertexts: usize,
-    /// Samples per query: 1 in latency mode, N/2 in batch mode.
-    pub max_samples_per_query: usize,
-    /// The parameter set as TOML (frozen primes).
-    pub params_toml: String,
-    /// SHA-256 hex of the parameter set.
-    pub params_digest: String,
-    /// SHA-256 hex of the plan structure ([`Plan::structure_digest`](crate::plan::Plan::structure_digest)).
-    pub structure_digest: String,
-    /// Galois elements the evaluation keys must contain.
-    pub galois_elements: Vec<u64>,
-    /// Whether a relinearization key is needed.
-    pub needs_relin: bool,
-    /// Levels the plan consumes.
-    pub depth: usize,
-    /// The public card: the adapter's structure with every weight zero.
-    pub card: ModelCard,
-    /// SHA-256 hex of the zero-weight safetensors served at `/v1/model/weights`.
-    pub weights_digest: String,
-    /// Largest request body the server accepts.
-    pub max_body_bytes: usize,
-    /// Noise flooding on every result (statistical security, queries covered); `None`:
-    /// off. Absent in descriptions from servers that predate issue 8.
-    #[serde(default)]
-    pub flooding: Option<crate::plan::FloodingConfig>,
-    /// Predicted precision of each logit after flooding (bits, unit-sized output).
-    #[serde(default)]
-    pub flooded_precision_bits: Option<f64>,
-}
-
-impl ModelDescription {
-    /// The plan options the description names.
-    ///
-    /// # Errors
-    /// [`Error::InvalidParameters`](crate::Error::InvalidParameters) for an unknown mode.
-    pub fn plan_options(&self) -> crate::Result<PlanOptions> {
-        Ok(PlanOptions {
-            mode: Mode::parse(&self.mode)?,
-            fold_normalization: self.fold_normalization,
-        })
-    }
-}
-
 /// What the server knows about a key set (`POST /v1/keys`, `GET /v1/keys/{id}`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -238,24 +174,10 @@ pub struct KeyInfo {
     pub key_set: Option<String>,
 }
 
-/// Name of a mode in descriptions and reports.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Latency => "latency",
-        Mode::Batch => "batch",
-    }
-}
-
 /// Whether `id` has the shape of a key id (64 lower-case hex digits).
 pub fn is_key_id(id: &str) -> bool {
     id.len() == 64
         && id
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// SHA-256 hex of `bytes` (key ids, weights digest).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    crate::io::format::digest_hex(&Sha256::digest(bytes).into())
 }

@@ -6,20 +6,20 @@ use crate::ckks::{
 use crate::io::binding::{Binding, KeySetId, Role};
 use crate::io::format::{peek_header, read_envelope, PayloadReader, FLAG_BOUND};
 use crate::plan::Plan;
-use crate::session;
+use crate::session::{self, Query};
 use crate::{Error, Result};
 
 /// Parses one or more `CiphertextBundle` envelopes written back to back and splits their
 /// ciphertexts into queries of the plan's input size. Every bundle must be a query bound
 /// to `key_set` (the registered evaluation keys' key set) and `plan`
-/// (`session::check_query_matches_keys`). Returns the queries and the binding of their
-/// results.
+/// (`session::check_query_matches_keys`). Returns them as one query whose binding lists
+/// every bundle's samples in order.
 pub(crate) fn read_queries(
     params: &CkksParams,
     body: &[u8],
     plan: &Plan,
     key_set: KeySetId,
-) -> Result<(Vec<Vec<Ciphertext>>, Binding)> {
+) -> Result<Query> {
     let per_query = plan.input_ciphertexts();
     let mut all_samples = Vec::new();
     if body.is_empty() {
@@ -29,7 +29,7 @@ pub(crate) fn read_queries(
         return Err(Error::model("plan takes no input ciphertexts"));
     }
     let mut cursor = body;
-    let mut queries = Vec::new();
+    let mut items = Vec::new();
     let mut index = 0usize;
     while !cursor.is_empty() {
         // One envelope per stream for `read_envelope`: cut this one out by its header.
@@ -78,20 +78,17 @@ pub(crate) fn read_queries(
                 }
             })?;
         all_samples.extend(b.queries);
-        let mut items = bundle.items.into_iter();
-        for _ in 0..n / per_query {
-            queries.push(items.by_ref().take(per_query).collect());
-        }
+        items.extend(bundle.items);
         index += 1;
     }
-    let result = Binding {
+    let binding = Binding {
         role: Role::Query,
         key_set,
         structure: plan.structure_digest(),
         per_query: per_query as u32,
         queries: all_samples,
     };
-    Ok((queries, session::result_binding(&result, plan)))
+    Ok(Query { items, binding })
 }
 
 /// One bundle envelope holding `cts` in order, with `binding`.

@@ -68,7 +68,7 @@ pub fn require_binding(binding: Option<Binding>, what: &str) -> Result<Binding> 
     })
 }
 
-fn check_role(b: &Binding, want: Role, what: &str) -> Result<()> {
+pub(crate) fn check_role(b: &Binding, want: Role, what: &str) -> Result<()> {
     if b.role == want {
         Ok(())
     } else {
