@@ -101,8 +101,8 @@ def main():
     params = sel.params
     print(f"selected {params.describe()}")
     client = hepeft.Client.keygen(hepeft.publish(model), params)
-    server = hepeft.Server(model, params)
-    result = server.evaluate(client.encrypt(x), client.eval_keys(), flooding_bits=None)
+    server = hepeft.Server(model, params, flooding_bits=None)  # see quickstart.py
+    result = server.evaluate(client.encrypt(x), client.eval_keys())
     got = client.decrypt(result)
     bits = -np.log2(np.max(np.abs(got - want)) / np.max(np.abs(want)))
     print(f"decrypted logits vs PEFT's formula in numpy: {bits:.1f} bits of precision")

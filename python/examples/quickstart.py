@@ -31,8 +31,12 @@ def main():
     public = hepeft.publish(model)
     params = hepeft.Params.preset("CKKS_N14_QP430_128")
     print(f"model   {model}\nparams  {params.describe()}")
+    # Every result is masked, dropped to level 0 and re-randomized. Noise flooding is off
+    # as in the CLI demo: 40-bit flooding needs more precision than the presets carry
+    # (docs/threat-model.md; hepeft.params.select(model, flooding_bits=40) picks a set
+    # that carries it, and Server(..., flooding_bits=40) is the default).
     t = time.perf_counter()
-    server = hepeft.Server(model, params)
+    server = hepeft.Server(model, params, flooding_bits=None)
     print(f"server  {server.key_switches} key switches per query "
           f"(prepared in {time.perf_counter() - t:.2f} s)")
 
@@ -47,12 +51,9 @@ def main():
     query = client.encrypt(features)
     t_encrypt = time.perf_counter() - t
 
-    # Server: evaluate, then sanitize (mask, level 0, re-randomize). Noise flooding is
-    # off as in the CLI demo: 40-bit flooding needs more precision than the presets carry
-    # (docs/threat-model.md; hepeft.params.select(model, flooding_bits=40) picks a set
-    # that carries it).
+    # Server: evaluate, then sanitize (mask, level 0, re-randomize; no flooding, see above).
     t = time.perf_counter()
-    result = server.evaluate(query, eval_keys, flooding_bits=None)
+    result = server.evaluate(query, eval_keys)
     t_eval = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -11,9 +11,9 @@ Rust library; this package is a thin front end with numpy arrays in and out.
 >>> model = b.build()
 >>> params = hepeft.params.select(model, precision=12).params
 >>> client = hepeft.Client.keygen(hepeft.publish(model), params)
->>> server = hepeft.Server(model, params)
+>>> server = hepeft.Server(model, params, flooding_bits=None)  # N = 2^12: see docs
 >>> query = client.encrypt(np.full(8, 0.1))
->>> result = server.evaluate(query, client.eval_keys(), flooding_bits=None)  # see docs
+>>> result = server.evaluate(query, client.eval_keys())
 >>> np.round(client.decrypt(result), 2)
 array([[0.8, 0.8, 0.8]])
 
@@ -41,6 +41,7 @@ from ._hepeft import (
     ModelError,
     Node,
     OutOfIntervalError,
+    RefusedError,
     ParameterMismatchError,
     Params,
     Query,
@@ -76,6 +77,7 @@ __all__ = [
     "ModelError",
     "Node",
     "OutOfIntervalError",
+    "RefusedError",
     "ParameterMismatchError",
     "Params",
     "Query",

@@ -101,6 +101,12 @@ create_exception!(
 );
 create_exception!(
     hepeft,
+    RefusedError,
+    HepeftError,
+    "The operation would destroy or misuse a file or a setting (the message names a way out)."
+);
+create_exception!(
+    hepeft,
     HepeftIOError,
     HepeftError,
     "An I/O failure (file system or network)."
@@ -140,6 +146,7 @@ pub fn to_py(e: hepeft::Error) -> PyErr {
         E::Mismatch { .. } => MismatchError::new_err(msg),
         E::TooLarge { .. } => TooLargeError::new_err(msg),
         E::Model { .. } => ModelError::new_err(msg),
+        E::Refused { .. } => RefusedError::new_err(msg),
         E::Io { .. } => HepeftIOError::new_err(msg),
         _ => HepeftError::new_err(msg),
     }
@@ -187,6 +194,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MismatchError", py.get_type::<MismatchError>())?;
     m.add("TooLargeError", py.get_type::<TooLargeError>())?;
     m.add("ModelError", py.get_type::<ModelError>())?;
+    m.add("RefusedError", py.get_type::<RefusedError>())?;
     m.add("HepeftIOError", py.get_type::<HepeftIOError>())?;
     m.add("RemoteError", py.get_type::<RemoteError>())?;
     Ok(())

@@ -86,8 +86,8 @@ impl HttpClient {
     fn keygen(&self, py: Python<'_>) -> PyResult<Client> {
         py.detach(|| -> hepeft::Result<Client> {
             let plan = self.inner.connect()?.plan().clone();
-            let keys = crate::protocol::keygen(&plan)?;
-            Client::new(plan, keys)
+            let c = hepeft::session::Client::keygen(plan, &mut hepeft::session::os_rng()?)?;
+            Ok(Client::new(c))
         })
         .py_err()
     }
@@ -98,9 +98,10 @@ impl HttpClient {
             .py_err()
     }
 
-    /// The whole round trip: checks `client`'s keys against the served plan, uploads
-    /// them if needed, encrypts `x` (as `Client.encrypt`), evaluates remotely, decrypts.
-    /// Returns `samples x output_dim`.
+    /// The whole round trip: checks `client` was made for the served plan, uploads its
+    /// evaluation keys unless the server has them, encrypts `x` (as `Client.encrypt`),
+    /// evaluates each query remotely (re-uploading the keys once if the server dropped
+    /// them), and decrypts. Returns `samples x output_dim`.
     fn query<'py>(
         &self,
         py: Python<'py>,
@@ -110,7 +111,43 @@ impl HttpClient {
         let inputs = Inputs::extract(x)?;
         let views = inputs.views();
         let out = py
-            .detach(|| self.inner.query(&client.keys, &views))
+            .detach(|| -> hepeft::Result<_> {
+                let remote = self.inner.connect()?;
+                let c = &client.inner;
+                if c.plan().structure_digest() != remote.plan().structure_digest()
+                    || c.params().digest() != remote.params().digest()
+                {
+                    return Err(hepeft::Error::mismatch(
+                        "plan",
+                        "the client's keys were made for another model, mode or parameter set \
+                         than the server's: make them with HttpClient.keygen()",
+                    ));
+                }
+                let keys = client.eval_arc()?;
+                let mut id = self.inner.register_keys(&keys)?;
+                let query = c.encrypt_samples(&views, &mut hepeft::session::os_rng()?)?;
+                let mut items = Vec::with_capacity(
+                    query.binding.queries.len() * remote.plan().output_ciphertexts(),
+                );
+                for cts in query.chunks() {
+                    let res = match self.inner.evaluate(&id, cts) {
+                        // The server dropped the keys (restart, disk budget): upload again, once.
+                        Err(e) if hepeft::serve::client::remote_status(&e) == Some(404) => {
+                            id = self.inner.register_keys(&keys)?;
+                            self.inner.evaluate(&id, cts)?
+                        }
+                        r => r?,
+                    };
+                    items.extend(res);
+                }
+                // Each query's result (checked by the query client: this key set, plan and
+                // level 0), bound as the result of this query, then checked and decrypted.
+                let result = hepeft::session::QueryResult {
+                    items,
+                    binding: hepeft::session::result_binding(&query.binding, c.plan()),
+                };
+                c.decrypt(&result)
+            })
             .py_err()?;
         Ok(out.into_pyarray(py))
     }

@@ -6,7 +6,7 @@
 //! | `Params`, `hepeft.params.select` | `ckks::CkksParams`, `select::select` |
 //! | `Model`, `Builder`, `publish` | `model::{Adapter, AdapterBuilder}`, `plan::public_structure` |
 //! | `hepeft.peft.load` | `model::peft`, `model::import::build_card` |
-//! | `Client`, `Server`, `EvalKeys`, `Query`, `Result` | [`protocol`] (to become `hepeft::session`) |
+//! | `Client`, `Server`, `EvalKeys`, `Query`, `Result` | `session::{Client, Server, Query, QueryResult}` |
 //! | `HttpClient` | `serve::client::QueryClient` |
 //! | exceptions | [`errors`]: one class per `hepeft::Error` kind |
 
@@ -18,7 +18,6 @@ pub mod model;
 pub mod pack;
 pub mod params;
 pub mod peft;
-pub mod protocol;
 pub mod session;
 
 /// The native module.

@@ -9,7 +9,7 @@ use pyo3::types::{PyBytes, PyType};
 
 use crate::errors::IntoPy as _;
 use crate::model::Model;
-use crate::protocol::plan_options;
+use hepeft::session::plan_options;
 
 /// Turns a serializable report into Python objects (through JSON).
 pub fn to_python<'py, T: serde::Serialize>(

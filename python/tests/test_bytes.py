@@ -31,7 +31,7 @@ def test_protocol_objects_through_bytes(model, weights, params, client, server, 
     ek = hepeft.EvalKeys.from_bytes(params, client.eval_keys().to_bytes())
     assert ek.key_set == client.key_set
     query = hepeft.Query.from_bytes(params, client.encrypt(features).to_bytes())
-    result_bytes = server.evaluate(query, ek, flooding_bits=None).to_bytes()
+    result_bytes = server.evaluate(query, ek).to_bytes()
     result = hepeft.Result.from_bytes(params, result_bytes)
     assert result.samples == 3 and result.sanitize_report is None
     restored = hepeft.Client.from_bytes(model.public(), client.to_bytes())
@@ -45,3 +45,24 @@ def test_cli_files_read_in_python(tmp_path, params, client):
     b = client.eval_keys().to_bytes()
     (tmp_path / "eval.keys").write_bytes(b)
     assert hepeft.EvalKeys.from_bytes(params, (tmp_path / "eval.keys").read_bytes()).galois_keys >= 1
+
+
+def test_key_directory_shared_with_the_cli(tmp_path, hepeft_bin, model, weights, params, client, server, features):
+    """A key directory saved from Python is one `hepeft encrypt` reads; its query is
+    evaluated and decrypted in Python."""
+    import subprocess
+
+    client.save(tmp_path / "keys")
+    assert (tmp_path / "keys" / "secret.key").stat().st_mode & 0o077 == 0
+    model.public().save(tmp_path / "public.toml")
+    np.save(tmp_path / "x.npy", features)
+    out = subprocess.run(
+        [str(hepeft_bin), "encrypt", "--keys", str(tmp_path / "keys"), "--model", str(tmp_path / "public.toml"),
+         "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "query.ct")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    query = hepeft.Query.from_bytes(params, (tmp_path / "query.ct").read_bytes())
+    again = hepeft.Client.load(tmp_path / "keys", model.public())
+    got = again.decrypt(server.evaluate(query, again.eval_keys()))
+    assert precision_bits(got, lora_twin(weights, features)) >= 12

@@ -58,23 +58,23 @@ def test_keys_of_another_client(model, params, server, client, features):
     other = hepeft.Client.keygen(model.public(), params)
     query = client.encrypt(features[:1])
     with pytest.raises(hepeft.MismatchError, match="key set"):
-        server.evaluate(query, other.eval_keys(), flooding_bits=None)
-    result = server.evaluate(query, client.eval_keys(), flooding_bits=None)
+        server.evaluate(query, other.eval_keys())
+    result = server.evaluate(query, client.eval_keys())
     with pytest.raises(hepeft.MismatchError):
         other.decrypt(result)
 
 
-def test_flooding_that_leaves_no_precision(server, client, features):
+def test_flooding_that_leaves_no_precision(model, params):
     with pytest.raises(hepeft.InvalidValueError, match="flooding"):
-        server.evaluate(client.encrypt(features[:1]), client.eval_keys(), flooding_bits=40)
+        hepeft.Server(model, params, flooding_bits=40)
 
 
 def test_unchecked_parameters_refused_by_server(model, params):
     text = params.to_toml()
     assert 'security = "128"' in text
     unchecked = hepeft.Params.from_toml(text.replace('security = "128"', 'security = "unchecked"'))
-    with pytest.raises(hepeft.InvalidParametersError, match="unchecked"):
-        hepeft.Server(model, unchecked)
+    with pytest.raises(hepeft.RefusedError, match="unchecked"):
+        hepeft.Server(model, unchecked, flooding_bits=None)
 
 
 def test_garbage_bytes(model, params, client):

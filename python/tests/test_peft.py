@@ -64,8 +64,8 @@ def test_peft_checkpoint_written_here_encrypted(tmp_path):
     assert precision_bits(model.reference(x), want) > 40
     params = hepeft.params.select(model, precision=14).params
     client = hepeft.Client.keygen(hepeft.publish(model), params)
-    server = hepeft.Server(model, params)
-    got = client.decrypt(server.evaluate(client.encrypt(x), client.eval_keys(), flooding_bits=None))
+    server = hepeft.Server(model, params, flooding_bits=None)
+    got = client.decrypt(server.evaluate(client.encrypt(x), client.eval_keys()))
     assert precision_bits(got, want) >= 12
 
 

@@ -9,7 +9,7 @@ from conftest import lora_twin, precision_bits
 def test_lora_head_matches_numpy_twin(model, weights, params, client, server, features):
     query = client.encrypt(features)
     assert query.samples == 3
-    result = server.evaluate(query, client.eval_keys(), flooding_bits=None)
+    result = server.evaluate(query, client.eval_keys())
     got = client.decrypt(result)
     want = lora_twin(weights, features)
     assert got.shape == (3, 3) and got.dtype == np.float64
@@ -24,7 +24,7 @@ def test_lora_head_matches_numpy_twin(model, weights, params, client, server, fe
 
 def test_one_sample_as_vector_and_float32(weights, client, server, features):
     x = features[0].astype(np.float32)
-    result = server.evaluate(client.encrypt(x), client.eval_keys(), flooding_bits=None)
+    result = server.evaluate(client.encrypt(x), client.eval_keys())
     got = client.decrypt(result)
     assert got.shape == (1, 3)
     assert precision_bits(got, lora_twin(weights, x.astype(np.float64))) >= 12
@@ -42,11 +42,11 @@ def test_mlp_with_activation_and_batch_mode():
     model = b.build()
     params = hepeft.params.select(model, precision=12, mode="batch", samples=5).params
     client = hepeft.Client.keygen(model.public(), params, mode="batch")
-    server = hepeft.Server(model, params, mode="batch")
+    server = hepeft.Server(model, params, mode="batch", flooding_bits=None)
     feats = rng.uniform(-1, 1, (5, 8))
     query = client.encrypt(feats)
     assert query.samples == 5
-    got = client.decrypt(server.evaluate(query, client.eval_keys(), flooding_bits=None))
+    got = client.decrypt(server.evaluate(query, client.eval_keys()))
     hid = feats @ w1.T + b1
     want = (0.5 * hid + 0.25 * hid**2) @ w2.T
     bits = precision_bits(got, want)
@@ -59,9 +59,10 @@ def test_flooding_when_parameters_carry_it(model, weights, features):
     assert sel.report["flooding_bits"] == 40
     params = sel.params
     client = hepeft.Client.keygen(model.public(), params)
-    server = hepeft.Server(model, params)
+    server = hepeft.Server(model, params, flooding_bits=40)
+    assert server.predicted_precision_bits() >= 6
     x = features[:1]
-    result = server.evaluate(client.encrypt(x), client.eval_keys(), flooding_bits=40)
+    result = server.evaluate(client.encrypt(x), client.eval_keys())
     assert result.sanitize_report["flooding"]["statistical_security"] == 40
     bits = precision_bits(client.decrypt(result), lora_twin(weights, x))
     print(f"with 40-bit flooding, N = 2^{params.log_n}: {bits:.1f} bits")
