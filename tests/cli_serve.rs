@@ -203,3 +203,79 @@ fn serve_refuses_a_public_address_without_tokens() {
         "{err}"
     );
 }
+
+#[test]
+fn tune_client_against_serve_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real/digits");
+    let mut server = Child(
+        hepeft()
+            .args([
+                "serve",
+                "--no-flooding",
+                "--mode",
+                "batch",
+                "--params",
+                PRESET,
+                "--listen",
+                "127.0.0.1:0",
+                "--tune",
+                "--tune-trainable",
+                "bias",
+                "--tune-directions",
+                "2",
+                "--tune-dir",
+            ])
+            .arg(d.join("owner"))
+            .arg("--model")
+            .arg(root.join("probe/card.toml"))
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = server.0.stderr.take().unwrap();
+    let url = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split("listening on ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next().map(str::to_string))
+        })
+        .expect("the server announces its address");
+    let tune = |steps: &str| {
+        let out = hepeft()
+            .args([
+                "--json", "tune", "--server", &url, "--steps", steps, "--keys",
+            ])
+            .arg(d.join("keys"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--features")
+            .arg(root.join("features/pixels.npy"))
+            .arg("--labels")
+            .arg(root.join("features/labels.npy"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = tune("2");
+    assert_eq!(first["status"]["step"], 2);
+    assert_eq!(first["steps"].as_array().unwrap().len(), 2);
+    // the replies are k = 2 scalars: 18 + 16 bytes up per step
+    assert_eq!(first["steps"][0]["bytes_up"], 34);
+    // a second run with the same keys and state continues the same run
+    let second = tune("3");
+    assert_eq!(second["status"]["step"], 3);
+    assert_eq!(second["steps"].as_array().unwrap().len(), 1);
+    // the owner holds the tuned weights in its checkpoint directory
+    let owner: Vec<_> = std::fs::read_dir(d.join("owner")).unwrap().collect();
+    assert_eq!(owner.len(), 1);
+}

@@ -59,16 +59,28 @@ pub enum Command {
     /// Client: query a `hepeft serve` instance (encrypt, send, decrypt) with the keys of DIR.
     Query(QueryArgs),
     /// Tune an adapter privately on labelled features with encrypted forward passes only
-    /// (both parties in one process; see docs/tuning.md).
+    /// (both parties in one process, or the client of `serve --tune` with `--server`; see
+    /// docs/tuning.md).
     Tune(TuneArgs),
 }
 
 /// `hepeft tune`.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
-    /// The server's model card (the starting weights).
-    #[arg(long, value_name = "CARD")]
-    pub model: PathBuf,
+    /// The server's model card (the starting weights); both parties run here.
+    #[arg(long, value_name = "CARD", required_unless_present = "server")]
+    pub model: Option<PathBuf>,
+    /// Run only the client's side against `hepeft serve --mode batch --tune` at this URL
+    /// (the owner's settings apply; the tuned weights stay with the owner).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["model", "out"])]
+    pub server: Option<String>,
+    /// With --server: key directory (secret.key, public.key, eval.keys) for the served
+    /// batch plan; generated there when it holds no keys.
+    #[arg(long, value_name = "DIR", requires = "server")]
+    pub keys: Option<PathBuf>,
+    /// With --server: file holding the access token (else HEPEFT_TOKEN).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
     /// The client's features (.npy, samples x features; one input adapters).
     #[arg(long, value_name = "NPY")]
     pub features: PathBuf,
@@ -113,8 +125,8 @@ pub struct TuneArgs {
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// Where the server writes the tuned card (and its weights beside it).
-    #[arg(long, value_name = "CARD")]
-    pub out: PathBuf,
+    #[arg(long, value_name = "CARD", required_unless_present = "server")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +200,35 @@ pub struct ServeArgs {
     pub rate_burst: u32,
     #[command(flatten)]
     pub flooding: FloodingArgs,
+    #[command(flatten)]
+    pub tune: ServeTuneArgs,
+}
+
+/// Private tuning offered by `serve` (`/v1/tune/...`; docs/tuning.md).
+#[derive(Args, Debug, Clone)]
+pub struct ServeTuneArgs {
+    /// Offer private tuning to clients with labelled data (needs `--mode batch`).
+    #[arg(long)]
+    pub tune: bool,
+    /// Directory for the per-run checkpoints (the tuned weights and the direction seed,
+    /// mode 0600); runs resume from it. Without it runs live in memory only.
+    #[arg(long, value_name = "DIR", requires = "tune")]
+    pub tune_dir: Option<PathBuf>,
+    /// Random directions per step (2k encrypted passes each).
+    #[arg(long, default_value_t = 4, value_name = "K", requires = "tune")]
+    pub tune_directions: usize,
+    /// Perturbation size eps.
+    #[arg(long, default_value_t = 1e-2, value_name = "EPS", requires = "tune")]
+    pub tune_perturbation: f64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1.0, value_name = "LR", requires = "tune")]
+    pub tune_learning_rate: f64,
+    /// Which parameters move: all, lora, lora_b or bias.
+    #[arg(long, default_value = "all", requires = "tune")]
+    pub tune_trainable: String,
+    /// Most steps one run may take.
+    #[arg(long, default_value_t = 1000, requires = "tune")]
+    pub tune_max_steps: u64,
 }
 
 /// Output sanitization: noise flooding settings (masking, level drop and re-randomization

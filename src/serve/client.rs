@@ -237,7 +237,7 @@ impl QueryClient {
         &self.base
     }
 
-    fn get(&self, path: &str) -> Result<Vec<u8>> {
+    pub(super) fn get(&self, path: &str) -> Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.get(&url);
         if let Some(a) = &self.authorization {
@@ -247,7 +247,17 @@ impl QueryClient {
         read_response(&url, resp)
     }
 
-    fn post(&self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+    pub(super) fn delete(&self, path: &str) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.delete(&url);
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a.as_str());
+        }
+        let resp = req.call().map_err(|e| transport(&url, e))?;
+        read_response(&url, resp)
+    }
+
+    pub(super) fn post(&self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .agent
@@ -403,7 +413,7 @@ impl QueryClient {
     /// The key set of key id `id`: remembered from [`QueryClient::register_keys`], else
     /// the server's word (`GET /v1/keys/{id}`), else all zero (the server then answers
     /// 404 for an unknown id, or refuses the queries).
-    fn key_set_of(&self, id: &str) -> KeySetId {
+    pub(super) fn key_set_of(&self, id: &str) -> KeySetId {
         if let Some(k) = self.key_sets.lock().ok().and_then(|m| m.get(id).copied()) {
             return k;
         }

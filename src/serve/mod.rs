@@ -18,6 +18,7 @@
 //! | `GET`, `HEAD` | `/v1/keys/{id}` | | JSON [`KeyInfo`], 404 if unknown |
 //! | `DELETE` | `/v1/keys/{id}` | | 204 |
 //! | `POST` | `/v1/evaluate/{id}` | one or more `CiphertextBundle` envelopes back to back | one result bundle |
+//! | `POST`, `GET`, `DELETE` | `/v1/tune/{id}[/step, /reply]` | see [`tune`] (with [`ServerConfig::tune`]) | |
 //! | `GET` | `/healthz` | | `ok` |
 //! | `GET` | `/metrics` | | Prometheus text |
 //!
@@ -60,6 +61,7 @@ mod conn;
 mod keystore;
 mod metrics;
 mod server;
+pub mod tune;
 mod wire;
 
 pub use access::{AuthTokens, RateLimit, MIN_TOKEN_CHARS};
@@ -116,6 +118,10 @@ pub struct ServerConfig {
     /// What is done to every result before it leaves (mask, level 0, re-randomization,
     /// noise flooding); see [`crate::plan::sanitize`]. Flooding is on by default.
     pub sanitize: crate::plan::SanitizeConfig,
+    /// Private tuning for clients with labelled data (`/v1/tune/...`, see [`tune`]); off
+    /// when `None` (the default). Tuning results are sanitized with `sanitize`; each step
+    /// is `2k` results on one query, which counts against the flooding query budget.
+    pub tune: Option<tune::TuneServiceConfig>,
     /// Time a client has to send a request's headers once it starts (connection closed
     /// past it). Default 10 s.
     pub header_timeout: Duration,
@@ -150,6 +156,7 @@ impl Default for ServerConfig {
             mode: PlanOptions::default(),
             model_name: None,
             sanitize: crate::plan::SanitizeConfig::flooded(),
+            tune: None,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),

@@ -163,7 +163,7 @@ pub fn run_plain<G: RngCore + CryptoRng>(
     Ok((server.adapter()?, records))
 }
 
-fn mean_loss(logits: &[Array2<f64>], y: &[usize]) -> Result<f64> {
+pub(crate) fn mean_loss(logits: &[Array2<f64>], y: &[usize]) -> Result<f64> {
     Ok(logits
         .iter()
         .map(|l| loss_and_accuracy(l.view(), y).map(|(l, _)| l))

@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use hepeft::model::load::load_features_npy;
 use hepeft::serve::client::QueryClient;
+use hepeft::serve::tune::TuneServiceConfig;
 use hepeft::serve::{run_until_signal, AuthTokens, RateLimit, ServerConfig};
+use hepeft::tune::{Trainable, TuneConfig};
 
 use super::decrypt::{top_k, Ranked};
 use crate::cli::args::{QueryArgs, ServeArgs};
@@ -65,6 +67,23 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
         sanitize: args.flooding.config(),
+        tune: args
+            .tune
+            .tune
+            .then(|| -> Result<TuneServiceConfig> {
+                Ok(TuneServiceConfig {
+                    config: TuneConfig {
+                        directions: args.tune.tune_directions,
+                        perturbation: args.tune.tune_perturbation,
+                        learning_rate: args.tune.tune_learning_rate,
+                        trainable: Trainable::parse(&args.tune.tune_trainable)?,
+                    },
+                    checkpoint_dir: args.tune.tune_dir.clone(),
+                    max_steps: args.tune.tune_max_steps,
+                    ..TuneServiceConfig::default()
+                })
+            })
+            .transpose()?,
     };
     if args.flooding.no_flooding {
         ui.note(crate::cli::args::FloodingArgs::WARNING);
@@ -133,7 +152,9 @@ pub fn query(args: &QueryArgs, ui: &Ui) -> Result<()> {
 }
 
 /// The query's access token: the first non-comment line of `file`, else `HEPEFT_TOKEN`.
-fn read_token(file: Option<&std::path::Path>) -> Result<Option<zeroize::Zeroizing<String>>> {
+pub(crate) fn read_token(
+    file: Option<&std::path::Path>,
+) -> Result<Option<zeroize::Zeroizing<String>>> {
     if let Some(f) = file {
         let text = zeroize::Zeroizing::new(
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
