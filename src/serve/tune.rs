@@ -397,7 +397,7 @@ impl super::client::QueryClient {
     }
 
     /// Starts (or resumes) the tuning run of key id `id` on the encrypted training batch
-    /// `query` ([`Plan::encrypt_query`] of `samples` rows under [`QueryClient::tune_plan`]).
+    /// `query` ([`Plan::encrypt_query`] of `samples` rows under [`QueryClient::tune_plan`](super::client::QueryClient::tune_plan)).
     /// Cost: one upload of the query.
     ///
     /// # Errors
