@@ -16,7 +16,8 @@ use crate::errors::{to_py, IntoPy as _};
 use crate::pack::{pack, unpack, Kind};
 
 /// Features as a list of `samples x dim` views: a 2-D array, a 1-D array (one sample),
-/// or a list / tuple of those (one per adapter input).
+/// anything `numpy.asarray` makes one of (nested lists of numbers), or a list / tuple of
+/// numpy arrays (one per adapter input).
 pub struct Inputs<'py> {
     arrays: Vec<PyArrayLike2<'py, f64, AllowTypeChange>>,
 }
@@ -35,9 +36,18 @@ impl<'py> Inputs<'py> {
             let row = np.call_method1("atleast_2d", (v.as_any(),))?;
             row.extract::<PyArrayLike2<'py, f64, AllowTypeChange>>()
         };
-        let arrays = if x.is_instance_of::<pyo3::types::PyList>()
-            || x.is_instance_of::<pyo3::types::PyTuple>()
-        {
+        // A list or tuple of numpy arrays is one array per input; any other list (of
+        // numbers, of rows) is one array.
+        let ndarray_type = x.py().import("numpy")?.getattr("ndarray")?;
+        let per_input = (x.is_instance_of::<pyo3::types::PyList>()
+            || x.is_instance_of::<pyo3::types::PyTuple>())
+            && x.len()? > 0
+            && x.try_iter()?
+                .map(|a| a.and_then(|a| a.is_instance(&ndarray_type)))
+                .collect::<PyResult<Vec<bool>>>()?
+                .into_iter()
+                .all(|b| b);
+        let arrays = if per_input {
             x.try_iter()?
                 .map(|a| one(&a?))
                 .collect::<PyResult<Vec<_>>>()?

@@ -1,6 +1,7 @@
 """Encrypt -> evaluate -> decrypt against the numpy twin, precision in bits."""
 
 import numpy as np
+import pytest
 
 import hepeft
 from conftest import lora_twin, precision_bits
@@ -74,3 +75,29 @@ def test_selection_report(model):
     r = sel.report
     assert r["log_n"] == sel.params.log_n and r["security_bits"] == 128
     assert r["depth"] >= 1 and "N = 2^" in sel.to_text()
+
+
+def test_two_inputs_and_plain_lists():
+    """A model with two inputs takes a list of arrays; a plain list of numbers is one
+    sample of a one-input model."""
+    rng = np.random.default_rng(9)
+    wa, wb = rng.uniform(-0.5, 0.5, (2, 4)), rng.uniform(-0.5, 0.5, (2, 3))
+    b = hepeft.Builder()
+    xa, xb = b.input("a", 4), b.input("b", 3)
+    b.add([b.linear(xa, wa), b.linear(xb, wb)])
+    model = b.build()
+    assert model.input_dims == [4, 3]
+    params = hepeft.params.select(model, precision=14).params
+    client = hepeft.Client.keygen(model.public(), params)
+    server = hepeft.Server(model, params, flooding_bits=None)
+    a, bb = rng.uniform(-1, 1, (2, 4)), rng.uniform(-1, 1, (2, 3))
+    got = client.decrypt(server.evaluate(client.encrypt([a, bb]), client.eval_keys()))
+    assert precision_bits(got, a @ wa.T + bb @ wb.T) >= 12
+    with pytest.raises(hepeft.DimensionMismatchError):
+        client.encrypt(a)  # one input given, two expected
+
+
+def test_plain_list_is_one_sample(weights, client, server):
+    x = [0.1] * 16
+    got = client.decrypt(server.evaluate(client.encrypt(x), client.eval_keys()))
+    assert precision_bits(got, lora_twin(weights, np.array(x))) >= 12
