@@ -8,6 +8,9 @@
 #           virtualenv outside the repository (created as bench/seal/run.sh does).
 # Prints the CPU's AVX-512 flags, the load average before and after, medians, SEAL/hepeft
 # ratios, measured precision and bytes. Usage: bench/heads_vs_seal.sh [VENV_DIR]
+# HEPEFT_CARGO_FLAGS adds cargo flags to the hepeft build: on an AVX-512 machine,
+#   HEPEFT_CARGO_FLAGS="--no-default-features --features cli" bash bench/heads_vs_seal.sh
+# measures tfhe-ntt's AVX2 kernels (the `avx512` cargo feature off; see Cargo.toml).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,10 +44,12 @@ echo "avx512 flags: $(grep -o 'avx512[a-z]*' /proc/cpuinfo | sort -u | tr '\n' '
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 cd "$repo"
-cargo bench --bench head --no-run >&2
+# shellcheck disable=SC2086 # word splitting of the flags is intended
+cargo bench ${HEPEFT_CARGO_FLAGS:-} --bench head --no-run >&2
 target="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 rm -rf "$target/criterion/head_selected"
-cargo bench --bench head -- head_selected 2> "$work/hepeft.err" | grep -E '^head_selected|time:' >&2 || true
+# shellcheck disable=SC2086
+cargo bench ${HEPEFT_CARGO_FLAGS:-} --bench head -- head_selected 2> "$work/hepeft.err" | grep -E '^head_selected|time:' >&2 || true
 grep '^head_selected/' "$work/hepeft.err" > "$work/hepeft.info" || { cat "$work/hepeft.err" >&2; exit 1; }
 "$venv/bin/python" "$here/seal/heads_bsgs.py" > "$work/seal.json"
 echo "load after:  $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -69,6 +74,7 @@ def median_ms(name):
     return float("nan")
 kib = lambda b: f"{int(b) / 1024:.0f}"
 print()
+print("hepeft NTT path:", "; ".join(sorted({i.get("ntt_path", "?").replace("_", " ") for i in info.values()})))
 print("layouts: rep = replicated input; preG = client pre-rotated input, up to G copies per segment")
 print()
 print("| shape / layout | hepeft N | hepeft ms | hepeft KS | hepeft limb NTTs | hepeft bits | SEAL N=2^13 ms | SEAL KS | SEAL bits | SEAL/hepeft |")

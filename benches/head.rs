@@ -189,7 +189,7 @@ fn bench_selected(c: &mut Criterion) {
                 .build()
                 .expect("pool");
             eprintln!(
-            "head_selected/{name} logn={} depth={} key_switches={} ntts={} rotations={} bits={:.2} query_bytes={} result_bytes={} key_bytes={}",
+            "head_selected/{name} logn={} depth={} key_switches={} ntts={} rotations={} bits={:.2} query_bytes={} result_bytes={} key_bytes={} ntt_path={}",
             params.log_n(),
             plan.depth(),
             plan.key_switches(),
@@ -199,6 +199,7 @@ fn bench_selected(c: &mut Criterion) {
             query_bytes,
             result_bytes,
             key_bytes,
+            params.ntt_path().replace(' ', "_"),
         );
             eprint!("{}", plan.summary());
             g.bench_function(format!("{name}/N{}/threads1", params.log_n()), |b| {

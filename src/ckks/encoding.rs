@@ -142,6 +142,30 @@ impl Encoder {
 
     /// Encodes complex values at `level` and `scale`. Cost: one O(N log N) FFT, one NTT per limb.
     pub fn encode_complex(&self, values: &[C64], level: usize, scale: f64) -> Result<Plaintext> {
+        self.encode_complex_in(values, level, scale, false)
+    }
+
+    /// Like [`Encoder::encode`], with limbs for the special primes as well (`extended`): the
+    /// form double-hoisted linear transforms multiply in the basis `Q_l·P`. Such a plaintext
+    /// also serves every operation that takes an ordinary one at its level (the special limbs
+    /// come after the ciphertext limbs and are ignored there). Cost: K more NTTs.
+    pub(crate) fn encode_extended(
+        &self,
+        values: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Plaintext> {
+        let c: Vec<C64> = values.iter().map(|&v| C64::new(v, 0.0)).collect();
+        self.encode_complex_in(&c, level, scale, true)
+    }
+
+    fn encode_complex_in(
+        &self,
+        values: &[C64],
+        level: usize,
+        scale: f64,
+        extended: bool,
+    ) -> Result<Plaintext> {
         let slots = self.slots();
         if values.len() > slots {
             return Err(Error::dims("encode: number of values", slots, values.len()));
@@ -186,7 +210,8 @@ impl Encoder {
             coeffs[i + slots] = im as i128;
         }
         let ring = self.params.ring();
-        let poly = RnsPoly::<Coeff>::from_signed_i128(ring, &coeffs, level).into_eval(ring);
+        let poly =
+            RnsPoly::<Coeff>::from_signed_i128_in(ring, &coeffs, level, extended).into_eval(ring);
         Ok(Plaintext::new(poly, scale, self.params.digest()))
     }
 

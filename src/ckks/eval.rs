@@ -33,6 +33,16 @@ pub struct HoistedCiphertext {
     dec: Decomposition,
 }
 
+/// A ciphertext `(d_0, d_1)` held in the extended basis `Q_l·P` and multiplied by `P`, the
+/// form key-switch products take before ModDown. Double-hoisted linear transforms keep baby
+/// steps and giant-step sums in this form and divide by `P` once at the end
+/// ([`Evaluator::mod_down_extended`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ExtendedCiphertext {
+    pub(crate) parts: [RnsPoly<Eval>; 2],
+    pub(crate) scale: f64,
+}
+
 impl HoistedCiphertext {
     /// The ciphertext it was made from.
     pub fn ciphertext(&self) -> &Ciphertext {
@@ -251,7 +261,7 @@ impl Evaluator {
                 available: pt.level(),
             });
         }
-        Ok(if pt.level() == level {
+        Ok(if pt.level() == level && !pt.poly().is_extended() {
             pt.poly().clone()
         } else {
             pt.poly().at_level(level)
@@ -487,7 +497,7 @@ impl Evaluator {
 
     // ---------------------------------------------------------------- automorphisms
 
-    fn galois_key(&self, element: u64) -> Result<&SwitchingKey> {
+    pub(crate) fn galois_key(&self, element: u64) -> Result<&SwitchingKey> {
         self.keys()?
             .galois(element)
             .map(|g| &g.key)
@@ -584,6 +594,217 @@ impl Evaluator {
         let c0 = h.ct.parts()[0].permuted(&perm);
         out.parts_mut()[0].add_assign(ring, &c0);
         Ok(out)
+    }
+
+    // ------------------------------------------------- double hoisting (extended basis)
+
+    /// Rotation of a hoisted ciphertext by `steps`, left in the extended basis `Q_l·P`
+    /// (no ModDown): `(P·φ(c_0) + u_0, u_1)` with `u` the key-switch inner product. Baby
+    /// steps of a double-hoisted linear transform. Cost: the inner product of a key switch
+    /// and one Shoup product per ciphertext word; no NTT.
+    pub(crate) fn rotate_hoisted_extended(
+        &self,
+        h: &HoistedCiphertext,
+        steps: i64,
+    ) -> Result<ExtendedCiphertext> {
+        let element = galois_element_for_rotation(&self.params, steps);
+        let ring = self.params.ring();
+        let level = h.dec.level;
+        if element == 1 {
+            let mut parts = [
+                RnsPoly::<Eval>::zero(ring, level, true),
+                RnsPoly::<Eval>::zero(ring, level, true),
+            ];
+            for (d, s) in parts.iter_mut().zip(h.ct.parts()) {
+                keyswitch::add_p_times(&self.params, d, s, None);
+            }
+            return Ok(ExtendedCiphertext {
+                parts,
+                scale: h.ct.scale(),
+            });
+        }
+        let key = self.galois_key(element)?;
+        let perm = ring.galois_permutation(element);
+        let (mut u0, u1) = keyswitch::inner_product(&self.params, &h.dec, key, Some(&perm));
+        keyswitch::add_p_times(&self.params, &mut u0, &h.ct.parts()[0], Some(&perm));
+        Ok(ExtendedCiphertext {
+            parts: [u0, u1],
+            scale: h.ct.scale(),
+        })
+    }
+
+    /// `acc += a * pt` in the extended basis; `pt` must carry special limbs
+    /// ([`Encoder::encode_extended`](super::Encoder)) at `a`'s level or above, and `acc`
+    /// (when present) the scale `a.scale · pt.scale`. Cost: `2·(l+1+K)` vectorised
+    /// multiply-accumulates.
+    pub(crate) fn mul_plain_accumulate_extended(
+        &self,
+        acc: &mut Option<ExtendedCiphertext>,
+        a: &ExtendedCiphertext,
+        pt: &Plaintext,
+    ) -> Result<()> {
+        self.check_pt(pt)?;
+        let level = a.parts[0].level();
+        let p = pt.poly();
+        if !p.is_extended() || p.level() < level {
+            return Err(Error::InvalidValue {
+                context: "extended multiply-accumulate".into(),
+                reason: format!(
+                    "plaintext at level {} (special limbs: {}) for an operand at level {level}",
+                    p.level(),
+                    p.is_extended()
+                ),
+            });
+        }
+        let ring = self.params.ring();
+        let scale = a.scale * pt.scale();
+        let acc = match acc {
+            Some(acc) => {
+                Self::check_scales(acc.scale, scale)?;
+                acc
+            }
+            None => acc.insert(ExtendedCiphertext {
+                parts: [
+                    RnsPoly::<Eval>::zero(ring, level, true),
+                    RnsPoly::<Eval>::zero(ring, level, true),
+                ],
+                scale,
+            }),
+        };
+        let limbs = a.parts[0].num_limbs();
+        let pt_limb = |i: usize| {
+            if i <= level {
+                p.limb(i)
+            } else {
+                p.limb(p.level() + 1 + (i - level - 1))
+            }
+        };
+        for (dst, src) in acc.parts.iter_mut().zip(&a.parts) {
+            for i in 0..limbs {
+                ring.table(level, i)
+                    .mul_accumulate(dst.limb_mut(i), src.limb(i), pt_limb(i));
+            }
+        }
+        Ok(())
+    }
+
+    /// Giant step of a double-hoisted transform: `acc += rot(s, steps)`, all in the extended
+    /// basis. Only `s_1` is brought down to `Q_l` (one ModDown), rotated and decomposed; the
+    /// key-switch products and `φ(s_0)` stay in `Q_l·P`, so the whole transform ends with one
+    /// ModDown per part instead of two per rotation. Cost: K inverse and (l+1) forward NTTs
+    /// (ModDown of one part), a ModUp and the inner product of a key switch.
+    pub(crate) fn rotate_extended_accumulate(
+        &self,
+        acc: &mut Option<ExtendedCiphertext>,
+        s: &ExtendedCiphertext,
+        steps: i64,
+    ) -> Result<()> {
+        let element = galois_element_for_rotation(&self.params, steps);
+        let ring = self.params.ring();
+        let (d0, d1) = if element == 1 {
+            (s.parts[0].clone(), s.parts[1].clone())
+        } else {
+            let key = self.galois_key(element)?;
+            let perm = ring.galois_permutation(element);
+            let t1 = keyswitch::mod_down(&self.params, &s.parts[1]).permuted(&perm);
+            let dec = keyswitch::decompose(&self.params, &t1);
+            let (mut v0, v1) = keyswitch::inner_product(&self.params, &dec, key, None);
+            keyswitch::add_permuted(&self.params, &mut v0, &s.parts[0], Some(&perm));
+            (v0, v1)
+        };
+        Self::accumulate_extended(ring, acc, [d0, d1], s.scale)
+    }
+
+    /// Giant step on an ordinary ciphertext (the baby steps were client-prepared copies):
+    /// `rot(s, steps)` split into its key-switch products, added to `ext` in `Q_l·P`, and
+    /// `φ(s_0)`, added to `low` in `Q_l`; `mod_down_extended(ext) + low` is the sum of the
+    /// rotations. Cost: a ModUp and the inner product of a key switch; no ModDown.
+    pub(crate) fn rotate_lazy_accumulate(
+        &self,
+        ext: &mut Option<ExtendedCiphertext>,
+        low: &mut Option<Ciphertext>,
+        s: &Ciphertext,
+        steps: i64,
+    ) -> Result<()> {
+        self.check_ct(s)?;
+        if s.degree_plus_one() != 2 {
+            return Err(Error::InvalidValue {
+                context: "rotation".into(),
+                reason: "relinearize first".into(),
+            });
+        }
+        let element = galois_element_for_rotation(&self.params, steps);
+        if element == 1 {
+            return match low {
+                Some(l) => self.add_assign(l, s),
+                None => {
+                    *low = Some(s.clone());
+                    Ok(())
+                }
+            };
+        }
+        let ring = self.params.ring();
+        let key = self.galois_key(element)?;
+        let perm = ring.galois_permutation(element);
+        let c1 = s.parts()[1].permuted(&perm);
+        let dec = keyswitch::decompose(&self.params, &c1);
+        let (v0, v1) = keyswitch::inner_product(&self.params, &dec, key, None);
+        Self::accumulate_extended(ring, ext, [v0, v1], s.scale())?;
+        match low {
+            Some(l) => {
+                Self::check_scales(l.scale(), s.scale())?;
+                let c0 = &mut l.parts_mut()[0];
+                keyswitch::add_permuted(&self.params, c0, &s.parts()[0], Some(&perm));
+            }
+            None => {
+                let c0 = s.parts()[0].permuted(&perm);
+                let zero = RnsPoly::<Eval>::zero(ring, s.level(), false);
+                *low = Some(Ciphertext::new(
+                    vec![c0, zero],
+                    s.scale(),
+                    self.params.digest(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn accumulate_extended(
+        ring: &crate::math::rns::RingContext,
+        acc: &mut Option<ExtendedCiphertext>,
+        parts: [RnsPoly<Eval>; 2],
+        scale: f64,
+    ) -> Result<()> {
+        match acc {
+            Some(a) => {
+                Self::check_scales(a.scale, scale)?;
+                for (x, y) in a.parts.iter_mut().zip(&parts) {
+                    x.add_assign(ring, y);
+                }
+            }
+            None => *acc = Some(ExtendedCiphertext { parts, scale }),
+        }
+        Ok(())
+    }
+
+    /// `a += b` in the extended basis (same level and scale).
+    pub(crate) fn add_extended_assign(
+        &self,
+        a: &mut ExtendedCiphertext,
+        b: &ExtendedCiphertext,
+    ) -> Result<()> {
+        Self::check_scales(a.scale, b.scale)?;
+        let ring = self.params.ring();
+        for (x, y) in a.parts.iter_mut().zip(&b.parts) {
+            x.add_assign(ring, y);
+        }
+        Ok(())
+    }
+
+    /// ModDown of both parts: the ciphertext at `Q_l` an extended one stands for.
+    /// Cost: two ModDowns.
+    pub(crate) fn mod_down_extended(&self, e: &ExtendedCiphertext) -> Ciphertext {
+        self.mod_down_pair(&e.parts[0], &e.parts[1], e.scale)
     }
 
     /// Many rotations of one ciphertext sharing one decomposition.

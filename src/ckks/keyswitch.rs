@@ -262,3 +262,65 @@ pub(crate) fn switch_key(
     );
     (d0, d1)
 }
+
+/// `acc += P·φ(x)` on the ciphertext limbs of the extended `acc` (the special limbs of
+/// `P·x` are zero), where `φ` is the evaluation-domain permutation `perm` (or the identity)
+/// and `x` holds at least `acc`'s ciphertext limbs. This lifts a ciphertext part from `Q_l`
+/// into `Q_l·P` at scale `P`, the form key-switch products take before ModDown.
+/// Cost: `(l+1)·N` Shoup products, no NTT.
+pub(crate) fn add_p_times(
+    params: &CkksParams,
+    acc: &mut RnsPoly<Eval>,
+    x: &RnsPoly<Eval>,
+    perm: Option<&[u32]>,
+) {
+    let ring = params.ring();
+    let level = acc.level();
+    let p_mod_q = params.p_mod_q();
+    for (i, &w) in p_mod_q.iter().enumerate().take(level + 1) {
+        let m = *ring.table(level, i).modulus();
+        let ws = m.shoup(w);
+        let src = x.limb(i);
+        let dst = acc.limb_mut(i);
+        match perm {
+            Some(p) => {
+                for (y, &k) in dst.iter_mut().zip(p) {
+                    *y = m.add(*y, m.mul_shoup(src[k as usize], w, ws));
+                }
+            }
+            None => {
+                for (y, &v) in dst.iter_mut().zip(src) {
+                    *y = m.add(*y, m.mul_shoup(v, w, ws));
+                }
+            }
+        }
+    }
+}
+
+/// `acc += φ(x)` limb by limb (same shape; `φ` as in [`add_p_times`]). Cost: N per limb.
+pub(crate) fn add_permuted(
+    params: &CkksParams,
+    acc: &mut RnsPoly<Eval>,
+    x: &RnsPoly<Eval>,
+    perm: Option<&[u32]>,
+) {
+    let ring = params.ring();
+    let level = acc.level();
+    for i in 0..acc.num_limbs() {
+        let m = *ring.table(level, i).modulus();
+        let src = x.limb(i);
+        let dst = acc.limb_mut(i);
+        match perm {
+            Some(p) => {
+                for (y, &k) in dst.iter_mut().zip(p) {
+                    *y = m.add(*y, src[k as usize]);
+                }
+            }
+            None => {
+                for (y, &v) in dst.iter_mut().zip(src) {
+                    *y = m.add(*y, v);
+                }
+            }
+        }
+    }
+}

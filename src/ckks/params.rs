@@ -435,8 +435,13 @@ impl CkksParams {
         let all: Vec<_> = ring.q_tables().iter().chain(ring.p_tables()).collect();
         let ifma = all.iter().filter(|t| t.uses_ifma()).count();
         if ifma == 0 {
+            let kernels = if cfg!(feature = "avx512") {
+                "AVX-512/AVX2 kernels"
+            } else {
+                "AVX2 kernels: built without the avx512 feature"
+            };
             format!(
-                "no IFMA kernel on this CPU for any of the {} primes (AVX-512/AVX2 kernels)",
+                "no IFMA kernel on this CPU for any of the {} primes ({kernels})",
                 all.len()
             )
         } else {

@@ -48,32 +48,26 @@ impl Modulus {
     /// `a + b mod p`.
     #[inline(always)]
     pub fn add(&self, a: u64, b: u64) -> u64 {
+        // branch-free (operands are random: a branch mispredicts half the time, and the
+        // `min` form lets loops vectorize)
         let s = a + b;
-        if s >= self.p {
-            s - self.p
-        } else {
-            s
-        }
+        s.min(s.wrapping_sub(self.p))
     }
 
     /// `a - b mod p`.
     #[inline(always)]
     pub fn sub(&self, a: u64, b: u64) -> u64 {
-        if a >= b {
-            a - b
-        } else {
-            a + self.p - b
-        }
+        // branch-free: a - b wraps above p exactly when a < b
+        let d = a.wrapping_sub(b);
+        d.min(d.wrapping_add(self.p))
     }
 
     /// `-a mod p`.
     #[inline(always)]
     pub fn neg(&self, a: u64) -> u64 {
-        if a == 0 {
-            0
-        } else {
-            self.p - a
-        }
+        // branch-free: p - 0 = p maps to 0
+        let r = self.p - a;
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// Reduces any 128-bit value (in particular any product of two reduced
@@ -145,11 +139,7 @@ impl Modulus {
     pub fn mul_shoup(&self, a: u64, w: u64, w_shoup: u64) -> u64 {
         let q = ((a as u128 * w_shoup as u128) >> 64) as u64;
         let r = a.wrapping_mul(w).wrapping_sub(q.wrapping_mul(self.p));
-        if r >= self.p {
-            r - self.p
-        } else {
-            r
-        }
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// `a^e mod p` (square and multiply; variable time in `e`, which is public).
@@ -329,6 +319,9 @@ mod tests {
             prop_assert_eq!(m.mul_shoup(a, b, ws), m.mul(a, b));
             prop_assert_eq!(m.add(a, b) as u128, (a as u128 + b as u128) % m.value() as u128);
             prop_assert_eq!(m.add(m.sub(a, b), b), a);
+            prop_assert_eq!(m.sub(a, b) as i128, (a as i128 - b as i128).rem_euclid(m.value() as i128));
+            prop_assert_eq!(m.sub(a, a), 0);
+            prop_assert_eq!(m.add(m.value() - 1, 1), 0);
         }
 
         #[test]

@@ -288,7 +288,17 @@ impl RnsPoly<Coeff> {
 
     /// Builds a polynomial from signed 128-bit coefficients.
     pub fn from_signed_i128(ring: &RingContext, coeffs: &[i128], level: usize) -> Self {
-        let mut p = Self::zero(ring, level, false);
+        Self::from_signed_i128_in(ring, coeffs, level, false)
+    }
+
+    /// [`RnsPoly::from_signed_i128`], extended by the special primes if `extended`.
+    pub fn from_signed_i128_in(
+        ring: &RingContext,
+        coeffs: &[i128],
+        level: usize,
+        extended: bool,
+    ) -> Self {
+        let mut p = Self::zero(ring, level, extended);
         p.for_each_limb(ring, |t, _, a| {
             let m = t.modulus();
             for (x, &c) in a.iter_mut().zip(coeffs) {

@@ -201,22 +201,54 @@ pub struct Plan {
     pub(crate) input_copies: Vec<usize>,
 }
 
-/// Limb NTTs of one key switch at `level` (ModUp of the digits unless `hoisted`, ModDown of
-/// both parts).
-fn keyswitch_ntts(params: &CkksParams, level: usize, hoisted: bool) -> usize {
+/// Limb NTTs of one key switch at `level` (ModUp of the digits, ModDown of both parts).
+fn keyswitch_ntts(params: &CkksParams, level: usize) -> usize {
+    mod_up_ntts(params, level) + 2 * mod_down_ntts(params, level)
+}
+
+/// Limb NTTs of one ModUp (decomposition) at `level`.
+fn mod_up_ntts(params: &CkksParams, level: usize) -> usize {
     let k = params.ring().p_tables().len();
-    let mod_down = 2 * (k + level + 1);
-    if hoisted {
-        return mod_down;
-    }
-    let mod_up: usize = params
+    params
         .digits(level)
         .iter()
         .map(|r| level + 1 + k - r.len())
         .sum::<usize>()
         + level
-        + 1;
-    mod_up + mod_down
+        + 1
+}
+
+/// Limb NTTs of the ModDown of one polynomial at `level`.
+fn mod_down_ntts(params: &CkksParams, level: usize) -> usize {
+    params.ring().p_tables().len() + level + 1
+}
+
+/// Limb NTTs of one double-hoisted (or, with client copies, lazily divided) BSGS block at
+/// `level` with `giants` giant-step rotations (see `ckks::lintrans`): the hoisting ModUp
+/// (server-side baby steps only), per giant step a ModUp and, when the sums are extended,
+/// the ModDown of one part, and two ModDowns at the end.
+fn bsgs_ntts(
+    params: &CkksParams,
+    level: usize,
+    babies: usize,
+    giants: usize,
+    hoisted: bool,
+) -> usize {
+    if babies == 0 && giants == 0 {
+        return 0;
+    }
+    let hoist = if hoisted && babies > 0 {
+        mod_up_ntts(params, level)
+    } else {
+        0
+    };
+    let per_giant = mod_up_ntts(params, level)
+        + if hoisted {
+            mod_down_ntts(params, level)
+        } else {
+            0
+        };
+    hoist + giants * per_giant + 2 * mod_down_ntts(params, level)
 }
 
 /// Limb NTTs of one rescale of a 2-part ciphertext from `level`.
@@ -224,33 +256,49 @@ fn rescale_ntts(level: usize) -> usize {
     2 * (1 + level)
 }
 
-/// Rotation steps, rotation count, hoisted-rotation count and hoistings of a dense layer;
-/// `copies[j]` is the number of client-prepared rotations of input segment `j` (1: none).
+/// Rotation steps, rotation count and limb NTTs of a dense layer whose operands are at
+/// `level`; `copies[j]` is the number of client-prepared rotations of input segment `j`
+/// (1: none).
 fn dense_rotations(
+    params: &CkksParams,
+    level: usize,
     out_segs: &[Segment],
     in_segs: &[Segment],
     copies: &[usize],
-) -> (Vec<i64>, usize, usize, usize) {
+) -> (Vec<i64>, usize, usize) {
     let mut steps = Vec::new();
-    let (mut count, mut hoisted, mut hoistings) = (0, 0, 0);
+    let (mut count, mut ntts) = (0, 0);
     for o in out_segs {
         for (i, &c) in in_segs.iter().zip(copies) {
-            if c > 1 {
-                let (s, n) = block_rotations_prerotated(o.period, i.period, c);
-                count += n;
-                steps.extend(s);
+            let k = o.period.min(i.period);
+            let g = block_baby(o.period, i.period, c);
+            let babies = if c > 1 { 0 } else { g.min(k).saturating_sub(1) };
+            let giants = k.div_ceil(g).saturating_sub(1);
+            let (s, n) = if c > 1 {
+                block_rotations_prerotated(o.period, i.period, c)
             } else {
-                let (s, n) = block_rotations(o.period, i.period);
-                let k = o.period.min(i.period);
-                let baby = baby_step_for(k).min(k).saturating_sub(1);
-                count += n;
-                hoisted += baby;
-                hoistings += usize::from(baby > 0);
-                steps.extend(s);
-            }
+                block_rotations(o.period, i.period)
+            };
+            count += n;
+            steps.extend(s);
+            ntts += bsgs_ntts(params, level, babies, giants, c == 1)
+                + row_sum_steps(o.period, i.period).len() * keyswitch_ntts(params, level);
         }
+        ntts += rescale_ntts(level);
     }
-    (steps, count, hoisted, hoistings)
+    (steps, count, ntts)
+}
+
+/// The rotate-and-sum steps of an `m' x n'` block (`m' < n'`: the `n'/m'` partial sums are
+/// folded together).
+pub(crate) fn row_sum_steps(m: usize, n: usize) -> Vec<i64> {
+    let mut steps = Vec::new();
+    let mut w = m;
+    while w < n {
+        steps.push(w as i64);
+        w *= 2;
+    }
+    steps
 }
 
 /// Baby step of an `m' x n'` block whose input comes with `copies` client-prepared
@@ -545,17 +593,11 @@ impl Plan {
                         })
                         .collect();
                     if latency {
-                        let (steps, count, hoisted, hoistings) =
-                            dense_rotations(&out_segs, &in_segs, &copies);
+                        let (steps, count, dense_ntts) =
+                            dense_rotations(&self.params, in_level, &out_segs, &in_segs, &copies);
                         rotations.extend(steps);
                         rot = count;
-                        let full = count - hoisted;
-                        ntts = full * keyswitch_ntts(&self.params, in_level, false)
-                            + hoisted * keyswitch_ntts(&self.params, in_level, true)
-                            + hoistings
-                                * (keyswitch_ntts(&self.params, in_level, false)
-                                    - keyswitch_ntts(&self.params, in_level, true))
-                            + out_segs.len() * rescale_ntts(in_level);
+                        ntts = dense_ntts;
                         products = out_segs
                             .iter()
                             .map(|o| {
@@ -595,7 +637,7 @@ impl Plan {
                     };
                     relin = per_ct * cts;
                     needs_relin |= relin > 0;
-                    ntts = relin * keyswitch_ntts(&self.params, in_level, false)
+                    ntts = relin * keyswitch_ntts(&self.params, in_level)
                         + (relin + cts) * rescale_ntts(in_level);
                     products = cheb.len() * cts;
                     (
@@ -612,8 +654,7 @@ impl Plan {
                     };
                     relin = cts;
                     needs_relin = true;
-                    ntts = cts
-                        * (keyswitch_ntts(&self.params, in_level, false) + rescale_ntts(in_level));
+                    ntts = cts * (keyswitch_ntts(&self.params, in_level) + rescale_ntts(in_level));
                     (
                         need(1, "activation")?,
                         self.stages[ins[0]].segments.clone(),

@@ -2,7 +2,7 @@
 //! of queries ([`PreparedPlan::evaluate`]). Independent work (output segments, giant steps,
 //! output features in batch mode) runs on rayon's pool.
 
-use super::compile::{block_baby, Mode, Plan, Stage, StageOp};
+use super::compile::{block_baby, row_sum_steps, Mode, Plan, Stage, StageOp};
 use super::layout::{self, Segment};
 use crate::ckks::lintrans::LinearTransform;
 use crate::ckks::polyeval::evaluate_chebyshev;
@@ -72,13 +72,10 @@ fn dense_block(
         })
         .collect();
     let transform = LinearTransform::new(encoder, &diags, level, scale, block_baby(m, n, copies))?;
-    let mut row_sum = Vec::new();
-    let mut width = m;
-    while width < n {
-        row_sum.push(width as i64);
-        width *= 2;
-    }
-    Ok(Block { transform, row_sum })
+    Ok(Block {
+        transform,
+        row_sum: row_sum_steps(m, n),
+    })
 }
 
 impl Plan {
