@@ -352,10 +352,12 @@ impl Client {
         super::keydir::create_from_parts(
             dir,
             &self.plan,
-            secret,
-            public,
-            eval,
-            &self.binding,
+            super::keydir::KeyParts {
+                secret,
+                public,
+                eval,
+                binding: &self.binding,
+            },
             force,
             Some(&crate::select::SelectionRecord::keygen(
                 self.plan.options().mode,

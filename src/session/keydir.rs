@@ -226,10 +226,12 @@ impl KeyDir {
         create_from_parts(
             dir,
             plan,
-            &keys.secret,
-            public,
-            &keys.eval,
-            &keys.binding,
+            KeyParts {
+                secret: &keys.secret,
+                public,
+                eval: &keys.eval,
+                binding: &keys.binding,
+            },
             force,
             record,
         )
@@ -409,14 +411,19 @@ pub fn check_writable(dir: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Borrowed keys of a key directory.
+pub(crate) struct KeyParts<'a> {
+    pub(crate) secret: &'a SecretKey,
+    pub(crate) public: &'a PublicKey,
+    pub(crate) eval: &'a EvaluationKeys,
+    pub(crate) binding: &'a Binding,
+}
+
 /// [`KeyDir::create`] from borrowed keys.
 pub(crate) fn create_from_parts(
     dir: &Path,
     plan: &Plan,
-    secret: &SecretKey,
-    public: &PublicKey,
-    eval: &EvaluationKeys,
-    binding: &Binding,
+    keys: KeyParts<'_>,
     force: bool,
     record: Option<&crate::select::SelectionRecord>,
 ) -> Result<KeyDir> {
@@ -435,10 +442,10 @@ pub(crate) fn create_from_parts(
         format!("{header}{body}").as_bytes(),
         None,
     )?;
-    save(dir.join(PUBLIC_KEY), params, public)?;
-    save_bound(dir.join(EVAL_KEYS), params, eval, binding)?;
-    save_bound(&sk_path, params, secret, binding)?;
-    let info = PlanInfo::for_plan(plan, binding.key_set);
+    save(dir.join(PUBLIC_KEY), params, keys.public)?;
+    save_bound(dir.join(EVAL_KEYS), params, keys.eval, keys.binding)?;
+    save_bound(&sk_path, params, keys.secret, keys.binding)?;
+    let info = PlanInfo::for_plan(plan, keys.binding.key_set);
     write_bytes_atomic(dir.join(PLAN_JSON), &info.to_bytes()?, None)?;
     Ok(KeyDir {
         dir: dir.to_path_buf(),

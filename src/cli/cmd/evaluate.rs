@@ -186,8 +186,7 @@ fn server_plan(
             params.digest_short()
         );
     }
-    let plan =
-        Plan::compile(adapter, params, plan_options(mode)).context("compiling the model")?;
+    let plan = Plan::compile(adapter, params, plan_options(mode)).context("compiling the model")?;
     if plan.structure_digest() != public.structure_digest() {
         bail!("internal error: the model and its public structure compile to different plans");
     }
