@@ -22,3 +22,13 @@ def test_peft_head_example():
 def test_quickstart_example():
     out = run(REPO / "python" / "examples" / "quickstart.py", "--samples", "1")
     assert "argmax agreement with the plaintext twin 1/1" in out
+
+
+def test_torch_head_example():
+    """The PyTorch recipe of docs/python.md against the torch module (skipped without torch,
+    which is not a CI dependency)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    out = run(REPO / "python" / "examples" / "torch_head.py")
+    assert "argmax equal True" in out
