@@ -5,80 +5,20 @@
 
 mod common;
 use common::*;
+#[path = "common/tuning.rs"]
+mod tuning;
 use hepeft::ckks::*;
-use hepeft::model::{reference, Adapter, AdapterBuilder, Op};
+use hepeft::model::{reference, AdapterBuilder, Op};
 use hepeft::plan::{Plan, SanitizeConfig};
 use hepeft::tune::*;
-use ndarray::{Array1, Array2, ArrayView2};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use ndarray::{Array2, ArrayView2};
 use std::sync::Arc;
+use tuning::{config, head, no_noise, plain_step, CLASSES, D};
 
-const D: usize = 8;
-const CLASSES: usize = 3;
 const SAMPLES: usize = 64;
 
-/// A linear head `D -> CLASSES` with weights from `seed` scaled by `gain`.
-fn head(seed: u64, gain: f64) -> Adapter {
-    let mut r = ChaCha20Rng::seed_from_u64(seed);
-    let mut b = AdapterBuilder::new();
-    let x = b.input("x", D).unwrap();
-    let w = Array2::from_shape_simple_fn((CLASSES, D), || gain * r.random_range(-1.0..1.0));
-    let bias = Array1::from_shape_simple_fn(CLASSES, || 0.1 * gain * r.random_range(-1.0..1.0));
-    b.node(
-        "head",
-        Op::Linear {
-            weight: w,
-            bias: Some(bias),
-        },
-        &[x],
-    )
-    .unwrap();
-    b.build().unwrap()
-}
-
-/// Features in [-1, 1] and the labels a teacher head gives them.
 fn task() -> (Array2<f64>, Vec<usize>) {
-    let mut r = ChaCha20Rng::seed_from_u64(7);
-    let x = Array2::from_shape_simple_fn((SAMPLES, D), || r.random_range(-1.0..1.0));
-    let (logits, _) = reference::evaluate_batch(&head(99, 1.0), &[x.view()]).unwrap();
-    let labels = logits
-        .outer_iter()
-        .map(|row| reference::argmax(row))
-        .collect();
-    (x, labels)
-}
-
-fn config() -> TuneConfig {
-    TuneConfig {
-        directions: 2,
-        perturbation: 1e-2,
-        learning_rate: 0.5,
-        trainable: Trainable::All,
-    }
-}
-
-fn no_noise() -> ReplyPrivacy {
-    ReplyPrivacy {
-        clip: Some(50.0),
-        noise_multiplier: None,
-        delta: 1e-5,
-    }
-}
-
-/// One plaintext step: the twin of the encrypted step.
-fn plain_step(server: &mut TuneServer, client: &mut TuneClient, x: ArrayView2<f64>) -> StepReply {
-    let logits: Vec<Array2<f64>> = server
-        .perturbed_adapters()
-        .unwrap()
-        .iter()
-        .map(|a| reference::evaluate_batch(a, &[x]).unwrap().0)
-        .collect();
-    let reply = client
-        .reply(server.step(), &logits, server.config())
-        .unwrap();
-    assert_eq!(server.apply(&reply).unwrap(), Applied::Updated);
-    reply
+    tuning::task(SAMPLES)
 }
 
 fn loss(server: &TuneServer, x: ArrayView2<f64>, labels: &[usize]) -> (f64, f64) {
