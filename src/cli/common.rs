@@ -181,6 +181,7 @@ pub fn save_npy_atomic(path: &Path, m: ArrayView2<f64>) -> Result<()> {
 }
 
 /// Serializes `value` as pretty JSON and writes it atomically.
+#[cfg(feature = "exact")]
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
