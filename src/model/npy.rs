@@ -17,48 +17,8 @@ pub const MAX_NPY_BYTES: u64 = 4 << 30;
 /// [`Error::Format`] for a malformed or truncated file, another dtype, or another number
 /// of dimensions; [`Error::InvalidValue`] for an empty array or a NaN/infinite value.
 pub fn features_from_npy_bytes(bytes: &[u8]) -> Result<Array2<f64>> {
-    use ndarray_npy::ReadNpyExt;
     let what = "npy features";
-    check_npy_preamble(bytes)?;
-    let mut cursor = std::io::Cursor::new(bytes);
-    let header = ndarray_npy::npy::header::Header::from_reader(&mut cursor)
-        .map_err(|e| Error::format(what, e.to_string()))?;
-    let ndim = header.shape.len();
-    if ndim == 0 || ndim > 2 {
-        return Err(Error::format(
-            what,
-            format!("shape {:?}: expected 1-D or 2-D", header.shape),
-        ));
-    }
-    let count = header
-        .shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::format(what, format!("shape {:?} overflows", header.shape)))?;
-    if count == 0 {
-        return Err(Error::InvalidValue {
-            context: what.into(),
-            reason: format!("empty array, shape {:?}", header.shape),
-        });
-    }
-    let data_len = bytes.len() as u64 - cursor.position();
-    // Bound what the reader will allocate by what the file actually holds.
-    let data: ArrayD<f64> = if Some(data_len) == (count as u64).checked_mul(8) {
-        ArrayD::<f64>::read_npy(bytes)
-            .map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))?
-    } else if Some(data_len) == (count as u64).checked_mul(4) {
-        ArrayD::<f32>::read_npy(bytes)
-            .map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))?
-            .mapv(f64::from)
-    } else {
-        return Err(Error::format(
-            what,
-            format!(
-                "shape {:?} with dtype {} does not match the {data_len} data bytes (truncated, or not f32/f64)",
-                header.shape, header.type_descriptor
-            ),
-        ));
-    };
+    let data = float_array_from_npy_bytes(bytes, what, 1..=2, "expected 1-D or 2-D")?;
     let m = match data.ndim() {
         1 => {
             let n = data.len();
@@ -82,6 +42,63 @@ pub fn features_from_npy_bytes(bytes: &[u8]) -> Result<Array2<f64>> {
 /// before `ndarray-npy` parses the header: its reader allocates the declared header length
 /// up front, so a 26-byte file declaring a 4 GiB header made it allocate 4 GiB (found by
 /// the `model_files` fuzz target, docs/fuzzing.md).
+/// Parses `.npy` bytes holding an f32 or f64 array of `ndims` dimensions (`shape_hint`
+/// says which in the refusal), as f64. What it allocates is bounded by the bytes the file
+/// holds: the header's element count must match the data length for one of the two
+/// dtypes. Cost: one pass over the data.
+///
+/// # Errors
+/// [`Error::Format`] (named `what`) for a malformed or truncated file, another dtype or
+/// rank; [`Error::InvalidValue`] for an empty array. Finiteness is the caller's check (it
+/// names the index its way).
+pub(crate) fn float_array_from_npy_bytes(
+    bytes: &[u8],
+    what: &str,
+    ndims: std::ops::RangeInclusive<usize>,
+    shape_hint: &str,
+) -> Result<ArrayD<f64>> {
+    use ndarray_npy::ReadNpyExt;
+    check_npy_preamble(bytes)?;
+    let mut cursor = std::io::Cursor::new(bytes);
+    let header = ndarray_npy::npy::header::Header::from_reader(&mut cursor)
+        .map_err(|e| Error::format(what, e.to_string()))?;
+    if !ndims.contains(&header.shape.len()) {
+        return Err(Error::format(
+            what,
+            format!("shape {:?}: {shape_hint}", header.shape),
+        ));
+    }
+    let count = header
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::format(what, format!("shape {:?} overflows", header.shape)))?;
+    if count == 0 {
+        return Err(Error::InvalidValue {
+            context: what.into(),
+            reason: format!("empty array, shape {:?}", header.shape),
+        });
+    }
+    let data_len = bytes.len() as u64 - cursor.position();
+    // Bound what the reader will allocate by what the file actually holds.
+    if Some(data_len) == (count as u64).checked_mul(8) {
+        ArrayD::<f64>::read_npy(bytes)
+            .map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))
+    } else if Some(data_len) == (count as u64).checked_mul(4) {
+        Ok(ArrayD::<f32>::read_npy(bytes)
+            .map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))?
+            .mapv(f64::from))
+    } else {
+        Err(Error::format(
+            what,
+            format!(
+                "shape {:?} with dtype {} does not match the {data_len} data bytes (truncated, or not f32/f64)",
+                header.shape, header.type_descriptor
+            ),
+        ))
+    }
+}
+
 pub(crate) fn check_npy_preamble(bytes: &[u8]) -> Result<()> {
     let what = "npy features";
     let magic = b"\x93NUMPY";

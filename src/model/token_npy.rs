@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use ndarray::{Array2, Array3, ArrayD, Axis, Ix3};
+use ndarray::{Array2, Array3, Axis, Ix3};
 
 use super::load::read_limited;
-use super::npy::{check_npy_preamble, MAX_NPY_BYTES};
+use super::npy::{float_array_from_npy_bytes, MAX_NPY_BYTES};
 use crate::{Error, Result};
 
 /// Parses `.npy` bytes holding a `samples x T x d` array of f32 or f64; returns one `T x d`
@@ -17,50 +17,13 @@ use crate::{Error, Result};
 /// [`Error::InvalidValue`] for an empty array or a NaN/infinite value (naming sample, token
 /// and feature).
 pub fn token_states_from_npy_bytes(bytes: &[u8]) -> Result<Vec<Array2<f64>>> {
-    use ndarray_npy::ReadNpyExt;
     let what = "npy token states";
-    check_npy_preamble(bytes)?;
-    let mut cursor = std::io::Cursor::new(bytes);
-    let header = ndarray_npy::npy::header::Header::from_reader(&mut cursor)
-        .map_err(|e| Error::format(what, e.to_string()))?;
-    let ndim = header.shape.len();
-    if !(2..=3).contains(&ndim) {
-        return Err(Error::format(
-            what,
-            format!(
-                "shape {:?}: expected samples x tokens x features (3-D) or one sample (2-D)",
-                header.shape
-            ),
-        ));
-    }
-    let count = header
-        .shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::format(what, format!("shape {:?} overflows", header.shape)))?;
-    if count == 0 {
-        return Err(Error::InvalidValue {
-            context: what.into(),
-            reason: format!("empty array, shape {:?}", header.shape),
-        });
-    }
-    let data_len = bytes.len() as u64 - cursor.position();
-    let data: ArrayD<f64> = if Some(data_len) == (count as u64).checked_mul(8) {
-        ArrayD::<f64>::read_npy(bytes)
-            .map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))?
-    } else if Some(data_len) == (count as u64).checked_mul(4) {
-        ArrayD::<f32>::read_npy(bytes)
-            .map_err(|e| Error::format(what, format!("{e} (expected f32 or f64)")))?
-            .mapv(f64::from)
-    } else {
-        return Err(Error::format(
-            what,
-            format!(
-                "shape {:?} with dtype {} does not match the {data_len} data bytes",
-                header.shape, header.type_descriptor
-            ),
-        ));
-    };
+    let data = float_array_from_npy_bytes(
+        bytes,
+        what,
+        2..=3,
+        "expected samples x tokens x features (3-D) or one sample (2-D)",
+    )?;
     let data = if data.ndim() == 2 {
         data.insert_axis(Axis(0))
     } else {
