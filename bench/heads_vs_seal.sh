@@ -18,24 +18,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-venv="${1:-${TMPDIR:-/tmp}/hepeft-seal-venv}"
-mkdir -p "$venv"
-venv="$(cd "$venv" && pwd)"
-case "$venv/" in
-  "$repo"/*) echo "heads_vs_seal.sh: refusing to put the virtualenv inside the repository ($venv)" >&2; exit 2 ;;
-esac
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-  for cand in python3.11 python3; do
-    if command -v "$cand" >/dev/null 2>&1; then py="$cand"; break; fi
-  done
-fi
-[ -n "$py" ] || { echo "heads_vs_seal.sh: no python3 found" >&2; exit 2; }
-if [ ! -x "$venv/bin/python" ]; then
-  echo "heads_vs_seal.sh: creating virtualenv in $venv with $py" >&2
-  "$py" -m venv "$venv" >&2
-fi
-"$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$here/seal/requirements.txt" >&2
+# shellcheck source=seal/venv.sh
+source "$here/seal/venv.sh"
+seal_venv heads_vs_seal.sh "$repo" "${1:-}"
 
 export RAYON_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
   NUMEXPR_NUM_THREADS=1 VECLIB_MAXIMUM_THREADS=1
