@@ -138,7 +138,6 @@ impl LinearTransform {
             .map(|a| self.plain.iter().any(|row| row[a].is_some()))
             .collect();
         let hoisted = ev.hoist(x)?;
-        let parallel = rayon::current_num_threads() > 1;
         let rotate_baby = |a: usize| {
             if needed[a] {
                 ev.rotate_hoisted_extended(&hoisted, a as i64).map(Some)
@@ -146,7 +145,7 @@ impl LinearTransform {
                 Ok(None)
             }
         };
-        let baby: Vec<Option<ExtendedCiphertext>> = if parallel {
+        let baby: Vec<Option<ExtendedCiphertext>> = if rayon::current_num_threads() > 1 {
             (0..g)
                 .into_par_iter()
                 .map(rotate_baby)
@@ -175,25 +174,10 @@ impl LinearTransform {
                 ev.rotate_extended_accumulate(&mut acc, &inner, (b * g) as i64)?;
                 Ok(acc)
             };
-        let parts: Vec<Option<ExtendedCiphertext>> = if parallel {
-            self.plain
-                .par_iter()
-                .enumerate()
-                .map(giant)
-                .collect::<Result<_>>()?
-        } else {
-            self.plain
-                .iter()
-                .enumerate()
-                .map(giant)
-                .collect::<Result<_>>()?
-        };
+        let parts: Vec<Option<ExtendedCiphertext>> = self.map_giant_steps(giant)?;
         let mut acc: Option<ExtendedCiphertext> = None;
         for part in parts.into_iter().flatten() {
-            match acc.as_mut() {
-                Some(s) => ev.add_extended_assign(s, &part)?,
-                None => acc = Some(part),
-            }
+            sum_into(&mut acc, part, |s, p| ev.add_extended_assign(s, p))?;
         }
         acc.map(|a| ev.mod_down_extended(&a)).ok_or_else(all_zero)
     }
@@ -255,9 +239,21 @@ impl LinearTransform {
     /// The giant steps on given baby steps `baby[a] = rot(x, a)` in `Q_l`, with lazy ModDown:
     /// each giant rotation adds its key-switch products to one accumulator in `Q_l·P` and
     /// its rotated `c_0` to one in `Q_l`; two ModDowns at the end.
+    /// `giant` on every giant step `(b, row of diagonals)`, in order; in parallel when
+    /// rayon has more than one thread.
+    fn map_giant_steps<T: Send>(
+        &self,
+        giant: impl Fn((usize, &Vec<Option<Plaintext>>)) -> Result<T> + Sync + Send,
+    ) -> Result<Vec<T>> {
+        if rayon::current_num_threads() > 1 {
+            self.plain.par_iter().enumerate().map(giant).collect()
+        } else {
+            self.plain.iter().enumerate().map(giant).collect()
+        }
+    }
+
     fn giant_steps_lazy(&self, ev: &Evaluator, baby: &[Option<&Ciphertext>]) -> Result<Ciphertext> {
         let g = self.baby;
-        let parallel = rayon::current_num_threads() > 1;
         type Partial = (Option<ExtendedCiphertext>, Option<Ciphertext>);
         let giant = |(b, row): (usize, &Vec<Option<Plaintext>>)| -> Result<Partial> {
             let mut inner: Option<Ciphertext> = None;
@@ -276,32 +272,14 @@ impl LinearTransform {
             }
             Ok((ext, low))
         };
-        let parts: Vec<Partial> = if parallel {
-            self.plain
-                .par_iter()
-                .enumerate()
-                .map(giant)
-                .collect::<Result<_>>()?
-        } else {
-            self.plain
-                .iter()
-                .enumerate()
-                .map(giant)
-                .collect::<Result<_>>()?
-        };
+        let parts: Vec<Partial> = self.map_giant_steps(giant)?;
         let (mut ext, mut low): Partial = (None, None);
         for (e, l) in parts {
             if let Some(e) = e {
-                match ext.as_mut() {
-                    Some(s) => ev.add_extended_assign(s, &e)?,
-                    None => ext = Some(e),
-                }
+                sum_into(&mut ext, e, |s, p| ev.add_extended_assign(s, p))?;
             }
             if let Some(l) = l {
-                match low.as_mut() {
-                    Some(s) => ev.add_assign(s, &l)?,
-                    None => low = Some(l),
-                }
+                sum_into(&mut low, l, |s, p| ev.add_assign(s, p))?;
             }
         }
         match (ext, low) {
@@ -325,7 +303,6 @@ impl LinearTransform {
         baby: &[Option<&Ciphertext>],
     ) -> Result<Ciphertext> {
         let g = self.baby;
-        let parallel = rayon::current_num_threads() > 1;
         // one giant step: the inner sum for row b, rotated by g*b
         let giant = |(b, row): (usize, &Vec<Option<Plaintext>>)| -> Result<Option<Ciphertext>> {
             let mut inner: Option<Ciphertext> = None;
@@ -343,27 +320,27 @@ impl LinearTransform {
                 other => Ok(other),
             }
         };
-        let parts: Vec<Option<Ciphertext>> = if parallel {
-            self.plain
-                .par_iter()
-                .enumerate()
-                .map(giant)
-                .collect::<Result<_>>()?
-        } else {
-            self.plain
-                .iter()
-                .enumerate()
-                .map(giant)
-                .collect::<Result<_>>()?
-        };
+        let parts: Vec<Option<Ciphertext>> = self.map_giant_steps(giant)?;
         let mut acc: Option<Ciphertext> = None;
         for part in parts.into_iter().flatten() {
-            match acc.as_mut() {
-                Some(s) => ev.add_assign(s, &part)?,
-                None => acc = Some(part),
-            }
+            sum_into(&mut acc, part, |s, p| ev.add_assign(s, p))?;
         }
         acc.ok_or_else(all_zero)
+    }
+}
+
+/// Adds `part` into `acc` with `add`, or makes it the sum when `acc` is empty.
+fn sum_into<T>(
+    acc: &mut Option<T>,
+    part: T,
+    add: impl FnOnce(&mut T, &T) -> Result<()>,
+) -> Result<()> {
+    match acc.as_mut() {
+        Some(s) => add(s, &part),
+        None => {
+            *acc = Some(part);
+            Ok(())
+        }
     }
 }
 
