@@ -321,6 +321,7 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             backend: Backend::Ckks,
             model: public_card.clone(),
             mode: Some(args.mode),
+            pre_rotate: 1,
             out: keys_dir.clone(),
             force: true,
         },
