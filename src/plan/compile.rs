@@ -166,9 +166,9 @@ pub struct StageReport {
     /// Output width.
     pub out_dim: usize,
     /// Level of the operands.
-    pub level_in: usize,
+    pub level_in: crate::ckks::Level,
     /// Level of the result.
-    pub level_out: usize,
+    pub level_out: crate::ckks::Level,
     /// Rotations (each one key switch).
     pub rotations: usize,
     /// Relinearizations (each one key switch).
@@ -689,8 +689,8 @@ impl Plan {
                 name: st.name.clone(),
                 kind: kind.to_string(),
                 out_dim,
-                level_in: in_level,
-                level_out: level,
+                level_in: crate::ckks::Level(in_level),
+                level_out: crate::ckks::Level(level),
                 rotations: rot,
                 relinearizations: relin,
                 plain_products: products,
@@ -748,11 +748,11 @@ impl Plan {
         self.rotations.iter().copied().collect()
     }
     /// Galois elements of [`Plan::rotation_steps`].
-    pub fn galois_elements(&self) -> Vec<u64> {
-        let mut g: Vec<u64> = self
+    pub fn galois_elements(&self) -> Vec<crate::ckks::GaloisElement> {
+        let mut g: Vec<crate::ckks::GaloisElement> = self
             .rotations
             .iter()
-            .map(|&s| galois_element_for_rotation(&self.params, s))
+            .map(|&s| crate::ckks::GaloisElement(galois_element_for_rotation(&self.params, s)))
             .collect();
         g.sort_unstable();
         g.dedup();

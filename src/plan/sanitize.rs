@@ -209,7 +209,7 @@ pub struct SanitizeReport {
     /// Why masking was or was not needed.
     pub mask_note: String,
     /// Level of the returned ciphertexts (always 0).
-    pub output_level: usize,
+    pub output_level: crate::ckks::Level,
     /// Flooding figures, if on.
     pub flooding: Option<FloodingReport>,
 }
@@ -385,7 +385,7 @@ impl Plan {
             SanitizeReport {
                 masked,
                 mask_note,
-                output_level: floor,
+                output_level: crate::ckks::Level(floor),
                 flooding: flood_report,
             },
         ))

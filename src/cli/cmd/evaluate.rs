@@ -234,7 +234,7 @@ fn report_text(report: &EvaluateReport) -> String {
         .sanitize
         .as_ref()
         .map_or("", |r| r.mask_note.as_str());
-    let level = report.sanitize.as_ref().map_or(0, |r| r.output_level);
+    let level = report.sanitize.as_ref().map_or(0, |r| r.output_level.get());
     match report.sanitize.as_ref().and_then(|r| r.flooding.as_ref()) {
         Some(f) => format!(
             "{text}  sanitized: level {level}, re-randomized, {mask}; flooding at {} bits for {} quer(ies): \
