@@ -1,4 +1,6 @@
 //! Argument types only (clap derive). Every command is documented in `docs/cli.md`.
+//!
+//! Size: the CLI's whole argument surface, one clap struct per command and nothing else (documented in `docs/cli.md`).
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
 //! From an adapter to stages, layouts, levels and the keys a plan needs.
+//!
+//! Size: one concern (stages, level schedule and key list of one plan, all over the private `Stage` type); packing lives in `layout.rs`, the depth passes in `fuse.rs`, execution in `run_ckks.rs`.
 
 use super::layout::{self, Segment};
 use crate::ckks::keygen::galois_element_for_rotation;
