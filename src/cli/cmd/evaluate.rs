@@ -63,29 +63,7 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     // Carrying their public key, bound to it and this plan, covering every key it uses.
     let key_set = session::server::check_keys(&plan, &keys, key_binding.as_ref())
         .with_context(|| format!("checking evaluation keys {}", args.eval_keys.display()))?;
-    // The layout and flooding the parameters were selected for, unless told otherwise;
-    // refused before any work when the flooding would leave less precision than the set
-    // was selected for (the advice names only settings that work).
-    let public_adapter = hepeft::plan::public_structure(&adapter)?;
-    let ctx = SelectContext {
-        adapter: &public_adapter,
-        command: "hepeft params select --model <public card>",
-    };
-    record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
-        .context("the query's layout")?;
-    let resolved = record::resolve_sanitize(
-        params_file.record.as_ref(),
-        &args.flooding.request(),
-        &plan,
-        Some(&ctx),
-    )?;
-    if args.flooding.no_flooding {
-        ui.note(crate::cli::args::FloodingArgs::WARNING);
-    }
-    for w in &resolved.warnings {
-        ui.note(w);
-    }
-    let sanitize = resolved.config;
+    let sanitize = sanitize_config(args, &params_file, &adapter, mode, &plan, ui)?;
     session::check_flooding(&plan, sanitize.flooding.as_ref())?;
     let query = Query::load(&args.input, &params, Role::Query)
         .with_context(|| format!("reading query {}", args.input.display()))?;
@@ -134,6 +112,39 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     };
     ui.report(&report, &report_text(&report), false)?;
     Ok(report)
+}
+
+/// The layout and flooding the parameters were selected for, unless the flags say
+/// otherwise; refused before any work when the flooding would leave less precision than
+/// the set was selected for (the advice names only settings that work).
+fn sanitize_config(
+    args: &EvaluateArgs,
+    params_file: &hepeft::select::ParamsFile,
+    adapter: &hepeft::model::Adapter,
+    mode: hepeft::plan::Mode,
+    plan: &Plan,
+    ui: &Ui,
+) -> Result<hepeft::plan::SanitizeConfig> {
+    let public_adapter = hepeft::plan::public_structure(adapter)?;
+    let ctx = SelectContext {
+        adapter: &public_adapter,
+        command: "hepeft params select --model <public card>",
+    };
+    record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
+        .context("the query's layout")?;
+    let resolved = record::resolve_sanitize(
+        params_file.record.as_ref(),
+        &args.flooding.request(),
+        plan,
+        Some(&ctx),
+    )?;
+    if args.flooding.no_flooding {
+        ui.note(crate::cli::args::FloodingArgs::WARNING);
+    }
+    for w in &resolved.warnings {
+        ui.note(w);
+    }
+    Ok(resolved.config)
 }
 
 /// The evaluation keys' file: never a secret key (the kind is read first), then the

@@ -65,8 +65,30 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     for w in &resolved.warnings {
         ui.note(w);
     }
+    let cfg = server_config(args, auth, rate_limit, mode, resolved.config)?;
+    if args.flooding.no_flooding {
+        ui.note(crate::cli::args::FloodingArgs::WARNING);
+    }
+    ui.note(&format!("parameters: {}\n", params.describe()));
+    run_until_signal(adapter, params, cfg, |addr| {
+        ui.note(&format!("hepeft serve: listening on http://{addr} (Ctrl-C stops after the requests in flight)\n"));
+    })
+    .context("serving")?;
+    ui.note("hepeft serve: stopped\n");
+    Ok(())
+}
+
+/// The service settings from the command line (limits, timeouts, access, tuning) and the
+/// resolved layout and sanitization.
+fn server_config(
+    args: &ServeArgs,
+    auth: AuthTokens,
+    rate_limit: Option<RateLimit>,
+    mode: hepeft::plan::Mode,
+    sanitize: hepeft::plan::SanitizeConfig,
+) -> Result<ServerConfig> {
     let defaults = ServerConfig::default();
-    let cfg = ServerConfig {
+    Ok(ServerConfig {
         listen: args.listen,
         max_body_bytes: args.max_body_mib << 20,
         max_concurrent_evaluations: args
@@ -89,7 +111,7 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
             .model
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
-        sanitize: resolved.config,
+        sanitize,
         tune: args
             .tune
             .tune
@@ -107,17 +129,7 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
                 })
             })
             .transpose()?,
-    };
-    if args.flooding.no_flooding {
-        ui.note(crate::cli::args::FloodingArgs::WARNING);
-    }
-    ui.note(&format!("parameters: {}\n", params.describe()));
-    run_until_signal(adapter, params, cfg, |addr| {
-        ui.note(&format!("hepeft serve: listening on http://{addr} (Ctrl-C stops after the requests in flight)\n"));
     })
-    .context("serving")?;
-    ui.note("hepeft serve: stopped\n");
-    Ok(())
 }
 
 /// What a query produced.
