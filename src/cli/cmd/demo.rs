@@ -323,6 +323,7 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
             mode: Some(args.mode),
             out: keys_dir.clone(),
             force: true,
+            no_flooding: false,
         },
         &quiet,
     )?;
