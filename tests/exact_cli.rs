@@ -188,3 +188,29 @@ fn exact_probe_keys_without_sanitization_hold_no_bootstrapping_key() {
         "{err}"
     );
 }
+
+/// `hepeft demo --backend exact` on the embedded digits task: keygen, encryption,
+/// evaluation with sanitized results (the default), decryption equal to the integer twin.
+#[test]
+fn exact_demo_on_the_embedded_real_task_is_sanitized_and_bit_exact() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hepeft"))
+        .args([
+            "demo",
+            "--backend",
+            "exact",
+            "--model",
+            "digits",
+            "--samples",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("results sanitized"), "{text}");
+    assert!(text.contains("decrypted = integer twin: true"), "{text}");
+}

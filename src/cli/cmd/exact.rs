@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use ndarray::Array2;
 use serde::Serialize;
 
-use hepeft::exact::{generate_key_set, generate_keys, io as xio, ClientKey, ExactParams, KeySet};
+use hepeft::exact::{generate_key_set, io as xio, ClientKey, ExactParams, KeySet};
 use hepeft::io::format::{read_file, write_file_atomic, FileKind, DEFAULT_MAX_PAYLOAD};
 use hepeft::model::load::load_features_npy;
 use hepeft::plan::{quantize, QuantPublic, QuantizeOptions};
@@ -442,8 +442,18 @@ pub fn demo(args: &crate::cli::args::DemoArgs, ui: &Ui) -> Result<()> {
         plan.predicted_pbs()
     ));
     let mut rng = hepeft::session::os_rng().context("seeding the key generator from the OS")?;
+    // results sanitized as `evaluate --backend exact` does, unless --no-flooding
+    let sanitize = !args.no_flooding;
+    if !sanitize {
+        ui.note(EXACT_NO_SANITIZE_WARNING);
+    }
+    let set = match (sanitize, plan.predicted_pbs()) {
+        (true, _) => KeySet::Sanitizing,
+        (false, 0) => KeySet::NoBootstrapping,
+        (false, _) => KeySet::Full,
+    };
     let t = Instant::now();
-    let (ck, compressed) = generate_keys(&params, &mut rng)?;
+    let (ck, compressed) = generate_key_set(&params, set, &mut rng)?;
     let keygen_seconds = t.elapsed().as_secs_f64();
     let eval_keys_bytes = xio::server_key_to_payload(&compressed)?.len() as u64;
     let sk = compressed.expand(&params)?;
@@ -461,9 +471,17 @@ pub fn demo(args: &crate::cli::args::DemoArgs, ui: &Ui) -> Result<()> {
         let cts = q.expand(&params)?;
         let t = Instant::now();
         let run = plan.evaluate(&sk, &cts)?;
-        evaluate_seconds += t.elapsed().as_secs_f64();
         pbs += run.pbs;
-        let y = plan.decrypt_output(&ck, &run.outputs)?;
+        let outputs = match sk.public_key().filter(|_| sanitize) {
+            Some(pk) => {
+                let (clean, n) = plan.sanitize_outputs(&sk, pk, &run.outputs, &mut rng)?;
+                pbs += n;
+                clean
+            }
+            None => run.outputs,
+        };
+        evaluate_seconds += t.elapsed().as_secs_f64();
+        let y = plan.decrypt_output(&ck, &outputs)?;
         bit_exact &= y == plan.reference(&xq)?;
         let got = argmax_i64(&y);
         let f64_class =
@@ -512,10 +530,15 @@ pub fn demo(args: &crate::cli::args::DemoArgs, ui: &Ui) -> Result<()> {
     };
     let name = |k: usize| classes.get(k).copied().unwrap_or("?");
     let mut text = format!(
-        "exact backend ({}), {} PBS per sample\n\
+        "exact backend ({}), {} PBS per sample{}\n\
          keys: eval.keys {} (keygen {:.2} s); queries {} in all\n",
         params.vetted_name(),
         r.predicted_pbs_per_sample,
+        if sanitize {
+            ", results sanitized"
+        } else {
+            ", results NOT sanitized (--no-flooding)"
+        },
         human_bytes(r.eval_keys_bytes),
         r.keygen_seconds,
         human_bytes(r.query_bytes)
