@@ -146,6 +146,11 @@ pub struct ServeArgs {
     /// else latency).
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
+    /// Client pre-rotated input layout the service offers: queries carry up to K rotated
+    /// copies of each input segment (a power of two; 1 = replicated). Served in the model
+    /// description, which clients compile their plan from.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub pre_rotate: usize,
     /// Address to listen on (loopback by default; put TLS termination in front for remote use).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
@@ -388,6 +393,13 @@ pub struct KeygenArgs {
     /// else latency).
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
+    /// Client pre-rotated input layout: the query carries up to K rotated copies of each
+    /// input segment (a power of two; 1 = the replicated layout), which removes the server's
+    /// baby-step rotations of the first layer at the cost of a query up to K times larger.
+    /// Recorded in plan.json and the query's sidecar, which encrypt, evaluate and decrypt
+    /// follow.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub pre_rotate: usize,
     /// Output directory (secret.key, public.key, eval.keys, params.toml, plan.json).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

@@ -177,14 +177,14 @@ fn server_plan(
     meta: &CtMeta,
     ui: &Ui,
 ) -> Result<Plan> {
-    let mode = meta.mode()?;
     if all_weights_zero(adapter) {
         ui.note(&format!(
             "warning: every weight of {} is zero (is this the public card?); the result will be zero\n",
             args.model.display()
         ));
     }
-    let public = public_plan(adapter, params, mode)?;
+    let options = meta.plan_options()?;
+    let public = public_plan_with(adapter, params, options)?;
     let public_digest = digest_hex(&public.structure_digest());
     if public_digest != meta.structure_digest {
         bail!(
@@ -197,7 +197,7 @@ fn server_plan(
             params.digest_short()
         );
     }
-    let plan = Plan::compile(adapter, params, plan_options(mode)).context("compiling the model")?;
+    let plan = Plan::compile(adapter, params, options).context("compiling the model")?;
     if plan.structure_digest() != public.structure_digest() {
         bail!("internal error: the model and its public structure compile to different plans");
     }

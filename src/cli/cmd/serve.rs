@@ -54,7 +54,11 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     };
     let record = params_file.record.as_ref();
     let mode = hepeft::select::record::resolve_mode(record, args.mode.map(Into::into), Some(&ctx))?;
-    let plan = hepeft::plan::Plan::compile(&public_adapter, &params, plan_options(mode))
+    let options = hepeft::plan::PlanOptions {
+        pre_rotate: args.pre_rotate,
+        ..plan_options(mode)
+    };
+    let plan = hepeft::plan::Plan::compile(&public_adapter, &params, options)
         .context("compiling the model")?;
     let resolved = hepeft::select::record::resolve_sanitize(
         record,
@@ -106,7 +110,7 @@ fn server_config(
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         auth,
         rate_limit,
-        mode: plan_options(mode),
+        mode: options,
         model_name: args
             .model
             .file_stem()
