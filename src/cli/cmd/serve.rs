@@ -56,9 +56,23 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     let mode = hepeft::select::record::resolve_mode(record, args.mode.map(Into::into), Some(&ctx))?;
     let plan = hepeft::plan::Plan::compile(&public_adapter, &params, plan_options(mode))
         .context("compiling the model")?;
+    // The flooding is sized from this adapter's calibrated public error bound, computed
+    // here from the weights (never taken from the parameter record).
+    let profile = if args.flooding.no_flooding {
+        None
+    } else {
+        {
+            let calib = crate::cli::common::calibration_features(&adapter, args.calib.as_deref())?;
+            hepeft::select::calibrate(&adapter, calib.as_deref())
+                .context("calibrating the adapter's error bound")?
+        }
+    };
     let resolved = hepeft::select::record::resolve_sanitize(
         record,
-        &args.flooding.request(),
+        &hepeft::select::record::FloodingRequest {
+            profile,
+            ..args.flooding.request()
+        },
         &plan,
         Some(&ctx),
     )?;
