@@ -139,6 +139,11 @@ pub struct ServeArgs {
     /// Weights file to use instead of the one the card names.
     #[arg(long, value_name = "SAFETENSORS")]
     pub weights: Option<PathBuf>,
+    /// Calibration features of a one-input adapter (.npy, samples x width): the adapter's
+    /// public error bound, which sizes the flooding, is measured on them instead of on
+    /// inputs uniform in [-1, 1] (give the same file as to `params select --calib`).
+    #[arg(long = "calib", value_name = "NPY")]
+    pub calib: Option<PathBuf>,
     /// Parameter set: a preset name or a TOML file.
     #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
     pub params: ParamsSource,
@@ -285,6 +290,7 @@ impl FloodingArgs {
             bits: self.flooding_bits,
             queries: self.flooding_queries,
             off: self.no_flooding,
+            profile: None,
         }
     }
 
@@ -365,7 +371,9 @@ pub struct SelectArgs {
     /// Scheme to select parameters for.
     #[arg(long, value_enum, default_value_t = Backend::Ckks)]
     pub backend: Backend,
-    /// Exact backend: calibration features (.npy, samples x width) used to quantize.
+    /// Calibration features (.npy, samples x width): the exact backend quantizes with them;
+    /// the CKKS backend measures the adapter's logit size on them (precision counts relative
+    /// to the largest logit; without them, on inputs uniform in [-1, 1]).
     #[arg(long, value_name = "NPY")]
     pub calib: Option<PathBuf>,
     /// Exact backend: low-nibble removal stages per hidden neuron (accumulators of 4J+5 bits).
@@ -453,7 +461,9 @@ pub struct EvaluateArgs {
     /// Exact backend: the quantization file from `params select --backend exact`.
     #[arg(long, value_name = "FILE")]
     pub quant: Option<PathBuf>,
-    /// Exact backend: the calibration features the quantization file was made with.
+    /// Calibration features (.npy): the exact backend needs the ones the quantization file
+    /// was made with; the CKKS backend measures the adapter's public error bound, which
+    /// sizes the flooding, on them (one-input adapters; default: inputs uniform in [-1, 1]).
     #[arg(long, value_name = "NPY")]
     pub calib: Option<PathBuf>,
     /// The encrypted query (with its `<INPUT>.json` metadata).

@@ -125,6 +125,12 @@ pub struct FloodingConfig {
     /// log2 of the per-slot error bound `eps` in message units; `None` takes the public
     /// precision model of the parameters plus [`EPS_MARGIN_BITS`].
     pub eval_error_log2: Option<f64>,
+    /// The adapter's calibrated public error offset `c`
+    /// ([`crate::select::calibrate::ErrorProfile::offset_bits`]): when set (and
+    /// `eval_error_log2` is not), `log2 eps = c + (log2 N - 12) - log_scale` instead of the
+    /// unit-weight model.
+    #[serde(default)]
+    pub error_offset_bits: Option<f64>,
 }
 
 impl Default for FloodingConfig {
@@ -133,6 +139,7 @@ impl Default for FloodingConfig {
             statistical_security: DEFAULT_STATISTICAL_SECURITY,
             queries: 1,
             eval_error_log2: None,
+            error_offset_bits: None,
         }
     }
 }
@@ -145,13 +152,26 @@ impl FloodingConfig {
             statistical_security,
             queries,
             eval_error_log2: None,
+            error_offset_bits: None,
         }
     }
 
     /// The error bound `log2 eps` used for parameters with scale `2^log_scale`, degree `2^log_n`.
     pub fn eps_log2(&self, log_scale: f64, log_n: u32) -> f64 {
-        self.eval_error_log2
-            .unwrap_or(-model_precision_bits(log_scale, log_n) + EPS_MARGIN_BITS)
+        match (self.eval_error_log2, self.error_offset_bits) {
+            (Some(e), _) => e,
+            (None, Some(c)) => c + (log_n as f64 - 12.0) - log_scale,
+            (None, None) => -model_precision_bits(log_scale, log_n) + EPS_MARGIN_BITS,
+        }
+    }
+
+    /// This configuration with the adapter's calibrated error offset (see
+    /// [`FloodingConfig::error_offset_bits`]); `None` keeps the unit model.
+    pub fn with_error_offset(self, offset_bits: Option<f64>) -> Self {
+        FloodingConfig {
+            error_offset_bits: offset_bits,
+            ..self
+        }
     }
 
     /// Bits of output precision flooding costs against the bound `eps` at degree `2^log_n`

@@ -132,9 +132,21 @@ fn sanitize_config(
     };
     record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
         .context("the query's layout")?;
+    // The flooding is sized from this adapter's calibrated public error bound, computed
+    // here from the weights (never taken from the parameter record).
+    let profile = if args.flooding.no_flooding {
+        None
+    } else {
+        let calib = crate::cli::common::calibration_features(adapter, args.calib.as_deref())?;
+        hepeft::select::calibrate(adapter, calib.as_deref())
+            .context("calibrating the adapter's error bound")?
+    };
     let resolved = record::resolve_sanitize(
         params_file.record.as_ref(),
-        &args.flooding.request(),
+        &record::FloodingRequest {
+            profile,
+            ..args.flooding.request()
+        },
         plan,
         Some(&ctx),
     )?;
