@@ -269,7 +269,7 @@ impl FloodingArgs {
     /// `--flooding-bits`, or the default.
     pub fn bits(&self) -> u32 {
         self.flooding_bits
-            .unwrap_or(hepeft::plan::sanitize::DEFAULT_STATISTICAL_SECURITY)
+            .unwrap_or(hepeft::plan::DEFAULT_STATISTICAL_SECURITY)
     }
 
     /// What the command line says, for [`hepeft::select::record::resolve_sanitize`].

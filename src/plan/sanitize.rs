@@ -21,6 +21,10 @@
 //!    every coefficient of `c_0`, so that the decrypted error no longer depends on the
 //!    weights (see [`FloodingConfig`] for the formula and what it costs).
 //!
+//! Steps 3 and 4 are the scheme operations [`Evaluator::rerandomize_assign`] and
+//! [`Evaluator::flood_assign`] (`crate::ckks::sanitize`); this module decides which
+//! ciphertexts get them and how wide the flooding is.
+//!
 //! ## The flooding formula
 //!
 //! Let the evaluation error of one query's outputs, in message units, have a root-mean-square
@@ -64,10 +68,8 @@
 
 use super::compile::{Mode, Plan, StageOp};
 use crate::ckks::{
-    Ciphertext, Decryptor, Encoder, EncryptionKey, Encryptor, Evaluator, KeyGenerator, PublicKey,
+    Ciphertext, Decryptor, Encoder, EncryptionKey, Evaluator, KeyGenerator, PublicKey,
 };
-use crate::math::poly::{Coeff, RnsPoly};
-use crate::math::sample;
 use crate::{Error, Result};
 use rand::{CryptoRng, RngCore};
 use serde::Serialize;
@@ -110,13 +112,7 @@ pub fn tail_bits(count: f64) -> f64 {
 /// Default statistical security of the flooding, bits.
 pub const DEFAULT_STATISTICAL_SECURITY: u32 = 40;
 
-/// The empirical precision model (bits kept at a unit-sized output) of a parameter set
-/// with scale `2^log_scale` and degree `2^log_n`: `log_scale - 15 - (log_n - 12)/2`,
-/// measured by this crate's tests at N = 2^12..2^14 (25 bits at scale 2^40, N = 2^12).
-/// It depends on the parameters only, never on weights.
-pub fn model_precision_bits(log_scale: f64, log_n: u32) -> f64 {
-    log_scale - 15.0 - (log_n as f64 - 12.0) / 2.0
-}
+pub use crate::ckks::precision::model_precision_bits;
 
 /// Noise flooding settings.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -282,8 +278,6 @@ impl Plan {
         let latency = self.options.mode == Mode::Latency;
         let clean = self.output_gaps_clean();
         let floor = params.output_floor_level();
-        let encryptor = Encryptor::new(params, EncryptionKey::Public(pk))?;
-        let ring = params.ring();
         let mut masked = false;
         let mut out: Vec<Ciphertext> = Vec::with_capacity(outputs.len());
         let segments = self.output_segments().to_vec();
@@ -337,8 +331,7 @@ impl Plan {
         };
         let mut flood_report = None;
         for (mut ct, _) in prepped {
-            let zero = encryptor.encrypt_zero(ct.level(), ct.scale(), rng);
-            ev.add_assign(&mut ct, &zero)?;
+            ev.rerandomize_assign(&mut ct, pk, rng)?;
             if let Some(f) = &cfg.flooding {
                 let log_scale = ct.scale().log2();
                 let eps_log2 = f.eps_log2(params.default_scale().log2(), params.log_n());
@@ -349,11 +342,11 @@ impl Plan {
                     + d2_units.log2() / 2.0
                     + eps_log2
                     + log_scale;
-                let q0_log2: f64 = params.q()[..=ct.level()]
-                    .iter()
-                    .map(|&q| (q as f64).log2())
-                    .sum();
-                if sigma_log2 + 4.0 >= q0_log2 - 1.0 || sigma_log2 > 58.0 {
+                if !ev.flooding_fits(ct.level(), sigma_log2) {
+                    let q0_log2: f64 = params.q()[..=ct.level()]
+                        .iter()
+                        .map(|&q| (q as f64).log2())
+                        .sum();
                     return Err(Error::InvalidValue {
                         context: "noise flooding".into(),
                         reason: format!(
@@ -364,12 +357,7 @@ impl Plan {
                         ),
                     });
                 }
-                let noise = sample::gaussian_wide(rng, params.n(), sigma_log2.exp2());
-                let poly =
-                    RnsPoly::<Coeff>::from_signed(ring, &noise, ct.level(), false).into_eval(ring);
-                let mut parts = ct.parts().to_vec();
-                parts[0].add_assign(ring, &poly);
-                ct = Ciphertext::new(parts, ct.scale(), params.digest());
+                ev.flood_assign(&mut ct, sigma_log2, rng)?;
                 let slot_std_log2 = sigma_log2 + half_n.log2() / 2.0 - log_scale;
                 flood_report = Some(FloodingReport {
                     statistical_security: f.statistical_security,

@@ -38,7 +38,7 @@
 use super::{select, SelectRequest};
 use crate::ckks::{CkksParams, Security};
 use crate::model::Adapter;
-use crate::plan::sanitize::DEFAULT_STATISTICAL_SECURITY;
+use crate::plan::DEFAULT_STATISTICAL_SECURITY;
 use crate::plan::{FloodingConfig, Mode, Plan, PlanOptions, SanitizeConfig};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};

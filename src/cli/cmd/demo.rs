@@ -1,6 +1,7 @@
-//! `hepeft demo`: the whole pipeline on an embedded example, through the same code as the
-//! file commands (publish, keygen, encrypt, evaluate, decrypt), then checked against the
-//! plaintext twin. Needs no external file: the default is a real task (a trained adapter and
+//! `hepeft demo`: the whole pipeline on an embedded example, through the session layer the
+//! file commands use (publish, then `session::{ClientKeys, KeyDir, Client, Server}` for
+//! keygen, encrypt, evaluate and decrypt, each party reading only the files that cross
+//! over), then checked against the plaintext twin. Needs no external file: the default is a real task (a trained adapter and
 //! held-out features from `assets/real/`, embedded in the binary).
 
 use std::path::{Path, PathBuf};
@@ -11,18 +12,17 @@ use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 
-use crate::cli::args::FloodingArgs;
 use serde::Serialize;
+use std::sync::Arc;
 
-use hepeft::ckks::{CkksParams, PrecisionStats};
+use hepeft::ckks::{load_bound, CkksParams, EvaluationKeys, PrecisionStats};
 use hepeft::model::load::{features_from_npy_bytes, save_adapter};
 use hepeft::model::{reference, zoo, ActivationFn, Adapter};
-use hepeft::plan::Mode;
+use hepeft::plan::{Mode, Plan, SanitizeConfig};
+use hepeft::session::{self, Client, ClientKeys, KeyDir, Query, QueryResult, Role, Server};
 
-use super::{decrypt, encrypt, evaluate, keygen, publish};
-use crate::cli::args::{
-    Backend, DecryptArgs, DemoArgs, DemoModel, EncryptArgs, EvaluateArgs, KeygenArgs, ParamsSource,
-};
+use super::publish;
+use crate::cli::args::{Backend, DemoArgs, DemoModel};
 use crate::cli::common::*;
 use crate::cli::Ui;
 
@@ -219,164 +219,305 @@ pub(crate) fn real_task(which: DemoModel) -> Option<&'static RealTask> {
     }
 }
 
-/// `hepeft demo`.
+/// `hepeft demo`: one pipeline per backend.
 pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
-    if args.backend == Backend::Exact {
+    match args.backend {
+        Backend::Ckks => ckks_demo(args, ui),
         #[cfg(feature = "exact")]
-        return super::exact::demo(args, ui);
+        Backend::Exact => super::exact::demo(args, ui),
         #[cfg(not(feature = "exact"))]
-        bail!("this build has no exact backend (feature `exact`)");
+        Backend::Exact => bail!("this build has no exact backend (feature `exact`)"),
     }
+}
+
+/// The demo's working directory (a temporary one unless `--keep`) and its three parts:
+/// `server/` (private card, result), `client/` (parameters, features, keys, query,
+/// logits), `public/` (the public card).
+struct WorkDir {
+    root: PathBuf,
+    server: PathBuf,
+    client: PathBuf,
+    _tmp: Option<TempDir>,
+}
+
+impl WorkDir {
+    fn new(keep: Option<&Path>) -> Result<Self> {
+        let (root, tmp) = match keep {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                (d.to_path_buf(), None)
+            }
+            None => {
+                let t = TempDir::new()?;
+                (t.0.clone(), Some(t))
+            }
+        };
+        let (server, client) = (root.join("server"), root.join("client"));
+        for d in [&server, &client] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(WorkDir {
+            root,
+            server,
+            client,
+            _tmp: tmp,
+        })
+    }
+}
+
+/// The CKKS pipeline through the session layer, each party reading only what crosses
+/// over: publish, client keygen and encrypt, server evaluate, client decrypt, then the
+/// plaintext twin.
+fn ckks_demo(args: &DemoArgs, ui: &Ui) -> Result<()> {
     let samples = usize::try_from(args.samples).unwrap_or(1);
     let mode = Mode::from(args.mode);
-    let _tmp;
-    let dir: PathBuf = match &args.keep {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            let t = TempDir::new()?;
-            let d = t.0.clone();
-            _tmp = t;
-            d
-        }
-    };
-    let quiet = Ui {
-        json: false,
-        quiet: true,
-    };
-
-    // Server: the private card, and the public card it publishes.
-    let server = dir.join("server");
-    let client = dir.join("client");
-    std::fs::create_dir_all(&server).with_context(|| format!("creating {}", server.display()))?;
-    std::fs::create_dir_all(&client).with_context(|| format!("creating {}", client.display()))?;
-    let private_card = server.join("adapter.toml");
-    let DemoCase {
-        adapter,
-        label,
-        preset,
-        features,
-        truth,
-    } = demo_case(args.model, &server, samples)?;
+    let work = WorkDir::new(args.keep.as_deref())?;
+    let case = demo_case(args.model, &work.server, samples)?;
     // Latency mode floods at the default 40 bits, on parameters chosen for it by `select`
     // (scales near 2^57, a prime reserved for the output); batch mode cannot carry flooding
     // at useful precision (docs/threat-model.md) and runs on the preset without it.
     let flood = mode == Mode::Latency && !args.no_flooding;
-    let (params, params_source, params_name) = if flood {
+    let (params, params_name) = demo_params(&case, flood, mode, samples, &work.client)?;
+    ui.note(&format!(
+        "demo: {}, {samples} sample(s), working in {}\n",
+        case.label,
+        work.root.display()
+    ));
+    let t = Instant::now();
+    let (public_card, _, _) = publish::write_public(
+        &case.adapter,
+        &work.root.join("public"),
+        Some("hepeft demo (public)"),
+    )?;
+    let t_publish = t.elapsed().as_secs_f64();
+    save_features(&case.features, &work.client)?;
+
+    let client = client_keygen_encrypt(&public_card, &params, mode, &case.features, &work)?;
+    let server = server_evaluate(&work, mode, flood)?;
+    let (logits, t_decrypt) = client_decrypt(&client, &public_card, &work)?;
+
+    let timings = Timings {
+        publish: t_publish,
+        keygen: client.keygen_seconds,
+        encrypt: client.encrypt_seconds,
+        evaluate: server.evaluate_seconds,
+        decrypt: t_decrypt,
+    };
+    let bytes = Bytes {
+        evaluation_keys: file_size(&client.keys.path(EVAL_KEYS)),
+        public_key: file_size(&client.keys.path(PUBLIC_KEY)),
+        query: file_size(&work.client.join("query.ct")),
+        result: file_size(&work.server.join("result.ct")),
+    };
+    let report = twin_report(
+        args,
+        ui,
+        &case,
+        &logits,
+        format!("{params_name}: {}", params.describe()),
+        client.plan.summary(),
+        flood,
+        timings,
+        bytes,
+    )?;
+    let text = render(&report, &server, &work.root, args.keep.is_some());
+    ui.report(&report, &text, true)?;
+    let agree = report.accuracy.argmax_agree;
+    if agree != samples {
+        bail!(
+            "the encrypted and plaintext predictions differ on {} sample(s)",
+            samples - agree
+        );
+    }
+    Ok(())
+}
+
+/// The parameters: selected for 40-bit flooding (written to `client/params.toml`), or the
+/// case's preset without flooding. Returns them with the name the report prints.
+fn demo_params(
+    case: &DemoCase,
+    flood: bool,
+    mode: Mode,
+    samples: usize,
+    client: &Path,
+) -> Result<(CkksParams, String)> {
+    let (params, name) = if flood {
         let sel = hepeft::select::select(
-            &hepeft::plan::public_structure(&adapter)?,
+            &hepeft::plan::public_structure(&case.adapter)?,
             &hepeft::select::SelectRequest {
                 flooding: Some(hepeft::plan::FloodingConfig::default()),
                 ..Default::default()
             },
         )
         .context("selecting parameters for 40-bit noise flooding")?;
-        let path = client.join("params.toml");
-        write_atomic(&path, sel.params.to_toml()?.as_bytes())?;
-        (
-            sel.params,
-            ParamsSource::File(path),
-            "selected for 40-bit flooding".to_string(),
-        )
+        write_atomic(
+            &client.join("params.toml"),
+            sel.params.to_toml()?.as_bytes(),
+        )?;
+        (sel.params, "selected for 40-bit flooding".to_string())
     } else {
-        (
-            CkksParams::preset(preset)?,
-            ParamsSource::Preset(preset.into()),
-            preset.to_string(),
-        )
+        (CkksParams::preset(case.preset)?, case.preset.to_string())
     };
     if mode == Mode::Batch && samples > params.slots() {
         bail!(
-            "batch mode takes at most {} samples with {preset}",
-            params.slots()
+            "batch mode takes at most {} samples with {}",
+            params.slots(),
+            case.preset
         );
     }
-    ui.note(&format!(
-        "demo: {label}, {samples} sample(s), working in {}\n",
-        dir.display()
-    ));
-    let t = Instant::now();
-    let (public_card, _, _) =
-        publish::write_public(&adapter, &dir.join("public"), Some("hepeft demo (public)"))?;
-    let t_publish = t.elapsed().as_secs_f64();
+    Ok((params, name))
+}
 
-    // Client: features.
-    let mut inputs = Vec::new();
+/// The client's feature files (one `.npy` per model input), kept with `--keep`.
+fn save_features(features: &[Array2<f64>], client: &Path) -> Result<()> {
     for (i, m) in features.iter().enumerate() {
-        let p = client.join(if features.len() == 1 {
+        let name = if features.len() == 1 {
             "features.npy".to_string()
         } else {
             format!("features{i}.npy")
-        });
-        save_npy_atomic(&p, m.view())?;
-        inputs.push(p);
+        };
+        save_npy_atomic(&client.join(name), m.view())?;
     }
+    Ok(())
+}
 
-    let keys_dir = client.join("keys");
-    let kg = keygen::run(
-        &KeygenArgs {
-            params: Some(params_source.clone()),
-            backend: Backend::Ckks,
-            model: public_card.clone(),
-            mode: Some(args.mode),
-            out: keys_dir.clone(),
-            force: true,
-        },
-        &quiet,
-    )?;
-    let query = client.join("query.ct");
-    let enc = encrypt::run(
-        &EncryptArgs {
-            keys: keys_dir.clone(),
-            backend: Backend::Ckks,
-            model: public_card.clone(),
-            input: inputs,
-            out: query.clone(),
-        },
-        &quiet,
-    )?;
-    // Server: only eval.keys, params.toml and the query cross over.
-    let result = server.join("result.ct");
-    let ev = evaluate::run(
-        &EvaluateArgs {
-            model: private_card.clone(),
-            weights: None,
-            eval_keys: keys_dir.join(EVAL_KEYS),
-            params: Some(ParamsSource::File(keys_dir.join(PARAMS_TOML))),
-            backend: Backend::Ckks,
-            quant: None,
-            calib: None,
-            input: query.clone(),
-            out: result.clone(),
-            flooding: FloodingArgs {
-                no_flooding: !flood,
-                ..FloodingArgs::default()
-            },
-        },
-        &quiet,
-    )?;
-    let logits_path = client.join("logits.npy");
-    let dec = decrypt::run(
-        &DecryptArgs {
-            keys: keys_dir.clone(),
-            backend: Backend::Ckks,
-            model: public_card.clone(),
-            input: result.clone(),
-            out: logits_path,
-            top_k: 1,
-        },
-        &quiet,
-    )?;
+/// What the client holds after keygen and encryption.
+struct ClientRun {
+    keys: KeyDir,
+    plan: Plan,
+    keygen_seconds: f64,
+    encrypt_seconds: f64,
+}
 
-    // The plaintext twin.
+/// Client: keys for the public card's plan into `client/keys/` (as `hepeft keygen`), then
+/// the features encrypted under the public key read back from there into
+/// `client/query.ct` (as `hepeft encrypt`).
+fn client_keygen_encrypt(
+    public_card: &Path,
+    params: &CkksParams,
+    mode: Mode,
+    features: &[Array2<f64>],
+    work: &WorkDir,
+) -> Result<ClientRun> {
+    let plan = public_plan(&load_model(public_card, None)?, params, mode)?;
+    let t = Instant::now();
+    let keys =
+        ClientKeys::generate(&plan, &mut session::os_rng()?).context("generating the keys")?;
+    let record = hepeft::select::SelectionRecord::keygen(mode);
+    let keydir =
+        KeyDir::create_with_record(&work.client.join("keys"), &plan, &keys, true, Some(&record))?;
+    let keygen_seconds = t.elapsed().as_secs_f64();
+    let client = Client::for_encryption(&keydir, plan.clone(), public_card)?;
+    let t = Instant::now();
     let views: Vec<ArrayView2<f64>> = features.iter().map(|m| m.view()).collect();
-    let (want, rep) = reference::evaluate_batch(&adapter, &views)?;
+    let query = client
+        .encrypt_samples(&views, &mut session::os_rng()?)
+        .context("encrypting the samples")?;
+    let encrypt_seconds = t.elapsed().as_secs_f64();
+    let path = work.client.join("query.ct");
+    query.save(&path, params)?;
+    query.meta(client.plan()).write(&path)?;
+    Ok(ClientRun {
+        keys: keydir,
+        plan,
+        keygen_seconds,
+        encrypt_seconds,
+    })
+}
+
+/// Server timings.
+struct ServerRun {
+    load_seconds: f64,
+    prepare_seconds: f64,
+    evaluate_seconds: f64,
+}
+
+/// Server (as `hepeft evaluate`): reads only what crosses over (the client's
+/// `params.toml`, `eval.keys` and `query.ct`) and its private card, checks the keys,
+/// evaluates and sanitizes every query, writes `server/result.ct`.
+fn server_evaluate(work: &WorkDir, mode: Mode, flood: bool) -> Result<ServerRun> {
+    let t = Instant::now();
+    let keys_dir = work.client.join("keys");
+    let params_path = keys_dir.join(PARAMS_TOML);
+    let text = std::fs::read_to_string(&params_path)
+        .with_context(|| format!("reading {}", params_path.display()))?;
+    let params = hepeft::select::ParamsFile::from_toml(&text)?.params;
+    session::check_params_secure(&params)?;
+    let adapter = load_model(&work.server.join("adapter.toml"), None)?;
+    let plan =
+        Plan::compile(&adapter, &params, plan_options(mode)).context("compiling the model")?;
+    let (keys, binding): (EvaluationKeys, _) = load_bound(&keys_dir.join(EVAL_KEYS), &params)?;
+    session::server::check_keys(&plan, &keys, binding.as_ref())?;
+    let sanitize = if flood {
+        SanitizeConfig::flooded()
+    } else {
+        SanitizeConfig::without_flooding()
+    };
+    session::check_flooding(&plan, sanitize.flooding.as_ref())?;
+    let query = Query::load(&work.client.join("query.ct"), &params, Role::Query)?;
+    let load_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let server = Server::new(plan, sanitize).context("preparing the model's weights")?;
+    let prepare_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let (result, _) = server
+        .evaluate_queries(
+            Arc::new(keys),
+            &query,
+            &mut session::os_rng()?,
+            &|_, _, _| {},
+        )
+        .context("evaluating the query")?;
+    let evaluate_seconds = t.elapsed().as_secs_f64();
+    let path = work.server.join("result.ct");
+    result.save(&path, &params)?;
+    result.meta(server.plan()).write(&path)?;
+    Ok(ServerRun {
+        load_seconds,
+        prepare_seconds,
+        evaluate_seconds,
+    })
+}
+
+/// Client (as `hepeft decrypt`): the result checked against the secret key's key set and
+/// plan, decrypted, written to `client/logits.npy`. Returns the logits and the seconds
+/// spent reading, checking and decrypting.
+fn client_decrypt(
+    client: &ClientRun,
+    public_card: &Path,
+    work: &WorkDir,
+) -> Result<(Array2<f64>, f64)> {
+    let t = Instant::now();
+    let params = &client.keys.params;
+    let result = QueryResult::load(&work.server.join("result.ct"), params, Role::Result)?;
+    let decryptor = Client::for_decryption(&client.keys, client.plan.clone(), public_card)?;
+    decryptor.check_result(&result)?;
+    let logits = decryptor
+        .decrypt(&result)
+        .context("decrypting the result")?;
+    let seconds = t.elapsed().as_secs_f64();
+    save_npy_atomic(&work.client.join("logits.npy"), logits.view())?;
+    Ok((logits, seconds))
+}
+
+/// Compares the decrypted logits with the plaintext twin and assembles the report.
+#[allow(clippy::too_many_arguments)]
+fn twin_report(
+    args: &DemoArgs,
+    ui: &Ui,
+    case: &DemoCase,
+    got: &Array2<f64>,
+    params: String,
+    plan: String,
+    flood: bool,
+    seconds: Timings,
+    bytes: Bytes,
+) -> Result<DemoReport> {
+    let views: Vec<ArrayView2<f64>> = case.features.iter().map(|m| m.view()).collect();
+    let (want, rep) = reference::evaluate_batch(&case.adapter, &views)?;
     if !rep.is_clean() {
         ui.note("warning: some values left an activation interval; the encrypted result differs there\n");
     }
-    let got: &Array2<f64> = &dec.logits;
     let got_flat: Vec<f64> = got.iter().copied().collect();
     let want_flat: Vec<f64> = want.iter().copied().collect();
     let stats = PrecisionStats::relative_to_largest(&got_flat, &want_flat);
@@ -387,41 +528,29 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
         .map(|(g, w)| (argmax(g), argmax(w)))
         .collect();
     let agree = predictions.iter().filter(|(g, w)| g == w).count();
-    let plan = public_plan(&adapter, &params, mode)?;
-
-    let report = DemoReport {
-        model: label.into(),
-        adapter: adapter.summary(),
-        params: format!("{params_name}: {}", params.describe()),
+    let truth = case.truth.as_ref();
+    Ok(DemoReport {
+        model: case.label.into(),
+        adapter: case.adapter.summary(),
+        params,
         flooding: if flood {
             "40-bit noise flooding, 1 query".into()
         } else {
             "OFF".into()
         },
-        plan: plan.summary(),
-        mode: mode.name().into(),
-        seconds: Timings {
-            publish: t_publish,
-            keygen: kg.keygen_seconds + kg.write_seconds,
-            encrypt: enc.encrypt_seconds,
-            evaluate: ev.evaluate_seconds,
-            decrypt: dec.decrypt_seconds,
-        },
-        bytes: Bytes {
-            evaluation_keys: kg.eval_keys_bytes,
-            public_key: kg.public_key_bytes,
-            query: enc.bytes,
-            result: ev.result_bytes,
-        },
+        plan,
+        mode: Mode::from(args.mode).name().into(),
+        seconds,
+        bytes,
         accuracy: Accuracy {
-            samples,
+            samples: got.nrows(),
             argmax_agree: agree,
             max_abs_error: stats.max_abs_error,
             max_abs_logit: max_logit,
             precision_bits_min: stats.min_bits,
             precision_bits_median: stats.median_bits,
         },
-        label_accuracy: truth.as_ref().map(|(y, _)| {
+        label_accuracy: truth.map(|(y, _)| {
             let hits = predictions
                 .iter()
                 .zip(y)
@@ -429,25 +558,14 @@ pub fn run(args: &DemoArgs, ui: &Ui) -> Result<()> {
                 .count();
             hits as f64 / y.len().max(1) as f64
         }),
-        labels: truth.as_ref().map(|(y, _)| y.clone()),
-        classes: truth
-            .as_ref()
-            .map(|(_, c)| c.iter().map(|s| s.to_string()).collect()),
+        labels: truth.map(|(y, _)| y.clone()),
+        classes: truth.map(|(_, c)| c.iter().map(|s| s.to_string()).collect()),
         predictions,
         kept: args.keep.clone(),
-    };
-    let text = render(&report, &ev, &dir, args.keep.is_some());
-    ui.report(&report, &text, true)?;
-    if agree != samples {
-        bail!(
-            "the encrypted and plaintext predictions differ on {} sample(s)",
-            samples - agree
-        );
-    }
-    Ok(())
+    })
 }
 
-fn render(r: &DemoReport, ev: &evaluate::EvaluateReport, dir: &Path, kept: bool) -> String {
+fn render(r: &DemoReport, server: &ServerRun, dir: &Path, kept: bool) -> String {
     let mut s = format!(
         "hepeft demo: {}, {} sample(s), {} mode\n\n",
         r.model, r.accuracy.samples, r.mode
@@ -468,7 +586,7 @@ fn render(r: &DemoReport, ev: &evaluate::EvaluateReport, dir: &Path, kept: bool)
     }
     s.push_str(&format!(
         "  (server also spent {:.3} s loading and {:.3} s preparing the weights)\n",
-        ev.load_seconds, ev.prepare_seconds
+        server.load_seconds, server.prepare_seconds
     ));
     s.push_str("\nbytes exchanged\n");
     s.push_str(&format!(
