@@ -5,6 +5,8 @@
 //! works in place. Operands at different levels are brought to the lower one; operands at
 //! different scales are an error ([`Error::ScaleMismatch`]) unless they agree to within
 //! [`SCALE_TOLERANCE`], never a silently wrong result.
+//!
+//! Size: one `impl Evaluator` block of small operations; key switching is in `keyswitch.rs`, linear transforms in `lintrans.rs`, sanitization in `sanitize.rs`.
 
 use super::ciphertext::{Ciphertext, Plaintext};
 use super::keygen::{galois_element_for_conjugation, galois_element_for_rotation};

@@ -230,3 +230,25 @@ pub fn secs(d: std::time::Duration) -> String {
 }
 
 pub use hepeft::model::reference::argmax;
+
+/// Calibration features for a one-input adapter's error profile (`--calib`), if given.
+pub fn calibration_features(
+    adapter: &hepeft::model::Adapter,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Vec<ndarray::Array2<f64>>>> {
+    use anyhow::Context as _;
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if adapter.inputs().len() != 1 {
+        anyhow::bail!(
+            "--calib takes the features of a one-input adapter; this one has {} inputs (leave --calib out: \
+             the adapter is then calibrated on inputs uniform in [-1, 1])",
+            adapter.inputs().len()
+        );
+    }
+    Ok(Some(vec![hepeft::model::load::load_features_npy(path)
+        .with_context(|| {
+            format!("reading calibration features {}", path.display())
+        })?]))
+}

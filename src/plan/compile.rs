@@ -1,4 +1,6 @@
 //! From an adapter to stages, layouts, levels and the keys a plan needs.
+//!
+//! Size: one concern (stages, level schedule and key list of one plan, all over the private `Stage` type); packing lives in `layout.rs`, the depth passes in `fuse.rs`, execution in `run_ckks.rs`.
 
 use super::layout::{self, Segment};
 use crate::ckks::keygen::galois_element_for_rotation;
@@ -185,9 +187,9 @@ pub struct StageReport {
     /// Output width.
     pub out_dim: usize,
     /// Level of the operands.
-    pub level_in: usize,
+    pub level_in: crate::ckks::Level,
     /// Level of the result.
-    pub level_out: usize,
+    pub level_out: crate::ckks::Level,
     /// Rotations (each one key switch).
     pub rotations: usize,
     /// Relinearizations (each one key switch).
@@ -723,8 +725,8 @@ impl Plan {
                 name: st.name.clone(),
                 kind: kind.to_string(),
                 out_dim,
-                level_in: in_level,
-                level_out: level,
+                level_in: crate::ckks::Level(in_level),
+                level_out: crate::ckks::Level(level),
                 rotations: rot,
                 relinearizations: relin,
                 plain_products: products,
@@ -782,11 +784,11 @@ impl Plan {
         self.rotations.iter().copied().collect()
     }
     /// Galois elements of [`Plan::rotation_steps`].
-    pub fn galois_elements(&self) -> Vec<u64> {
-        let mut g: Vec<u64> = self
+    pub fn galois_elements(&self) -> Vec<crate::ckks::GaloisElement> {
+        let mut g: Vec<crate::ckks::GaloisElement> = self
             .rotations
             .iter()
-            .map(|&s| galois_element_for_rotation(&self.params, s))
+            .map(|&s| crate::ckks::GaloisElement(galois_element_for_rotation(&self.params, s)))
             .collect();
         g.sort_unstable();
         g.dedup();

@@ -1,6 +1,8 @@
 //! Executing a plan on ciphertexts: weights encoded once ([`Plan::prepare`]), then any number
 //! of queries ([`PreparedPlan::evaluate`]). Independent work (output segments, giant steps,
 //! output features in batch mode) runs on rayon's pool.
+//!
+//! Size: one concern (preparing and executing a plan on ciphertexts), latency and batch layouts side by side because they share the prepared weights.
 
 use super::compile::{block_baby, row_sum_steps, Mode, Plan, Stage, StageOp};
 use super::layout::{self, Segment};

@@ -55,7 +55,7 @@ pub struct ModelDescription {
     /// SHA-256 hex of the plan structure ([`Plan::structure_digest`](crate::plan::Plan::structure_digest)).
     pub structure_digest: String,
     /// Galois elements the evaluation keys must contain.
-    pub galois_elements: Vec<u64>,
+    pub galois_elements: Vec<crate::ckks::GaloisElement>,
     /// Whether a relinearization key is needed.
     pub needs_relin: bool,
     /// Levels the plan consumes.

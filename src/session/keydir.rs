@@ -54,7 +54,7 @@ pub struct PlanInfo {
     /// Identifier of public.key (first 16 hex digits of its SHA-256).
     pub key_id: String,
     /// Galois elements of the evaluation keys (exactly the plan's).
-    pub galois_elements: Vec<u64>,
+    pub galois_elements: Vec<crate::ckks::GaloisElement>,
     /// Rotation steps behind them.
     pub rotation_steps: Vec<i64>,
     /// Whether eval.keys holds a relinearization key.

@@ -28,6 +28,7 @@ pub mod description;
 pub mod keydir;
 pub mod message;
 pub mod server;
+pub mod token;
 
 pub use binding::{
     check_eval_keys, check_keys_cover_plan, check_query_matches_keys, check_result_matches_secret,
