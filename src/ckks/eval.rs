@@ -803,6 +803,50 @@ impl Evaluator {
         Ok(())
     }
 
+    /// `P·ct` in the extended basis `Q_l·P` (its special limbs are zero): the form in which an
+    /// ordinary ciphertext joins a sum of key-switch products that is divided by `P` once.
+    /// Cost: `(l+1)·N` Shoup products per part; no NTT.
+    pub(crate) fn lift_extended(&self, ct: &Ciphertext) -> Result<ExtendedCiphertext> {
+        self.check_ct(ct)?;
+        if ct.degree_plus_one() != 2 {
+            return Err(Error::InvalidValue {
+                context: "extended ciphertext".into(),
+                reason: "relinearize first".into(),
+            });
+        }
+        let ring = self.params.ring();
+        let mut parts = [
+            RnsPoly::<Eval>::zero(ring, ct.level(), true),
+            RnsPoly::<Eval>::zero(ring, ct.level(), true),
+        ];
+        for (d, s) in parts.iter_mut().zip(ct.parts()) {
+            keyswitch::add_p_times(&self.params, d, s, None);
+        }
+        Ok(ExtendedCiphertext {
+            parts,
+            scale: ct.scale(),
+        })
+    }
+
+    /// Rotate-and-sum in the extended basis: `z <- z + rot(z, s)` for each step `s` in turn
+    /// (the folding of a wide matrix block's partial sums), with no ModDown of the result.
+    /// Cost per step: the ModDown of one part, a ModUp and a key-switch inner product
+    /// (`K` fewer inverse and `l+1` fewer forward NTTs than a full rotation and addition).
+    pub(crate) fn rotate_sum_extended(
+        &self,
+        z: &mut ExtendedCiphertext,
+        steps: &[i64],
+    ) -> Result<()> {
+        for &s in steps {
+            let mut r = None;
+            self.rotate_extended_accumulate(&mut r, z, s)?;
+            if let Some(r) = r {
+                self.add_extended_assign(z, &r)?;
+            }
+        }
+        Ok(())
+    }
+
     /// ModDown of both parts: the ciphertext at `Q_l` an extended one stands for.
     /// Cost: two ModDowns.
     pub(crate) fn mod_down_extended(&self, e: &ExtendedCiphertext) -> Ciphertext {

@@ -105,7 +105,12 @@ fn check_structure(b: &Binding, plan: &Plan, what: &str) -> Result<()> {
     }
 }
 
-fn check_key_set(found: KeySetId, want: KeySetId, what: &str, against: &str) -> Result<()> {
+pub(crate) fn check_key_set(
+    found: KeySetId,
+    want: KeySetId,
+    what: &str,
+    against: &str,
+) -> Result<()> {
     if found == want {
         Ok(())
     } else {

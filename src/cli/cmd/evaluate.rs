@@ -132,9 +132,21 @@ fn sanitize_config(
     };
     record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
         .context("the query's layout")?;
+    // The flooding is sized from this adapter's calibrated public error bound, computed
+    // here from the weights (never taken from the parameter record).
+    let profile = if args.flooding.no_flooding {
+        None
+    } else {
+        let calib = crate::cli::common::calibration_features(adapter, args.calib.as_deref())?;
+        hepeft::select::calibrate(adapter, calib.as_deref())
+            .context("calibrating the adapter's error bound")?
+    };
     let resolved = record::resolve_sanitize(
         params_file.record.as_ref(),
-        &args.flooding.request(),
+        &record::FloodingRequest {
+            profile,
+            ..args.flooding.request()
+        },
         plan,
         Some(&ctx),
     )?;
@@ -177,14 +189,14 @@ fn server_plan(
     meta: &CtMeta,
     ui: &Ui,
 ) -> Result<Plan> {
-    let mode = meta.mode()?;
     if all_weights_zero(adapter) {
         ui.note(&format!(
             "warning: every weight of {} is zero (is this the public card?); the result will be zero\n",
             args.model.display()
         ));
     }
-    let public = public_plan(adapter, params, mode)?;
+    let options = meta.plan_options()?;
+    let public = public_plan_with(adapter, params, options)?;
     let public_digest = digest_hex(&public.structure_digest());
     if public_digest != meta.structure_digest {
         bail!(
@@ -197,7 +209,7 @@ fn server_plan(
             params.digest_short()
         );
     }
-    let plan = Plan::compile(adapter, params, plan_options(mode)).context("compiling the model")?;
+    let plan = Plan::compile(adapter, params, options).context("compiling the model")?;
     if plan.structure_digest() != public.structure_digest() {
         bail!("internal error: the model and its public structure compile to different plans");
     }

@@ -54,18 +54,36 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     };
     let record = params_file.record.as_ref();
     let mode = hepeft::select::record::resolve_mode(record, args.mode.map(Into::into), Some(&ctx))?;
-    let plan = hepeft::plan::Plan::compile(&public_adapter, &params, plan_options(mode))
+    let options = hepeft::plan::PlanOptions {
+        pre_rotate: args.pre_rotate,
+        ..plan_options(mode)
+    };
+    let plan = hepeft::plan::Plan::compile(&public_adapter, &params, options)
         .context("compiling the model")?;
+    // The flooding is sized from this adapter's calibrated public error bound, computed
+    // here from the weights (never taken from the parameter record).
+    let profile = if args.flooding.no_flooding {
+        None
+    } else {
+        {
+            let calib = crate::cli::common::calibration_features(&adapter, args.calib.as_deref())?;
+            hepeft::select::calibrate(&adapter, calib.as_deref())
+                .context("calibrating the adapter's error bound")?
+        }
+    };
     let resolved = hepeft::select::record::resolve_sanitize(
         record,
-        &args.flooding.request(),
+        &hepeft::select::record::FloodingRequest {
+            profile,
+            ..args.flooding.request()
+        },
         &plan,
         Some(&ctx),
     )?;
     for w in &resolved.warnings {
         ui.note(w);
     }
-    let cfg = server_config(args, auth, rate_limit, mode, resolved.config)?;
+    let cfg = server_config(args, auth, rate_limit, options, resolved.config)?;
     if args.flooding.no_flooding {
         ui.note(crate::cli::args::FloodingArgs::WARNING);
     }
@@ -84,7 +102,7 @@ fn server_config(
     args: &ServeArgs,
     auth: AuthTokens,
     rate_limit: Option<RateLimit>,
-    mode: hepeft::plan::Mode,
+    options: hepeft::plan::PlanOptions,
     sanitize: hepeft::plan::SanitizeConfig,
 ) -> Result<ServerConfig> {
     let defaults = ServerConfig::default();
@@ -106,7 +124,7 @@ fn server_config(
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         auth,
         rate_limit,
-        mode: plan_options(mode),
+        mode: options,
         model_name: args
             .model
             .file_stem()
