@@ -322,7 +322,7 @@ fn server_evaluate(work: &WorkDir, mode: Mode, flood: bool) -> Result<ServerRun>
     let adapter = load_model(&work.server.join("adapter.toml"), None)?;
     let plan =
         Plan::compile(&adapter, &params, plan_options(mode)).context("compiling the model")?;
-    let (keys, binding): (EvaluationKeys, _) = load_bound(&keys_dir.join(EVAL_KEYS), &params)?;
+    let (keys, binding): (EvaluationKeys, _) = load_bound(keys_dir.join(EVAL_KEYS), &params)?;
     session::server::check_keys(&plan, &keys, binding.as_ref())?;
     let sanitize = if flood {
         SanitizeConfig::flooded()
