@@ -591,3 +591,86 @@ fn calibrated_selection_table() {
         }
     }
 }
+
+/// Item 1 through the CLI: head (b)'s card, `params select` with default flags (16 bits,
+/// 40-bit flooding, calibrated profile), keygen on the public card, encrypt 8 samples one
+/// query each, evaluate with default flooding (the server calibrates the same card),
+/// decrypt; bits relative to the largest logit against the twin.
+#[test]
+#[ignore = "the CLI pipeline on head (b) at N = 2^14 with default flooding: 8 queries"]
+fn cli_pipeline_head_b_default_flooding() {
+    use hepeft::model::card::save_adapter;
+    use hepeft::model::npy::save_features_npy;
+    let bin = env!("CARGO_BIN_EXE_hepeft");
+    let run = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let o = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flooding_cli_b");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = zoo::square_mlp(&mut r(7), 384, 8, 10).unwrap();
+    let card = dir.join("adapter.toml");
+    save_adapter(&a, &card, Some("head (b)")).unwrap();
+    run(&[&"publish", &"--model", &card, &"--out", &dir.join("public")]);
+    let public = dir.join("public/public.toml");
+    let params = dir.join("params.toml");
+    print!(
+        "{}",
+        run(&[&"params", &"select", &"--model", &card, &"--out", &params])
+    );
+    let keys = dir.join("keys");
+    run(&[
+        &"keygen",
+        &"--params",
+        &params,
+        &"--model",
+        &public,
+        &"--out",
+        &keys,
+    ]);
+    let x = zoo::uniform_inputs(&mut r(31), &a, 8).remove(0);
+    let (want, _) = reference::evaluate_batch(&a, &[x.view()]).unwrap();
+    let mut got = Vec::new();
+    for s in 0..x.nrows() {
+        let f = dir.join(format!("x{s}.npy"));
+        save_features_npy(&f, x.select(ndarray::Axis(0), &[s]).view()).unwrap();
+        let q = dir.join(format!("q{s}.ct"));
+        run(&[
+            &"encrypt", &"--keys", &keys, &"--model", &public, &"--input", &f, &"--out", &q,
+        ]);
+        let res = dir.join(format!("r{s}.ct"));
+        let out = run(&[
+            &"evaluate",
+            &"--model",
+            &card,
+            &"--eval-keys",
+            &keys.join("eval.keys"),
+            &"--params",
+            &keys.join("params.toml"),
+            &"--input",
+            &q,
+            &"--out",
+            &res,
+        ]);
+        if s == 0 {
+            print!("{out}");
+        }
+        let l = dir.join(format!("l{s}.npy"));
+        run(&[
+            &"decrypt", &"--keys", &keys, &"--model", &public, &"--input", &res, &"--out", &l,
+        ]);
+        got.extend(load_features_npy(&l).unwrap().iter().copied());
+    }
+    let w: Vec<f64> = want.iter().copied().collect();
+    let rel = PrecisionStats::relative_to_largest(&got, &w);
+    let abs = PrecisionStats::compare(&got, &w);
+    println!(
+        "head (b) CLI, 8 queries: worst {:.1} bits absolute, {:.1} bits relative to the largest logit ({:.3})",
+        abs.min_bits,
+        rel.min_bits,
+        w.iter().fold(0f64, |m, v| m.max(v.abs()))
+    );
+    assert!(rel.min_bits >= 16.0, "{:.1}", rel.min_bits);
+}
