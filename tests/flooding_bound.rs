@@ -534,7 +534,7 @@ fn tail_bits_and_output_floor() {
 #[test]
 #[ignore = "selection table for docs/threat-model.md: calibrates 14 adapters"]
 fn calibrated_selection_table() {
-    let mut cases: Vec<(String, Adapter)> = vec![
+    let cases: Vec<(String, Adapter)> = vec![
         (
             "head (a) 768-64-sq-100".into(),
             zoo::square_mlp(&mut r(8), 768, 64, 100).unwrap(),

@@ -76,7 +76,7 @@ impl SelectRequest {
 
 /// Predicted end-to-end precision (bits) for a scale and ring degree.
 pub fn predicted_precision_bits(log_scale: u32, log_n: u32) -> f64 {
-    crate::plan::sanitize::model_precision_bits(log_scale as f64, log_n)
+    crate::ckks::precision::model_precision_bits(log_scale as f64, log_n)
 }
 
 /// The outcome of a selection, with everything `params select` prints.

@@ -36,11 +36,13 @@
 //! - a parameter **file** without a record (written before this version, or by hand) loads
 //!   with today's defaults (latency layout, 40-bit flooding for one query) and a warning;
 //!   presets carry no record and take the same defaults silently.
+//!
+//! Size: one concern (the `[selected_for]` record and the rules that follow it), whose refusals each name the settings that work, which takes the room.
 
 use super::{select, SelectRequest};
 use crate::ckks::{CkksParams, Security};
 use crate::model::Adapter;
-use crate::plan::sanitize::DEFAULT_STATISTICAL_SECURITY;
+use crate::plan::DEFAULT_STATISTICAL_SECURITY;
 use crate::plan::{FloodingConfig, Mode, Plan, PlanOptions, SanitizeConfig};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
