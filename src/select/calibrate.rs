@@ -151,7 +151,7 @@ fn data_logit_floor(adapter: &Adapter, features: &[ndarray::Array2<f64>]) -> Res
 /// The [`LOGIT_FLOOR_QUANTILE`] quantile of `v` (lower order statistic); 0 when empty.
 fn quantile(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    let i = ((v.len().saturating_sub(1)) as f64 * LOGIT_FLOOR_QUANTILE).floor() as usize;
+    let i = (v.len().saturating_sub(1) as f64 * LOGIT_FLOOR_QUANTILE).floor() as usize;
     v.get(i).copied().unwrap_or(0.0)
 }
 
