@@ -253,9 +253,15 @@ fn head_a_with_default_flooding_fits_and_meets_the_prediction() {
     assert!(rel >= 16.0, "{rel:.1} bits relative to the largest logit");
 }
 
+/// A real adapter: label, adapter, measured samples, calibration samples.
+type RealCase = (String, Adapter, Vec<Array2<f64>>, Vec<Array2<f64>>);
+
+/// A selection case: label, adapter, calibration features if any.
+type SelectCase = (String, Adapter, Option<Vec<Array2<f64>>>);
+
 /// Every shipped real adapter with its first 6 held-out samples (measured) and the next
 /// 64 (calibration of the logit size).
-fn real_adapters() -> Vec<(String, Adapter, Vec<Array2<f64>>, Vec<Array2<f64>>)> {
+fn real_adapters() -> Vec<RealCase> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
@@ -544,8 +550,7 @@ fn calibrated_selection_table() {
             zoo::square_mlp(&mut r(7), 384, 8, 10).unwrap(),
         ),
     ];
-    let mut cases: Vec<(String, Adapter, Option<Vec<Array2<f64>>>)> =
-        cases.into_iter().map(|(l, a)| (l, a, None)).collect();
+    let mut cases: Vec<SelectCase> = cases.into_iter().map(|(l, a)| (l, a, None)).collect();
     cases.extend(
         real_adapters()
             .into_iter()
