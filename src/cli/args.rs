@@ -347,10 +347,12 @@ pub enum ParamsCmd {
 
 #[derive(Debug, Args)]
 pub struct SelectArgs {
-    /// Model card (public or private: only the structure is used).
+    /// Model card (public or private: the structure selects the parameters; a private card's
+    /// weights also calibrate the error bound and the logit size).
     #[arg(long, value_name = "CARD")]
     pub model: PathBuf,
-    /// Bits of precision wanted at the output, relative to a unit-sized logit.
+    /// Bits of precision wanted at the output, relative to the largest logit (measured on
+    /// the card's weights; relative to a unit-sized logit for a public card).
     #[arg(long, default_value_t = 16, value_name = "BITS", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub precision: u32,
     /// Security level in bits.
