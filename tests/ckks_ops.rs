@@ -311,3 +311,29 @@ fn fused_plain_multiply_accumulate_matches_products_and_sums() {
     let mut low = ev.rescale(&ev.mul_plain(&ca, &pb).unwrap()).unwrap();
     assert!(ev.mul_plain_accumulate(&mut low, &cc, &pd).is_err());
 }
+
+#[test]
+fn rerandomize_and_flood_keep_the_message() {
+    let f = Fixture::new(insecure_test_params(), 11);
+    let ev = Evaluator::new(&f.params);
+    let v = values(f.params.slots(), 12);
+    let ct = f.encrypt(&v, 13);
+    let mut r = rng(14);
+    let mut re = ct.clone();
+    ev.rerandomize_assign(&mut re, &f.pk, &mut r).unwrap();
+    assert_ne!(re.parts()[1].as_words(), ct.parts()[1].as_words());
+    check("re-randomized", &f.decrypt(&re), &v, 20.0);
+    // sigma = 2^10 on scale 2^40: slot noise about 2^(10 + 5.5 - 40), far below the bound.
+    ev.flood_assign(&mut re, 10.0, &mut r).unwrap();
+    assert_eq!(re.parts()[1].as_words(), {
+        let mut again = ct.clone();
+        ev.rerandomize_assign(&mut again, &f.pk, &mut rng(14))
+            .unwrap();
+        again.parts()[1].as_words().to_vec()
+    });
+    check("flooded (sigma 2^10)", &f.decrypt(&re), &v, 18.0);
+    // Noise that would wrap around Q_l is refused, and so is a non-finite sigma.
+    assert!(ev.flood_assign(&mut re, 70.0, &mut r).is_err());
+    assert!(ev.flood_assign(&mut re, f64::NAN, &mut r).is_err());
+    assert!(!ev.flooding_fits(0, 59.0));
+}

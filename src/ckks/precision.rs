@@ -1,4 +1,13 @@
-//! Precision statistics: how many bits of a decrypted result agree with its plaintext twin.
+//! Precision statistics: how many bits of a decrypted result agree with its plaintext twin,
+//! and the public precision model of a parameter set.
+
+/// The empirical precision model (bits kept at a unit-sized output) of a parameter set
+/// with scale `2^log_scale` and degree `2^log_n`: `log_scale - 15 - (log_n - 12)/2`,
+/// measured by this crate's tests at N = 2^12..2^14 (25 bits at scale 2^40, N = 2^12).
+/// It depends on the parameters only, never on weights.
+pub fn model_precision_bits(log_scale: f64, log_n: u32) -> f64 {
+    log_scale - 15.0 - (log_n as f64 - 12.0) / 2.0
+}
 
 /// Error statistics of `got` against `want`, in bits (`-log2 |error|`, larger is better).
 #[derive(Clone, Copy, Debug, PartialEq)]

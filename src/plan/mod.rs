@@ -41,4 +41,4 @@ pub use public::public_structure;
 pub use run_ckks::PreparedPlan;
 #[cfg(feature = "exact")]
 pub use run_exact::ExactRun;
-pub use sanitize::{FloodingConfig, SanitizeConfig, SanitizeReport};
+pub use sanitize::{FloodingConfig, SanitizeConfig, SanitizeReport, DEFAULT_STATISTICAL_SECURITY};

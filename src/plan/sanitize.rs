@@ -21,6 +21,10 @@
 //!    every coefficient of `c_0`, so that the decrypted error no longer depends on the
 //!    weights (see [`FloodingConfig`] for the formula and what it costs).
 //!
+//! Steps 3 and 4 are the scheme operations [`Evaluator::rerandomize_assign`] and
+//! [`Evaluator::flood_assign`] (`crate::ckks::sanitize`); this module decides which
+//! ciphertexts get them and how wide the flooding is.
+//!
 //! ## The flooding formula
 //!
 //! Let the evaluation error of one query's outputs, in message units, have a root-mean-square
@@ -64,10 +68,8 @@
 
 use super::compile::{Mode, Plan, StageOp};
 use crate::ckks::{
-    Ciphertext, Decryptor, Encoder, EncryptionKey, Encryptor, Evaluator, KeyGenerator, PublicKey,
+    Ciphertext, Decryptor, Encoder, EncryptionKey, Evaluator, KeyGenerator, PublicKey,
 };
-use crate::math::poly::{Coeff, RnsPoly};
-use crate::math::sample;
 use crate::{Error, Result};
 use rand::{CryptoRng, RngCore};
 use serde::Serialize;
@@ -110,13 +112,7 @@ pub fn tail_bits(count: f64) -> f64 {
 /// Default statistical security of the flooding, bits.
 pub const DEFAULT_STATISTICAL_SECURITY: u32 = 40;
 
-/// The empirical precision model (bits kept at a unit-sized output) of a parameter set
-/// with scale `2^log_scale` and degree `2^log_n`: `log_scale - 15 - (log_n - 12)/2`,
-/// measured by this crate's tests at N = 2^12..2^14 (25 bits at scale 2^40, N = 2^12).
-/// It depends on the parameters only, never on weights.
-pub fn model_precision_bits(log_scale: f64, log_n: u32) -> f64 {
-    log_scale - 15.0 - (log_n as f64 - 12.0) / 2.0
-}
+pub use crate::ckks::precision::model_precision_bits;
 
 /// Noise flooding settings.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -129,6 +125,12 @@ pub struct FloodingConfig {
     /// log2 of the per-slot error bound `eps` in message units; `None` takes the public
     /// precision model of the parameters plus [`EPS_MARGIN_BITS`].
     pub eval_error_log2: Option<f64>,
+    /// The adapter's calibrated public error offset `c`
+    /// ([`crate::select::calibrate::ErrorProfile::offset_bits`]): when set (and
+    /// `eval_error_log2` is not), `log2 eps = c + (log2 N - 12) - log_scale` instead of the
+    /// unit-weight model.
+    #[serde(default)]
+    pub error_offset_bits: Option<f64>,
 }
 
 impl Default for FloodingConfig {
@@ -137,6 +139,7 @@ impl Default for FloodingConfig {
             statistical_security: DEFAULT_STATISTICAL_SECURITY,
             queries: 1,
             eval_error_log2: None,
+            error_offset_bits: None,
         }
     }
 }
@@ -149,13 +152,26 @@ impl FloodingConfig {
             statistical_security,
             queries,
             eval_error_log2: None,
+            error_offset_bits: None,
         }
     }
 
     /// The error bound `log2 eps` used for parameters with scale `2^log_scale`, degree `2^log_n`.
     pub fn eps_log2(&self, log_scale: f64, log_n: u32) -> f64 {
-        self.eval_error_log2
-            .unwrap_or(-model_precision_bits(log_scale, log_n) + EPS_MARGIN_BITS)
+        match (self.eval_error_log2, self.error_offset_bits) {
+            (Some(e), _) => e,
+            (None, Some(c)) => c + (log_n as f64 - 12.0) - log_scale,
+            (None, None) => -model_precision_bits(log_scale, log_n) + EPS_MARGIN_BITS,
+        }
+    }
+
+    /// This configuration with the adapter's calibrated error offset (see
+    /// [`FloodingConfig::error_offset_bits`]); `None` keeps the unit model.
+    pub fn with_error_offset(self, offset_bits: Option<f64>) -> Self {
+        FloodingConfig {
+            error_offset_bits: offset_bits,
+            ..self
+        }
     }
 
     /// Bits of output precision flooding costs against the bound `eps` at degree `2^log_n`
@@ -213,7 +229,7 @@ pub struct SanitizeReport {
     /// Why masking was or was not needed.
     pub mask_note: String,
     /// Level of the returned ciphertexts (always 0).
-    pub output_level: usize,
+    pub output_level: crate::ckks::Level,
     /// Flooding figures, if on.
     pub flooding: Option<FloodingReport>,
 }
@@ -282,7 +298,6 @@ impl Plan {
         let latency = self.options.mode == Mode::Latency;
         let clean = self.output_gaps_clean();
         let floor = params.output_floor_level();
-        let encryptor = Encryptor::new(params, EncryptionKey::Public(pk))?;
         let mut masked = false;
         let segments = self.output_segments().to_vec();
         let encoder = if latency {
@@ -330,7 +345,7 @@ impl Plan {
             f.eps_log2(params.default_scale().log2(), params.log_n())
         });
         let (out, flood_report) =
-            rerandomize_and_flood(ev, &encryptor, prepped, read_values, eps_log2, cfg, rng)?;
+            rerandomize_and_flood(ev, pk, prepped, read_values, eps_log2, cfg, rng)?;
         let mask_note = if !latency {
             "batch layout: every slot is an output of a sample the client chose".to_string()
         } else if masked {
@@ -344,7 +359,7 @@ impl Plan {
             SanitizeReport {
                 masked,
                 mask_note,
-                output_level: floor,
+                output_level: crate::ckks::Level(floor),
                 flooding: flood_report,
             },
         ))
@@ -355,7 +370,7 @@ impl Plan {
 /// masked and dropped to the output level: `prepped` holds each ciphertext with its number
 /// of live slots (the weight-dependent ones), `read_values` the values the client reads
 /// (for the precision figure), `eps_log2` the public error bound `log2 eps`. Adds a fresh
-/// encryption of zero under `encryptor`'s public key to each, then (when `cfg` floods) the
+/// encryption of zero under `pk` to each, then (when `cfg` floods) the
 /// rounded Gaussian of `sigma = 2^(s/2) sqrt(t) D`. Shared by [`Plan::sanitize`] and the
 /// token plans ([`crate::plan::token::TokenPlan::sanitize`]). Cost per ciphertext: one
 /// public-key encryption of zero and one NTT of the noise.
@@ -364,7 +379,7 @@ impl Plan {
 /// [`Error::InvalidValue`] if the flooding noise would overflow `q_0`.
 pub(crate) fn rerandomize_and_flood<G: RngCore + CryptoRng>(
     ev: &Evaluator,
-    encryptor: &Encryptor,
+    pk: &PublicKey,
     prepped: Vec<(Ciphertext, usize)>,
     read_values: f64,
     eps_log2: f64,
@@ -372,7 +387,6 @@ pub(crate) fn rerandomize_and_flood<G: RngCore + CryptoRng>(
     rng: &mut G,
 ) -> Result<(Vec<Ciphertext>, Option<FloodingReport>)> {
     let params = ev.params();
-    let ring = params.ring();
     // D^2 = sum over ciphertexts of (2 eps Delta)^2 * live / (N/2): after a mask only the
     // output slots carry weight-dependent error.
     let half_n = params.slots() as f64;
@@ -383,8 +397,7 @@ pub(crate) fn rerandomize_and_flood<G: RngCore + CryptoRng>(
     let mut out = Vec::with_capacity(prepped.len());
     let mut flood_report = None;
     for (mut ct, _) in prepped {
-        let zero = encryptor.encrypt_zero(ct.level(), ct.scale(), rng);
-        ev.add_assign(&mut ct, &zero)?;
+        ev.rerandomize_assign(&mut ct, pk, rng)?;
         if let Some(f) = &cfg.flooding {
             let log_scale = ct.scale().log2();
             let t = f.queries.max(1) as f64;
@@ -394,11 +407,11 @@ pub(crate) fn rerandomize_and_flood<G: RngCore + CryptoRng>(
                 + d2_units.log2() / 2.0
                 + eps_log2
                 + log_scale;
-            let q0_log2: f64 = params.q()[..=ct.level()]
-                .iter()
-                .map(|&q| (q as f64).log2())
-                .sum();
-            if sigma_log2 + 4.0 >= q0_log2 - 1.0 || sigma_log2 > 58.0 {
+            if !ev.flooding_fits(ct.level(), sigma_log2) {
+                let q0_log2: f64 = params.q()[..=ct.level()]
+                    .iter()
+                    .map(|&q| (q as f64).log2())
+                    .sum();
                 return Err(Error::InvalidValue {
                     context: "noise flooding".into(),
                     reason: format!(
@@ -409,12 +422,7 @@ pub(crate) fn rerandomize_and_flood<G: RngCore + CryptoRng>(
                     ),
                 });
             }
-            let noise = sample::gaussian_wide(rng, params.n(), sigma_log2.exp2());
-            let poly =
-                RnsPoly::<Coeff>::from_signed(ring, &noise, ct.level(), false).into_eval(ring);
-            let mut parts = ct.parts().to_vec();
-            parts[0].add_assign(ring, &poly);
-            ct = Ciphertext::new(parts, ct.scale(), params.digest());
+            ev.flood_assign(&mut ct, sigma_log2, rng)?;
             let slot_std_log2 = sigma_log2 + half_n.log2() / 2.0 - log_scale;
             flood_report = Some(FloodingReport {
                 statistical_security: f.statistical_security,

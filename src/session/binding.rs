@@ -129,7 +129,7 @@ pub(crate) fn check_key_set(
 /// [`Error::MissingKey`] naming the missing Galois elements or the relinearization key.
 pub fn check_keys_cover_plan(plan: &Plan, eval: &EvaluationKeys) -> Result<()> {
     let needed = plan.galois_elements();
-    let missing: Vec<u64> = needed
+    let missing: Vec<crate::ckks::GaloisElement> = needed
         .iter()
         .copied()
         .filter(|g| eval.galois(*g).is_none())

@@ -28,8 +28,6 @@ pub struct DecryptReport {
     pub classes: usize,
     pub decrypt_seconds: f64,
     pub top_k: Vec<Vec<Ranked>>,
-    #[serde(skip)]
-    pub logits: Array2<f64>,
 }
 
 /// The `k` largest entries of each row, largest first.
@@ -55,7 +53,7 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
     let keys = KeyDir::open(&args.keys)?;
     let params = &keys.params;
     let adapter = load_model(&args.model, None)?;
-    let plan = public_plan(&adapter, params, keys.mode)?;
+    let plan = public_plan_with(&adapter, params, keys.info.plan_options()?)?;
     keys.check_plan(&plan, &args.model)?;
     let meta = CtMeta::read(&args.input, "result", params)?;
     keys.check_meta(&meta, &args.input)?;
@@ -98,7 +96,6 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
         classes,
         decrypt_seconds: decrypt_time.as_secs_f64(),
         top_k: top_k(&logits, args.top_k.min(classes)),
-        logits,
     };
     ui.note(&format!(
         "decrypt: {} sample(s) x {} classes in {}, wrote {}\n",

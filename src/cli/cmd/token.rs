@@ -120,6 +120,7 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
         options: plan_options(Mode::Latency),
         batch: None,
         flooding,
+        profile: None,
     };
     let predicted = sel
         .report
@@ -198,6 +199,7 @@ fn meta(ct: &hepeft::session::Ciphertexts, model: &TokenModel) -> CtMeta {
         structure_digest: digest_hex(&ct.binding.structure),
         params_digest: digest_hex(&model.params.digest()),
         key_id: ct.binding.key_set.hex(),
+        pre_rotate: 1,
     }
 }
 

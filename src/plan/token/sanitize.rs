@@ -10,7 +10,7 @@
 
 use rand::{CryptoRng, RngCore};
 
-use crate::ckks::{Ciphertext, Encoder, EncryptionKey, Encryptor, Evaluator, PublicKey};
+use crate::ckks::{Ciphertext, Encoder, Evaluator, PublicKey};
 use crate::plan::sanitize::{rerandomize_and_flood, tail_bits};
 use crate::plan::{FloodingConfig, SanitizeConfig, SanitizeReport};
 use crate::{Error, Result};
@@ -83,7 +83,6 @@ impl TokenPlan {
         let params = ev.params();
         let floor = params.output_floor_level();
         let encoder = Encoder::new(params)?;
-        let encryptor = Encryptor::new(params, EncryptionKey::Public(pk))?;
         let mut prepped = Vec::with_capacity(outputs.len());
         for (a, mut ct) in outputs.into_iter().enumerate() {
             let level = ct.level();
@@ -109,8 +108,7 @@ impl TokenPlan {
             self.eps_log2(f, params.default_scale().log2(), params.log_n())
         });
         let read = self.output_values().max(1) as f64;
-        let (out, flooding) =
-            rerandomize_and_flood(ev, &encryptor, prepped, read, eps_log2, cfg, rng)?;
+        let (out, flooding) = rerandomize_and_flood(ev, pk, prepped, read, eps_log2, cfg, rng)?;
         Ok((
             out,
             SanitizeReport {
@@ -118,7 +116,7 @@ impl TokenPlan {
                 mask_note: "non-output slots (and the copies of each value in column layout) zeroed by a mask \
                             product (one level)"
                     .into(),
-                output_level: floor,
+                output_level: crate::ckks::Level(floor),
                 flooding,
             },
         ))
