@@ -284,6 +284,23 @@ fn token_card_end_to_end_matches_the_twin() {
     assert!(worst > 6.0, "{worst}");
 
     // the pooled-adapter front doors refuse token files clearly
+    let pooled = dir.join("pooled.toml");
+    let head = hepeft::model::zoo::lora_head(&mut ChaCha20Rng::seed_from_u64(3), 8, 2, 3).unwrap();
+    hepeft::model::load::save_adapter(&head, &pooled, None).unwrap();
+    fails(
+        hepeft(&[
+            &"encrypt",
+            &"--keys",
+            &keys,
+            &"--model",
+            &pooled,
+            &"--input",
+            &taps[0],
+            &"--out",
+            &dir.join("p.ct"),
+        ]),
+        "keys for a token adapter",
+    );
     #[cfg(feature = "serve")]
     fails(
         hepeft(&[&"serve", &"--model", &card, &"--params", &params]),
