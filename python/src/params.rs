@@ -206,6 +206,7 @@ pub fn select(
         options: plan_options(mode),
         batch: samples,
         flooding: flooding_bits.map(|s| FloodingConfig::new(s, 1)),
+        profile: None,
     };
     let adapter = &model.inner;
     let sel = py
