@@ -416,7 +416,7 @@ pub struct KeygenArgs {
     pub force: bool,
     /// Exact backend only: keys for results that are NOT sanitized (no public key in
     /// eval.keys; a plan without bootstrapping, a linear probe, then gets no bootstrapping
-    /// key either: ~100 KB instead of ~90 MB). Results of such keys leak the weights
+    /// key either: 64 KiB instead of ~90 MB). Results of such keys leak the weights
     /// (docs/threat-model.md). For tests and trusted clients only.
     #[arg(long)]
     pub no_flooding: bool,
