@@ -121,6 +121,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Params(ParamsCmd::Select(a)) if a.argmax => Err(anyhow::anyhow!(
             "--argmax (encrypted argmax) needs --backend exact"
         )),
+        Command::Params(ParamsCmd::Select(a)) if cmd::token::is_token_card(&a.model) => {
+            cmd::token::select(a, &ui)
+        }
+        Command::Keygen(a) if cmd::token::is_token_card(&a.model) => cmd::token::keygen(a, &ui),
+        Command::Encrypt(a) if cmd::token::is_token_card(&a.model) => cmd::token::encrypt(a, &ui),
+        Command::Evaluate(a) if cmd::token::is_token_card(&a.model) => cmd::token::evaluate(a, &ui),
+        Command::Decrypt(a) if cmd::token::is_token_card(&a.model) => cmd::token::decrypt(a, &ui),
+        Command::Publish(a) if cmd::token::is_token_card(&a.model) => cmd::token::publish(a, &ui),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) if cmd::token::is_token_card(&a.model) => {
+            cmd::token::refuse_serve(&a.model)
+        }
         Command::Params(ParamsCmd::Select(a)) => cmd::params::select(a, &ui),
         Command::Keygen(a) => cmd::keygen::run(a, &ui).map(|_| ()),
         Command::Encrypt(a) => cmd::encrypt::run(a, &ui).map(|_| ()),

@@ -378,6 +378,27 @@ pub fn load_token_card(path: impl AsRef<Path>) -> Result<TokenAdapter> {
     card.to_adapter(store.as_ref())
 }
 
+/// Whether `path` is a token model card (TOML or JSON with `kind = "token"`): how the CLI
+/// tells token cards from pooled ones. One bounded file read; false when unreadable.
+pub fn is_token_card(path: impl AsRef<Path>) -> bool {
+    let path = path.as_ref();
+    let Ok(format) = CardFormat::from_path(path) else {
+        return false;
+    };
+    let Ok(text) = read_text_limited(path, MAX_CARD_BYTES, "model card") else {
+        return false;
+    };
+    let kind = match format {
+        CardFormat::Toml => toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("kind").and_then(|k| k.as_str().map(String::from))),
+        CardFormat::Json => serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(String::from))),
+    };
+    kind.as_deref() == Some("token")
+}
+
 /// Writes `adapter` as a token card at `card_path` (TOML or JSON by extension) and its
 /// tensors as F64 safetensors `<card stem>.safetensors` next to it; returns the weights path.
 ///

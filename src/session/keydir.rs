@@ -104,6 +104,15 @@ impl PlanInfo {
     /// # Errors
     /// [`Error::Format`] for malformed JSON or another format tag.
     pub fn from_bytes(bytes: &[u8]) -> Result<PlanInfo> {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            if v.get("format").and_then(|f| f.as_str()) == Some(super::token::TOKEN_PLAN_FORMAT) {
+                return Err(Error::format(
+                    "plan metadata",
+                    "this key directory holds keys for a token adapter (hepeft-token-plan/1): pass its token \
+                     card as --model (`hepeft serve`, `query` and `tune` do not handle token adapters yet)",
+                ));
+            }
+        }
         let info: PlanInfo = serde_json::from_slice(bytes)
             .map_err(|e| Error::format("plan metadata", e.to_string()))?;
         if info.format != PLAN_FORMAT {

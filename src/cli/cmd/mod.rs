@@ -13,4 +13,5 @@ pub mod params;
 pub mod publish;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod token;
 pub mod tune;

@@ -14,11 +14,13 @@
 mod graph;
 mod ops;
 mod owc;
+mod public;
 mod twin;
 
 pub use graph::{TokenAdapter, TokenAdapterBuilder, TokenNode};
 pub use ops::{rowwise_linear, LinearAttention, Pooling, TokenOp};
 pub use owc::{owc_adapter, random_owc, uniform_tokens, OwcBlock, OwcShape};
+pub use public::public_token_structure;
 pub use twin::{evaluate_tokens, TokenReference};
 
 #[cfg(test)]
