@@ -153,6 +153,52 @@ impl PlanInfo {
     }
 }
 
+/// The parameter set of key directory `dir` (`params.toml`), the path of its `plan.json` and
+/// that file's text: what [`KeyDir::open`] and the token key directory both read first. Two
+/// small bounded file reads and the parameter set's construction.
+///
+/// # Errors
+/// [`Error::Refused`] if `dir` has no `params.toml`; [`Error::Format`] or [`Error::Io`] for
+/// unreadable files.
+pub(crate) fn read_key_dir_files(dir: &Path) -> Result<(CkksParams, PathBuf, String)> {
+    let ptoml = dir.join(PARAMS_TOML);
+    if !ptoml.is_file() {
+        return Err(Error::Refused {
+            reason: format!(
+                "{} is not a key directory (no {PARAMS_TOML}); create one with `hepeft keygen`",
+                dir.display()
+            ),
+        });
+    }
+    let params = CkksParams::from_toml(&read_text(&ptoml, MAX_TEXT_FILE, "parameter file")?)?;
+    let pj = dir.join(PLAN_JSON);
+    let text = read_text(&pj, MAX_TEXT_FILE, "plan metadata")?;
+    Ok((params, pj, text))
+}
+
+/// Checks that `plan.json` of `dir` (its `params_digest`, hex) names `params`.
+///
+/// # Errors
+/// [`Error::Mismatch`] ("parameter") naming both digests.
+pub(crate) fn check_plan_params(
+    dir: &Path,
+    params_digest: &str,
+    params: &CkksParams,
+) -> Result<()> {
+    if params_digest != digest_hex(&params.digest()) {
+        return Err(Error::mismatch(
+            "parameter",
+            format!(
+                "inside {}: plan.json names parameters {}, params.toml is {}",
+                dir.display(),
+                params_digest.chars().take(16).collect::<String>(),
+                params.digest_short()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Pretty JSON of `value` with a final newline.
 pub(crate) fn json_bytes<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>> {
     let mut text =
@@ -184,36 +230,14 @@ impl KeyDir {
     /// [`Error::Refused`] if `dir` has no `params.toml`; [`Error::Format`] for a malformed
     /// file; [`Error::Mismatch`] ("parameter") if the two files name other parameters.
     pub fn open(dir: &Path) -> Result<KeyDir> {
-        let ptoml = dir.join(PARAMS_TOML);
-        if !ptoml.is_file() {
-            return Err(Error::Refused {
-                reason: format!(
-                    "{} is not a key directory (no {PARAMS_TOML}); create one with `hepeft keygen`",
-                    dir.display()
-                ),
-            });
-        }
-        let text = read_text(&ptoml, MAX_TEXT_FILE, "parameter file")?;
-        let params = CkksParams::from_toml(&text)?;
-        let pj = dir.join(PLAN_JSON);
-        let text = read_text(&pj, MAX_TEXT_FILE, "plan metadata")?;
+        let (params, pj, text) = read_key_dir_files(dir)?;
         let info = PlanInfo::from_bytes(text.as_bytes()).map_err(|e| match e {
             Error::Format { what, reason } => {
                 Error::format(what, format!("{}: {reason}", pj.display()))
             }
             other => other,
         })?;
-        if info.params_digest != digest_hex(&params.digest()) {
-            return Err(Error::mismatch(
-                "parameter",
-                format!(
-                    "inside {}: plan.json names parameters {}, params.toml is {}",
-                    dir.display(),
-                    info.params_digest.chars().take(16).collect::<String>(),
-                    params.digest_short()
-                ),
-            ));
-        }
+        check_plan_params(dir, &info.params_digest, &params)?;
         let mode = info.mode()?;
         Ok(KeyDir {
             dir: dir.to_path_buf(),

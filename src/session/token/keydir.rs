@@ -99,18 +99,7 @@ impl TokenKeyDir {
     /// [`Error::Refused`] without `params.toml`; [`Error::Format`] for a malformed or
     /// pooled-adapter `plan.json`; [`Error::Mismatch`] ("parameter").
     pub fn open(dir: &Path) -> Result<TokenKeyDir> {
-        let ptoml = dir.join(PARAMS_TOML);
-        if !ptoml.is_file() {
-            return Err(Error::Refused {
-                reason: format!(
-                    "{} is not a key directory (no {PARAMS_TOML}); create one with `hepeft keygen`",
-                    dir.display()
-                ),
-            });
-        }
-        let params = CkksParams::from_toml(&read_text(&ptoml, MAX_TEXT_FILE, "parameter file")?)?;
-        let pj = dir.join(PLAN_JSON);
-        let text = read_text(&pj, MAX_TEXT_FILE, "plan metadata")?;
+        let (params, pj, text) = crate::session::keydir::read_key_dir_files(dir)?;
         let info: TokenPlanInfo = serde_json::from_str(&text).map_err(|e| {
             Error::format(
                 "plan metadata",
@@ -130,17 +119,7 @@ impl TokenKeyDir {
                 ),
             ));
         }
-        if info.params_digest != digest_hex(&params.digest()) {
-            return Err(Error::mismatch(
-                "parameter",
-                format!(
-                    "inside {}: plan.json names parameters {}, params.toml is {}",
-                    dir.display(),
-                    info.params_digest.chars().take(16).collect::<String>(),
-                    params.digest_short()
-                ),
-            ));
-        }
+        crate::session::keydir::check_plan_params(dir, &info.params_digest, &params)?;
         Ok(TokenKeyDir {
             dir: dir.to_path_buf(),
             params,
