@@ -66,10 +66,15 @@ fn unit_costs(
     rng: &mut ChaCha20Rng,
 ) -> (f64, f64) {
     use rand::Rng;
-    let v: Vec<f64> = (0..params.n() / 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let v: Vec<f64> = (0..params.n() / 2)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let pt = encoder.encode(&v, level, params.default_scale()).unwrap();
     let ct = encryptor.encrypt(&pt, rng).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let time = |f: &(dyn Fn() + Sync)| {
         let v: Vec<f64> = (0..5)
             .map(|_| {
@@ -275,7 +280,10 @@ fn main() {
     );
     for r in &rows {
         let ev: Vec<String> =
-            r.5.iter().zip(&r.6).map(|(w, c)| format!("{w:.1} ({c:.1})")).collect();
+            r.5.iter()
+                .zip(&r.6)
+                .map(|(w, c)| format!("{w:.1} ({c:.1})"))
+                .collect();
         println!(
             "| {} | {} | {:.4} | {} ({:.1}) | {:.2} | {} | {:.3} | {} | {} | {} | {:.1} | {} |",
             r.0,
