@@ -54,6 +54,10 @@ fn main() {
             .collect::<Vec<_>>(),
         params.ring().uses_ifma()
     );
+    eprintln!(
+        "element loops (math::simd): {}",
+        hepeft::math::simd::level()
+    );
     if std::env::var("NTT_PROBE").is_ok() {
         ntt_probe(&params);
     }

@@ -158,7 +158,7 @@ fn measure(
     let kg = KeyGenerator::new(&params);
     let sk = kg.gen_secret_key(&mut rng);
     let keys = kg
-        .gen_evaluation_keys(&sk, &[], plan.needs_relin(), &mut rng)
+        .gen_evaluation_keys(&sk, &[0u64; 0], plan.needs_relin(), &mut rng)
         .unwrap();
     let encoder = Encoder::new(&params).unwrap();
     let q = plan

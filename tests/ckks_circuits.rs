@@ -21,7 +21,7 @@ fn clenshaw(c: &[f64], t: f64) -> f64 {
 fn chebyshev_series_matches_clenshaw() {
     let f = Fixture::new(insecure_test_params(), 1);
     let keys = KeyGenerator::new(&f.params)
-        .gen_evaluation_keys(&f.sk, &[], true, &mut rng(2))
+        .gen_evaluation_keys(&f.sk, &[0u64; 0], true, &mut rng(2))
         .unwrap();
     let ev = Evaluator::with_keys(&f.params, Arc::new(keys)).unwrap();
     let t = values(f.params.slots(), 3);

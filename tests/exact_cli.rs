@@ -15,7 +15,7 @@ use rand_chacha::ChaCha20Rng;
 
 #[path = "common/exact_cli.rs"]
 mod exact_cli_common;
-use exact_cli_common::{exact_pipeline, p};
+use exact_cli_common::{exact_pipeline, exact_pipeline_with, p};
 
 #[test]
 fn exact_pipeline_on_files() {
@@ -132,4 +132,85 @@ fn exact_probe_without_bootstrapping_runs_end_to_end() {
     let plan = quantize(&adapter, calib.view(), &QuantizeOptions::default(), &params).unwrap();
     assert_eq!(plan.predicted_pbs(), 0);
     assert_eq!(got, plan.forward_batch(feats.view()).unwrap());
+}
+
+/// A probe's results without sanitization need no bootstrapping at all: `keygen
+/// --no-flooding` then writes no bootstrapping key (the key set is the keyswitching key and
+/// the public key, ~100 KB instead of ~90 MB), the run stays bit-exact, and such keys refuse
+/// a sanitized `evaluate` with the setting that works.
+#[test]
+fn exact_probe_keys_without_sanitization_hold_no_bootstrapping_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/real/digits");
+    let card = root.join("probe/card.toml");
+    let pixels = load_features_npy(root.join("features/pixels.npy")).unwrap();
+    let calib = pixels.select(ndarray::Axis(0), &(0..200).collect::<Vec<_>>());
+    let feats = pixels.select(ndarray::Axis(0), &[200, 201]);
+    let (calib_path, feats_path) = (d.join("calib.npy"), d.join("x.npy"));
+    save_features_npy(&calib_path, calib.view()).unwrap();
+    save_features_npy(&feats_path, feats.view()).unwrap();
+    let (_, got) = exact_pipeline_with(
+        d,
+        &card,
+        &calib_path,
+        std::slice::from_ref(&feats_path),
+        &[],
+        &["--no-flooding"],
+    );
+    let keys = std::fs::metadata(d.join("keys/eval.keys")).unwrap().len();
+    assert!(keys < 1 << 20, "probe keys without sanitization: {keys} B");
+    let adapter = hepeft::model::load::load_card(&card).unwrap();
+    let params = ExactParams::default_2m128().unwrap();
+    let plan = quantize(&adapter, calib.view(), &QuantizeOptions::default(), &params).unwrap();
+    assert_eq!(got, plan.forward_batch(feats.view()).unwrap());
+
+    // the same keys cannot sanitize: evaluate without --no-flooding is refused
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hepeft"))
+        .args(["evaluate", "--backend", "exact", "--model"])
+        .arg(&card)
+        .arg("--calib")
+        .arg(&calib_path)
+        .arg("--quant")
+        .arg(d.join("quant.json"))
+        .arg("--eval-keys")
+        .arg(d.join("keys/eval.keys"))
+        .arg("--input")
+        .arg(d.join("q.ct"))
+        .arg("--out")
+        .arg(d.join("r2.ct"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot sanitize") && err.contains("--no-flooding"),
+        "{err}"
+    );
+}
+
+/// `hepeft demo --backend exact` on the embedded digits task: keygen, encryption,
+/// evaluation with sanitized results (the default), decryption equal to the integer twin.
+#[test]
+fn exact_demo_on_the_embedded_real_task_is_sanitized_and_bit_exact() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hepeft"))
+        .args([
+            "demo",
+            "--backend",
+            "exact",
+            "--model",
+            "digits",
+            "--samples",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("results sanitized"), "{text}");
+    assert!(text.contains("decrypted = integer twin: true"), "{text}");
 }

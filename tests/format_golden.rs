@@ -110,3 +110,36 @@ fn golden_bound_envelope_bytes_are_pinned() {
     assert_eq!(r.u64().unwrap(), 0);
     r.finish().unwrap();
 }
+
+/// SHA-256 of the exact backend's evaluation-key payload (format 2, tag `TFK2`) for the
+/// key set without bootstrapping keys made from a fixed seed: the keyswitching key and the
+/// compact public key. Pins the layout of `docs/file-formats.md` ("Exact evaluation keys")
+/// together with tfhe-rs's seeded serialization of the pinned tfhe version.
+#[cfg(feature = "exact")]
+const EXACT_KEYS_V2_SHA256: &str =
+    "efcee774d826b6177455b7525787d341117c9a4cdd601d9622094a7287cd44dd";
+
+#[cfg(feature = "exact")]
+#[test]
+fn exact_evaluation_keys_format_2_is_pinned_and_format_1_refused() {
+    use hepeft::exact::{generate_key_set, io as xio, ExactParams, KeySet};
+    use rand::SeedableRng;
+    let params = ExactParams::default_2m128().unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(19);
+    let (_, keys) = generate_key_set(&params, KeySet::NoBootstrapping, &mut rng).unwrap();
+    assert!(!keys.has_bootstrapping() && keys.public_key().is_some());
+    let payload = xio::server_key_to_payload(&keys).unwrap();
+    assert_eq!(&payload[..4], b"TFK2");
+    let len = u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize;
+    assert_eq!(len + 8, payload.len());
+    assert_eq!(hex(&Sha256::digest(&payload)), EXACT_KEYS_V2_SHA256);
+    let back = xio::server_key_from_payload(&params, &payload).unwrap();
+    assert_eq!(xio::server_key_to_payload(&back).unwrap(), payload);
+    // format 1 (tag `TFHE`): refused with the way out
+    let mut old = payload.clone();
+    old[..4].copy_from_slice(b"TFHE");
+    let err = xio::server_key_from_payload(&params, &old)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("format 1") && err.contains("keygen"), "{err}");
+}

@@ -230,6 +230,7 @@ fn run(
     let opts = PlanOptions {
         mode,
         fold_normalization: fold,
+        ..Default::default()
     };
     let plan = Plan::compile(adapter, p, opts).unwrap();
     let got = run_plan_encrypted(&plan, &inputs, seed);
@@ -248,6 +249,7 @@ fn check_all(mode: Mode, samples: usize) {
         let unfused_opts = PlanOptions {
             mode,
             fold_normalization: false,
+            ..Default::default()
         };
         let unfused_depth = hepeft::select::required_depth(&case.adapter, unfused_opts).unwrap();
         let (bits, plan) = run(&case.adapter, &p, mode, true, samples, seed);

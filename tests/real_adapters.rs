@@ -124,7 +124,7 @@ fn run_one(task_dir: &Path, manifest: &serde_json::Value, name: &str, seed: u64)
     let sk = kg.gen_secret_key(&mut rng);
     let pk = kg.gen_public_key(&sk, &mut rng).unwrap();
     let keys = kg
-        .gen_evaluation_keys(&sk, &[], client_plan.needs_relin(), &mut rng)
+        .gen_evaluation_keys(&sk, &[0u64; 0], client_plan.needs_relin(), &mut rng)
         .unwrap();
     let encoder = Encoder::new(&params).unwrap();
     let query = client_plan

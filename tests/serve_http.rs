@@ -276,7 +276,7 @@ fn bad_requests_get_clear_4xx() {
     let kg = KeyGenerator::new(&other);
     let sk = kg.gen_secret_key(&mut rng(30));
     let other_keys = kg
-        .gen_evaluation_keys(&sk, &[], false, &mut rng(31))
+        .gen_evaluation_keys(&sk, &[0u64; 0], false, &mut rng(31))
         .unwrap();
     let (st, msg, _) = post(
         &format!("{url}/v1/keys"),
@@ -288,7 +288,7 @@ fn bad_requests_get_clear_4xx() {
     // Keys of the right parameters but without the plan's Galois keys: 422.
     let kg = KeyGenerator::new(remote.params());
     let lacking = kg
-        .gen_evaluation_keys(&keys.secret, &[], false, &mut rng(32))
+        .gen_evaluation_keys(&keys.secret, &[0u64; 0], false, &mut rng(32))
         .unwrap();
     let err = client.register_keys(&lacking).unwrap_err();
     assert_eq!(remote_status(&err), Some(422), "{err}");

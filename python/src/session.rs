@@ -111,50 +111,83 @@ impl Bundle {
     }
 }
 
+/// A class that wraps one ciphertext bundle ([`Query`], [`EncryptedResult`]).
+trait HasBundle {
+    fn bundle(&self) -> &Bundle;
+    fn from_bundle(bundle: Bundle) -> Self;
+}
+
+/// The `#[pymethods]` of a bundle class: `to_bytes`, `from_bytes` (under `$role`, with the
+/// doc line `$from_doc`), the `samples` and `ciphertexts` getters and `__repr__` (`$label`),
+/// followed by the class's own methods.
+macro_rules! bundle_pymethods {
+    ($ty:ident, $label:literal, $role:expr, $from_doc:literal, { $($extra:tt)* }) => {
+        #[pymethods]
+        impl $ty {
+            /// The envelope bytes.
+            fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+                self.bundle().to_bytes(py)
+            }
+
+            #[doc = $from_doc]
+            #[classmethod]
+            fn from_bytes(
+                _cls: &Bound<'_, PyType>,
+                py: Python<'_>,
+                params: &Params,
+                data: &[u8],
+            ) -> PyResult<Self> {
+                Ok(<$ty>::from_bundle(Bundle::from_bytes(py, params, data, $role)?))
+            }
+
+            /// Number of samples.
+            #[getter]
+            fn samples(&self) -> usize {
+                self.bundle().cts.samples()
+            }
+
+            /// Number of ciphertexts.
+            #[getter]
+            fn ciphertexts(&self) -> usize {
+                self.bundle().cts.items.len()
+            }
+
+            fn __repr__(&self) -> String {
+                let cts = &self.bundle().cts;
+                format!(
+                    concat!($label, "({} samples, {} ciphertexts, key set {})"),
+                    cts.samples(),
+                    cts.items.len(),
+                    cts.binding.key_set
+                )
+            }
+
+            $($extra)*
+        }
+    };
+}
+
 /// An encrypted query: what `Client.encrypt` returns and `Server.evaluate` takes.
 /// `to_bytes()` is the same envelope `hepeft encrypt` writes.
 #[pyclass(module = "hepeft", name = "Query", frozen)]
 pub struct Query(pub Bundle);
 
-#[pymethods]
-impl Query {
-    /// The envelope bytes.
-    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        self.0.to_bytes(py)
+impl HasBundle for Query {
+    fn bundle(&self) -> &Bundle {
+        &self.0
     }
-
-    /// Reads a query made under `params` (refuses a result or keys).
-    #[classmethod]
-    fn from_bytes(
-        _cls: &Bound<'_, PyType>,
-        py: Python<'_>,
-        params: &Params,
-        data: &[u8],
-    ) -> PyResult<Self> {
-        Ok(Query(Bundle::from_bytes(py, params, data, Role::Query)?))
-    }
-
-    /// Number of samples.
-    #[getter]
-    fn samples(&self) -> usize {
-        self.0.cts.samples()
-    }
-
-    /// Number of ciphertexts.
-    #[getter]
-    fn ciphertexts(&self) -> usize {
-        self.0.cts.items.len()
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Query({} samples, {} ciphertexts, key set {})",
-            self.0.cts.samples(),
-            self.0.cts.items.len(),
-            self.0.cts.binding.key_set
-        )
+    fn from_bundle(bundle: Bundle) -> Self {
+        Query(bundle)
     }
 }
+
+bundle_pymethods!(
+    Query,
+    "Query",
+    Role::Query,
+    "Reads a query made under `params` (refuses a result or keys).",
+    {}
+);
 
 /// An encrypted result: what `Server.evaluate` returns and `Client.decrypt` takes.
 /// `to_bytes()` is the same envelope `hepeft evaluate` writes.
@@ -164,55 +197,32 @@ pub struct EncryptedResult {
     pub sanitize: Option<SanitizeReport>,
 }
 
-#[pymethods]
-impl EncryptedResult {
-    /// The envelope bytes.
-    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        self.inner.to_bytes(py)
+impl HasBundle for EncryptedResult {
+    fn bundle(&self) -> &Bundle {
+        &self.inner
     }
-
-    /// Reads a result made under `params` (refuses a query or keys).
-    #[classmethod]
-    fn from_bytes(
-        _cls: &Bound<'_, PyType>,
-        py: Python<'_>,
-        params: &Params,
-        data: &[u8],
-    ) -> PyResult<Self> {
-        Ok(EncryptedResult {
-            inner: Bundle::from_bytes(py, params, data, Role::Result)?,
+    fn from_bundle(inner: Bundle) -> Self {
+        EncryptedResult {
+            inner,
             sanitize: None,
-        })
-    }
-
-    /// Number of samples.
-    #[getter]
-    fn samples(&self) -> usize {
-        self.inner.cts.samples()
-    }
-
-    /// Number of ciphertexts.
-    #[getter]
-    fn ciphertexts(&self) -> usize {
-        self.inner.cts.items.len()
-    }
-
-    /// What the server did to the result (mask, level, flooding figures), as a dict;
-    /// None for a result read from bytes.
-    #[getter]
-    fn sanitize_report<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.sanitize.as_ref().map(|r| to_python(py, r)).transpose()
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Result({} samples, {} ciphertexts, key set {})",
-            self.inner.cts.samples(),
-            self.inner.cts.items.len(),
-            self.inner.cts.binding.key_set
-        )
+        }
     }
 }
+
+bundle_pymethods!(
+    EncryptedResult,
+    "Result",
+    Role::Result,
+    "Reads a result made under `params` (refuses a query or keys).",
+    {
+        /// What the server did to the result (mask, level, flooding figures), as a dict;
+        /// None for a result read from bytes.
+        #[getter]
+        fn sanitize_report<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+            self.sanitize.as_ref().map(|r| to_python(py, r)).transpose()
+        }
+    }
+);
 
 /// The client: holds the secret key, encrypts features and decrypts results
 /// (`hepeft::session::Client`).

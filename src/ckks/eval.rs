@@ -5,6 +5,8 @@
 //! works in place. Operands at different levels are brought to the lower one; operands at
 //! different scales are an error ([`Error::ScaleMismatch`]) unless they agree to within
 //! [`SCALE_TOLERANCE`], never a silently wrong result.
+//!
+//! Size: one `impl Evaluator` block of small operations; key switching is in `keyswitch.rs`, linear transforms in `lintrans.rs`, sanitization in `sanitize.rs`.
 
 use super::ciphertext::{Ciphertext, Plaintext};
 use super::keygen::{galois_element_for_conjugation, galois_element_for_rotation};
@@ -797,6 +799,50 @@ impl Evaluator {
         let ring = self.params.ring();
         for (x, y) in a.parts.iter_mut().zip(&b.parts) {
             x.add_assign(ring, y);
+        }
+        Ok(())
+    }
+
+    /// `P·ct` in the extended basis `Q_l·P` (its special limbs are zero): the form in which an
+    /// ordinary ciphertext joins a sum of key-switch products that is divided by `P` once.
+    /// Cost: `(l+1)·N` Shoup products per part; no NTT.
+    pub(crate) fn lift_extended(&self, ct: &Ciphertext) -> Result<ExtendedCiphertext> {
+        self.check_ct(ct)?;
+        if ct.degree_plus_one() != 2 {
+            return Err(Error::InvalidValue {
+                context: "extended ciphertext".into(),
+                reason: "relinearize first".into(),
+            });
+        }
+        let ring = self.params.ring();
+        let mut parts = [
+            RnsPoly::<Eval>::zero(ring, ct.level(), true),
+            RnsPoly::<Eval>::zero(ring, ct.level(), true),
+        ];
+        for (d, s) in parts.iter_mut().zip(ct.parts()) {
+            keyswitch::add_p_times(&self.params, d, s, None);
+        }
+        Ok(ExtendedCiphertext {
+            parts,
+            scale: ct.scale(),
+        })
+    }
+
+    /// Rotate-and-sum in the extended basis: `z <- z + rot(z, s)` for each step `s` in turn
+    /// (the folding of a wide matrix block's partial sums), with no ModDown of the result.
+    /// Cost per step: the ModDown of one part, a ModUp and a key-switch inner product
+    /// (`K` fewer inverse and `l+1` fewer forward NTTs than a full rotation and addition).
+    pub(crate) fn rotate_sum_extended(
+        &self,
+        z: &mut ExtendedCiphertext,
+        steps: &[i64],
+    ) -> Result<()> {
+        for &s in steps {
+            let mut r = None;
+            self.rotate_extended_accumulate(&mut r, z, s)?;
+            if let Some(r) = r {
+                self.add_extended_assign(z, &r)?;
+            }
         }
         Ok(())
     }

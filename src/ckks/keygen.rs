@@ -184,11 +184,12 @@ impl KeyGenerator {
     }
 
     /// The evaluation key set: relinearization key (if `relin`) and one Galois key per
-    /// distinct element in `elements`.
-    pub fn gen_evaluation_keys<G: RngCore + CryptoRng>(
+    /// distinct element in `elements` (typed [`GaloisElement`](super::GaloisElement)s, as
+    /// [`crate::plan::Plan::galois_elements`] lists them, or raw `u64`s).
+    pub fn gen_evaluation_keys<G: RngCore + CryptoRng, E: Copy + Into<super::GaloisElement>>(
         &self,
         sk: &SecretKey,
-        elements: &[u64],
+        elements: &[E],
         relin: bool,
         rng: &mut G,
     ) -> Result<EvaluationKeys> {
@@ -199,7 +200,7 @@ impl KeyGenerator {
         if relin {
             keys.relin = Some(self.gen_relin_key(sk, rng)?);
         }
-        for &g in elements {
+        for g in elements.iter().map(|&e| e.into().get()) {
             if g != 1 && !keys.galois.contains_key(&g) {
                 keys.galois.insert(g, self.gen_galois_key(sk, g, rng)?);
             }

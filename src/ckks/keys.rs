@@ -114,8 +114,8 @@ impl EvaluationKeys {
         self.relin.as_ref()
     }
     /// The Galois key for `element`, if present.
-    pub fn galois(&self, element: u64) -> Option<&GaloisKey> {
-        self.galois.get(&element)
+    pub fn galois(&self, element: impl Into<super::GaloisElement>) -> Option<&GaloisKey> {
+        self.galois.get(&element.into().get())
     }
     /// The client's public key, if the key set carries one.
     pub fn public_key(&self) -> Option<&PublicKey> {
@@ -137,8 +137,12 @@ impl EvaluationKeys {
         Ok(self)
     }
     /// Galois elements present.
-    pub fn galois_elements(&self) -> Vec<u64> {
-        self.galois.keys().copied().collect()
+    pub fn galois_elements(&self) -> Vec<super::GaloisElement> {
+        self.galois
+            .keys()
+            .copied()
+            .map(super::GaloisElement)
+            .collect()
     }
     /// Stored size in bytes of the switching keys (seeded halves count 32 bytes; the
     /// public key, if carried, is not counted).

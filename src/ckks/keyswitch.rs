@@ -5,7 +5,7 @@
 use super::keys::SwitchingKey;
 use super::params::CkksParams;
 use crate::math::poly::{Coeff, Eval, RnsPoly};
-use crate::math::scratch;
+use crate::math::{scratch, simd};
 use rayon::prelude::*;
 
 /// The digits of one polynomial, each raised to the extended basis `Q_l·P`, in evaluation form.
@@ -42,9 +42,7 @@ pub(crate) fn decompose(params: &CkksParams, c: &RnsPoly<Eval>) -> Decomposition
                 let m = *table.modulus();
                 let dst = out.limb_mut(t);
                 if ms.value() <= m.value() {
-                    for (y, &x) in dst.iter_mut().zip(src) {
-                        *y = m.sub(ms.add(x, hs), ht);
-                    }
+                    simd::add_sub(dst, src, ms.value(), hs, m.value(), ht);
                 } else {
                     for (y, &x) in dst.iter_mut().zip(src) {
                         *y = m.sub(m.reduce(ms.add(x, hs)), ht);
@@ -60,9 +58,7 @@ pub(crate) fn decompose(params: &CkksParams, c: &RnsPoly<Eval>) -> Decomposition
                 .map(|(i, &h)| {
                     let m = ring.table(level, i).modulus();
                     let mut v = scratch::dirty(n);
-                    for (y, &x) in v.iter_mut().zip(coeff.limb(i)) {
-                        *y = m.add(x, h);
-                    }
+                    simd::add_sub(&mut v, coeff.limb(i), m.value(), h, m.value(), 0);
                     v
                 })
                 .collect();
@@ -80,9 +76,7 @@ pub(crate) fn decompose(params: &CkksParams, c: &RnsPoly<Eval>) -> Decomposition
                 let table = ring.table(level, *t);
                 let m = table.modulus();
                 let dst = out.limb_mut(*t);
-                for (y, &x) in dst.iter_mut().zip(limb) {
-                    *y = m.sub(x, h);
-                }
+                simd::add_sub(dst, limb, m.value(), 0, m.value(), h);
                 table.forward(dst);
             }
             scratch::recycle(converted);
@@ -195,10 +189,7 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
             let mut limb = scratch::copied(x.limb(level + 1 + j));
             t.inverse(&mut limb);
             let m = t.modulus();
-            let h = half_p.1[j];
-            for c in limb.iter_mut() {
-                *c = m.add(*c, h);
-            }
+            simd::add_sub_in_place(&mut limb, m.value(), half_p.1[j], m.value(), 0);
             limb
         })
         .collect();
@@ -214,10 +205,7 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
         let t = ring.table(level, i);
         let m = t.modulus();
         // h - [x + h]_P on every coefficient, then to the evaluation domain
-        let h = half_p.0[i];
-        for z in c.iter_mut() {
-            *z = m.sub(h, *z);
-        }
+        simd::rsub_in_place(c, m.value(), half_p.0[i]);
         t.forward(c);
         let w = p_inv[i];
         let ws = m.shoup(w);

@@ -127,6 +127,17 @@ impl LinearTransform {
     /// giant step one ModDown of one part, one ModUp and one inner product, and two ModDowns
     /// at the end.
     pub fn apply(&self, ev: &Evaluator, x: &Ciphertext) -> Result<Ciphertext> {
+        Ok(ev.mod_down_extended(&self.apply_extended(ev, x)?))
+    }
+
+    /// [`LinearTransform::apply`] without the final ModDown: the sum `P·z` in `Q_l·P`, for
+    /// callers that add more key-switch products (rotate-and-sum, other blocks) before
+    /// dividing by `P` once. Cost: that of `apply` less two ModDowns.
+    pub(crate) fn apply_extended(
+        &self,
+        ev: &Evaluator,
+        x: &Ciphertext,
+    ) -> Result<ExtendedCiphertext> {
         if x.level() != self.level {
             return Err(Error::InvalidLevel {
                 level: x.level(),
@@ -137,13 +148,16 @@ impl LinearTransform {
         let needed: Vec<bool> = (0..g)
             .map(|a| self.plain.iter().any(|row| row[a].is_some()))
             .collect();
-        let hoisted = ev.hoist(x)?;
-        let rotate_baby = |a: usize| {
-            if needed[a] {
-                ev.rotate_hoisted_extended(&hoisted, a as i64).map(Some)
-            } else {
-                Ok(None)
-            }
+        // no baby rotation (one diagonal per giant step): no hoisting either
+        let hoisted = if needed.iter().skip(1).any(|&n| n) {
+            Some(ev.hoist(x)?)
+        } else {
+            None
+        };
+        let rotate_baby = |a: usize| match (&hoisted, needed[a]) {
+            (_, false) => Ok(None),
+            (Some(h), true) => ev.rotate_hoisted_extended(h, a as i64).map(Some),
+            (None, true) => ev.lift_extended(x).map(Some),
         };
         let baby: Vec<Option<ExtendedCiphertext>> = if rayon::current_num_threads() > 1 {
             (0..g)
@@ -179,7 +193,7 @@ impl LinearTransform {
         for part in parts.into_iter().flatten() {
             sum_into(&mut acc, part, |s, p| ev.add_extended_assign(s, p))?;
         }
-        acc.map(|a| ev.mod_down_extended(&a)).ok_or_else(all_zero)
+        acc.ok_or_else(all_zero)
     }
 
     /// The single-hoisted evaluation of [`LinearTransform::apply`] (every baby and giant
@@ -214,6 +228,26 @@ impl LinearTransform {
     /// them, so the server does no hoisting and no baby rotation). Cost: `h - 1` full
     /// rotations and the plaintext products.
     pub fn apply_rotated(&self, ev: &Evaluator, rotated: &[Ciphertext]) -> Result<Ciphertext> {
+        match self.apply_rotated_split(ev, rotated)? {
+            (Some(e), Some(l)) => {
+                let mut out = ev.mod_down_extended(&e);
+                ev.add_assign(&mut out, &l)?;
+                Ok(out)
+            }
+            (Some(e), None) => Ok(ev.mod_down_extended(&e)),
+            (None, Some(l)) => Ok(l),
+            (None, None) => Err(all_zero()),
+        }
+    }
+
+    /// [`LinearTransform::apply_rotated`] before its ModDown: `(e, l)` with the result
+    /// `mod_down(e) + l` (`e`: the giant steps' key-switch products in `Q_l·P`; `l`: the rest,
+    /// in `Q_l`), at least one of them present.
+    pub(crate) fn apply_rotated_split(
+        &self,
+        ev: &Evaluator,
+        rotated: &[Ciphertext],
+    ) -> Result<(Option<ExtendedCiphertext>, Option<Ciphertext>)> {
         if rotated.len() < self.baby {
             return Err(Error::dims(
                 "pre-rotated copies of a linear transform's input",
@@ -252,7 +286,11 @@ impl LinearTransform {
         }
     }
 
-    fn giant_steps_lazy(&self, ev: &Evaluator, baby: &[Option<&Ciphertext>]) -> Result<Ciphertext> {
+    fn giant_steps_lazy(
+        &self,
+        ev: &Evaluator,
+        baby: &[Option<&Ciphertext>],
+    ) -> Result<(Option<ExtendedCiphertext>, Option<Ciphertext>)> {
         let g = self.baby;
         type Partial = (Option<ExtendedCiphertext>, Option<Ciphertext>);
         let giant = |(b, row): (usize, &Vec<Option<Plaintext>>)| -> Result<Partial> {
@@ -282,16 +320,10 @@ impl LinearTransform {
                 sum_into(&mut low, l, |s, p| ev.add_assign(s, p))?;
             }
         }
-        match (ext, low) {
-            (Some(e), Some(l)) => {
-                let mut out = ev.mod_down_extended(&e);
-                ev.add_assign(&mut out, &l)?;
-                Ok(out)
-            }
-            (Some(e), None) => Ok(ev.mod_down_extended(&e)),
-            (None, Some(l)) => Ok(l),
-            (None, None) => Err(all_zero()),
+        if ext.is_none() && low.is_none() {
+            return Err(all_zero());
         }
+        Ok((ext, low))
     }
 
     /// The giant steps on given baby steps, each rotation a full key switch (the reference

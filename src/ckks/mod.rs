@@ -21,6 +21,7 @@ pub mod precision;
 pub mod sanitize;
 pub mod security;
 pub mod serialize;
+pub mod units;
 
 pub use ciphertext::{Ciphertext, Plaintext};
 pub use encoding::{Encoder, C64};
@@ -38,3 +39,4 @@ pub use serialize::{
     ciphertext_bytes, from_bytes, from_bytes_bound, load, load_bound, save, save_bound, to_bytes,
     to_bytes_bound, CiphertextBundle, HeObject, KeyFileSizes,
 };
+pub use units::{GaloisElement, Level};

@@ -1,4 +1,6 @@
 //! CKKS parameters: an unchecked literal and the checked, immutable parameter set.
+//!
+//! Size: one type pair (literal and checked parameters) with its checks, prime generation and frozen presets.
 
 use super::security::{self, Security};
 use crate::math::modulus::{ntt_primes, ntt_primes_near, Modulus};

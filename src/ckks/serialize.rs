@@ -5,6 +5,8 @@
 //!
 //! Every reader checks what it can against the parameter set before using the data: the
 //! parameter digest, levels and limb counts, and that every word is reduced modulo its prime.
+//!
+//! Size: one `HeObject` payload codec per CKKS object type (ciphertexts, bundles, every key), sharing the polynomial reader and the size bounds at the top.
 
 use super::ciphertext::{Ciphertext, Plaintext};
 use super::keygen::KeyGenerator;

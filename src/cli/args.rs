@@ -1,4 +1,6 @@
 //! Argument types only (clap derive). Every command is documented in `docs/cli.md`.
+//!
+//! Size: the CLI's whole argument surface, one clap struct per command and nothing else (documented in `docs/cli.md`).
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -137,6 +139,11 @@ pub struct ServeArgs {
     /// Weights file to use instead of the one the card names.
     #[arg(long, value_name = "SAFETENSORS")]
     pub weights: Option<PathBuf>,
+    /// Calibration features of a one-input adapter (.npy, samples x width): the adapter's
+    /// public error bound, which sizes the flooding, is measured on them instead of on
+    /// inputs uniform in [-1, 1] (give the same file as to `params select --calib`).
+    #[arg(long = "calib", value_name = "NPY")]
+    pub calib: Option<PathBuf>,
     /// Parameter set: a preset name or a TOML file.
     #[arg(long, value_parser = parse_params_source, value_name = "NAME|FILE")]
     pub params: ParamsSource,
@@ -144,6 +151,11 @@ pub struct ServeArgs {
     /// else latency).
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
+    /// Client pre-rotated input layout the service offers: queries carry up to K rotated
+    /// copies of each input segment (a power of two; 1 = replicated). Served in the model
+    /// description, which clients compile their plan from.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub pre_rotate: usize,
     /// Address to listen on (loopback by default; put TLS termination in front for remote use).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
@@ -278,6 +290,7 @@ impl FloodingArgs {
             bits: self.flooding_bits,
             queries: self.flooding_queries,
             off: self.no_flooding,
+            profile: None,
         }
     }
 
@@ -358,7 +371,9 @@ pub struct SelectArgs {
     /// Scheme to select parameters for.
     #[arg(long, value_enum, default_value_t = Backend::Ckks)]
     pub backend: Backend,
-    /// Exact backend: calibration features (.npy, samples x width) used to quantize.
+    /// Calibration features (.npy, samples x width): the exact backend quantizes with them;
+    /// the CKKS backend measures the adapter's logit size on them (precision counts relative
+    /// to the largest logit; without them, on inputs uniform in [-1, 1]).
     #[arg(long, value_name = "NPY")]
     pub calib: Option<PathBuf>,
     /// Exact backend: low-nibble removal stages per hidden neuron (accumulators of 4J+5 bits).
@@ -386,12 +401,25 @@ pub struct KeygenArgs {
     /// else latency).
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
+    /// Client pre-rotated input layout: the query carries up to K rotated copies of each
+    /// input segment (a power of two; 1 = the replicated layout), which removes the server's
+    /// baby-step rotations of the first layer at the cost of a query up to K times larger.
+    /// Recorded in plan.json and the query's sidecar, which encrypt, evaluate and decrypt
+    /// follow.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub pre_rotate: usize,
     /// Output directory (secret.key, public.key, eval.keys, params.toml, plan.json).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Overwrite an existing secret key in DIR.
     #[arg(long)]
     pub force: bool,
+    /// Exact backend only: keys for results that are NOT sanitized (no public key in
+    /// eval.keys; a plan without bootstrapping, a linear probe, then gets no bootstrapping
+    /// key either: ~100 KB instead of ~90 MB). Results of such keys leak the weights
+    /// (docs/threat-model.md). For tests and trusted clients only.
+    #[arg(long)]
+    pub no_flooding: bool,
 }
 
 #[derive(Debug, Args)]
@@ -433,7 +461,9 @@ pub struct EvaluateArgs {
     /// Exact backend: the quantization file from `params select --backend exact`.
     #[arg(long, value_name = "FILE")]
     pub quant: Option<PathBuf>,
-    /// Exact backend: the calibration features the quantization file was made with.
+    /// Calibration features (.npy): the exact backend needs the ones the quantization file
+    /// was made with; the CKKS backend measures the adapter's public error bound, which
+    /// sizes the flooding, on them (one-input adapters; default: inputs uniform in [-1, 1]).
     #[arg(long, value_name = "NPY")]
     pub calib: Option<PathBuf>,
     /// The encrypted query (with its `<INPUT>.json` metadata).

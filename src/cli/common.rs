@@ -74,10 +74,28 @@ pub fn all_weights_zero(adapter: &Adapter) -> bool {
 /// The plan a client compiles: from the public structure of the card's adapter, so a public
 /// and a private card give the same plan.
 pub fn public_plan(adapter: &Adapter, params: &CkksParams, mode: Mode) -> Result<Plan> {
-    hepeft::session::public_plan(adapter, params, mode).with_context(|| {
+    public_plan_with(adapter, params, plan_options(mode))
+}
+
+/// [`public_plan`] with every plan option (the input layout among them) given.
+pub fn public_plan_with(
+    adapter: &Adapter,
+    params: &CkksParams,
+    options: hepeft::plan::PlanOptions,
+) -> Result<Plan> {
+    hepeft::session::public_plan_with(adapter, params, options).with_context(|| {
         format!(
-            "compiling the model for parameters {} in {mode} mode",
-            params.digest_short()
+            "compiling the model for parameters {} in {} mode{}",
+            params.digest_short(),
+            options.mode,
+            if options.pre_rotate > 1 {
+                format!(
+                    " with up to {} pre-rotated input copies",
+                    options.pre_rotate
+                )
+            } else {
+                String::new()
+            }
         )
     })
 }
@@ -212,3 +230,25 @@ pub fn secs(d: std::time::Duration) -> String {
 }
 
 pub use hepeft::model::reference::argmax;
+
+/// Calibration features for a one-input adapter's error profile (`--calib`), if given.
+pub fn calibration_features(
+    adapter: &hepeft::model::Adapter,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Vec<ndarray::Array2<f64>>>> {
+    use anyhow::Context as _;
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if adapter.inputs().len() != 1 {
+        anyhow::bail!(
+            "--calib takes the features of a one-input adapter; this one has {} inputs (leave --calib out: \
+             the adapter is then calibrated on inputs uniform in [-1, 1])",
+            adapter.inputs().len()
+        );
+    }
+    Ok(Some(vec![hepeft::model::load::load_features_npy(path)
+        .with_context(|| {
+            format!("reading calibration features {}", path.display())
+        })?]))
+}

@@ -347,7 +347,7 @@ impl<'a> Evaluator<'a> {
     /// [`Error::DimensionMismatch`] for a ciphertext of the wrong size.
     pub fn pbs(&self, c: &ExactCiphertext, lut: &Lut) -> Result<ExactCiphertext> {
         let small = self.keyswitch(c)?;
-        Ok(self.bootstrap_small(&small, lut))
+        self.bootstrap_small(&small, lut)
     }
 
     /// Several lookup tables of the same input: one keyswitch, one blind rotation per
@@ -357,10 +357,9 @@ impl<'a> Evaluator<'a> {
     /// [`Error::DimensionMismatch`] for a ciphertext of the wrong size.
     pub fn pbs_many(&self, c: &ExactCiphertext, luts: &[&Lut]) -> Result<Vec<ExactCiphertext>> {
         let small = self.keyswitch(c)?;
-        Ok(luts
-            .iter()
+        luts.iter()
             .map(|l| self.bootstrap_small(&small, l))
-            .collect())
+            .collect()
     }
 
     fn keyswitch(&self, c: &ExactCiphertext) -> Result<LweCiphertextOwned<u64>> {
@@ -374,9 +373,19 @@ impl<'a> Evaluator<'a> {
         Ok(small)
     }
 
-    fn bootstrap_small(&self, small: &LweCiphertextOwned<u64>, lut: &Lut) -> ExactCiphertext {
+    fn bootstrap_small(
+        &self,
+        small: &LweCiphertextOwned<u64>,
+        lut: &Lut,
+    ) -> Result<ExactCiphertext> {
         let key = self.key;
         let bsk = if lut.fine { &key.bsk_fine } else { &key.bsk };
+        let bsk = bsk.as_ref().ok_or_else(|| {
+            Error::params(
+                "these exact evaluation keys hold no bootstrapping key (made for a linear probe \
+                 with --no-flooding); run `hepeft keygen --backend exact` without --no-flooding",
+            )
+        })?;
         let log_modulus = bsk.polynomial_size().to_blind_rotation_input_modulus_log();
         let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
             small.as_view(),
@@ -391,7 +400,7 @@ impl<'a> Evaluator<'a> {
         );
         extract_lwe_sample_from_glwe_ciphertext(&acc, &mut out, MonomialDegree(0));
         self.pbs_count.fetch_add(1, Ordering::Relaxed);
-        ExactCiphertext { ct: out }
+        Ok(ExactCiphertext { ct: out })
     }
 
     /// `a + b` (wrapping).

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | parameters | u32 length + JSON of [`ExactParamsLiteral`] |
 //! | secret key | n words (small key), then k·N words (GLWE key), binary |
-//! | evaluation keys | u32 length + bincode 1.3 of the seeded keys (tfhe-rs serde) |
+//! | evaluation keys (tag `TFK2`, format 2) | u32 length + bincode 1.3 of the seeded keys (tfhe-rs serde): keyswitching key, two optional bootstrapping keys, optional compact public key |
 //! | ciphertext | u32 log modulus p, u64 count, then count·(k·N+1) words |
 //! | seeded ciphertexts (tag `TFHS`) | u32 p, u32 length + bincode 1.3 of the seeded list |
 
@@ -84,7 +84,12 @@ pub fn client_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<Cli
     ClientKey::from_raw(params, small, glwe)
 }
 
-/// Evaluation-key payload (seeded keys, bincode 1.3 as tfhe-rs serializes them).
+/// First four payload bytes of evaluation keys in format 2 (optional bootstrapping keys and
+/// compact public key): `b"TFK2"`. Format 1 (tag [`TAG`], both bootstrapping keys, no
+/// public key) is refused with a request to re-run `keygen`.
+pub const TAG_KEYS_V2: u32 = u32::from_le_bytes(*b"TFK2");
+
+/// Evaluation-key payload, format 2 (seeded keys, bincode 1.3 as tfhe-rs serializes them).
 ///
 /// # Errors
 /// [`Error::Format`] if serialization fails.
@@ -92,7 +97,7 @@ pub fn server_key_to_payload(k: &CompressedServerKey) -> Result<Vec<u8>> {
     let bytes = bincode1::serialize(k)
         .map_err(|e| Error::format("exact evaluation keys", e.to_string()))?;
     let mut w = PayloadWriter::with_capacity(bytes.len() + 12);
-    w.u32(TAG).len_prefixed_bytes(&bytes)?;
+    w.u32(TAG_KEYS_V2).len_prefixed_bytes(&bytes)?;
     Ok(w.into_bytes())
 }
 
@@ -103,7 +108,20 @@ pub fn server_key_to_payload(k: &CompressedServerKey) -> Result<Vec<u8>> {
 /// do not match.
 pub fn server_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<CompressedServerKey> {
     let mut r = PayloadReader::new(bytes, "exact evaluation keys");
-    tag(&mut r, FileKind::EvaluationKeys)?;
+    let t = r.u32()?;
+    if t == TAG {
+        return Err(Error::format(
+            "exact evaluation keys",
+            "format 1 (made by an older hepeft, without the public key needed to sanitize \
+             results); re-run `hepeft keygen --backend exact`",
+        ));
+    }
+    if t != TAG_KEYS_V2 {
+        return Err(Error::format(
+            FileKind::EvaluationKeys.name(),
+            "not an exact-backend (TFHE) object; was it made with --backend ckks?",
+        ));
+    }
     let body = r.len_prefixed_bytes(bytes.len())?;
     r.finish()?;
     let (_, mem) = params.key_bytes();

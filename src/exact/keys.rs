@@ -64,19 +64,29 @@ impl Drop for ClientKey {
 
 /// Evaluation keys as sent to the server: seeded (masks are regenerated from a seed), about
 /// `n+1` times smaller than expanded. [`expand`](Self::expand) gives the [`ServerKey`].
+///
+/// The two bootstrapping keys (about 30 and 60 MB seeded for the default set) are absent
+/// from a key set made for a plan without any bootstrapping whose results are not
+/// sanitized (a linear probe with flooding off): such a set is the keyswitching key and the
+/// public key only (about 100 KB). The client's compact public key travels with the keys:
+/// the server needs it to sanitize results ([`Evaluator::sanitize`](super::Evaluator)).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CompressedServerKey {
     pub(crate) ksk: SeededLweKeyswitchKeyOwned<u64>,
-    pub(crate) bsk: SeededLweBootstrapKeyOwned<u64>,
-    pub(crate) bsk_fine: SeededLweBootstrapKeyOwned<u64>,
+    pub(crate) bsk: Option<SeededLweBootstrapKeyOwned<u64>>,
+    pub(crate) bsk_fine: Option<SeededLweBootstrapKeyOwned<u64>>,
+    pub(crate) cpk: Option<LweCompactPublicKeyOwned<u64>>,
 }
 
-/// Expanded evaluation keys: keyswitching key and the two Fourier bootstrapping keys.
+/// Expanded evaluation keys: keyswitching key, the two Fourier bootstrapping keys (absent
+/// for a key set without bootstrapping, see [`CompressedServerKey`]) and the client's
+/// compact public key when the set carries one.
 pub struct ServerKey {
     pub(crate) params: ExactParams,
     pub(crate) ksk: LweKeyswitchKeyOwned<u64>,
-    pub(crate) bsk: FourierLweBootstrapKeyOwned,
-    pub(crate) bsk_fine: FourierLweBootstrapKeyOwned,
+    pub(crate) bsk: Option<FourierLweBootstrapKeyOwned>,
+    pub(crate) bsk_fine: Option<FourierLweBootstrapKeyOwned>,
+    pub(crate) cpk: Option<super::ExactPublicKey>,
 }
 
 impl fmt::Debug for ServerKey {
@@ -94,6 +104,38 @@ impl fmt::Debug for ServerKey {
 /// None at present; the signature leaves room for parameter checks.
 pub fn generate_keys(
     params: &ExactParams,
+    rng: &mut (impl Rng + CryptoRng),
+) -> Result<(ClientKey, CompressedServerKey)> {
+    generate_key_set(params, KeySet::Full, rng)
+}
+
+/// What a key set holds (see [`generate_key_set`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySet {
+    /// Keyswitching key and both bootstrapping keys, no public key (what
+    /// [`generate_keys`] makes: results cannot be sanitized).
+    Full,
+    /// Keyswitching key, both bootstrapping keys and the client's compact public key: every
+    /// plan, results sanitized (the default of `hepeft keygen --backend exact`).
+    Sanitizing,
+    /// Keyswitching key and public key, no bootstrapping key: only plans without any
+    /// bootstrapping (linear probes) whose results are not sanitized. About 1/1000 of
+    /// the full set.
+    NoBootstrapping,
+}
+
+/// Generates a client key and the seeded evaluation keys `set` asks for.
+///
+/// Cost: one keyswitching key (k·N·ℓ_ks encryptions under n), two bootstrapping keys
+/// (n GGSW encryptions each) unless `set` is [`KeySet::NoBootstrapping`], one compact public
+/// key (a negacyclic product of degree k·N) unless `set` is [`KeySet::Full`].
+///
+/// # Errors
+/// [`Error::InvalidParameters`] if a public key is asked for and the big key's dimension
+/// is not a power of two.
+pub fn generate_key_set(
+    params: &ExactParams,
+    set: KeySet,
     rng: &mut (impl Rng + CryptoRng),
 ) -> Result<(ClientKey, CompressedServerKey)> {
     let l = params.literal();
@@ -116,31 +158,47 @@ pub fn generate_keys(
         modulus,
         &mut seeder,
     );
-    let bsk = par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
-        &small,
-        &glwe,
-        DecompositionBaseLog(l.pbs_base_log),
-        DecompositionLevelCount(l.pbs_level),
-        glwe_noise(params),
-        modulus,
-        &mut seeder,
-    );
-    let bsk_fine = par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
-        &small,
-        &glwe,
-        DecompositionBaseLog(l.fine_base_log),
-        DecompositionLevelCount(l.fine_level),
-        glwe_noise(params),
-        modulus,
-        &mut seeder,
-    );
+    let bootstrapping = set != KeySet::NoBootstrapping;
+    let bsk = bootstrapping.then(|| {
+        par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
+            &small,
+            &glwe,
+            DecompositionBaseLog(l.pbs_base_log),
+            DecompositionLevelCount(l.pbs_level),
+            glwe_noise(params),
+            modulus,
+            &mut seeder,
+        )
+    });
+    let bsk_fine = bootstrapping.then(|| {
+        par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
+            &small,
+            &glwe,
+            DecompositionBaseLog(l.fine_base_log),
+            DecompositionLevelCount(l.fine_level),
+            glwe_noise(params),
+            modulus,
+            &mut seeder,
+        )
+    });
+    let ck = ClientKey {
+        params: params.clone(),
+        small,
+        glwe,
+    };
+    let cpk = if set == KeySet::Full {
+        None
+    } else {
+        Some(ck.public_key(rng)?.cpk)
+    };
     Ok((
-        ClientKey {
-            params: params.clone(),
-            small,
-            glwe,
+        ck,
+        CompressedServerKey {
+            ksk,
+            bsk,
+            bsk_fine,
+            cpk,
         },
-        CompressedServerKey { ksk, bsk, bsk_fine },
     ))
 }
 
@@ -187,78 +245,76 @@ impl CompressedServerKey {
     /// [`Error::ParameterMismatch`] naming the first differing dimension.
     pub fn check(&self, params: &ExactParams) -> Result<()> {
         let l = params.literal();
-        let checks = [
+        let checks: [(String, usize, usize); 4] = [
             (
-                "keyswitch input dimension",
+                "keyswitch input dimension".to_string(),
                 self.ksk.input_key_lwe_dimension().0,
                 params.big_lwe_dimension(),
             ),
             (
-                "keyswitch output dimension",
+                "keyswitch output dimension".to_string(),
                 self.ksk.output_key_lwe_dimension().0,
                 l.lwe_dimension,
             ),
             (
-                "keyswitch base log",
+                "keyswitch base log".to_string(),
                 self.ksk.decomposition_base_log().0,
                 l.ks_base_log,
             ),
             (
-                "keyswitch levels",
+                "keyswitch levels".to_string(),
                 self.ksk.decomposition_level_count().0,
                 l.ks_level,
             ),
-            (
-                "bsk input dimension",
-                self.bsk.input_lwe_dimension().0,
-                l.lwe_dimension,
-            ),
-            (
-                "bsk polynomial size",
-                self.bsk.polynomial_size().0,
-                l.polynomial_size,
-            ),
-            (
-                "bsk glwe size",
-                self.bsk.glwe_size().0,
-                l.glwe_dimension + 1,
-            ),
-            (
-                "bsk base log",
-                self.bsk.decomposition_base_log().0,
-                l.pbs_base_log,
-            ),
-            (
-                "bsk levels",
-                self.bsk.decomposition_level_count().0,
-                l.pbs_level,
-            ),
-            (
-                "fine bsk input dimension",
-                self.bsk_fine.input_lwe_dimension().0,
-                l.lwe_dimension,
-            ),
-            (
-                "fine bsk polynomial size",
-                self.bsk_fine.polynomial_size().0,
-                l.polynomial_size,
-            ),
-            (
-                "fine bsk glwe size",
-                self.bsk_fine.glwe_size().0,
-                l.glwe_dimension + 1,
-            ),
-            (
-                "fine bsk base log",
-                self.bsk_fine.decomposition_base_log().0,
-                l.fine_base_log,
-            ),
-            (
-                "fine bsk levels",
-                self.bsk_fine.decomposition_level_count().0,
-                l.fine_level,
-            ),
         ];
+        let mut checks = checks.to_vec();
+        for (name, bsk, base_log, level) in [
+            ("bsk", &self.bsk, l.pbs_base_log, l.pbs_level),
+            ("fine bsk", &self.bsk_fine, l.fine_base_log, l.fine_level),
+        ] {
+            if let Some(bsk) = bsk {
+                checks.extend([
+                    (
+                        format!("{name} input dimension"),
+                        bsk.input_lwe_dimension().0,
+                        l.lwe_dimension,
+                    ),
+                    (
+                        format!("{name} polynomial size"),
+                        bsk.polynomial_size().0,
+                        l.polynomial_size,
+                    ),
+                    (
+                        format!("{name} glwe size"),
+                        bsk.glwe_size().0,
+                        l.glwe_dimension + 1,
+                    ),
+                    (
+                        format!("{name} base log"),
+                        bsk.decomposition_base_log().0,
+                        base_log,
+                    ),
+                    (
+                        format!("{name} levels"),
+                        bsk.decomposition_level_count().0,
+                        level,
+                    ),
+                ]);
+            }
+        }
+        if self.bsk.is_some() != self.bsk_fine.is_some() {
+            return Err(Error::format(
+                "exact evaluation keys",
+                "holds one bootstrapping key of two",
+            ));
+        }
+        if let Some(cpk) = &self.cpk {
+            checks.push((
+                "public key dimension".to_string(),
+                cpk.lwe_dimension().0,
+                params.big_lwe_dimension(),
+            ));
+        }
         for (what, found, expected) in checks {
             if found != expected {
                 return Err(Error::ParameterMismatch {
@@ -273,8 +329,23 @@ impl CompressedServerKey {
 
     /// Bytes of the seeded key material (what travels to the server).
     pub fn transfer_bytes(&self) -> u64 {
-        8 * (self.ksk.as_ref().len() + self.bsk.as_ref().len() + self.bsk_fine.as_ref().len())
-            as u64
+        let bsk = |b: &Option<SeededLweBootstrapKeyOwned<u64>>| {
+            b.as_ref().map_or(0, |b| b.as_ref().len())
+        };
+        8 * (self.ksk.as_ref().len()
+            + bsk(&self.bsk)
+            + bsk(&self.bsk_fine)
+            + self.cpk.as_ref().map_or(0, |c| c.as_ref().len())) as u64
+    }
+
+    /// Whether the set holds the bootstrapping keys (see [`KeySet`]).
+    pub fn has_bootstrapping(&self) -> bool {
+        self.bsk.is_some() && self.bsk_fine.is_some()
+    }
+
+    /// The client's compact public key, if the set carries one (needed to sanitize).
+    pub fn public_key(&self) -> Option<super::ExactPublicKey> {
+        self.cpk.clone().map(|cpk| super::ExactPublicKey { cpk })
     }
 
     /// Regenerates the masks and converts the bootstrapping keys to the Fourier domain.
@@ -301,8 +372,9 @@ impl CompressedServerKey {
         Ok(ServerKey {
             params: params.clone(),
             ksk,
-            bsk: to_fourier(&self.bsk),
-            bsk_fine: to_fourier(&self.bsk_fine),
+            bsk: self.bsk.as_ref().map(to_fourier),
+            bsk_fine: self.bsk_fine.as_ref().map(to_fourier),
+            cpk: self.public_key(),
         })
     }
 }
@@ -315,7 +387,21 @@ impl ServerKey {
 
     /// Bytes held in memory (keyswitching key words + Fourier coefficients).
     pub fn memory_bytes(&self) -> u64 {
+        let f = |b: &Option<FourierLweBootstrapKeyOwned>| {
+            b.as_ref().map_or(0, |b| b.as_view().data().len())
+        };
         8 * self.ksk.as_ref().len() as u64
-            + 16 * (self.bsk.as_view().data().len() + self.bsk_fine.as_view().data().len()) as u64
+            + 16 * (f(&self.bsk) + f(&self.bsk_fine)) as u64
+            + self.cpk.as_ref().map_or(0, |c| c.size_bytes())
+    }
+
+    /// Whether the set holds the bootstrapping keys.
+    pub fn has_bootstrapping(&self) -> bool {
+        self.bsk.is_some() && self.bsk_fine.is_some()
+    }
+
+    /// The client's compact public key, if the set carries one (needed to sanitize).
+    pub fn public_key(&self) -> Option<&super::ExactPublicKey> {
+        self.cpk.as_ref()
     }
 }

@@ -18,6 +18,8 @@ pub mod params;
 pub mod sanitize;
 
 pub use eval::{encode, to_signed, Evaluator, ExactCiphertext, Lut, SeededCiphertexts};
-pub use keys::{generate_keys, ClientKey, CompressedServerKey, ServerKey};
+pub use keys::{
+    generate_key_set, generate_keys, ClientKey, CompressedServerKey, KeySet, ServerKey,
+};
 pub use params::{ExactParams, ExactParamsLiteral, DEFAULT_VETTED, READ_BITS};
 pub use sanitize::{sanitize_pbs, ExactPublicKey};

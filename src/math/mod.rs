@@ -8,6 +8,7 @@ pub mod poly;
 pub mod rns;
 pub mod sample;
 pub mod scratch;
+pub mod simd;
 
 pub use modulus::Modulus;
 pub use ntt::NttTable;

@@ -197,10 +197,7 @@ impl<R: Representation> RnsPoly<R> {
     pub fn add_assign(&mut self, ring: &RingContext, other: &Self) {
         debug_assert_eq!(self.num_limbs(), other.num_limbs());
         self.zip_limbs(ring, other, |t, a, b| {
-            let m = t.modulus();
-            for (x, &y) in a.iter_mut().zip(b) {
-                *x = m.add(*x, y);
-            }
+            super::simd::add_assign(a, b, t.modulus().value())
         });
     }
 
@@ -208,10 +205,7 @@ impl<R: Representation> RnsPoly<R> {
     pub fn sub_assign(&mut self, ring: &RingContext, other: &Self) {
         debug_assert_eq!(self.num_limbs(), other.num_limbs());
         self.zip_limbs(ring, other, |t, a, b| {
-            let m = t.modulus();
-            for (x, &y) in a.iter_mut().zip(b) {
-                *x = m.sub(*x, y);
-            }
+            super::simd::sub_assign(a, b, t.modulus().value())
         });
     }
 

@@ -1,5 +1,7 @@
 //! Model cards: TOML / JSON descriptions of an adapter graph ([`ModelCard`]), [`load_card`]
 //! and [`save_adapter`]. The format is documented in `docs/model-card.md`.
+//!
+//! Size: one format (the model card: its serde types, the graph they describe, loading and saving); the PEFT import is in `peft*.rs`, tensors in `tensors.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -22,6 +22,8 @@
 //!
 //! The LoRA part alone is [`LoraPair::to_op`]; the whole adapted layer, which DoRA and KaSA
 //! need, is [`LoraPair::adapt`].
+//!
+//! Size: one concern (reading a PEFT LoRA-family checkpoint with PEFT's exact semantics, tensor by tensor); about 75 lines are unit tests, and the `adapter_config.json` half already lives in `peft_config.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,6 @@
 //! From an adapter to stages, layouts, levels and the keys a plan needs.
+//!
+//! Size: one concern (stages, level schedule and key list of one plan, all over the private `Stage` type); packing lives in `layout.rs`, the depth passes in `fuse.rs`, execution in `run_ckks.rs`.
 
 use super::layout::{self, Segment};
 use crate::ckks::keygen::galois_element_for_rotation;
@@ -71,6 +73,11 @@ pub struct PlanOptions {
     /// keeps the graph as written (one stage per node, activations normalised by a separate
     /// constant product).
     pub fold_normalization: bool,
+    /// Client pre-rotated input copies, at most this many per input segment (a power of
+    /// two; 1, the default, is the replicated layout): [`InputLayout::PreRotated`] with
+    /// `max_copies = pre_rotate` in latency mode. The server's baby-step rotations go away
+    /// and the query grows up to `pre_rotate`-fold. Batch mode ignores it.
+    pub pre_rotate: usize,
 }
 
 impl Default for PlanOptions {
@@ -78,6 +85,20 @@ impl Default for PlanOptions {
         PlanOptions {
             mode: Mode::Latency,
             fold_normalization: true,
+            pre_rotate: 1,
+        }
+    }
+}
+
+impl PlanOptions {
+    /// The client input layout these options name.
+    pub fn input_layout(&self) -> InputLayout {
+        if self.pre_rotate > 1 {
+            InputLayout::PreRotated {
+                max_copies: self.pre_rotate,
+            }
+        } else {
+            InputLayout::Replicated
         }
     }
 }
@@ -166,9 +187,9 @@ pub struct StageReport {
     /// Output width.
     pub out_dim: usize,
     /// Level of the operands.
-    pub level_in: usize,
+    pub level_in: crate::ckks::Level,
     /// Level of the result.
-    pub level_out: usize,
+    pub level_out: crate::ckks::Level,
     /// Rotations (each one key switch).
     pub rotations: usize,
     /// Relinearizations (each one key switch).
@@ -226,7 +247,8 @@ fn mod_down_ntts(params: &CkksParams, level: usize) -> usize {
 /// Limb NTTs of one double-hoisted (or, with client copies, lazily divided) BSGS block at
 /// `level` with `giants` giant-step rotations (see `ckks::lintrans`): the hoisting ModUp
 /// (server-side baby steps only), per giant step a ModUp and, when the sums are extended,
-/// the ModDown of one part, and two ModDowns at the end.
+/// the ModDown of one part. The two ModDowns at the end are shared by every block of an
+/// output ([`dense_rotations`]).
 fn bsgs_ntts(
     params: &CkksParams,
     level: usize,
@@ -248,7 +270,7 @@ fn bsgs_ntts(
         } else {
             0
         };
-    hoist + giants * per_giant + 2 * mod_down_ntts(params, level)
+    hoist + giants * per_giant
 }
 
 /// Limb NTTs of one rescale of a 2-part ciphertext from `level`.
@@ -269,6 +291,8 @@ fn dense_rotations(
     let mut steps = Vec::new();
     let (mut count, mut ntts) = (0, 0);
     for o in out_segs {
+        // whether the output's sum has key-switch products in Q_l·P (then one ModDown pair)
+        let mut extended = false;
         for (i, &c) in in_segs.iter().zip(copies) {
             let k = o.period.min(i.period);
             let g = block_baby(o.period, i.period, c);
@@ -281,8 +305,15 @@ fn dense_rotations(
             };
             count += n;
             steps.extend(s);
+            // rotate-and-sum in Q_l·P: per step the ModDown of one part and a ModUp
+            let folds = row_sum_steps(o.period, i.period).len();
             ntts += bsgs_ntts(params, level, babies, giants, c == 1)
-                + row_sum_steps(o.period, i.period).len() * keyswitch_ntts(params, level);
+                + folds * (mod_up_ntts(params, level) + mod_down_ntts(params, level));
+            // (server-side baby steps always leave the block's sum in Q_l·P)
+            extended |= c == 1 || giants > 0 || folds > 0;
+        }
+        if extended {
+            ntts += 2 * mod_down_ntts(params, level);
         }
         ntts += rescale_ntts(level);
     }
@@ -355,7 +386,7 @@ impl Plan {
     /// Errors: a layout that does not fit (batch mode only takes up to N/2 samples, which
     /// is checked at encoding), or an adapter deeper than the parameters' levels.
     pub fn compile(adapter: &Adapter, params: &CkksParams, options: PlanOptions) -> Result<Self> {
-        Self::compile_with_layout(adapter, params, options, InputLayout::Replicated)
+        Self::compile_with_layout(adapter, params, options, options.input_layout())
     }
 
     /// [`Plan::compile`] with a client-side input layout (latency mode; batch mode ignores
@@ -366,9 +397,14 @@ impl Plan {
     pub fn compile_with_layout(
         adapter: &Adapter,
         params: &CkksParams,
-        options: PlanOptions,
+        mut options: PlanOptions,
         input_layout: InputLayout,
     ) -> Result<Self> {
+        // the layout given here wins over `options.pre_rotate`
+        options.pre_rotate = match input_layout {
+            InputLayout::Replicated => 1,
+            InputLayout::PreRotated { max_copies } => max_copies,
+        };
         if let InputLayout::PreRotated { max_copies } = input_layout {
             if !max_copies.is_power_of_two() {
                 return Err(Error::InvalidValue {
@@ -689,8 +725,8 @@ impl Plan {
                 name: st.name.clone(),
                 kind: kind.to_string(),
                 out_dim,
-                level_in: in_level,
-                level_out: level,
+                level_in: crate::ckks::Level(in_level),
+                level_out: crate::ckks::Level(level),
                 rotations: rot,
                 relinearizations: relin,
                 plain_products: products,
@@ -748,11 +784,11 @@ impl Plan {
         self.rotations.iter().copied().collect()
     }
     /// Galois elements of [`Plan::rotation_steps`].
-    pub fn galois_elements(&self) -> Vec<u64> {
-        let mut g: Vec<u64> = self
+    pub fn galois_elements(&self) -> Vec<crate::ckks::GaloisElement> {
+        let mut g: Vec<crate::ckks::GaloisElement> = self
             .rotations
             .iter()
-            .map(|&s| galois_element_for_rotation(&self.params, s))
+            .map(|&s| crate::ckks::GaloisElement(galois_element_for_rotation(&self.params, s)))
             .collect();
         g.sort_unstable();
         g.dedup();

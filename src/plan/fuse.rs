@@ -34,6 +34,8 @@
 //! multiplied by `2|u|`, i.e. by about `|b1| / sqrt|b2|` when the linear term dominates.
 //! A degree-2 activation whose leading coefficient is exactly 0 but whose linear term is not
 //! is refused (declare it with degree 1).
+//!
+//! Size: one concern (the graph-rewriting passes that bring a plan to its minimum depth), each pass a function over the same stage list.
 
 use super::compile::{block_rotations, Stage, StageOp};
 use super::layout::{self, Segment};

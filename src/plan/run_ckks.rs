@@ -1,9 +1,12 @@
 //! Executing a plan on ciphertexts: weights encoded once ([`Plan::prepare`]), then any number
 //! of queries ([`PreparedPlan::evaluate`]). Independent work (output segments, giant steps,
 //! output features in batch mode) runs on rayon's pool.
+//!
+//! Size: one concern (preparing and executing a plan on ciphertexts), latency and batch layouts side by side because they share the prepared weights.
 
 use super::compile::{block_baby, row_sum_steps, Mode, Plan, Stage, StageOp};
 use super::layout::{self, Segment};
+use crate::ckks::eval::ExtendedCiphertext;
 use crate::ckks::lintrans::LinearTransform;
 use crate::ckks::polyeval::evaluate_chebyshev;
 use crate::ckks::{Ciphertext, Decryptor, Encoder, EncryptionKey, Encryptor, Evaluator, Plaintext};
@@ -498,22 +501,53 @@ impl PreparedPlan {
                 .par_iter()
                 .zip(bias.par_iter())
                 .map(|(row, b)| {
-                    let mut acc: Option<Ciphertext> = None;
+                    // Every block's key-switch products (baby and giant steps, rotate-and-sum)
+                    // stay in Q_l·P and are summed there: one ModDown per part per output.
+                    let mut ext: Option<ExtendedCiphertext> = None;
+                    let mut low: Option<Ciphertext> = None;
                     for ((block, x), pre) in row.iter().zip(&aligned).zip(&copies) {
-                        let mut z = match pre {
-                            Some(pre) => block.transform.apply_rotated(ev, pre)?,
-                            None => block.transform.apply(ev, x)?,
+                        let (mut e, mut l) = match pre {
+                            Some(pre) => block.transform.apply_rotated_split(ev, pre)?,
+                            None => (Some(block.transform.apply_extended(ev, x)?), None),
                         };
-                        for &s in &block.row_sum {
-                            let r = ev.rotate(&z, s)?;
-                            ev.add_assign(&mut z, &r)?;
+                        if !block.row_sum.is_empty() {
+                            let mut z = match (e, l.take()) {
+                                (Some(mut e), Some(l)) => {
+                                    ev.add_extended_assign(&mut e, &ev.lift_extended(&l)?)?;
+                                    e
+                                }
+                                (Some(e), None) => e,
+                                (None, Some(l)) => ev.lift_extended(&l)?,
+                                (None, None) => {
+                                    return Err(Error::model("linear block without diagonals"))
+                                }
+                            };
+                            ev.rotate_sum_extended(&mut z, &block.row_sum)?;
+                            e = Some(z);
                         }
-                        match acc.as_mut() {
-                            Some(a) => ev.add_assign(a, &z)?,
-                            None => acc = Some(z),
+                        if let Some(e) = e {
+                            match ext.as_mut() {
+                                Some(a) => ev.add_extended_assign(a, &e)?,
+                                None => ext = Some(e),
+                            }
+                        }
+                        if let Some(l) = l {
+                            match low.as_mut() {
+                                Some(a) => ev.add_assign(a, &l)?,
+                                None => low = Some(l),
+                            }
                         }
                     }
-                    let mut y = acc.ok_or_else(|| Error::model("dense layer without inputs"))?;
+                    let mut y = match (ext, low) {
+                        (Some(e), Some(l)) => {
+                            let mut y = ev.mod_down_extended(&e);
+                            ev.add_assign(&mut y, &l)?;
+                            y
+                        }
+                        (Some(e), None) => ev.mod_down_extended(&e),
+                        (None, Some(l)) => l,
+                        (None, None) => return Err(Error::model("dense layer without inputs")),
+                    };
                     ev.rescale_assign(&mut y)?;
                     if let Some(b) = b {
                         ev.add_plain_assign(&mut y, b)?;

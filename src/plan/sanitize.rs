@@ -125,6 +125,12 @@ pub struct FloodingConfig {
     /// log2 of the per-slot error bound `eps` in message units; `None` takes the public
     /// precision model of the parameters plus [`EPS_MARGIN_BITS`].
     pub eval_error_log2: Option<f64>,
+    /// The adapter's calibrated public error offset `c`
+    /// ([`crate::select::calibrate::ErrorProfile::offset_bits`]): when set (and
+    /// `eval_error_log2` is not), `log2 eps = c + (log2 N - 12) - log_scale` instead of the
+    /// unit-weight model.
+    #[serde(default)]
+    pub error_offset_bits: Option<f64>,
 }
 
 impl Default for FloodingConfig {
@@ -133,6 +139,7 @@ impl Default for FloodingConfig {
             statistical_security: DEFAULT_STATISTICAL_SECURITY,
             queries: 1,
             eval_error_log2: None,
+            error_offset_bits: None,
         }
     }
 }
@@ -145,13 +152,26 @@ impl FloodingConfig {
             statistical_security,
             queries,
             eval_error_log2: None,
+            error_offset_bits: None,
         }
     }
 
     /// The error bound `log2 eps` used for parameters with scale `2^log_scale`, degree `2^log_n`.
     pub fn eps_log2(&self, log_scale: f64, log_n: u32) -> f64 {
-        self.eval_error_log2
-            .unwrap_or(-model_precision_bits(log_scale, log_n) + EPS_MARGIN_BITS)
+        match (self.eval_error_log2, self.error_offset_bits) {
+            (Some(e), _) => e,
+            (None, Some(c)) => c + (log_n as f64 - 12.0) - log_scale,
+            (None, None) => -model_precision_bits(log_scale, log_n) + EPS_MARGIN_BITS,
+        }
+    }
+
+    /// This configuration with the adapter's calibrated error offset (see
+    /// [`FloodingConfig::error_offset_bits`]); `None` keeps the unit model.
+    pub fn with_error_offset(self, offset_bits: Option<f64>) -> Self {
+        FloodingConfig {
+            error_offset_bits: offset_bits,
+            ..self
+        }
     }
 
     /// Bits of output precision flooding costs against the bound `eps` at degree `2^log_n`
@@ -209,7 +229,7 @@ pub struct SanitizeReport {
     /// Why masking was or was not needed.
     pub mask_note: String,
     /// Level of the returned ciphertexts (always 0).
-    pub output_level: usize,
+    pub output_level: crate::ckks::Level,
     /// Flooding figures, if on.
     pub flooding: Option<FloodingReport>,
 }
@@ -279,7 +299,6 @@ impl Plan {
         let clean = self.output_gaps_clean();
         let floor = params.output_floor_level();
         let mut masked = false;
-        let mut out: Vec<Ciphertext> = Vec::with_capacity(outputs.len());
         let segments = self.output_segments().to_vec();
         let encoder = if latency {
             Some(Encoder::new(params)?)
@@ -316,62 +335,17 @@ impl Plan {
             ev.drop_to_level_assign(&mut ct, to)?;
             prepped.push((ct, live_slots));
         }
-        // D^2 = sum over ciphertexts of (2 eps Delta)^2 * live / (N/2): after a mask only the
-        // output slots carry weight-dependent error.
-        let half_n = params.slots() as f64;
-        let d2_units: f64 = prepped
-            .iter()
-            .map(|(_, live)| 4.0 * (*live as f64) / half_n)
-            .sum();
         // Values the client reads (the precision figure bounds the largest of their errors).
         let read_values: f64 = if latency {
             segments.iter().map(|s| s.dim.max(1) as f64).sum()
         } else {
             prepped.iter().map(|(_, live)| *live as f64).sum()
         };
-        let mut flood_report = None;
-        for (mut ct, _) in prepped {
-            ev.rerandomize_assign(&mut ct, pk, rng)?;
-            if let Some(f) = &cfg.flooding {
-                let log_scale = ct.scale().log2();
-                let eps_log2 = f.eps_log2(params.default_scale().log2(), params.log_n());
-                let t = f.queries.max(1) as f64;
-                // sigma = 2^(s/2) * sqrt(t) * D, D = eps * Delta * sqrt(d2_units).
-                let sigma_log2 = f.statistical_security as f64 / 2.0
-                    + t.log2() / 2.0
-                    + d2_units.log2() / 2.0
-                    + eps_log2
-                    + log_scale;
-                if !ev.flooding_fits(ct.level(), sigma_log2) {
-                    let q0_log2: f64 = params.q()[..=ct.level()]
-                        .iter()
-                        .map(|&q| (q as f64).log2())
-                        .sum();
-                    return Err(Error::InvalidValue {
-                        context: "noise flooding".into(),
-                        reason: format!(
-                            "flooding at {} bits needs sigma = 2^{sigma_log2:.1}, too close to q_0 = 2^{:.1}: \
-                             use parameters with a larger q_0 or lower the statistical security",
-                            f.statistical_security,
-                            q0_log2
-                        ),
-                    });
-                }
-                ev.flood_assign(&mut ct, sigma_log2, rng)?;
-                let slot_std_log2 = sigma_log2 + half_n.log2() / 2.0 - log_scale;
-                flood_report = Some(FloodingReport {
-                    statistical_security: f.statistical_security,
-                    queries: f.queries,
-                    eps_log2,
-                    sigma_log2,
-                    slot_std_log2,
-                    cost_bits: slot_std_log2 - eps_log2,
-                    precision_bits_after: -slot_std_log2 - tail_bits(read_values),
-                    distance_bound_log2: -(f.statistical_security as f64) / 2.0 - 1.0,
-                });
-            }
-            out.push(ct);
-        }
+        let eps_log2 = cfg.flooding.as_ref().map_or(0.0, |f| {
+            f.eps_log2(params.default_scale().log2(), params.log_n())
+        });
+        let (out, flood_report) =
+            rerandomize_and_flood(ev, pk, prepped, read_values, eps_log2, cfg, rng)?;
         let mask_note = if !latency {
             "batch layout: every slot is an output of a sample the client chose".to_string()
         } else if masked {
@@ -385,11 +359,85 @@ impl Plan {
             SanitizeReport {
                 masked,
                 mask_note,
-                output_level: floor,
+                output_level: crate::ckks::Level(floor),
                 flooding: flood_report,
             },
         ))
     }
+}
+
+/// Steps 3 and 4 of the sanitization (see the module docs) on result ciphertexts already
+/// masked and dropped to the output level: `prepped` holds each ciphertext with its number
+/// of live slots (the weight-dependent ones), `read_values` the values the client reads
+/// (for the precision figure), `eps_log2` the public error bound `log2 eps`. Adds a fresh
+/// encryption of zero under `pk` to each, then (when `cfg` floods) the
+/// rounded Gaussian of `sigma = 2^(s/2) sqrt(t) D`. Shared by [`Plan::sanitize`] and the
+/// token plans ([`crate::plan::token::TokenPlan::sanitize`]). Cost per ciphertext: one
+/// public-key encryption of zero and one NTT of the noise.
+///
+/// # Errors
+/// [`Error::InvalidValue`] if the flooding noise would overflow `q_0`.
+pub(crate) fn rerandomize_and_flood<G: RngCore + CryptoRng>(
+    ev: &Evaluator,
+    pk: &PublicKey,
+    prepped: Vec<(Ciphertext, usize)>,
+    read_values: f64,
+    eps_log2: f64,
+    cfg: &SanitizeConfig,
+    rng: &mut G,
+) -> Result<(Vec<Ciphertext>, Option<FloodingReport>)> {
+    let params = ev.params();
+    // D^2 = sum over ciphertexts of (2 eps Delta)^2 * live / (N/2): after a mask only the
+    // output slots carry weight-dependent error.
+    let half_n = params.slots() as f64;
+    let d2_units: f64 = prepped
+        .iter()
+        .map(|(_, live)| 4.0 * (*live as f64) / half_n)
+        .sum();
+    let mut out = Vec::with_capacity(prepped.len());
+    let mut flood_report = None;
+    for (mut ct, _) in prepped {
+        ev.rerandomize_assign(&mut ct, pk, rng)?;
+        if let Some(f) = &cfg.flooding {
+            let log_scale = ct.scale().log2();
+            let t = f.queries.max(1) as f64;
+            // sigma = 2^(s/2) * sqrt(t) * D, D = eps * Delta * sqrt(d2_units).
+            let sigma_log2 = f.statistical_security as f64 / 2.0
+                + t.log2() / 2.0
+                + d2_units.log2() / 2.0
+                + eps_log2
+                + log_scale;
+            if !ev.flooding_fits(ct.level(), sigma_log2) {
+                let q0_log2: f64 = params.q()[..=ct.level()]
+                    .iter()
+                    .map(|&q| (q as f64).log2())
+                    .sum();
+                return Err(Error::InvalidValue {
+                    context: "noise flooding".into(),
+                    reason: format!(
+                        "flooding at {} bits needs sigma = 2^{sigma_log2:.1}, too close to q_0 = 2^{:.1}: \
+                         use parameters with a larger q_0 or lower the statistical security",
+                        f.statistical_security,
+                        q0_log2
+                    ),
+                });
+            }
+            ev.flood_assign(&mut ct, sigma_log2, rng)?;
+            let slot_std_log2 = sigma_log2 + half_n.log2() / 2.0 - log_scale;
+            flood_report = Some(FloodingReport {
+                statistical_security: f.statistical_security,
+                queries: f.queries,
+                eps_log2,
+                sigma_log2,
+                slot_std_log2,
+                cost_bits: slot_std_log2 - eps_log2,
+                precision_bits_after: -slot_std_log2 - tail_bits(read_values),
+                distance_bound_log2: -(f.statistical_security as f64) / 2.0 - 1.0,
+            });
+        }
+        out.push(ct);
+    }
+    Ok((out, flood_report))
 }
 
 impl Plan {

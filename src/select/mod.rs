@@ -17,9 +17,11 @@ use crate::{Error, Result};
 use serde::Serialize;
 
 pub mod advice;
+pub mod calibrate;
 pub mod record;
 
 pub use advice::select_with_advice;
+pub use calibrate::{calibrate, ErrorProfile};
 pub use record::{ParamsFile, SelectionRecord};
 
 /// What the caller wants.
@@ -37,6 +39,11 @@ pub struct SelectRequest {
     /// asked for must survive it. In latency mode one extra level is reserved for the
     /// output mask, which makes flooding much cheaper. `None`: no flooding.
     pub flooding: Option<FloodingConfig>,
+    /// The adapter's calibrated error offset and logit size ([`calibrate()`]): with it the
+    /// flooding is sized from the adapter's public error bound (as the server will size
+    /// it) and `precision_bits` count relative to the largest logit of a query. `None`:
+    /// the unit-weight model and a unit-sized logit.
+    pub profile: Option<ErrorProfile>,
 }
 
 impl Default for SelectRequest {
@@ -47,7 +54,23 @@ impl Default for SelectRequest {
             options: PlanOptions::default(),
             batch: None,
             flooding: None,
+            profile: None,
         }
+    }
+}
+
+impl SelectRequest {
+    /// Precision (bits) to reach against a unit-sized logit: `precision_bits`, plus the
+    /// bits a query whose largest logit is below 1 loses relative to it (from the profile).
+    pub fn unit_target_bits(&self) -> f64 {
+        let p = self.precision_bits as f64;
+        self.profile.map_or(p, |pr| pr.unit_bits_for(p))
+    }
+
+    /// The flooding the server will apply, with the profile's error offset.
+    pub fn effective_flooding(&self) -> Option<FloodingConfig> {
+        self.flooding
+            .map(|f| f.with_error_offset(self.profile.map(|p| p.offset_bits)))
     }
 }
 
@@ -88,6 +111,13 @@ pub struct SelectionReport {
     pub flooded_precision_bits: Option<f64>,
     /// Flooding statistical security, bits (when requested).
     pub flooding_bits: Option<u32>,
+    /// The adapter's calibrated public error offset (bits), when the selection had one.
+    pub error_offset_bits: Option<f64>,
+    /// log2 of the smallest largest |logit| of a calibration query, when calibrated.
+    pub logit_floor_log2: Option<f64>,
+    /// Predicted precision relative to the largest logit of a query (after flooding when
+    /// requested), when calibrated: what `--precision` asks for.
+    pub relative_precision_bits: Option<f64>,
     /// Rotation keys the client generates.
     pub rotation_keys: usize,
     /// Key switches per query.
@@ -163,9 +193,11 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             }
         }
         let extra = ((log_n as f64 - 12.0) / 2.0).ceil() as u32;
+        let target = req.unit_target_bits();
+        let flooding = req.effective_flooding();
         // With flooding, the scale is raised below until the precision survives it.
-        let mut log_scale = req.precision_bits + 16 + extra; // one bit of margin over the model
-                                                             // The output mask (latency mode, with flooding) takes one more level.
+        let mut log_scale = target.ceil() as u32 + 16 + extra; // one bit of margin over the model
+                                                               // The output mask (latency mode, with flooding) takes one more level.
         let levels =
             depth + usize::from(req.flooding.is_some() && req.options.mode == Mode::Latency);
         // With flooding the scale must also pay for the flooding noise; its cost does not
@@ -180,19 +212,25 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             match candidate(adapter, req, log_n, ls, levels, bound)? {
                 Candidate::Refused(reason) => break Ok(Err(reason)),
                 Candidate::Ok(params, plan) => {
-                    let Some(f) = &req.flooding else {
+                    let Some(f) = &flooding else {
                         break Ok(Ok((params, plan)));
                     };
                     let after = plan.flooded_precision_bits(f);
-                    if after >= req.precision_bits as f64 {
+                    if after >= target {
                         break Ok(Ok((params, plan)));
                     }
-                    if attempt > 2 {
+                    if attempt > 3 {
                         break Ok(Err(format!(
                             "N = 2^{log_n}: flooding leaves {after:.1} bits at scale 2^{ls}"
                         )));
                     }
-                    log_scale = ls + (req.precision_bits as f64 - after).ceil() as u32;
+                    // the flooding's cost does not depend on the scale, and with a
+                    // calibrated offset neither does the error: lower the scale again when
+                    // the first guess overshoots
+                    log_scale = (ls as f64 + (target - after)).ceil().max(25.0) as u32;
+                    if log_scale == ls {
+                        log_scale += 1;
+                    }
                 }
             }
         };
@@ -221,9 +259,17 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             Ok(Ok((params, plan))) => {
                 let mut report =
                     report_for(&params, &plan, bound, sec_bits, depth, refused.clone());
-                if let Some(f) = &req.flooding {
+                if let Some(f) = &flooding {
                     report.flooded_precision_bits = Some(plan.flooded_precision_bits(f));
                     report.flooding_bits = Some(f.statistical_security);
+                }
+                if let Some(p) = &req.profile {
+                    report.error_offset_bits = Some(p.offset_bits);
+                    report.logit_floor_log2 = Some(p.logit_floor_log2);
+                    let unit = report
+                        .flooded_precision_bits
+                        .unwrap_or(report.predicted_precision_bits);
+                    report.relative_precision_bits = Some(unit + p.logit_floor_log2.min(0.0));
                 }
                 return Ok(Selection {
                     params,
@@ -362,6 +408,9 @@ pub fn report_for(
         ),
         flooded_precision_bits: None,
         flooding_bits: None,
+        error_offset_bits: None,
+        logit_floor_log2: None,
+        relative_precision_bits: None,
         rotation_keys: plan.galois_elements().len(),
         key_switches_per_query: plan.key_switches(),
         switching_key_bytes: usize_of(sizes.switching_key),
@@ -425,6 +474,16 @@ impl SelectionReport {
                 "after {s_bits}-bit noise flooding: predicted precision {p:.1} bits\n"
             ));
         }
+        if let (Some(c), Some(l), Some(r)) = (
+            self.error_offset_bits,
+            self.logit_floor_log2,
+            self.relative_precision_bits,
+        ) {
+            s.push_str(&format!(
+                "calibrated: error offset {c:.1} bits (unit model 15), logits of at least 2^{l:.1}: \
+                 predicted {r:.1} bits relative to the largest logit\n"
+            ));
+        }
         for r in &self.refused {
             s.push_str(&format!("  refused: {r}\n"));
         }
@@ -443,5 +502,6 @@ pub fn batch_request(precision_bits: u32, security: Security, samples: usize) ->
         },
         batch: Some(samples),
         flooding: None,
+        profile: None,
     }
 }

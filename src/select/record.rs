@@ -26,14 +26,18 @@
 //! The rules ([`resolve_mode`], [`resolve_sanitize`]):
 //! - **layout**: a command not told a layout takes the recorded one; a layout other than the
 //!   recorded one is refused, naming the flag that works.
-//! - **flooding**: a command not told a flooding level takes the recorded level and query
-//!   budget; a level or budget that would leave less precision than the set was selected
+//! - **flooding**: the server's own level (`--flooding-bits`/`--flooding-queries`, else the
+//!   default 40 bits for one query) is a **minimum**: a recorded level or budget above it
+//!   raises the flooding, one below it never lowers it (the server refuses instead, naming
+//!   the flag that accepts the recorded level); a level or budget that would leave less precision than the set was selected
 //!   for is refused, naming the largest level that keeps it and, when it works, the
 //!   `params select` call that carries the level asked for. A record of "no flooding"
 //!   never turns flooding off by itself: the server must say `--no-flooding`.
 //! - a parameter **file** without a record (written before this version, or by hand) loads
 //!   with today's defaults (latency layout, 40-bit flooding for one query) and a warning;
 //!   presets carry no record and take the same defaults silently.
+//!
+//! Size: one concern (the `[selected_for]` record and the rules that follow it), whose refusals each name the settings that work, which takes the room.
 
 use super::{select, SelectRequest};
 use crate::ckks::{CkksParams, Security};
@@ -380,6 +384,9 @@ pub struct FloodingRequest {
     pub queries: Option<u64>,
     /// `--no-flooding`.
     pub off: bool,
+    /// The adapter's calibrated error profile ([`crate::select::calibrate()`], computed by
+    /// the server from its own weights): the flooding is sized from it.
+    pub profile: Option<crate::select::ErrorProfile>,
 }
 
 /// The sanitization settled on, and notes for the user.
@@ -432,6 +439,7 @@ fn select_advice(
         },
         batch: None,
         flooding: Some(f),
+        profile: None,
     };
     let sel = select(ctx.adapter, &req).ok()?;
     let mut cmd = format!("{} --precision {precision}", ctx.command);
@@ -513,13 +521,18 @@ pub fn resolve_sanitize(
         RecordedFlooding::On { bits, queries } => (Some(bits), Some(queries)),
         _ => (None, None),
     };
-    let bits = req
-        .bits
-        .or(rec_bits)
-        .unwrap_or(DEFAULT_STATISTICAL_SECURITY);
-    let queries = req.queries.or(rec_queries).unwrap_or(1).max(1);
-    let f = FloodingConfig::new(bits, queries);
-    let predicted = plan.flooded_precision_bits(&f);
+    // The server's own level (its flag, else the default) is a minimum: a record can
+    // raise the flooding, never lower it.
+    let server_bits = req.bits.unwrap_or(DEFAULT_STATISTICAL_SECURITY);
+    let server_queries = req.queries.unwrap_or(1).max(1);
+    let bits = rec_bits.map_or(server_bits, |r| r.max(server_bits));
+    let queries = rec_queries.map_or(server_queries, |r| r.max(server_queries));
+    let below_minimum = rec_bits.is_some_and(|r| r < server_bits)
+        || rec_queries.is_some_and(|r| r < server_queries);
+    let f =
+        FloodingConfig::new(bits, queries).with_error_offset(req.profile.map(|p| p.offset_bits));
+    let predicted =
+        plan.flooded_precision_bits(&f) + req.profile.map_or(0.0, |p| p.logit_floor_log2.min(0.0));
     let target = record.and_then(|r| r.precision_bits);
     // Never refuse the exact setting the parameters were selected for: the selector's
     // figure for it is the contract (it may be a fraction of a bit under the target on
@@ -579,6 +592,14 @@ pub fn resolve_sanitize(
             format!(
                 "these parameters were selected WITHOUT noise flooding, and the default {bits}-bit flooding \
                  would leave {predicted:.1} bits of precision"
+            )
+        } else if let (true, Some(t), Some(rb)) = (below_minimum, target, rec_bits) {
+            format!(
+                "these parameters were selected for {rb}-bit noise flooding ({}), below this server's minimum of \
+                 {server_bits} bits for {server_queries} {} (a parameter record never lowers the server's \
+                 flooding); at {bits} bits they would leave {predicted:.1} bits of precision, not {t}",
+                record.map_or_else(String::new, SelectionRecord::describe),
+                plural(server_queries)
             )
         } else if let Some(t) = target {
             format!(

@@ -15,7 +15,8 @@ use super::predicted_precision_bits;
 use crate::ckks::security::{max_log_qp, Security};
 use crate::ckks::{CkksParams, CkksParamsLiteral};
 use crate::model::token::TokenAdapter;
-use crate::plan::token::TokenPlan;
+use crate::plan::token::{flooded_precision_bits, TokenPlan};
+use crate::plan::FloodingConfig;
 use crate::{Error, Result};
 
 /// Extra scale bits over the precision model of [`select`](super::select): token adapters
@@ -61,6 +62,9 @@ pub struct TokenSelectionReport {
     pub result_bytes: usize,
     /// Ring degrees refused before this one, with the reason.
     pub refused: Vec<String>,
+    /// The flooding the parameters were selected for and the precision predicted after it
+    /// ([`flooded_precision_bits`]); `None`: selected without flooding.
+    pub flooding: Option<(FloodingConfig, f64)>,
 }
 
 /// Parameters, plan and report for a token adapter.
@@ -98,7 +102,13 @@ impl TokenSelectionReport {
             mib(self.query_bytes),
             self.result_ciphertexts,
             mib(self.result_bytes),
-        )
+        ) + &match &self.flooding {
+            Some((f, bits)) => format!(
+                "sanitized: output mask (one level) and noise flooding at {} bits for {} quer(ies): about {bits:.1} bits left\n",
+                f.statistical_security, f.queries
+            ),
+            None => "selected WITHOUT noise flooding (results are masked only if a level is left)\n".into(),
+        }
     }
 }
 
@@ -113,6 +123,70 @@ pub fn select_token(
     adapter: &TokenAdapter,
     precision_bits: u32,
     security: Security,
+) -> Result<TokenSelection> {
+    select_token_with(adapter, precision_bits, security, None)
+}
+
+/// [`select_token`] for results sanitized with noise flooding `flooding` (what `hepeft
+/// evaluate` does by default): one more level for the output mask of
+/// [`TokenPlan::sanitize`], and a scale raised until the precision predicted after
+/// flooding ([`flooded_precision_bits`]) reaches `precision_bits`; above 2^50 a 30-bit
+/// prime is reserved for the output (results leave at level 1), up to 2^60.
+///
+/// # Errors
+/// As [`select_token`]; a flooding no scale up to 2^60 can carry.
+pub fn select_token_flooded(
+    adapter: &TokenAdapter,
+    precision_bits: u32,
+    security: Security,
+    flooding: &FloodingConfig,
+) -> Result<TokenSelection> {
+    select_token_with(adapter, precision_bits, security, Some(flooding))
+}
+
+/// Scale, first prime and whether an output prime is reserved for `precision_bits` at
+/// degree `2^log_n`, with flooding `flooding` (None: the unflooded rule).
+fn token_scale(
+    adapter: &TokenAdapter,
+    precision_bits: u32,
+    log_n: u32,
+    flooding: Option<&FloodingConfig>,
+) -> Result<(u32, Vec<u32>)> {
+    let extra = ((log_n as f64 - 12.0) / 2.0).ceil() as u32;
+    // TOKEN_MARGIN_BITS over the pooled-adapter model: the token network is deeper and
+    // multiplies ciphertexts (measured: 13.6 bits at 16 asked without it, example token_owc)
+    let mut log_scale = (precision_bits + 16 + extra + TOKEN_MARGIN_BITS).max(25);
+    if let Some(f) = flooding {
+        let (rows, w) = adapter.output_shape();
+        while flooded_precision_bits(rows * w, f, log_scale as f64, log_n) < precision_bits as f64 {
+            log_scale += 1;
+            if log_scale > 60 {
+                return Err(Error::params(format!(
+                    "{precision_bits} bits after noise flooding at {} bits for {} quer(ies) would need a scale                      above 2^60 at N = 2^{log_n}: ask fewer bits (--precision), lower --flooding-bits, or, for a                      trusted client only, turn flooding off",
+                    f.statistical_security, f.queries
+                )));
+            }
+        }
+    } else if log_scale > 50 {
+        return Err(Error::params(format!(
+            "{precision_bits} bits of precision would need a scale of 2^{log_scale}; at most 2^50 is supported"
+        )));
+    }
+    // the first prime: 10 bits of headroom over the scale; above 2^50 a 30-bit prime plus
+    // one more prime at the scale hold the output (CkksParams::output_floor_level = 1)
+    let head = if log_scale + 10 <= 60 {
+        vec![log_scale + 10]
+    } else {
+        vec![30, log_scale]
+    };
+    Ok((log_scale, head))
+}
+
+fn select_token_with(
+    adapter: &TokenAdapter,
+    precision_bits: u32,
+    security: Security,
+    flooding: Option<&FloodingConfig>,
 ) -> Result<TokenSelection> {
     let Some(sec_bits) = security.bits() else {
         return Err(Error::params(
@@ -137,27 +211,34 @@ pub fn select_token(
             ));
             continue;
         }
-        let extra = ((log_n as f64 - 12.0) / 2.0).ceil() as u32;
-        // TOKEN_MARGIN_BITS over the pooled-adapter model: the token network is deeper and
-        // multiplies ciphertexts (measured: 13.6 bits at 16 asked without it, example token_owc)
-        let log_scale = (precision_bits + 16 + extra + TOKEN_MARGIN_BITS).max(25);
-        if log_scale > 50 {
-            return Err(Error::params(format!(
-                "{precision_bits} bits of precision would need a scale of 2^{log_scale}; at most 2^50 is supported"
-            )));
-        }
-        let q0 = (log_scale + 10).min(60);
-        let special = q0.max(log_scale);
-        let base = q0 + depth as u32 * log_scale;
+        let (log_scale, head) = match token_scale(adapter, precision_bits, log_n, flooding) {
+            Ok(v) => v,
+            Err(e) if flooding.is_some() => {
+                refused.push(format!("N = 2^{log_n}: {e}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // the output mask of the sanitization takes one level
+        let levels = depth + usize::from(flooding.is_some());
+        let q0 = head.iter().sum::<u32>();
+        let special = head
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(log_scale)
+            .min(60);
+        let base = q0 + levels as u32 * log_scale;
         let mut chosen = None;
         let mut last_err = None;
-        for k in (1..=(depth + 1).min(8)).rev() {
+        for k in (1..=(levels + 1).min(8)).rev() {
             if base + k as u32 * special > bound {
                 continue;
             }
             let lit = CkksParamsLiteral::new(
                 log_n,
-                [vec![q0], vec![log_scale; depth]].concat(),
+                [head.clone(), vec![log_scale; levels]].concat(),
                 vec![special; k],
                 log_scale,
             )
@@ -181,7 +262,9 @@ pub fn select_token(
             continue;
         };
         let plan = TokenPlan::compile(adapter, &params)?;
-        let report = report_for(adapter, &params, &plan, bound, refused);
+        let mut report = report_for(adapter, &params, &plan, bound, refused);
+        report.flooding =
+            flooding.map(|f| (*f, plan.flooded_precision_bits(f, log_scale as f64, log_n)));
         return Ok(TokenSelection {
             params,
             plan,
@@ -232,5 +315,6 @@ fn report_for(
         result_ciphertexts: result,
         result_bytes: result * 2 * (plan.output_level() + 1) * n * 8,
         refused,
+        flooding: None,
     }
 }

@@ -105,7 +105,12 @@ fn check_structure(b: &Binding, plan: &Plan, what: &str) -> Result<()> {
     }
 }
 
-fn check_key_set(found: KeySetId, want: KeySetId, what: &str, against: &str) -> Result<()> {
+pub(crate) fn check_key_set(
+    found: KeySetId,
+    want: KeySetId,
+    what: &str,
+    against: &str,
+) -> Result<()> {
     if found == want {
         Ok(())
     } else {
@@ -124,7 +129,7 @@ fn check_key_set(found: KeySetId, want: KeySetId, what: &str, against: &str) -> 
 /// [`Error::MissingKey`] naming the missing Galois elements or the relinearization key.
 pub fn check_keys_cover_plan(plan: &Plan, eval: &EvaluationKeys) -> Result<()> {
     let needed = plan.galois_elements();
-    let missing: Vec<u64> = needed
+    let missing: Vec<crate::ckks::GaloisElement> = needed
         .iter()
         .copied()
         .filter(|g| eval.galois(*g).is_none())

@@ -34,6 +34,10 @@ pub struct ModelDescription {
     pub mode: String,
     /// Plan option `fold_normalization`.
     pub fold_normalization: bool,
+    /// Plan option `pre_rotate`: client pre-rotated copies per input segment, at most
+    /// (1: the replicated layout; absent in descriptions from servers that predate it).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub pre_rotate: usize,
     /// Widths of the adapter inputs, in order.
     pub input_dims: Vec<usize>,
     /// Width of the output (logits).
@@ -51,7 +55,7 @@ pub struct ModelDescription {
     /// SHA-256 hex of the plan structure ([`Plan::structure_digest`](crate::plan::Plan::structure_digest)).
     pub structure_digest: String,
     /// Galois elements the evaluation keys must contain.
-    pub galois_elements: Vec<u64>,
+    pub galois_elements: Vec<crate::ckks::GaloisElement>,
     /// Whether a relinearization key is needed.
     pub needs_relin: bool,
     /// Levels the plan consumes.
@@ -80,6 +84,7 @@ impl ModelDescription {
         Ok(PlanOptions {
             mode: Mode::parse(&self.mode)?,
             fold_normalization: self.fold_normalization,
+            pre_rotate: self.pre_rotate,
         })
     }
 
@@ -104,6 +109,7 @@ impl ModelDescription {
             name,
             mode: plan.options().mode.name().into(),
             fold_normalization: plan.options().fold_normalization,
+            pre_rotate: plan.options().pre_rotate,
             input_dims: plan.input_dims().to_vec(),
             output_dim: plan.output_dim(),
             input_ciphertexts: plan.input_ciphertexts(),
@@ -209,4 +215,13 @@ impl ModelDescription {
         }
         Ok((params, adapter, plan))
     }
+}
+
+pub(crate) fn one() -> usize {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+pub(crate) fn is_one(v: &usize) -> bool {
+    *v == 1
 }

@@ -20,7 +20,7 @@ use crate::ckks::{
 use crate::io::binding::{Binding, KeySetId};
 use crate::io::format::{digest_hex, write_bytes_atomic};
 use crate::io::limits::{read_text, MAX_TEXT_FILE};
-use crate::plan::{Mode, Plan};
+use crate::plan::{Mode, Plan, PlanOptions};
 use crate::{Error, Result};
 
 use super::client::ClientKeys;
@@ -54,7 +54,7 @@ pub struct PlanInfo {
     /// Identifier of public.key (first 16 hex digits of its SHA-256).
     pub key_id: String,
     /// Galois elements of the evaluation keys (exactly the plan's).
-    pub galois_elements: Vec<u64>,
+    pub galois_elements: Vec<crate::ckks::GaloisElement>,
     /// Rotation steps behind them.
     pub rotation_steps: Vec<i64>,
     /// Whether eval.keys holds a relinearization key.
@@ -63,6 +63,13 @@ pub struct PlanInfo {
     pub input_dims: Vec<usize>,
     /// Width of the output.
     pub output_dim: usize,
+    /// Client pre-rotated input copies per segment, at most ([`PlanOptions::pre_rotate`];
+    /// absent, 1, for the replicated layout).
+    #[serde(
+        default = "super::description::one",
+        skip_serializing_if = "super::description::is_one"
+    )]
+    pub pre_rotate: usize,
 }
 
 impl PlanInfo {
@@ -80,6 +87,7 @@ impl PlanInfo {
             relinearization: plan.needs_relin(),
             input_dims: plan.input_dims().to_vec(),
             output_dim: plan.output_dim(),
+            pre_rotate: plan.options().pre_rotate,
         }
     }
 
@@ -113,6 +121,18 @@ impl PlanInfo {
     /// [`Error::InvalidParameters`] for an unknown mode.
     pub fn mode(&self) -> Result<Mode> {
         Mode::parse(&self.mode)
+    }
+
+    /// The plan options `plan.json` names (mode and input layout).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] for an unknown mode.
+    pub fn plan_options(&self) -> Result<PlanOptions> {
+        Ok(PlanOptions {
+            mode: self.mode()?,
+            pre_rotate: self.pre_rotate,
+            ..PlanOptions::default()
+        })
     }
 
     /// The key-set id `plan.json` names.

@@ -17,7 +17,7 @@ use crate::ckks::{
 use crate::io::binding::{Binding, Role};
 use crate::io::format::digest_hex;
 use crate::io::limits::{read_text, MAX_TEXT_FILE};
-use crate::plan::{Mode, Plan};
+use crate::plan::{Mode, Plan, PlanOptions};
 use crate::{Error, Result};
 
 use super::keydir::json_bytes;
@@ -135,6 +135,7 @@ impl Ciphertexts {
             structure_digest: digest_hex(&self.binding.structure),
             params_digest: digest_hex(&params.digest()),
             key_id: self.binding.key_set.hex(),
+            pre_rotate: plan.options().pre_rotate,
         }
     }
 }
@@ -162,6 +163,13 @@ pub struct CtMeta {
     pub params_digest: String,
     /// Identifier of the public key the query was encrypted under.
     pub key_id: String,
+    /// Client pre-rotated input copies per segment, at most (the plan option `pre_rotate`;
+    /// absent, 1, for the replicated layout).
+    #[serde(
+        default = "super::description::one",
+        skip_serializing_if = "super::description::is_one"
+    )]
+    pub pre_rotate: usize,
 }
 
 /// `<file>.json`: where the sidecar of a ciphertext file lives.
@@ -186,6 +194,18 @@ impl CtMeta {
     /// [`Error::InvalidParameters`] for an unknown mode.
     pub fn mode(&self) -> Result<Mode> {
         Mode::parse(&self.mode)
+    }
+
+    /// The plan options the sidecar names (mode and input layout).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] for an unknown mode.
+    pub fn plan_options(&self) -> Result<PlanOptions> {
+        Ok(PlanOptions {
+            mode: self.mode()?,
+            pre_rotate: self.pre_rotate,
+            ..PlanOptions::default()
+        })
     }
 
     /// Reads the sidecar of the ciphertext file `ct` and checks its format tag, its

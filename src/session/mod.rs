@@ -28,6 +28,7 @@ pub mod description;
 pub mod keydir;
 pub mod message;
 pub mod server;
+pub mod token;
 
 pub use binding::{
     check_eval_keys, check_keys_cover_plan, check_query_matches_keys, check_result_matches_secret,
@@ -81,5 +82,19 @@ pub fn plan_options(mode: Mode) -> PlanOptions {
 /// # Errors
 /// Compilation errors of [`Plan::compile`].
 pub fn public_plan(adapter: &Adapter, params: &CkksParams, mode: Mode) -> Result<Plan> {
-    Plan::compile(&public_structure(adapter)?, params, plan_options(mode))
+    public_plan_with(adapter, params, plan_options(mode))
+}
+
+/// [`public_plan`] with every plan option given (the input layout among them: the key
+/// directory's `plan.json` and a query's sidecar record it, [`keydir::PlanInfo::plan_options`],
+/// [`message::CtMeta::plan_options`]).
+///
+/// # Errors
+/// Compilation errors of [`Plan::compile`].
+pub fn public_plan_with(
+    adapter: &Adapter,
+    params: &CkksParams,
+    options: PlanOptions,
+) -> Result<Plan> {
+    Plan::compile(&public_structure(adapter)?, params, options)
 }

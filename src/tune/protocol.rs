@@ -13,6 +13,8 @@
 //! resume without losing or repeating one: the server refuses a reply for another step and
 //! ignores a duplicate of the last one; the client resends the reply it saved (the same
 //! noisy scalars, so a resend costs no privacy).
+//!
+//! Size: the two roles of one protocol (`TuneServer`, `TuneClient`) and their messages and checkpoints, which must change together; the loss helpers at the end are their twin.
 
 use super::privacy::{privatize, PrivacyLedger, ReplyPrivacy};
 use super::theta::{ThetaLayout, Trainable};

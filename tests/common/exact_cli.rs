@@ -36,6 +36,19 @@ pub fn exact_pipeline(
     inputs: &[PathBuf],
     select_extra: &[&str],
 ) -> (String, Array2<f64>) {
+    exact_pipeline_with(d, card, calib_path, inputs, select_extra, &[])
+}
+
+/// [`exact_pipeline`] with `key_extra` passed to both `keygen` and `evaluate` (e.g.
+/// `--no-flooding`).
+pub fn exact_pipeline_with(
+    d: &Path,
+    card: &Path,
+    calib_path: &Path,
+    inputs: &[PathBuf],
+    select_extra: &[&str],
+    key_extra: &[&str],
+) -> (String, Array2<f64>) {
     let quant = d.join("quant.json");
     let mut select = vec![
         "params",
@@ -52,7 +65,7 @@ pub fn exact_pipeline(
     select.extend_from_slice(select_extra);
     let report = hepeft(&select);
     let keys = d.join("keys");
-    hepeft(&[
+    let mut keygen = vec![
         "keygen",
         "--backend",
         "exact",
@@ -60,7 +73,9 @@ pub fn exact_pipeline(
         p(&quant),
         "--out",
         p(&keys),
-    ]);
+    ];
+    keygen.extend_from_slice(key_extra);
+    hepeft(&keygen);
     let q = d.join("q.ct");
     let mut encrypt = vec![
         "encrypt",
@@ -78,7 +93,8 @@ pub fn exact_pipeline(
     }
     hepeft(&encrypt);
     let r = d.join("r.ct");
-    hepeft(&[
+    let eval_keys = keys.join("eval.keys");
+    let mut evaluate = vec![
         "evaluate",
         "--backend",
         "exact",
@@ -89,12 +105,14 @@ pub fn exact_pipeline(
         "--quant",
         p(&quant),
         "--eval-keys",
-        p(&keys.join("eval.keys")),
+        p(&eval_keys),
         "--input",
         p(&q),
         "--out",
         p(&r),
-    ]);
+    ];
+    evaluate.extend_from_slice(key_extra);
+    hepeft(&evaluate);
     let logits = d.join("logits.npy");
     hepeft(&[
         "decrypt",

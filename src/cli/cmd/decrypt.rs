@@ -53,7 +53,7 @@ pub fn run(args: &DecryptArgs, ui: &Ui) -> Result<DecryptReport> {
     let keys = KeyDir::open(&args.keys)?;
     let params = &keys.params;
     let adapter = load_model(&args.model, None)?;
-    let plan = public_plan(&adapter, params, keys.mode)?;
+    let plan = public_plan_with(&adapter, params, keys.info.plan_options()?)?;
     keys.check_plan(&plan, &args.model)?;
     let meta = CtMeta::read(&args.input, "result", params)?;
     keys.check_meta(&meta, &args.input)?;

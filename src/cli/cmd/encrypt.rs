@@ -33,7 +33,7 @@ pub fn run(args: &EncryptArgs, ui: &Ui) -> Result<EncryptReport> {
     let keys = KeyDir::open(&args.keys)?;
     let params = &keys.params;
     let adapter = load_model(&args.model, None)?;
-    let plan = public_plan(&adapter, params, keys.mode)?;
+    let plan = public_plan_with(&adapter, params, keys.info.plan_options()?)?;
     check_envelope(
         &keys.path(PUBLIC_KEY),
         FileKind::PublicKey,

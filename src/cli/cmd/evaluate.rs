@@ -63,29 +63,7 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     // Carrying their public key, bound to it and this plan, covering every key it uses.
     let key_set = session::server::check_keys(&plan, &keys, key_binding.as_ref())
         .with_context(|| format!("checking evaluation keys {}", args.eval_keys.display()))?;
-    // The layout and flooding the parameters were selected for, unless told otherwise;
-    // refused before any work when the flooding would leave less precision than the set
-    // was selected for (the advice names only settings that work).
-    let public_adapter = hepeft::plan::public_structure(&adapter)?;
-    let ctx = SelectContext {
-        adapter: &public_adapter,
-        command: "hepeft params select --model <public card>",
-    };
-    record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
-        .context("the query's layout")?;
-    let resolved = record::resolve_sanitize(
-        params_file.record.as_ref(),
-        &args.flooding.request(),
-        &plan,
-        Some(&ctx),
-    )?;
-    if args.flooding.no_flooding {
-        ui.note(crate::cli::args::FloodingArgs::WARNING);
-    }
-    for w in &resolved.warnings {
-        ui.note(w);
-    }
-    let sanitize = resolved.config;
+    let sanitize = sanitize_config(args, &params_file, &adapter, mode, &plan, ui)?;
     session::check_flooding(&plan, sanitize.flooding.as_ref())?;
     let query = Query::load(&args.input, &params, Role::Query)
         .with_context(|| format!("reading query {}", args.input.display()))?;
@@ -136,6 +114,51 @@ pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     Ok(report)
 }
 
+/// The layout and flooding the parameters were selected for, unless the flags say
+/// otherwise; refused before any work when the flooding would leave less precision than
+/// the set was selected for (the advice names only settings that work).
+fn sanitize_config(
+    args: &EvaluateArgs,
+    params_file: &hepeft::select::ParamsFile,
+    adapter: &hepeft::model::Adapter,
+    mode: hepeft::plan::Mode,
+    plan: &Plan,
+    ui: &Ui,
+) -> Result<hepeft::plan::SanitizeConfig> {
+    let public_adapter = hepeft::plan::public_structure(adapter)?;
+    let ctx = SelectContext {
+        adapter: &public_adapter,
+        command: "hepeft params select --model <public card>",
+    };
+    record::resolve_mode(params_file.record.as_ref(), Some(mode), Some(&ctx))
+        .context("the query's layout")?;
+    // The flooding is sized from this adapter's calibrated public error bound, computed
+    // here from the weights (never taken from the parameter record).
+    let profile = if args.flooding.no_flooding {
+        None
+    } else {
+        let calib = crate::cli::common::calibration_features(adapter, args.calib.as_deref())?;
+        hepeft::select::calibrate(adapter, calib.as_deref())
+            .context("calibrating the adapter's error bound")?
+    };
+    let resolved = record::resolve_sanitize(
+        params_file.record.as_ref(),
+        &record::FloodingRequest {
+            profile,
+            ..args.flooding.request()
+        },
+        plan,
+        Some(&ctx),
+    )?;
+    if args.flooding.no_flooding {
+        ui.note(crate::cli::args::FloodingArgs::WARNING);
+    }
+    for w in &resolved.warnings {
+        ui.note(w);
+    }
+    Ok(resolved.config)
+}
+
 /// The evaluation keys' file: never a secret key (the kind is read first), then the
 /// parameters they were made for.
 fn check_eval_keys_file(args: &EvaluateArgs, params: &hepeft::ckks::CkksParams) -> Result<()> {
@@ -166,14 +189,14 @@ fn server_plan(
     meta: &CtMeta,
     ui: &Ui,
 ) -> Result<Plan> {
-    let mode = meta.mode()?;
     if all_weights_zero(adapter) {
         ui.note(&format!(
             "warning: every weight of {} is zero (is this the public card?); the result will be zero\n",
             args.model.display()
         ));
     }
-    let public = public_plan(adapter, params, mode)?;
+    let options = meta.plan_options()?;
+    let public = public_plan_with(adapter, params, options)?;
     let public_digest = digest_hex(&public.structure_digest());
     if public_digest != meta.structure_digest {
         bail!(
@@ -186,7 +209,7 @@ fn server_plan(
             params.digest_short()
         );
     }
-    let plan = Plan::compile(adapter, params, plan_options(mode)).context("compiling the model")?;
+    let plan = Plan::compile(adapter, params, options).context("compiling the model")?;
     if plan.structure_digest() != public.structure_digest() {
         bail!("internal error: the model and its public structure compile to different plans");
     }
@@ -234,7 +257,7 @@ fn report_text(report: &EvaluateReport) -> String {
         .sanitize
         .as_ref()
         .map_or("", |r| r.mask_note.as_str());
-    let level = report.sanitize.as_ref().map_or(0, |r| r.output_level);
+    let level = report.sanitize.as_ref().map_or(0, |r| r.output_level.get());
     match report.sanitize.as_ref().and_then(|r| r.flooding.as_ref()) {
         Some(f) => format!(
             "{text}  sanitized: level {level}, re-randomized, {mask}; flooding at {} bits for {} quer(ies): \

@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use ndarray::Array2;
 use serde::Serialize;
 
-use hepeft::exact::{generate_keys, io as xio, ClientKey, ExactParams};
+use hepeft::exact::{generate_key_set, io as xio, ClientKey, ExactParams, KeySet};
 use hepeft::io::format::{read_file, write_file_atomic, FileKind, DEFAULT_MAX_PAYLOAD};
 use hepeft::model::load::load_features_npy;
 use hepeft::plan::{quantize, QuantPublic, QuantizeOptions};
@@ -99,6 +99,11 @@ pub fn select(a: &SelectArgs, ui: &Ui) -> Result<()> {
     ui.report(&public, &text, true)
 }
 
+/// What `--no-flooding` prints on the exact path.
+const EXACT_NO_SANITIZE_WARNING: &str = "WARNING: exact results are NOT sanitized (--no-flooding): \
+     a result's mask and noise are functions of the weights, and a client can solve for a \
+     linear head's weights from one query (docs/threat-model.md). For tests and trusted clients only.\n";
+
 #[derive(Debug, Serialize)]
 struct ExactKeygenReport {
     dir: std::path::PathBuf,
@@ -110,7 +115,20 @@ struct ExactKeygenReport {
 
 /// `keygen --backend exact --model quant.json --out DIR`.
 pub fn keygen(a: &KeygenArgs, ui: &Ui) -> Result<()> {
-    let (_, params) = read_quant(&a.model)?;
+    let (q, params) = read_quant(&a.model)?;
+    // results are sanitized by default (bootstrappings of re-randomized outputs: every
+    // plan needs the bootstrapping keys and the public key); without sanitization a plan
+    // with no bootstrapping (a linear probe) needs neither
+    let set = if !a.no_flooding {
+        KeySet::Sanitizing
+    } else if q.predicted_pbs == 0 {
+        KeySet::NoBootstrapping
+    } else {
+        KeySet::Full
+    };
+    if a.no_flooding {
+        ui.note(EXACT_NO_SANITIZE_WARNING);
+    }
     if a.out.join(SECRET_KEY).exists() && !a.force {
         bail!(
             "{} already holds a secret key; pass --force to replace it",
@@ -120,7 +138,7 @@ pub fn keygen(a: &KeygenArgs, ui: &Ui) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut rng = hepeft::session::os_rng().context("seeding the key generator from the OS")?;
     let t = Instant::now();
-    let (ck, sk) = generate_keys(&params, &mut rng)?;
+    let (ck, sk) = generate_key_set(&params, set, &mut rng)?;
     let keygen_seconds = t.elapsed().as_secs_f64();
     let digest = params.digest();
     write_file_atomic(
@@ -206,6 +224,12 @@ pub fn encrypt(a: &EncryptArgs, ui: &Ui) -> Result<()> {
 #[derive(Debug, Serialize)]
 struct ExactEvalReport {
     samples: usize,
+    /// Results sanitized (re-randomized, re-bootstrapped, flooded; `--no-flooding` turns
+    /// it off).
+    sanitized: bool,
+    /// Bootstrappings of the sanitization (included in `pbs`).
+    sanitize_pbs: u64,
+    sanitize_seconds: f64,
     pbs: u64,
     predicted_pbs_per_sample: u64,
     expand_seconds: f64,
@@ -239,6 +263,18 @@ pub fn evaluate(a: &EvaluateArgs, ui: &Ui) -> Result<()> {
     let t = Instant::now();
     let sk = xio::server_key_from_payload(&params, &env.payload)?.expand(&params)?;
     let expand_seconds = t.elapsed().as_secs_f64();
+    let sanitize = !a.flooding.no_flooding;
+    if sanitize {
+        ensure!(
+            sk.public_key().is_some() && sk.has_bootstrapping(),
+            "{} were made with `keygen --no-flooding` and cannot sanitize results: re-run \
+             `hepeft keygen --backend exact` without it, or evaluate with --no-flooding \
+             (results then leak the weights)",
+            a.eval_keys.display()
+        );
+    } else {
+        ui.note(EXACT_NO_SANITIZE_WARNING);
+    }
     let (p, cts) = read_cts(&a.input, &params)?;
     ensure!(
         p == plan.input_log_modulus(),
@@ -254,10 +290,23 @@ pub fn evaluate(a: &EvaluateArgs, ui: &Ui) -> Result<()> {
     let t = Instant::now();
     let mut out = Vec::new();
     let mut pbs = 0;
+    let mut sanitize_pbs = 0;
+    let mut sanitize_seconds = 0.0;
+    let mut rng = hepeft::session::os_rng().context("seeding the sanitizer from the OS")?;
     for sample in cts.chunks(plan.input_dim()) {
         let run = plan.evaluate(&sk, sample)?;
         pbs += run.pbs;
-        out.extend(run.outputs);
+        match sk.public_key().filter(|_| sanitize) {
+            Some(pk) => {
+                let ts = Instant::now();
+                let (clean, n) = plan.sanitize_outputs(&sk, pk, &run.outputs, &mut rng)?;
+                sanitize_seconds += ts.elapsed().as_secs_f64();
+                sanitize_pbs += n;
+                pbs += n;
+                out.extend(clean);
+            }
+            None => out.extend(run.outputs),
+        }
     }
     let evaluate_seconds = t.elapsed().as_secs_f64();
     write_file_atomic(
@@ -269,14 +318,24 @@ pub fn evaluate(a: &EvaluateArgs, ui: &Ui) -> Result<()> {
     )?;
     let r = ExactEvalReport {
         samples: cts.len() / plan.input_dim(),
+        sanitized: sanitize,
+        sanitize_pbs,
+        sanitize_seconds,
         pbs,
         predicted_pbs_per_sample: plan.predicted_pbs(),
         expand_seconds,
         evaluate_seconds,
     };
     let text = format!(
-        "evaluated {} sample(s): {} PBS ({} predicted per sample), keys expanded in {:.2} s, evaluation {:.2} s\n",
-        r.samples, r.pbs, r.predicted_pbs_per_sample, r.expand_seconds, r.evaluate_seconds
+        "evaluated {} sample(s): {} PBS ({} predicted per sample, {} to sanitize), keys expanded in {:.2} s, evaluation {:.2} s ({:.2} s sanitizing){}\n",
+        r.samples,
+        r.pbs,
+        r.predicted_pbs_per_sample,
+        r.sanitize_pbs,
+        r.expand_seconds,
+        r.evaluate_seconds,
+        r.sanitize_seconds,
+        if r.sanitized { "" } else { "; results NOT sanitized" }
     );
     ui.report(&r, &text, false)
 }
@@ -383,8 +442,18 @@ pub fn demo(args: &crate::cli::args::DemoArgs, ui: &Ui) -> Result<()> {
         plan.predicted_pbs()
     ));
     let mut rng = hepeft::session::os_rng().context("seeding the key generator from the OS")?;
+    // results sanitized as `evaluate --backend exact` does, unless --no-flooding
+    let sanitize = !args.no_flooding;
+    if !sanitize {
+        ui.note(EXACT_NO_SANITIZE_WARNING);
+    }
+    let set = match (sanitize, plan.predicted_pbs()) {
+        (true, _) => KeySet::Sanitizing,
+        (false, 0) => KeySet::NoBootstrapping,
+        (false, _) => KeySet::Full,
+    };
     let t = Instant::now();
-    let (ck, compressed) = generate_keys(&params, &mut rng)?;
+    let (ck, compressed) = generate_key_set(&params, set, &mut rng)?;
     let keygen_seconds = t.elapsed().as_secs_f64();
     let eval_keys_bytes = xio::server_key_to_payload(&compressed)?.len() as u64;
     let sk = compressed.expand(&params)?;
@@ -402,9 +471,17 @@ pub fn demo(args: &crate::cli::args::DemoArgs, ui: &Ui) -> Result<()> {
         let cts = q.expand(&params)?;
         let t = Instant::now();
         let run = plan.evaluate(&sk, &cts)?;
-        evaluate_seconds += t.elapsed().as_secs_f64();
         pbs += run.pbs;
-        let y = plan.decrypt_output(&ck, &run.outputs)?;
+        let outputs = match sk.public_key().filter(|_| sanitize) {
+            Some(pk) => {
+                let (clean, n) = plan.sanitize_outputs(&sk, pk, &run.outputs, &mut rng)?;
+                pbs += n;
+                clean
+            }
+            None => run.outputs,
+        };
+        evaluate_seconds += t.elapsed().as_secs_f64();
+        let y = plan.decrypt_output(&ck, &outputs)?;
         bit_exact &= y == plan.reference(&xq)?;
         let got = argmax_i64(&y);
         let f64_class =
@@ -453,10 +530,15 @@ pub fn demo(args: &crate::cli::args::DemoArgs, ui: &Ui) -> Result<()> {
     };
     let name = |k: usize| classes.get(k).copied().unwrap_or("?");
     let mut text = format!(
-        "exact backend ({}), {} PBS per sample\n\
+        "exact backend ({}), {} PBS per sample{}\n\
          keys: eval.keys {} (keygen {:.2} s); queries {} in all\n",
         params.vetted_name(),
         r.predicted_pbs_per_sample,
+        if sanitize {
+            ", results sanitized"
+        } else {
+            ", results NOT sanitized (--no-flooding)"
+        },
         human_bytes(r.eval_keys_bytes),
         r.keygen_seconds,
         human_bytes(r.query_bytes)

@@ -205,7 +205,7 @@ fn envelope(path: &Path, args: &InspectArgs, out: &mut Out) -> Result<()> {
             );
             let shown: Vec<String> = elements
                 .iter()
-                .map(|g| match steps.get(g) {
+                .map(|g| match steps.get(&g.get()) {
                     Some(s) => format!("{g} (rotate {s})"),
                     None => format!("{g}"),
                 })

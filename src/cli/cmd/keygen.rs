@@ -20,6 +20,10 @@ pub struct KeygenReport {
     pub params: String,
     pub params_digest: String,
     pub mode: String,
+    /// Most client pre-rotated copies per input segment (1: replicated layout).
+    pub pre_rotate: usize,
+    /// Ciphertexts per query.
+    pub query_ciphertexts: usize,
     pub structure_digest: String,
     pub key_id: String,
     pub galois_keys: usize,
@@ -55,7 +59,12 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
             command: &command,
         }),
     )?;
-    let plan = public_plan(&adapter, &params, mode)?;
+    let options = hepeft::plan::PlanOptions {
+        mode,
+        pre_rotate: args.pre_rotate,
+        ..Default::default()
+    };
+    let plan = public_plan_with(&adapter, &params, options)?;
     session::keydir::check_writable(&args.out, args.force)?;
     let t = Instant::now();
     let keys =
@@ -78,6 +87,8 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
         params: args.params.as_ref().map(|p| p.label()).unwrap_or_default(),
         params_digest: params.digest_short(),
         mode: info.mode.clone(),
+        pre_rotate: info.pre_rotate,
+        query_ciphertexts: plan.input_ciphertexts(),
         structure_digest: info.structure_digest[..16].to_string(),
         key_id: info.key_id.clone(),
         galois_keys: info.galois_elements.len(),
@@ -89,9 +100,17 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
         write_seconds: write_time.as_secs_f64(),
     };
     let text = format!(
-        "keygen: {} ({} mode), {} Galois key(s){}, in {}\n  wrote {}: {SECRET_KEY} ({}, mode 0600), {PUBLIC_KEY} ({}), {EVAL_KEYS} ({}), {PARAMS_TOML}, {PLAN_JSON}\n  send {EVAL_KEYS} and {PARAMS_TOML} to the server; never {SECRET_KEY}\n",
+        "keygen: {} ({} mode{}), {} Galois key(s){}, in {}\n  wrote {}: {SECRET_KEY} ({}, mode 0600), {PUBLIC_KEY} ({}), {EVAL_KEYS} ({}), {PARAMS_TOML}, {PLAN_JSON}\n  send {EVAL_KEYS} and {PARAMS_TOML} to the server; never {SECRET_KEY}\n",
         params.describe(),
         report.mode,
+        if report.pre_rotate > 1 {
+            format!(
+                ", client pre-rotated input: {} ciphertexts per query",
+                report.query_ciphertexts
+            )
+        } else {
+            String::new()
+        },
         report.galois_keys,
         if report.relinearization { " + relinearization key" } else { "" },
         secs(keygen_time),

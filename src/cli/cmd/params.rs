@@ -120,12 +120,18 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
     if mode == Mode::Latency && args.batch.is_some() {
         anyhow::bail!("--batch only applies to --mode batch");
     }
+    // Calibration features (one-input adapters): the error and logit size are measured on them.
+    let calib = crate::cli::common::calibration_features(&adapter, args.calib.as_deref())?;
     let req = SelectRequest {
         precision_bits: args.precision,
         security: args.security,
         options: plan_options(mode),
         batch: args.batch.map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
         flooding: args.flooding.config().flooding,
+        // the adapter's error bound and logit size, measured from the card's weights (none
+        // for a public card without weights: the unit model)
+        profile: hepeft::select::calibrate(&adapter, calib.as_deref())
+            .context("calibrating the adapter's error bound")?,
     };
     let sel = select_with_advice(&public, &req).with_context(|| {
         format!(

@@ -54,19 +54,59 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     };
     let record = params_file.record.as_ref();
     let mode = hepeft::select::record::resolve_mode(record, args.mode.map(Into::into), Some(&ctx))?;
-    let plan = hepeft::plan::Plan::compile(&public_adapter, &params, plan_options(mode))
+    let options = hepeft::plan::PlanOptions {
+        pre_rotate: args.pre_rotate,
+        ..plan_options(mode)
+    };
+    let plan = hepeft::plan::Plan::compile(&public_adapter, &params, options)
         .context("compiling the model")?;
+    // The flooding is sized from this adapter's calibrated public error bound, computed
+    // here from the weights (never taken from the parameter record).
+    let profile = if args.flooding.no_flooding {
+        None
+    } else {
+        {
+            let calib = crate::cli::common::calibration_features(&adapter, args.calib.as_deref())?;
+            hepeft::select::calibrate(&adapter, calib.as_deref())
+                .context("calibrating the adapter's error bound")?
+        }
+    };
     let resolved = hepeft::select::record::resolve_sanitize(
         record,
-        &args.flooding.request(),
+        &hepeft::select::record::FloodingRequest {
+            profile,
+            ..args.flooding.request()
+        },
         &plan,
         Some(&ctx),
     )?;
     for w in &resolved.warnings {
         ui.note(w);
     }
+    let cfg = server_config(args, auth, rate_limit, options, resolved.config)?;
+    if args.flooding.no_flooding {
+        ui.note(crate::cli::args::FloodingArgs::WARNING);
+    }
+    ui.note(&format!("parameters: {}\n", params.describe()));
+    run_until_signal(adapter, params, cfg, |addr| {
+        ui.note(&format!("hepeft serve: listening on http://{addr} (Ctrl-C stops after the requests in flight)\n"));
+    })
+    .context("serving")?;
+    ui.note("hepeft serve: stopped\n");
+    Ok(())
+}
+
+/// The service settings from the command line (limits, timeouts, access, tuning) and the
+/// resolved layout and sanitization.
+fn server_config(
+    args: &ServeArgs,
+    auth: AuthTokens,
+    rate_limit: Option<RateLimit>,
+    options: hepeft::plan::PlanOptions,
+    sanitize: hepeft::plan::SanitizeConfig,
+) -> Result<ServerConfig> {
     let defaults = ServerConfig::default();
-    let cfg = ServerConfig {
+    Ok(ServerConfig {
         listen: args.listen,
         max_body_bytes: args.max_body_mib << 20,
         max_concurrent_evaluations: args
@@ -84,12 +124,12 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         auth,
         rate_limit,
-        mode: plan_options(mode),
+        mode: options,
         model_name: args
             .model
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned()),
-        sanitize: resolved.config,
+        sanitize,
         tune: args
             .tune
             .tune
@@ -107,17 +147,7 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
                 })
             })
             .transpose()?,
-    };
-    if args.flooding.no_flooding {
-        ui.note(crate::cli::args::FloodingArgs::WARNING);
-    }
-    ui.note(&format!("parameters: {}\n", params.describe()));
-    run_until_signal(adapter, params, cfg, |addr| {
-        ui.note(&format!("hepeft serve: listening on http://{addr} (Ctrl-C stops after the requests in flight)\n"));
     })
-    .context("serving")?;
-    ui.note("hepeft serve: stopped\n");
-    Ok(())
 }
 
 /// What a query produced.

@@ -61,6 +61,9 @@ pub mod fuse;
 mod io;
 mod layout;
 mod run;
+mod sanitize;
+
+pub use sanitize::{flooded_precision_bits, TOKEN_EPS_MARGIN_BITS};
 
 pub use fuse::fuse_tokens;
 pub use layout::Layout;
