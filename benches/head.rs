@@ -225,15 +225,14 @@ fn bench_flooded(
     rng: &mut ChaCha20Rng,
 ) {
     use hepeft::plan::{FloodingConfig, SanitizeConfig};
-    let sel = hepeft::select::select(
-        adapter,
-        &hepeft::select::SelectRequest {
-            precision_bits: 16,
-            flooding: Some(FloodingConfig::default()),
-            ..Default::default()
-        },
-    )
-    .expect("select with flooding");
+    // as `params select` does: the adapter's calibrated error bound and logit size
+    let req = hepeft::select::SelectRequest {
+        precision_bits: 16,
+        flooding: Some(FloodingConfig::default()),
+        profile: hepeft::select::calibrate(adapter, None).expect("calibrate"),
+        ..Default::default()
+    };
+    let sel = hepeft::select::select(adapter, &req).expect("select with flooding");
     let (params, plan) = (sel.params.clone(), sel.plan.clone());
     let kg = KeyGenerator::new(&params);
     let sk = kg.gen_secret_key(rng);
@@ -263,7 +262,9 @@ fn bench_flooded(
         .len()
     };
     let prepared = plan.prepare().expect("prepare");
-    let cfg = SanitizeConfig::flooded();
+    let cfg = SanitizeConfig {
+        flooding: req.effective_flooding(),
+    };
     let out = prepared.evaluate(&ev, &query).expect("evaluate");
     let (result, _) = plan.sanitize(&ev, out, &pk, &cfg, rng).expect("sanitize");
     let dec = hepeft::ckks::Decryptor::new(&params, &sk).expect("decryptor");

@@ -69,11 +69,11 @@ fn main() {
     };
     let calib = uniform(&mut rng, 256);
     let test = uniform(&mut rng, 1000);
-    let params = ExactParams::default_2m128().unwrap();
     let (f64_out, _) = evaluate_exact_fn_batch(&mlp, &[test.view()]).unwrap();
     let d = QuantizeOptions::default();
     let mut variants: Vec<(String, QuantizeOptions)> = vec![("default".into(), d.clone())];
-    let extra: Vec<(&str, Box<dyn Fn(&mut QuantizeOptions)>)> = vec![
+    type Tweak = Box<dyn Fn(&mut QuantizeOptions)>;
+    let extra: Vec<(&str, Tweak)> = vec![
         ("stages 3", Box::new(|o| o.stages = 3)),
         ("hidden_bits 6", Box::new(|o| o.hidden_bits = 6)),
         ("hidden_bits 7", Box::new(|o| o.hidden_bits = 7)),

@@ -7,7 +7,7 @@
 //! ```text
 //! math  ->  ckks | exact        model        io (envelope, payload, fs, binding, limits)
 //!               \               |           /
-//!                +---------->  plan  <-----+      (compile, fuse, layouts, run, sanitize)
+//!                +---------->  plan  <-----+      (compile, fuse, layouts, run, sanitize policy)
 //!                               |
 //!                             select                (parameters from depth and precision)
 //!                               |
@@ -16,7 +16,9 @@
 //!                      cli  serve  python           (thin front ends; tune rides beside)
 //! ```
 //!
-//! `exact` (feature `exact`, on by default) is the TFHE backend: quantized heads evaluated
+//! `ckks` owns the scheme operations, re-randomization and noise flooding included
+//! (`ckks::sanitize`); `plan::sanitize` only decides which ciphertexts get them and how wide
+//! the flooding is. `exact` (feature `exact`, on by default) is the TFHE backend: quantized heads evaluated
 //! bit-exactly with tfhe-rs (see `docs/exact.md`). `session` is the one home of the
 //! client/server protocol: the key directory and its metadata, `Client::{keygen,
 //! encrypt_samples, decrypt}`, `Server::{check_keys, evaluate_queries}` (sanitization

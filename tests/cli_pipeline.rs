@@ -578,8 +578,8 @@ fn usage_errors_exit_2() {
     ok(hepeft(&[&"--help"]));
 }
 
-/// Noise flooding from the command line: on by default at 40 bits, which the N = 2^13
-/// preset cannot carry (refused with the reason); at 20 bits the result is flooded, the
+/// Noise flooding from the command line: on by default at 40 bits, which leaves the N = 2^13
+/// preset only a few bits for this adapter (sized from its calibrated error bound); at 20 bits the result is flooded, the
 /// report says how much precision is left, and decryption stays within it.
 #[test]
 fn evaluate_floods_by_default() {
@@ -602,13 +602,16 @@ fn evaluate_floods_by_default() {
         args.append(&mut tail);
         hepeft(&args)
     };
-    let refused = f.dir.join("server/flood40.ct");
-    fails(
-        base(&[], &refused),
-        1,
-        "noise flooding at 40 bits would leave",
-    );
-    assert!(!refused.exists());
+    // Default flooding (40 bits) on the preset: with this adapter's calibrated error bound
+    // (issue 14) it leaves a few bits (before the calibration the unit model refused it);
+    // the flooding is on and reported at 40 bits, sized from the calibrated bound.
+    let default40 = f.dir.join("server/flood40.ct");
+    let report = ok(base(&[], &default40));
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let fl = &v["sanitize"]["flooding"];
+    assert_eq!(fl["statistical_security"], 40, "{report}");
+    let bits40 = fl["precision_bits_after"].as_f64().unwrap();
+    assert!(bits40 > 1.0 && bits40 < 16.0, "{report}");
 
     let out = f.dir.join("server/flood20.ct");
     let report = ok(base(&[&"--flooding-bits", &"20"], &out));

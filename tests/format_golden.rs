@@ -112,12 +112,12 @@ fn golden_bound_envelope_bytes_are_pinned() {
 }
 
 /// SHA-256 of the exact backend's evaluation-key payload (format 2, tag `TFK2`) for the
-/// key set without bootstrapping keys made from a fixed seed: the keyswitching key and the
-/// compact public key. Pins the layout of `docs/file-formats.md` ("Exact evaluation keys")
+/// key set without bootstrapping keys made from a fixed seed (the keyswitching key, two
+/// absent bootstrapping keys, an absent public key). Pins the layout of `docs/file-formats.md` ("Exact evaluation keys")
 /// together with tfhe-rs's seeded serialization of the pinned tfhe version.
 #[cfg(feature = "exact")]
 const EXACT_KEYS_V2_SHA256: &str =
-    "efcee774d826b6177455b7525787d341117c9a4cdd601d9622094a7287cd44dd";
+    "89c94caf60023d1da272a333d7206a95e58f8a75de806ce1a21f9563df6cb315";
 
 #[cfg(feature = "exact")]
 #[test]
@@ -127,7 +127,7 @@ fn exact_evaluation_keys_format_2_is_pinned_and_format_1_refused() {
     let params = ExactParams::default_2m128().unwrap();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(19);
     let (_, keys) = generate_key_set(&params, KeySet::NoBootstrapping, &mut rng).unwrap();
-    assert!(!keys.has_bootstrapping() && keys.public_key().is_some());
+    assert!(!keys.has_bootstrapping() && keys.public_key().is_none());
     let payload = xio::server_key_to_payload(&keys).unwrap();
     assert_eq!(&payload[..4], b"TFK2");
     let len = u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize;

@@ -287,15 +287,30 @@ fn keygen_follows_the_recorded_layout() {
     run_suggested_selects(&err);
 }
 
-/// (d): evaluate on a set selected for 20-bit flooding floods at 20 bits without being
-/// told, and refuses 40 bits (which would leave fewer bits than the set was selected for),
-/// naming --flooding-bits 20 and only `params select` calls that succeed.
+/// (d) and issue 14 item 5: the server's own flooding level (its flag, else the default 40
+/// bits) is a minimum. On a set selected for 20-bit flooding, evaluate without flags refuses
+/// (40 bits would leave fewer bits than the set was selected for), naming --flooding-bits 20
+/// and only `params select` calls that succeed; with --flooding-bits 20 it floods at 20; a
+/// lower flag never floods below the recorded level.
 #[test]
 fn evaluate_uses_the_recorded_flooding_level() {
     let (path, report) = select_into("f20.toml", &["--flooding-bits", "20"]);
     let (keys, query) = keys_and_query(&path, "k20");
     let server_params = keys.join("params.toml");
-    let o = evaluate(&keys, &query, &server_params, "r20.ct", &[]);
+    let err = fails(
+        evaluate(&keys, &query, &server_params, "r0.ct", &[]),
+        "below this server's minimum of 40 bits",
+    );
+    assert!(err.contains("--flooding-bits 20"), "{err}");
+    assert!(!fixture().dir.join("r0.ct").exists());
+
+    let o = evaluate(
+        &keys,
+        &query,
+        &server_params,
+        "r20.ct",
+        &["--flooding-bits", "20"],
+    );
     let (out, err) = ok(o);
     assert!(err.contains("weaker than the default"), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -316,20 +331,25 @@ fn evaluate_uses_the_recorded_flooding_level() {
             "r40.ct",
             &["--flooding-bits", "40"],
         ),
-        "selected for 16 bits",
+        "below this server's minimum of 40 bits",
     );
     assert!(err.contains("--flooding-bits 20"), "{err}");
     assert!(!fixture().dir.join("r40.ct").exists());
     let ran = run_suggested_selects(&err);
     eprintln!("{err}\n({ran} suggested select command(s) ran)");
-    // weaker flooding than recorded is the server's choice
-    ok(evaluate(
+    // a flag below the recorded level: the record raises it, never the other way
+    let (out, _) = ok(evaluate(
         &keys,
         &query,
         &server_params,
         "r10.ct",
         &["--flooding-bits", "10"],
     ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["sanitize"]["flooding"]["statistical_security"], 20,
+        "{out}"
+    );
 }
 
 /// (a): evaluate's refusal on a preset (no record, default 40-bit flooding) suggests only

@@ -206,6 +206,8 @@ pub fn select(
         options: plan_options(mode),
         batch: samples,
         flooding: flooding_bits.map(|s| FloodingConfig::new(s, 1)),
+        // the structure only here (public by design): the unit-weight error model
+        profile: None,
     };
     let adapter = &model.inner;
     let sel = py

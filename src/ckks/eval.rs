@@ -803,6 +803,21 @@ impl Evaluator {
         Ok(())
     }
 
+    /// The trivial encryption `(0, 0)` of zero at `level` and `scale` (what a transform whose
+    /// weights are all zero returns; it carries no randomness, so results that leave the
+    /// server must be sanitized as usual). Cost: two zeroed polynomials.
+    pub(crate) fn zero_ciphertext(&self, level: usize, scale: f64) -> Ciphertext {
+        let ring = self.params.ring();
+        Ciphertext::new(
+            vec![
+                RnsPoly::<Eval>::zero(ring, level, false),
+                RnsPoly::<Eval>::zero(ring, level, false),
+            ],
+            scale,
+            self.params.digest(),
+        )
+    }
+
     /// `P·ct` in the extended basis `Q_l·P` (its special limbs are zero): the form in which an
     /// ordinary ciphertext joins a sum of key-switch products that is divided by `P` once.
     /// Cost: `(l+1)·N` Shoup products per part; no NTT.

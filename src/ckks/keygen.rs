@@ -184,8 +184,8 @@ impl KeyGenerator {
     }
 
     /// The evaluation key set: relinearization key (if `relin`) and one Galois key per
-    /// distinct element in `elements` (typed [`GaloisElement`](super::GaloisElement)s, as
-    /// [`crate::plan::Plan::galois_elements`] lists them, or raw `u64`s).
+    /// distinct element in `elements` (typed [`GaloisElement`](super::GaloisElement)s, as a
+    /// compiled plan lists them, or raw `u64`s).
     pub fn gen_evaluation_keys<G: RngCore + CryptoRng, E: Copy + Into<super::GaloisElement>>(
         &self,
         sk: &SecretKey,

@@ -29,6 +29,7 @@ pub struct LinearTransform {
     plain: Vec<Vec<Option<Plaintext>>>,
     baby: usize,
     level: usize,
+    scale: f64,
 }
 
 /// Baby-step size for `k` diagonals: the smallest power of two `g` with `g^2 >= k`, so there
@@ -107,7 +108,19 @@ impl LinearTransform {
             plain,
             baby: g,
             level,
+            scale,
         })
+    }
+
+    /// Whether every diagonal is zero (the transform maps everything to zero; `apply`
+    /// refuses it, callers add nothing instead).
+    pub fn is_zero(&self) -> bool {
+        self.plain.iter().flatten().all(Option::is_none)
+    }
+
+    /// Scale the diagonals are encoded at (the product's scale is the input's times it).
+    pub fn scale(&self) -> f64 {
+        self.scale
     }
 
     /// Level the diagonals are encoded at (the input must be at this level).

@@ -347,10 +347,12 @@ pub enum ParamsCmd {
 
 #[derive(Debug, Args)]
 pub struct SelectArgs {
-    /// Model card (public or private: only the structure is used).
+    /// Model card (public or private: the structure selects the parameters; a private card's
+    /// weights also calibrate the error bound and the logit size).
     #[arg(long, value_name = "CARD")]
     pub model: PathBuf,
-    /// Bits of precision wanted at the output, relative to a unit-sized logit.
+    /// Bits of precision wanted at the output, relative to the largest logit (measured on
+    /// the card's weights; relative to a unit-sized logit for a public card).
     #[arg(long, default_value_t = 16, value_name = "BITS", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub precision: u32,
     /// Security level in bits.
@@ -416,7 +418,7 @@ pub struct KeygenArgs {
     pub force: bool,
     /// Exact backend only: keys for results that are NOT sanitized (no public key in
     /// eval.keys; a plan without bootstrapping, a linear probe, then gets no bootstrapping
-    /// key either: ~100 KB instead of ~90 MB). Results of such keys leak the weights
+    /// key either: 64 KiB instead of ~90 MB). Results of such keys leak the weights
     /// (docs/threat-model.md). For tests and trusted clients only.
     #[arg(long)]
     pub no_flooding: bool,

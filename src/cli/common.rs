@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 use ndarray::ArrayView2;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use hepeft::ckks::CkksParams;
@@ -200,7 +200,7 @@ pub fn save_npy_atomic(path: &Path, m: ArrayView2<f64>) -> Result<()> {
 
 /// Serializes `value` as pretty JSON and writes it atomically.
 #[cfg(feature = "exact")]
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     write_atomic(path, text.as_bytes())

@@ -67,8 +67,8 @@ impl Drop for ClientKey {
 ///
 /// The two bootstrapping keys (about 30 and 60 MB seeded for the default set) are absent
 /// from a key set made for a plan without any bootstrapping whose results are not
-/// sanitized (a linear probe with flooding off): such a set is the keyswitching key and the
-/// public key only (about 100 KB). The client's compact public key travels with the keys:
+/// sanitized (a linear probe with flooding off): such a set is the keyswitching key only
+/// (64 KiB). The client's compact public key travels with the keys:
 /// the server needs it to sanitize results ([`Evaluator::sanitize`](super::Evaluator)).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CompressedServerKey {
@@ -118,9 +118,9 @@ pub enum KeySet {
     /// Keyswitching key, both bootstrapping keys and the client's compact public key: every
     /// plan, results sanitized (the default of `hepeft keygen --backend exact`).
     Sanitizing,
-    /// Keyswitching key and public key, no bootstrapping key: only plans without any
-    /// bootstrapping (linear probes) whose results are not sanitized. About 1/1000 of
-    /// the full set.
+    /// Keyswitching key only (64 KiB for the default set), no bootstrapping key and no
+    /// public key: only plans without any bootstrapping (linear probes) whose results are
+    /// not sanitized. About 1/1400 of the full set.
     NoBootstrapping,
 }
 
@@ -186,10 +186,10 @@ pub fn generate_key_set(
         small,
         glwe,
     };
-    let cpk = if set == KeySet::Full {
-        None
-    } else {
+    let cpk = if set == KeySet::Sanitizing {
         Some(ck.public_key(rng)?.cpk)
+    } else {
+        None
     };
     Ok((
         ck,

@@ -215,7 +215,7 @@ mod tests {
         /// scalar tail, for 33- to 62-bit primes.
         #[test]
         fn kernels_match_scalar(seed in any::<u64>(), len in 0usize..40, bits in 33u32..=62) {
-            let p2 = (1u64 << bits) - 57 | 1;
+            let p2 = ((1u64 << bits) - 57) | 1;
             let p1 = p2 - 2 * (seed % 1000) - 2;
             let (m1, m2) = (Modulus::new(p1).unwrap(), Modulus::new(p2).unwrap());
             let mut s = seed;

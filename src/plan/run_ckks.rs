@@ -505,7 +505,14 @@ impl PreparedPlan {
                     // stay in Q_l·P and are summed there: one ModDown per part per output.
                     let mut ext: Option<ExtendedCiphertext> = None;
                     let mut low: Option<Ciphertext> = None;
+                    // scale of the sum (for an all-zero row: a trivial zero ciphertext)
+                    let mut zero_at = None;
                     for ((block, x), pre) in row.iter().zip(&aligned).zip(&copies) {
+                        if block.transform.is_zero() {
+                            // an all-zero block (e.g. a weightless public card) adds nothing
+                            zero_at = Some((x.level(), x.scale() * block.transform.scale()));
+                            continue;
+                        }
                         let (mut e, mut l) = match pre {
                             Some(pre) => block.transform.apply_rotated_split(ev, pre)?,
                             None => (Some(block.transform.apply_extended(ev, x)?), None),
@@ -546,7 +553,10 @@ impl PreparedPlan {
                         }
                         (Some(e), None) => ev.mod_down_extended(&e),
                         (None, Some(l)) => l,
-                        (None, None) => return Err(Error::model("dense layer without inputs")),
+                        (None, None) => match zero_at {
+                            Some((level, scale)) => ev.zero_ciphertext(level, scale),
+                            None => return Err(Error::model("dense layer without inputs")),
+                        },
                     };
                     ev.rescale_assign(&mut y)?;
                     if let Some(b) = b {

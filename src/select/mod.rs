@@ -27,7 +27,8 @@ pub use record::{ParamsFile, SelectionRecord};
 /// What the caller wants.
 #[derive(Clone, Copy, Debug)]
 pub struct SelectRequest {
-    /// Bits of precision wanted at the output, relative to a unit-sized logit.
+    /// Bits of precision wanted at the output: relative to the largest logit of a query
+    /// when `profile` is given, else relative to a unit-sized logit.
     pub precision_bits: u32,
     /// Security level (never [`Security::Unchecked`] here).
     pub security: Security,

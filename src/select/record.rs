@@ -116,13 +116,6 @@ struct Wrapper {
     selected_for: RecordToml,
 }
 
-fn mode_str(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Latency => "latency",
-        Mode::Batch => "batch",
-    }
-}
-
 /// The flag that chooses `mode` on the command line.
 pub fn mode_flag(mode: Mode) -> &'static str {
     match mode {
@@ -177,7 +170,7 @@ impl SelectionRecord {
 
     /// One line for reports: "latency layout, 16 bits after 40-bit flooding for 1 query".
     pub fn describe(&self) -> String {
-        let mut s = format!("{} layout", mode_str(self.mode));
+        let mut s = format!("{} layout", self.mode.name());
         if let Some(b) = self.samples_per_query {
             s.push_str(&format!(" ({b} samples per query)"));
         }
@@ -208,7 +201,7 @@ impl SelectionRecord {
         RecordToml {
             record: RECORD_VERSION,
             by: self.by.clone(),
-            mode: mode_str(self.mode).into(),
+            mode: self.mode.name().into(),
             samples_per_query: self.samples_per_query,
             precision_bits: self.precision_bits,
             security_bits: self.security_bits,
@@ -354,17 +347,17 @@ pub fn resolve_mode(
                 .map_or_else(String::new, |a| {
                     format!(
                         ", or use parameters selected for the {} layout: {a}",
-                        mode_str(m)
+                        m.name()
                     )
                 });
             Err(Error::mismatch(
                 "layout",
                 format!(
                     "the parameters were selected for the {} layout{}, not {}: pass {} (or leave --mode out){hint}",
-                    mode_str(r.mode),
+                    r.mode.name(),
                     r.samples_per_query
                         .map_or_else(String::new, |b| format!(" ({b} samples per query)")),
-                    mode_str(m),
+                    m.name(),
                     mode_flag(r.mode),
                 ),
             ))

@@ -317,18 +317,15 @@ fn server_evaluate(work: &WorkDir, mode: Mode, flood: bool) -> Result<ServerRun>
     let params_path = keys_dir.join(PARAMS_TOML);
     let text = std::fs::read_to_string(&params_path)
         .with_context(|| format!("reading {}", params_path.display()))?;
-    let params = hepeft::select::ParamsFile::from_toml(&text)?.params;
+    let params_file = hepeft::select::ParamsFile::from_toml(&text)?;
+    let params = params_file.params.clone();
     session::check_params_secure(&params)?;
     let adapter = load_model(&work.server.join("adapter.toml"), None)?;
     let plan =
         Plan::compile(&adapter, &params, plan_options(mode)).context("compiling the model")?;
-    let (keys, binding): (EvaluationKeys, _) = load_bound(&keys_dir.join(EVAL_KEYS), &params)?;
+    let (keys, binding): (EvaluationKeys, _) = load_bound(keys_dir.join(EVAL_KEYS), &params)?;
     session::server::check_keys(&plan, &keys, binding.as_ref())?;
-    let sanitize = if flood {
-        SanitizeConfig::flooded()
-    } else {
-        SanitizeConfig::without_flooding()
-    };
+    let sanitize = demo_sanitize(&params_file, &adapter, &plan, flood)?;
     session::check_flooding(&plan, sanitize.flooding.as_ref())?;
     let query = Query::load(&work.client.join("query.ct"), &params, Role::Query)?;
     let load_seconds = t.elapsed().as_secs_f64();
@@ -353,6 +350,34 @@ fn server_evaluate(work: &WorkDir, mode: Mode, flood: bool) -> Result<ServerRun>
         prepare_seconds,
         evaluate_seconds,
     })
+}
+
+/// The sanitization `hepeft evaluate` settles on without flooding flags (or with
+/// `--no-flooding` when `flood` is false): the parameters' record, and flooding sized from
+/// the adapter's own calibrated error bound (seeded, so the same on every run).
+fn demo_sanitize(
+    params_file: &hepeft::select::ParamsFile,
+    adapter: &hepeft::model::Adapter,
+    plan: &Plan,
+    flood: bool,
+) -> Result<SanitizeConfig> {
+    use hepeft::select::record;
+    let profile = if flood {
+        hepeft::select::calibrate(adapter, None).context("calibrating the adapter's error bound")?
+    } else {
+        None
+    };
+    let public_adapter = hepeft::plan::public_structure(adapter)?;
+    let ctx = record::SelectContext {
+        adapter: &public_adapter,
+        command: "hepeft params select --model <public card>",
+    };
+    let request = record::FloodingRequest {
+        off: !flood,
+        profile,
+        ..Default::default()
+    };
+    Ok(record::resolve_sanitize(params_file.record.as_ref(), &request, plan, Some(&ctx))?.config)
 }
 
 /// Client (as `hepeft decrypt`): the result checked against the secret key's key set and
