@@ -607,3 +607,12 @@ fn digest_of(lit: &CkksParamsLiteral, q: &[u64], p: &[u64], dnum: usize) -> [u8;
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+impl crate::io::object::ParamsDigest for CkksParams {
+    fn digest(&self) -> [u8; 32] {
+        CkksParams::digest(self)
+    }
+    fn check_digest(&self, what: &str, digest: &[u8; 32]) -> Result<()> {
+        CkksParams::check_digest(self, what, digest)
+    }
+}

@@ -12,19 +12,15 @@ use super::ciphertext::{Ciphertext, Plaintext};
 use super::keygen::KeyGenerator;
 use super::keys::{EvaluationKeys, GaloisKey, PublicKey, RelinKey, SecretKey, SwitchingKey};
 use super::params::CkksParams;
-use crate::io::binding::Binding;
 use crate::io::format::{
-    read_envelope_bytes, write_envelope, write_envelope_flagged, write_file_atomic_flagged,
-    FileKind, PayloadReader, PayloadWriter, CHECKSUM_LEN, FLAG_BOUND, HEADER_LEN,
+    read_envelope_bytes, write_envelope, FileKind, PayloadReader, PayloadWriter, CHECKSUM_LEN,
+    HEADER_LEN,
 };
 use crate::math::poly::{Eval, RnsPoly};
 use crate::math::sample;
 use crate::{Error, Result};
-use std::path::Path;
 
-/// Largest payload any reader accepts (64 GiB); each kind has a tighter cap computed from
-/// the parameters ([`HeObject::max_payload`]), and each reader also checks exact sizes.
-pub const MAX_PAYLOAD: u64 = 64 << 30;
+pub use crate::io::object::MAX_PAYLOAD;
 
 /// Most ciphertexts one bundle file may hold (a query or result of many samples).
 pub const MAX_BUNDLE_CIPHERTEXTS: usize = 1 << 16;
@@ -105,209 +101,10 @@ pub fn ciphertext_bytes(params: &CkksParams, level: usize, parts: usize) -> u64 
     8 + 1 + 1 + parts as u64 * poly_bytes(params, level + 1)
 }
 
-/// An object with a file format of its own.
-pub trait HeObject: Sized {
-    /// The envelope kind.
-    const KIND: FileKind;
-    /// Human name for messages.
-    const WHAT: &'static str;
-    /// Digest of the parameter set it belongs to.
-    fn digest(&self) -> [u8; 32];
-    /// Appends the payload.
-    fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()>;
-    /// Parses and checks the payload.
-    fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self>;
-    /// Largest payload (including a binding block) a file of this kind can have under
-    /// `params`: readers refuse a larger declared length before reading anything.
-    fn max_payload(_params: &CkksParams) -> u64 {
-        MAX_PAYLOAD
-    }
-}
-
-/// Serializes `obj` into a complete envelope. For a secret key the intermediate payload
-/// buffer is zeroized; the returned bytes are the caller's to wipe.
-pub fn to_bytes<T: HeObject>(params: &CkksParams, obj: &T) -> Result<Vec<u8>> {
-    to_bytes_inner(params, obj, None)
-}
-
-/// [`to_bytes`] with a binding block (envelope flag `FLAG_BOUND`): the key set, plan and
-/// role the object belongs to, inside the checksummed envelope.
-pub fn to_bytes_bound<T: HeObject>(
-    params: &CkksParams,
-    obj: &T,
-    binding: &Binding,
-) -> Result<Vec<u8>> {
-    to_bytes_inner(params, obj, Some(binding))
-}
-
-fn payload_of<T: HeObject>(
-    params: &CkksParams,
-    obj: &T,
-    binding: Option<&Binding>,
-) -> Result<(PayloadWriter, u32)> {
-    params.check_digest(T::WHAT, &obj.digest())?;
-    let mut w = PayloadWriter::new();
-    let mut flags = 0;
-    if let Some(b) = binding {
-        b.write(&mut w)?;
-        flags |= FLAG_BOUND;
-    }
-    if let Err(e) = obj.write_payload(params, &mut w) {
-        wipe_if_secret::<T>(w.into_bytes());
-        return Err(e);
-    }
-    Ok((w, flags))
-}
-
-fn to_bytes_inner<T: HeObject>(
-    params: &CkksParams,
-    obj: &T,
-    binding: Option<&Binding>,
-) -> Result<Vec<u8>> {
-    let (w, flags) = payload_of(params, obj, binding)?;
-    let mut out = Vec::with_capacity(w.len() + 64);
-    let r = write_envelope_flagged(&mut out, T::KIND, &params.digest(), flags, w.as_slice());
-    wipe_if_secret::<T>(w.into_bytes());
-    r?;
-    Ok(out)
-}
-
-/// Zeroizes `buf` when `T` is a secret key (payload buffers and file contents).
-fn wipe_if_secret<T: HeObject>(mut buf: Vec<u8>) {
-    if T::KIND == FileKind::SecretKey {
-        zeroize::Zeroize::zeroize(&mut buf);
-    }
-}
-
-/// Parses an envelope of the right kind made under `params`.
-///
-/// A binding block, if present, is skipped; use [`from_bytes_bound`] where it matters.
-pub fn from_bytes<T: HeObject>(params: &CkksParams, bytes: &[u8]) -> Result<T> {
-    from_bytes_bound(params, bytes).map(|(obj, _)| obj)
-}
-
-/// Parses an envelope of the right kind made under `params`, and its binding block if the
-/// envelope has one (`None` for files written without, or before issue 20).
-///
-/// The declared payload length is checked against [`HeObject::max_payload`] and against
-/// the buffer's size before anything is allocated.
-pub fn from_bytes_bound<T: HeObject>(
-    params: &CkksParams,
-    bytes: &[u8],
-) -> Result<(T, Option<Binding>)> {
-    let env = read_envelope_bytes(bytes, T::KIND, T::max_payload(params))?;
-    env.check_params(&params.digest(), T::WHAT)?;
-    let mut r = PayloadReader::new(&env.payload, T::WHAT);
-    let obj = (|| {
-        let binding = if env.flags & FLAG_BOUND != 0 {
-            Some(Binding::read(&mut r)?)
-        } else {
-            None
-        };
-        let obj = T::read_payload(params, &mut r)?;
-        r.finish()?;
-        Ok((obj, binding))
-    })();
-    wipe_if_secret::<T>(env.payload);
-    obj
-}
-
-/// Writes `obj` to `path` atomically; secret keys get mode 0600.
-///
-/// Refuses to replace an existing key file with an object of another kind (a result
-/// written over `secret.key`): see [`crate::io::limits::refuse_key_overwrite`].
-pub fn save<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams, obj: &T) -> Result<()> {
-    save_inner(path.as_ref(), params, obj, None)
-}
-
-/// [`save`] with a binding block (see [`to_bytes_bound`]).
-pub fn save_bound<T: HeObject>(
-    path: impl AsRef<Path>,
-    params: &CkksParams,
-    obj: &T,
-    binding: &Binding,
-) -> Result<()> {
-    save_inner(path.as_ref(), params, obj, Some(binding))
-}
-
-fn save_inner<T: HeObject>(
-    path: &Path,
-    params: &CkksParams,
-    obj: &T,
-    binding: Option<&Binding>,
-) -> Result<()> {
-    let (w, flags) = payload_of(params, obj, binding)?;
-    let mode = (T::KIND == FileKind::SecretKey).then_some(0o600);
-    let r = write_file_atomic_flagged(path, T::KIND, &params.digest(), flags, w.as_slice(), mode);
-    wipe_if_secret::<T>(w.into_bytes());
-    r
-}
-
-/// Reads `obj` from `path` (a binding block, if present, is skipped).
-pub fn load<T: HeObject>(path: impl AsRef<Path>, params: &CkksParams) -> Result<T> {
-    load_bound(path, params).map(|(obj, _)| obj)
-}
-
-/// Reads `obj` and its binding block from `path` (see [`from_bytes_bound`]). The path
-/// must be a regular file no larger than the kind's cap plus the envelope framing,
-/// checked before it is read.
-pub fn load_bound<T: HeObject>(
-    path: impl AsRef<Path>,
-    params: &CkksParams,
-) -> Result<(T, Option<Binding>)> {
-    let path = path.as_ref();
-    let cap = T::max_payload(params).saturating_add((HEADER_LEN + CHECKSUM_LEN) as u64);
-    // The header first: its declared size must be the file's size and within the cap,
-    // checked before the payload is read (a 3 GB file costs 56 bytes, not 3 GB).
-    {
-        use std::io::Read as _;
-        let (file, size) = crate::io::limits::open_regular(path)?;
-        let mut head = Vec::with_capacity(HEADER_LEN);
-        file.take(HEADER_LEN as u64)
-            .read_to_end(&mut head)
-            .map_err(|e| Error::io(path, e))?;
-        let what = format!("{} {}", T::WHAT, path.display());
-        let h = crate::io::format::peek_header(&head).map_err(|e| match e {
-            Error::Format { reason, .. } => Error::format(&what, reason),
-            other => other,
-        })?;
-        match h.total_len() {
-            Some(t) if t > cap => {
-                return Err(Error::TooLarge {
-                    what,
-                    found: format!("a declared size of {t} bytes"),
-                    limit: format!("{cap} bytes for these parameters"),
-                })
-            }
-            Some(t) if t != size => {
-                return Err(Error::format(
-                    what,
-                    format!(
-                        "{}: the file is {size} bytes, its header declares {t}",
-                        if size < t {
-                            "truncated"
-                        } else {
-                            "trailing bytes"
-                        }
-                    ),
-                ))
-            }
-            None => {
-                return Err(Error::format(what, "declared payload length overflows"));
-            }
-            _ => {}
-        }
-    }
-    let bytes = crate::io::limits::read_bounded(path, cap, T::WHAT)?;
-    let obj = from_bytes_bound(params, &bytes).map_err(|e| match e {
-        Error::Format { what, reason } => {
-            Error::format(format!("{what} {}", path.display()), reason)
-        }
-        other => other,
-    });
-    wipe_if_secret::<T>(bytes);
-    obj
-}
+pub use crate::io::object::{
+    from_bytes, from_bytes_bound, load, load_bound, save, save_bound, to_bytes, to_bytes_bound,
+    HeObject, ParamsDigest,
+};
 
 // ------------------------------------------------------------------ polynomials
 
@@ -408,10 +205,11 @@ pub fn params_from_bytes(bytes: &[u8]) -> Result<CkksParams> {
 }
 
 impl HeObject for Ciphertext {
+    type Params = CkksParams;
     const KIND: FileKind = FileKind::Ciphertext;
     const WHAT: &'static str = "ciphertext";
-    fn digest(&self) -> [u8; 32] {
-        self.params_digest()
+    fn digest(&self) -> Option<[u8; 32]> {
+        Some(self.params_digest())
     }
     fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
         w.u64(1);
@@ -443,10 +241,11 @@ pub struct CiphertextBundle {
 }
 
 impl HeObject for CiphertextBundle {
+    type Params = CkksParams;
     const KIND: FileKind = FileKind::Ciphertext;
     const WHAT: &'static str = "ciphertext bundle";
-    fn digest(&self) -> [u8; 32] {
-        self.digest
+    fn digest(&self) -> Option<[u8; 32]> {
+        Some(self.digest)
     }
     fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
         w.u64(self.items.len() as u64);
@@ -527,10 +326,11 @@ fn read_ct(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Ciphertext>
 }
 
 impl HeObject for Plaintext {
+    type Params = CkksParams;
     const KIND: FileKind = FileKind::Plaintext;
     const WHAT: &'static str = "plaintext";
-    fn digest(&self) -> [u8; 32] {
-        self.params_digest()
+    fn digest(&self) -> Option<[u8; 32]> {
+        Some(self.params_digest())
     }
     fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
         w.f64(self.scale());
@@ -548,10 +348,11 @@ impl HeObject for Plaintext {
 }
 
 impl HeObject for SecretKey {
+    type Params = CkksParams;
     const KIND: FileKind = FileKind::SecretKey;
     const WHAT: &'static str = "secret key";
-    fn digest(&self) -> [u8; 32] {
-        self.digest
+    fn digest(&self) -> Option<[u8; 32]> {
+        Some(self.digest)
     }
     fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
         w.u32(params.n() as u32);
@@ -586,10 +387,11 @@ impl HeObject for SecretKey {
 }
 
 impl HeObject for PublicKey {
+    type Params = CkksParams;
     const KIND: FileKind = FileKind::PublicKey;
     const WHAT: &'static str = "public key";
-    fn digest(&self) -> [u8; 32] {
-        self.digest
+    fn digest(&self) -> Option<[u8; 32]> {
+        Some(self.digest)
     }
     fn write_payload(&self, _params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
         match self.seed {
@@ -693,10 +495,11 @@ fn read_switching_key(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<
 }
 
 impl HeObject for EvaluationKeys {
+    type Params = CkksParams;
     const KIND: FileKind = FileKind::EvaluationKeys;
     const WHAT: &'static str = "evaluation keys";
-    fn digest(&self) -> [u8; 32] {
-        self.digest
+    fn digest(&self) -> Option<[u8; 32]> {
+        Some(self.digest)
     }
     fn write_payload(&self, params: &CkksParams, w: &mut PayloadWriter) -> Result<()> {
         match &self.relin {

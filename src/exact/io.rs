@@ -1,7 +1,11 @@
-//! Payloads of the exact backend's files. Each is wrapped by the caller in the versioned
-//! envelope of [`io::format`](crate::io::format) with the kind ([`FileKind`]) and the
-//! parameter digest ([`ExactParams::digest`]); every payload starts with [`TAG`] so a CKKS
-//! object of the same kind is refused.
+//! Payloads of the exact backend's files, in the versioned envelope of
+//! [`io::format`](crate::io::format) with the kind ([`FileKind`]) and the parameter digest
+//! ([`ExactParams::digest`]); every payload starts with [`TAG`] so a CKKS object of the same
+//! kind is refused. The objects implement the shared [`HeObject`] trait (so
+//! [`save`](crate::io::object::save) / [`load`](crate::io::object::load) work for them as
+//! for CKKS objects): [`ClientKey`], [`CompressedServerKey`], [`ExactCiphertexts`] and
+//! [`SeededQuery`]. The `*_to_payload` / `*_from_payload` functions are the same codecs on
+//! bare payloads.
 //!
 //! | kind | payload after the tag |
 //! |---|---|
@@ -13,7 +17,8 @@
 
 use bincode1::Options;
 
-use crate::io::format::{FileKind, PayloadReader, PayloadWriter};
+use crate::io::format::{FileKind, PayloadReader, PayloadWriter, DEFAULT_MAX_PAYLOAD};
+use crate::io::object::{HeObject, ParamsDigest};
 use crate::{Error, Result};
 
 use super::eval::{ExactCiphertext, SeededCiphertexts};
@@ -67,8 +72,13 @@ pub fn params_from_payload(bytes: &[u8]) -> Result<ExactParams> {
 pub fn client_key_to_payload(k: &ClientKey) -> Vec<u8> {
     let (small, glwe) = k.raw();
     let mut w = PayloadWriter::with_capacity(4 + 8 * (small.len() + glwe.len()));
-    w.u32(TAG).u64_slice(small).u64_slice(glwe);
+    write_client_key(&mut w, k);
     w.into_bytes()
+}
+
+fn write_client_key(w: &mut PayloadWriter, k: &ClientKey) {
+    let (small, glwe) = k.raw();
+    w.u32(TAG).u64_slice(small).u64_slice(glwe);
 }
 
 /// Parses a secret-key payload made for `params`.
@@ -154,11 +164,33 @@ pub fn seeded_to_payload(p: u32, cts: &SeededCiphertexts) -> Result<Vec<u8>> {
 pub fn ciphertexts_to_payload(p: u32, cts: &[ExactCiphertext]) -> Vec<u8> {
     let words: usize = cts.iter().map(|c| c.as_words().len()).sum();
     let mut w = PayloadWriter::with_capacity(16 + 8 * words);
+    write_ciphertexts(&mut w, p, cts);
+    w.into_bytes()
+}
+
+fn write_ciphertexts(w: &mut PayloadWriter, p: u32, cts: &[ExactCiphertext]) {
     w.u32(TAG).u32(p).u64(cts.len() as u64);
     for c in cts {
         w.u64_slice(c.as_words());
     }
-    w.into_bytes()
+}
+
+/// Decodes the bincode body of a seeded list under a size limit, and checks its length.
+fn read_seeded_body(params: &ExactParams, body: &[u8]) -> Result<SeededCiphertexts> {
+    let limit = (MAX_CIPHERTEXTS * (params.big_lwe_dimension() + 64)) as u64 * 8;
+    let s: SeededCiphertexts = bincode1::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(limit)
+        .deserialize(body)
+        .map_err(|e| Error::format("exact seeded ciphertexts", e.to_string()))?;
+    if s.len() > MAX_CIPHERTEXTS {
+        return Err(Error::format(
+            "exact seeded ciphertexts",
+            "too many ciphertexts",
+        ));
+    }
+    Ok(s)
 }
 
 /// Parses a ciphertext payload: `(p, ciphertexts)`.
@@ -175,19 +207,7 @@ pub fn ciphertexts_from_payload(
         let p = r.u32()?;
         let body = r.len_prefixed_bytes(bytes.len())?;
         r.finish()?;
-        let limit = (MAX_CIPHERTEXTS * (params.big_lwe_dimension() + 64)) as u64 * 8;
-        let s: SeededCiphertexts = bincode1::DefaultOptions::new()
-            .with_fixint_encoding()
-            .allow_trailing_bytes()
-            .with_limit(limit)
-            .deserialize(body)
-            .map_err(|e| Error::format("exact seeded ciphertexts", e.to_string()))?;
-        if s.len() > MAX_CIPHERTEXTS {
-            return Err(Error::format(
-                "exact seeded ciphertexts",
-                "too many ciphertexts",
-            ));
-        }
+        let s = read_seeded_body(params, body)?;
         return Ok((p, s.expand(params)?));
     }
     let mut r = PayloadReader::new(bytes, "exact ciphertext");
@@ -201,4 +221,140 @@ pub fn ciphertexts_from_payload(
     }
     r.finish()?;
     Ok((p, out))
+}
+
+// ------------------------------------------------------------------ the shared trait
+
+impl ParamsDigest for ExactParams {
+    fn digest(&self) -> [u8; 32] {
+        ExactParams::digest(self)
+    }
+    fn check_digest(&self, what: &str, digest: &[u8; 32]) -> Result<()> {
+        if *digest == ExactParams::digest(self) {
+            return Ok(());
+        }
+        Err(Error::ParameterMismatch {
+            what: what.to_string(),
+            expected: self.short_digest(),
+            found: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+}
+
+/// The rest of a payload as one slice (the bare-payload codecs parse it).
+fn rest<'a>(r: &mut PayloadReader<'a>) -> Result<&'a [u8]> {
+    r.bytes(r.remaining())
+}
+
+/// `secret.key` of the exact backend (mode 0600, buffers zeroized by the generic code).
+impl HeObject for ClientKey {
+    type Params = ExactParams;
+    const KIND: FileKind = FileKind::SecretKey;
+    const WHAT: &'static str = "exact secret key";
+    fn digest(&self) -> Option<[u8; 32]> {
+        Some(self.params.digest())
+    }
+    fn write_payload(&self, _params: &ExactParams, w: &mut PayloadWriter) -> Result<()> {
+        write_client_key(w, self);
+        Ok(())
+    }
+    fn read_payload(params: &ExactParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        client_key_from_payload(params, rest(r)?)
+    }
+    fn max_payload(params: &ExactParams) -> u64 {
+        4 + 8 * (params.lwe_dimension() + params.big_lwe_dimension()) as u64
+    }
+}
+
+/// `eval.keys` of the exact backend (format 2, seeded).
+impl HeObject for CompressedServerKey {
+    type Params = ExactParams;
+    const KIND: FileKind = FileKind::EvaluationKeys;
+    const WHAT: &'static str = "exact evaluation keys";
+    fn digest(&self) -> Option<[u8; 32]> {
+        None
+    }
+    fn write_payload(&self, _params: &ExactParams, w: &mut PayloadWriter) -> Result<()> {
+        w.bytes(&server_key_to_payload(self)?);
+        Ok(())
+    }
+    fn read_payload(params: &ExactParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        server_key_from_payload(params, rest(r)?)
+    }
+    fn max_payload(params: &ExactParams) -> u64 {
+        // tag, length prefix, and a body the reader's bincode limit accepts
+        params
+            .key_bytes()
+            .1
+            .saturating_add(16)
+            .min(DEFAULT_MAX_PAYLOAD)
+    }
+}
+
+/// A file of LWE ciphertexts (an evaluation result, or a query read back expanded): all
+/// share the log modulus `p`. Reading also accepts a seeded list ([`SeededQuery`]) and
+/// expands it.
+#[derive(Clone, Debug)]
+pub struct ExactCiphertexts {
+    /// Log2 of the plaintext modulus the ciphertexts encode.
+    pub p: u32,
+    /// The ciphertexts, in order.
+    pub items: Vec<ExactCiphertext>,
+}
+
+impl HeObject for ExactCiphertexts {
+    type Params = ExactParams;
+    const KIND: FileKind = FileKind::Ciphertext;
+    const WHAT: &'static str = "exact ciphertext";
+    fn digest(&self) -> Option<[u8; 32]> {
+        None
+    }
+    fn write_payload(&self, _params: &ExactParams, w: &mut PayloadWriter) -> Result<()> {
+        write_ciphertexts(w, self.p, &self.items);
+        Ok(())
+    }
+    fn read_payload(params: &ExactParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        let (p, items) = ciphertexts_from_payload(params, rest(r)?)?;
+        Ok(ExactCiphertexts { p, items })
+    }
+    fn max_payload(_params: &ExactParams) -> u64 {
+        DEFAULT_MAX_PAYLOAD
+    }
+}
+
+/// A seeded ciphertext list under log modulus `p` (what `encrypt --backend exact` writes).
+#[derive(Clone, Debug)]
+pub struct SeededQuery {
+    /// Log2 of the plaintext modulus.
+    pub p: u32,
+    /// The seeded ciphertexts.
+    pub cts: SeededCiphertexts,
+}
+
+impl HeObject for SeededQuery {
+    type Params = ExactParams;
+    const KIND: FileKind = FileKind::Ciphertext;
+    const WHAT: &'static str = "exact seeded ciphertexts";
+    fn digest(&self) -> Option<[u8; 32]> {
+        None
+    }
+    fn write_payload(&self, _params: &ExactParams, w: &mut PayloadWriter) -> Result<()> {
+        w.bytes(&seeded_to_payload(self.p, &self.cts)?);
+        Ok(())
+    }
+    fn read_payload(params: &ExactParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        if r.u32()? != TAG_SEEDED {
+            return Err(Error::format(
+                Self::WHAT,
+                "not a seeded exact-backend ciphertext list",
+            ));
+        }
+        let p = r.u32()?;
+        let body = r.len_prefixed_bytes(r.remaining())?;
+        let cts = read_seeded_body(params, body)?;
+        Ok(SeededQuery { p, cts })
+    }
+    fn max_payload(_params: &ExactParams) -> u64 {
+        DEFAULT_MAX_PAYLOAD
+    }
 }

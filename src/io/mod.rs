@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod format;
 pub mod fs;
 pub mod limits;
+pub mod object;
 pub mod payload;
 
 pub use binding::{Binding, KeySetId, Role};
@@ -18,3 +19,4 @@ pub use format::{
     FileKind, Header, PayloadReader, PayloadWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, FLAG_BOUND,
     FORMAT_VERSION, HEADER_LEN, MAGIC, NO_PARAMS_DIGEST,
 };
+pub use object::{HeObject, ParamsDigest};

@@ -13,7 +13,8 @@ use ndarray::Array2;
 use serde::Serialize;
 
 use hepeft::exact::{generate_key_set, io as xio, ClientKey, ExactParams, KeySet};
-use hepeft::io::format::{read_file, write_file_atomic, FileKind, DEFAULT_MAX_PAYLOAD};
+use hepeft::io::format::{write_file_atomic, FileKind};
+use hepeft::io::object::{load, save};
 use hepeft::model::load::load_features_npy;
 use hepeft::plan::{quantize, QuantPublic, QuantizeOptions};
 
@@ -34,20 +35,16 @@ fn read_quant(path: &Path) -> Result<(QuantPublic, ExactParams)> {
 
 fn client_key(dir: &Path, params: &ExactParams) -> Result<ClientKey> {
     let path = dir.join(SECRET_KEY);
-    let env = read_file(&path, FileKind::SecretKey, DEFAULT_MAX_PAYLOAD)
-        .with_context(|| format!("reading {}", path.display()))?;
-    env.check_params(&params.digest(), "exact secret key")?;
-    Ok(xio::client_key_from_payload(params, &env.payload)?)
+    load(&path, params).with_context(|| format!("reading {}", path.display()))
 }
 
 fn read_cts(
     path: &Path,
     params: &ExactParams,
 ) -> Result<(u32, Vec<hepeft::exact::ExactCiphertext>)> {
-    let env = read_file(path, FileKind::Ciphertext, DEFAULT_MAX_PAYLOAD)
-        .with_context(|| format!("reading {}", path.display()))?;
-    env.check_params(&params.digest(), "exact ciphertext")?;
-    Ok(xio::ciphertexts_from_payload(params, &env.payload)?)
+    let cts: xio::ExactCiphertexts =
+        load(path, params).with_context(|| format!("reading {}", path.display()))?;
+    Ok((cts.p, cts.items))
 }
 
 /// `params select --backend exact`: quantize with calibration features, write the public
@@ -141,20 +138,8 @@ pub fn keygen(a: &KeygenArgs, ui: &Ui) -> Result<()> {
     let (ck, sk) = generate_key_set(&params, set, &mut rng)?;
     let keygen_seconds = t.elapsed().as_secs_f64();
     let digest = params.digest();
-    write_file_atomic(
-        a.out.join(SECRET_KEY),
-        FileKind::SecretKey,
-        &digest,
-        &xio::client_key_to_payload(&ck),
-        Some(0o600),
-    )?;
-    write_file_atomic(
-        a.out.join(EVAL_KEYS),
-        FileKind::EvaluationKeys,
-        &digest,
-        &xio::server_key_to_payload(&sk)?,
-        None,
-    )?;
+    save(a.out.join(SECRET_KEY), &params, &ck)?;
+    save(a.out.join(EVAL_KEYS), &params, &sk)?;
     write_file_atomic(
         a.out.join(EXACT_PARAMS),
         FileKind::Parameters,
@@ -204,13 +189,11 @@ pub fn encrypt(a: &EncryptArgs, ui: &Ui) -> Result<()> {
         xs.extend(q.quantize_input(row)?);
     }
     let cts = ck.encrypt_seeded(&xs, q.input_log_modulus, &mut rng)?;
-    write_file_atomic(
-        &a.out,
-        FileKind::Ciphertext,
-        &params.digest(),
-        &xio::seeded_to_payload(q.input_log_modulus, &cts)?,
-        None,
-    )?;
+    let query = xio::SeededQuery {
+        p: q.input_log_modulus,
+        cts,
+    };
+    save(&a.out, &params, &query)?;
     ui.note(&format!(
         "encrypted {} sample(s) x {} features into {} ({})\n",
         x.nrows(),
@@ -257,11 +240,10 @@ pub fn evaluate(a: &EvaluateArgs, ui: &Ui) -> Result<()> {
         "the model and calibration features do not reproduce {}: re-run `params select --backend exact`",
         quant.display()
     );
-    let env = read_file(&a.eval_keys, FileKind::EvaluationKeys, DEFAULT_MAX_PAYLOAD)
+    let compressed: hepeft::exact::CompressedServerKey = load(&a.eval_keys, &params)
         .with_context(|| format!("reading {}", a.eval_keys.display()))?;
-    env.check_params(&params.digest(), "exact evaluation keys")?;
     let t = Instant::now();
-    let sk = xio::server_key_from_payload(&params, &env.payload)?.expand(&params)?;
+    let sk = compressed.expand(&params)?;
     let expand_seconds = t.elapsed().as_secs_f64();
     let sanitize = !a.flooding.no_flooding;
     if sanitize {
@@ -309,13 +291,11 @@ pub fn evaluate(a: &EvaluateArgs, ui: &Ui) -> Result<()> {
         }
     }
     let evaluate_seconds = t.elapsed().as_secs_f64();
-    write_file_atomic(
-        &a.out,
-        FileKind::Ciphertext,
-        &params.digest(),
-        &xio::ciphertexts_to_payload(plan.output_log_modulus(), &out),
-        None,
-    )?;
+    let result = xio::ExactCiphertexts {
+        p: plan.output_log_modulus(),
+        items: out,
+    };
+    save(&a.out, &params, &result)?;
     let r = ExactEvalReport {
         samples: cts.len() / plan.input_dim(),
         sanitized: sanitize,
