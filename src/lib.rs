@@ -5,7 +5,7 @@
 //! Layers point one way only (a module names only modules to its left or above it):
 //!
 //! ```text
-//! math  ->  ckks | exact        model        io (envelope, payload, fs, binding, limits)
+//! math  ->  ckks | exact        model        io (envelope, payload, fs, binding, limits, object)
 //!               \               |           /
 //!                +---------->  plan  <-----+      (compile, fuse, layouts, run, sanitize policy)
 //!                               |
