@@ -522,4 +522,8 @@ fn exact_objects_through_the_shared_trait() {
     assert_eq!(seeded.p, 12);
     assert!(from_bytes::<SeededQuery>(&k.params, &ct).is_err());
     assert!(from_bytes::<ExactCiphertexts>(&k.params, &sk).is_err());
+    // a payload without the exact tag (a CKKS object of the same kind) is named as such
+    let foreign = envelope(FileKind::SecretKey, &[0u8; 64]);
+    let e = from_bytes::<hepeft::exact::ClientKey>(&k.params, &foreign).unwrap_err();
+    assert!(e.to_string().contains("--backend ckks"), "{e}");
 }
