@@ -161,7 +161,10 @@ fn sanitize_config(
 
 /// The evaluation keys' file: never a secret key (the kind is read first), then the
 /// parameters they were made for.
-fn check_eval_keys_file(args: &EvaluateArgs, params: &hepeft::ckks::CkksParams) -> Result<()> {
+pub(crate) fn check_eval_keys_file(
+    args: &EvaluateArgs,
+    params: &hepeft::ckks::CkksParams,
+) -> Result<()> {
     let header = read_header(&args.eval_keys)
         .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
     if header.kind == FileKind::SecretKey {

@@ -341,21 +341,7 @@ pub fn evaluate(args: &EvaluateArgs, ui: &Ui) -> Result<()> {
     }
     let params = file.params.clone();
     session::check_params_secure(&params)?;
-    let header = read_header(&args.eval_keys)
-        .with_context(|| format!("reading evaluation keys {}", args.eval_keys.display()))?;
-    if header.kind == FileKind::SecretKey {
-        bail!(
-            "{} is a secret key: the server must never receive the secret key; pass the {EVAL_KEYS} file written by \
-             `hepeft keygen` (and delete this copy from the server)",
-            args.eval_keys.display()
-        );
-    }
-    check_envelope(
-        &args.eval_keys,
-        FileKind::EvaluationKeys,
-        &params,
-        "evaluation keys",
-    )?;
+    super::evaluate::check_eval_keys_file(args, &params)?;
     let m = CtMeta::read(&args.input, "query", &params)?;
     if m.mode != TOKEN_MODE {
         bail!(
