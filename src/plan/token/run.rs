@@ -170,23 +170,13 @@ impl Run<'_> {
             (Layout::Cols, Layout::Cols) => (0..out_w)
                 .into_par_iter()
                 .map(|o| {
-                    let mut acc: Option<Ciphertext> = None;
-                    for (i, xi) in x.iter().enumerate() {
+                    let mut y = self.rescaled_sum(&x, first, cs, |i, xi| {
                         let wi = w[[o, i]];
                         if wi == 0.0 {
-                            continue;
+                            return Ok(None);
                         }
-                        let t = self.ev.mul_const(xi, wi, cs)?;
-                        match acc.as_mut() {
-                            None => acc = Some(t),
-                            Some(a) => self.ev.add_assign(a, &t)?,
-                        }
-                    }
-                    let mut y = match acc {
-                        Some(a) => a,
-                        None => self.ev.mul_const(first, 0.0, cs)?,
-                    };
-                    self.ev.rescale_assign(&mut y)?;
+                        self.ev.mul_const(xi, wi, cs).map(Some)
+                    })?;
                     if let Some(b) = bias {
                         if b[o] != 0.0 {
                             self.ev.add_const_assign(&mut y, b[o])?;
@@ -198,24 +188,14 @@ impl Run<'_> {
             (Layout::Cols, Layout::Packed) => (0..plan.ciphertexts_for(Layout::Packed, out_w))
                 .into_par_iter()
                 .map(|a| {
-                    let mut acc: Option<Ciphertext> = None;
-                    for (i, xi) in x.iter().enumerate() {
+                    let mut y = self.rescaled_sum(&x, first, cs, |i, xi| {
                         let pat = plan.packed_slots(a, out_w, rows, |_, o| w[[o, i]]);
                         if pat.iter().all(|&v| v == 0.0) {
-                            continue;
+                            return Ok(None);
                         }
                         let pt = self.encoder.encode(&pat, level, cs)?;
-                        let t = self.ev.mul_plain(xi, &pt)?;
-                        match acc.as_mut() {
-                            None => acc = Some(t),
-                            Some(acc) => self.ev.add_assign(acc, &t)?,
-                        }
-                    }
-                    let mut y = match acc {
-                        Some(a) => a,
-                        None => self.ev.mul_const(first, 0.0, cs)?,
-                    };
-                    self.ev.rescale_assign(&mut y)?;
+                        self.ev.mul_plain(xi, &pt).map(Some)
+                    })?;
                     if let Some(b) = bias {
                         let pat = plan.packed_slots(a, out_w, rows, |_, o| b[o]);
                         let pt = self.encoder.encode(&pat, y.level(), y.scale())?;
@@ -227,24 +207,14 @@ impl Run<'_> {
             (Layout::Packed, Layout::Cols) => (0..out_w)
                 .into_par_iter()
                 .map(|o| {
-                    let mut acc: Option<Ciphertext> = None;
-                    for (a, xa) in x.iter().enumerate() {
+                    let mut y = self.rescaled_sum(&x, first, cs, |a, xa| {
                         let pat = plan.packed_slots(a, in_w, rows, |_, i| w[[o, i]]);
                         if pat.iter().all(|&v| v == 0.0) {
-                            continue;
+                            return Ok(None);
                         }
                         let pt = self.encoder.encode(&pat, level, cs)?;
-                        let t = self.ev.mul_plain(xa, &pt)?;
-                        match acc.as_mut() {
-                            None => acc = Some(t),
-                            Some(acc) => self.ev.add_assign(acc, &t)?,
-                        }
-                    }
-                    let mut y = match acc {
-                        Some(a) => a,
-                        None => self.ev.mul_const(first, 0.0, cs)?,
-                    };
-                    self.ev.rescale_assign(&mut y)?;
+                        self.ev.mul_plain(xa, &pt).map(Some)
+                    })?;
                     for s in block_steps(plan.period, plan.slots) {
                         let r = self.ev.rotate(&y, s)?;
                         self.ev.add_assign(&mut y, &r)?;
@@ -261,6 +231,38 @@ impl Run<'_> {
                 "a linear map from packed to packed token matrices is not supported yet",
             )),
         }
+    }
+
+    /// `sum_i term(i, x_i)`, rescaled once: `term` returns `None` for a zero term (skipped);
+    /// an all-zero sum is `first` times 0 at scale factor `cs`, so the result always has the
+    /// level and scale a product would have. Costs the terms plus one addition each and one
+    /// rescale.
+    fn rescaled_sum<F>(
+        &self,
+        x: &[Ciphertext],
+        first: &Ciphertext,
+        cs: f64,
+        term: F,
+    ) -> Result<Ciphertext>
+    where
+        F: Fn(usize, &Ciphertext) -> Result<Option<Ciphertext>>,
+    {
+        let mut acc: Option<Ciphertext> = None;
+        for (i, xi) in x.iter().enumerate() {
+            let Some(t) = term(i, xi)? else {
+                continue;
+            };
+            match acc.as_mut() {
+                None => acc = Some(t),
+                Some(a) => self.ev.add_assign(a, &t)?,
+            }
+        }
+        let mut y = match acc {
+            Some(a) => a,
+            None => self.ev.mul_const(first, 0.0, cs)?,
+        };
+        self.ev.rescale_assign(&mut y)?;
+        Ok(y)
     }
 
     /// Rotate-and-sum over the `T'` token slots (every slot of a column ciphertext gets the
