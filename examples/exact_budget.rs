@@ -8,7 +8,7 @@
 //!
 //! Run: `cargo run --release --example exact_budget`.
 
-use hepeft::exact::ExactParams;
+use hepeft::exact::{DecompositionBaseLog, DecompositionLevelCount, ExactParams};
 use hepeft::model::reference;
 use hepeft::model::{
     evaluate_exact_fn_batch, Activation, ActivationFn, Adapter, AdapterBuilder, Op,
@@ -154,7 +154,12 @@ fn main() {
         variants.retain(|(n, _)| n.contains(&filter));
     }
     for (fb, fl) in fines {
-        let params = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, fb, fl).unwrap();
+        let params = ExactParams::vetted(
+            hepeft::exact::DEFAULT_VETTED,
+            DecompositionBaseLog(fb),
+            DecompositionLevelCount(fl),
+        )
+        .unwrap();
         println!(
             "fine {fb}x{fl}: fine PBS std 2^{:.1}",
             hepeft::exact::noise::pbs_variance(&params, true).log2() / 2.0

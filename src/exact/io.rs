@@ -88,8 +88,8 @@ fn write_client_key(w: &mut PayloadWriter, k: &ClientKey) {
 pub fn client_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<ClientKey> {
     let mut r = PayloadReader::new(bytes, "exact secret key");
     tag(&mut r, FileKind::SecretKey)?;
-    let small = r.u64_vec(params.lwe_dimension(), params.lwe_dimension())?;
-    let glwe = r.u64_vec(params.big_lwe_dimension(), params.big_lwe_dimension())?;
+    let small = r.u64_vec(params.lwe_dimension().0, params.lwe_dimension().0)?;
+    let glwe = r.u64_vec(params.big_lwe_dimension().0, params.big_lwe_dimension().0)?;
     r.finish()?;
     ClientKey::from_raw(params, small, glwe)
 }
@@ -177,7 +177,7 @@ fn write_ciphertexts(w: &mut PayloadWriter, p: u32, cts: &[ExactCiphertext]) {
 
 /// Decodes the bincode body of a seeded list under a size limit, and checks its length.
 fn read_seeded_body(params: &ExactParams, body: &[u8]) -> Result<SeededCiphertexts> {
-    let limit = (MAX_CIPHERTEXTS * (params.big_lwe_dimension() + 64)) as u64 * 8;
+    let limit = (MAX_CIPHERTEXTS * (params.big_lwe_dimension().0 + 64)) as u64 * 8;
     let s: SeededCiphertexts = bincode1::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()
@@ -214,7 +214,7 @@ pub fn ciphertexts_from_payload(
     tag(&mut r, FileKind::Ciphertext)?;
     let p = r.u32()?;
     let count = r.count("ciphertext count", MAX_CIPHERTEXTS)?;
-    let size = params.big_lwe_dimension() + 1;
+    let size = params.big_lwe_dimension().to_lwe_size().0;
     let mut out = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         out.push(ExactCiphertext::from_words(params, r.u64_vec(size, size)?)?);
