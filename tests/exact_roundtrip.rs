@@ -550,3 +550,44 @@ fn exact_objects_through_the_shared_trait() {
     let e = from_bytes::<hepeft::exact::ClientKey>(&k.params, &foreign).unwrap_err();
     assert!(e.to_string().contains("--backend ckks"), "{e}");
 }
+
+/// `exact.params` goes through the shared `HeObject` codec: the same bytes `keygen` wrote
+/// before (envelope of kind parameters, the set's digest, tag + JSON of the literal), read
+/// back with or without knowing the set, and a file of another set refused.
+#[test]
+fn exact_params_file_is_an_he_object() {
+    use hepeft::io::format::{write_envelope, FileKind};
+    use hepeft::io::object::{from_bytes, to_bytes};
+    let p = ExactParams::default_2m128().unwrap();
+    let bytes = to_bytes(&p, &p).unwrap();
+    let mut before = Vec::new();
+    write_envelope(
+        &mut before,
+        FileKind::Parameters,
+        &p.digest(),
+        &hepeft::exact::io::params_to_payload(&p).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bytes, before);
+    assert_eq!(from_bytes::<ExactParams>(&p, &bytes).unwrap(), p);
+    assert_eq!(hepeft::exact::io::params_from_bytes(&bytes).unwrap(), p);
+    let other = ExactParams::vetted(
+        hepeft::exact::DEFAULT_VETTED,
+        DecompositionBaseLog(11),
+        DecompositionLevelCount(3),
+    )
+    .unwrap();
+    let e = from_bytes::<ExactParams>(&other, &bytes).unwrap_err();
+    assert!(matches!(e, hepeft::Error::ParameterMismatch { .. }), "{e}");
+    // an envelope whose digest is not its literal's
+    let mut forged = Vec::new();
+    write_envelope(
+        &mut forged,
+        FileKind::Parameters,
+        &other.digest(),
+        &hepeft::exact::io::params_to_payload(&p).unwrap(),
+    )
+    .unwrap();
+    assert!(hepeft::exact::io::params_from_bytes(&forged).is_err());
+    assert!(from_bytes::<ExactParams>(&other, &forged).is_err());
+}
