@@ -446,6 +446,7 @@ pub fn decrypt(args: &DecryptArgs, ui: &Ui) -> Result<()> {
 }
 
 /// `hepeft serve` with a token card: refused (not wired into the HTTP service yet).
+#[cfg(feature = "serve")]
 pub fn refuse_serve(model: &Path) -> Result<()> {
     bail!(
         "{} is a token card: `hepeft serve` does not serve token adapters yet (the HTTP service runs pooled plans \
