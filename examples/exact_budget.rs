@@ -134,6 +134,31 @@ fn main() {
                 o.input_bits = 7;
             }),
         ),
+        ("act6", Box::new(|o| o.activation_bits = 6)),
+        (
+            "act6, hidden 6",
+            Box::new(|o| {
+                o.activation_bits = 6;
+                o.hidden_bits = 6;
+            }),
+        ),
+        (
+            "act6, stages 3, input 6",
+            Box::new(|o| {
+                o.activation_bits = 6;
+                o.stages = 3;
+                o.input_bits = 6;
+            }),
+        ),
+        (
+            "act6, stages 3, input 6, hidden 6",
+            Box::new(|o| {
+                o.activation_bits = 6;
+                o.stages = 3;
+                o.input_bits = 6;
+                o.hidden_bits = 6;
+            }),
+        ),
     ];
     for (name, f) in extra {
         let mut o = d.clone();
