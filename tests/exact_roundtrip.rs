@@ -311,6 +311,50 @@ fn lut5_reads_all_five_bits() {
         .is_err());
 }
 
+/// 6-bit tables: the top bit of the last removed nibble and two 5-bit reads give every
+/// entry of a 64-entry table (the last one as `lut6_value` defines it).
+#[test]
+fn lut6_reads_six_bits() {
+    let k = keys();
+    let ev = Evaluator::new(&k.server);
+    let mut r = rng(17);
+    let table: Vec<i64> = (0..64).map(|i| (i * i) as i64 / 3 - 200).collect();
+    assert_eq!(hepeft::exact::lut6_value(&table, 62), table[62]);
+    for a in [0i64, 13, 130, 255, 256, 383, 511] {
+        let ct = k.client.encrypt(&[a], 9, &mut r).unwrap();
+        let (w, b) = ev.drop_low_nibble_keep_top(&ct[0], 9).unwrap();
+        // decryption is signed modulo 2^5
+        let w_dec = k.client.decrypt(&[w.clone()], 5).unwrap()[0];
+        assert_eq!(w_dec.rem_euclid(32), a >> 4);
+        assert_eq!(k.client.decrypt(&[b.clone()], 5).unwrap()[0], (a >> 3) & 1);
+        let out = ev.lut6(&w, &b, &table, 12).unwrap();
+        let want = hepeft::exact::lut6_value(&table, (a >> 3) as usize);
+        assert_eq!(k.client.decrypt(&[out], 12).unwrap()[0], want, "a = {a}");
+    }
+    assert_eq!(ev.pbs_count(), 7 * 9);
+    let zero = k.client.encrypt(&[0], 5, &mut r).unwrap().remove(0);
+    assert!(ev.lut6(&zero, &zero, &table[..32], 12).is_err());
+}
+
+#[test]
+fn bit_exact_six_bit_tables() {
+    let mut r = rng(18);
+    let a = head(&mut r, 12, &[3], 3, ActivationFn::Relu);
+    let opts = QuantizeOptions {
+        activation_bits: 6,
+        ..QuantizeOptions::default()
+    };
+    check_bit_exact(&a, &opts, 2, 500);
+    let a = head(&mut r, 16, &[2], 2, ActivationFn::Gelu);
+    let opts = QuantizeOptions {
+        activation_bits: 6,
+        stages: 1,
+        hidden_bits: 6,
+        ..QuantizeOptions::default()
+    };
+    check_bit_exact(&a, &opts, 2, 501);
+}
+
 #[test]
 fn bit_exact_gelu_one_stage_and_two_hidden_layers() {
     let mut r = rng(11);
