@@ -324,9 +324,12 @@ fn lut6_reads_six_bits() {
         let ct = k.client.encrypt(&[a], 9, &mut r).unwrap();
         let (w, b) = ev.drop_low_nibble_keep_top(&ct[0], 9).unwrap();
         // decryption is signed modulo 2^5
-        let w_dec = k.client.decrypt(&[w.clone()], 5).unwrap()[0];
+        let w_dec = k.client.decrypt(std::slice::from_ref(&w), 5).unwrap()[0];
         assert_eq!(w_dec.rem_euclid(32), a >> 4);
-        assert_eq!(k.client.decrypt(&[b.clone()], 5).unwrap()[0], (a >> 3) & 1);
+        assert_eq!(
+            k.client.decrypt(std::slice::from_ref(&b), 5).unwrap()[0],
+            (a >> 3) & 1
+        );
         let out = ev.lut6(&w, &b, &table, 12).unwrap();
         let want = hepeft::exact::lut6_value(&table, (a >> 3) as usize);
         assert_eq!(k.client.decrypt(&[out], 12).unwrap()[0], want, "a = {a}");
