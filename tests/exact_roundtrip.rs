@@ -574,3 +574,48 @@ fn exact_objects_through_the_shared_trait() {
     let e = from_bytes::<hepeft::exact::ClientKey>(&k.params, &foreign).unwrap_err();
     assert!(e.to_string().contains("--backend ckks"), "{e}");
 }
+
+/// Full size, `--ignored`: the 6-bit-table plan that reaches Concrete ML's 0.95 on the
+/// benchmark's shape (384 -> 64 -> ReLU -> 10; J = 3, 6-bit inputs and hidden outputs,
+/// 2^12 x 3 fine key, 832 PBS), encrypted, equals its integer twin bit for bit with exactly
+/// the predicted bootstrappings. `cargo test --release --test exact_roundtrip -- --ignored
+/// --nocapture six_bit_tables_full_size`.
+#[test]
+#[ignore = "full size: about 900 bootstrappings"]
+fn six_bit_tables_full_size() {
+    let params = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 12, 3).unwrap();
+    let mut r = rng(19);
+    let (client, compressed) = generate_keys(&params, &mut r).unwrap();
+    let server = compressed.expand(&params).unwrap();
+    let a = head(&mut r, 384, &[64], 10, ActivationFn::Relu);
+    let calib = features(&mut r, 256, 384);
+    let opts = QuantizeOptions {
+        activation_bits: 6,
+        stages: 3,
+        input_bits: 6,
+        hidden_bits: 6,
+        ..QuantizeOptions::default()
+    };
+    let plan = quantize(&a, calib.view(), &opts, &params).unwrap();
+    let x = features(&mut r, 1, 384);
+    let xq = plan.quantize_input(x.row(0)).unwrap();
+    let cts = plan.encrypt_input(&client, &xq, &mut r).unwrap();
+    let t = std::time::Instant::now();
+    let run = plan.evaluate(&server, &cts).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let got = plan.decrypt_output(&client, &run.outputs).unwrap();
+    assert_eq!(
+        got,
+        plan.reference(&xq).unwrap(),
+        "encrypted != integer reference"
+    );
+    assert_eq!(run.pbs, plan.predicted_pbs());
+    eprintln!(
+        "6-bit tables, full size: {} PBS, {secs:.1} s ({} threads), out weight bits {}, logits mod 2^{}, log2 p_fail/PBS {:.1}",
+        run.pbs,
+        rayon::current_num_threads(),
+        plan.report.output_weight_bits,
+        plan.logits_log_modulus(),
+        plan.report.max_log2_p_fail_pbs.unwrap_or(f64::NEG_INFINITY)
+    );
+}
