@@ -450,18 +450,24 @@ fn quantize_hidden(
         pc -= 4;
     }
     // lut5: sign (coarse) and odd part read its input, the even part the input plus a
-    // coarse output; lut6 is a lut5 of `w` and one of `w + b` (b: one coarse output)
+    // coarse output; lut6 is a lut5 of `w` and one of `w + b` (b: one coarse output).
+    // (Order kept as before 6-bit tables: the union bound, hence the public file, is
+    // reproduced to the last bit.)
     let reads: &[f64] = match opts.activation_bits {
         6 => &[cur, cur + coarse],
         5 => &[cur],
         _ => &[],
     };
-    if reads.is_empty() {
-        pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
-    }
-    for &r in reads {
-        pfails.push((noise::pbs_log2_p_fail(params, r), 2 * out_dim));
+    pfails.push((
+        noise::pbs_log2_p_fail(params, reads.first().copied().unwrap_or(cur)),
+        out_dim,
+    ));
+    for (i, &r) in reads.iter().enumerate() {
+        if i > 0 {
+            pfails.push((noise::pbs_log2_p_fail(params, r), out_dim));
+        }
         pfails.push((noise::pbs_log2_p_fail(params, r + coarse), out_dim));
+        pfails.push((noise::pbs_log2_p_fail(params, r), out_dim));
     }
     let layer = QuantizedLayer {
         sources: Vec::new(),
