@@ -6,6 +6,11 @@
 //! bootstrapping ([`Evaluator::pbs`]: keyswitch, centred modulus switch, blind rotation,
 //! sample extraction) reads the top [`READ_BITS`] bits of the phase and returns any
 //! negacyclic function of them at any output scale, with fresh noise.
+//!
+//! Size: one concern (the encoding and every operation on it: client encryption and
+//! decryption, seeded lists, lookup tables and the `Evaluator`), just over 600 lines since
+//! the 6-bit table reads; splitting the client side out would separate the encoding from
+//! its inverse.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
