@@ -13,7 +13,7 @@ use super::keygen::{galois_element_for_conjugation, galois_element_for_rotation}
 use super::keys::{EvaluationKeys, SwitchingKey};
 use super::keyswitch::{self, Decomposition};
 use super::params::CkksParams;
-use crate::math::dot::{dot_accumulate, DotModulus};
+use crate::math::dot::dot_accumulate_table;
 use crate::math::poly::{Eval, RnsPoly};
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -693,14 +693,20 @@ impl Evaluator {
         };
         let [dst0, dst1] = &mut acc.parts;
         for i in 0..limbs {
-            let dm = DotModulus::new(ring.table(level, i).modulus());
             let s: Vec<&[u64]> = terms
                 .iter()
                 .map(|(_, pt)| pt.poly().limb(pt_limb(pt.poly(), i)))
                 .collect();
             let u0: Vec<&[u64]> = terms.iter().map(|(a, _)| a.parts[0].limb(i)).collect();
             let u1: Vec<&[u64]> = terms.iter().map(|(a, _)| a.parts[1].limb(i)).collect();
-            dot_accumulate(&dm, dst0.limb_mut(i), Some(dst1.limb_mut(i)), &s, &u0, &u1);
+            dot_accumulate_table(
+                ring.table(level, i),
+                dst0.limb_mut(i),
+                Some(dst1.limb_mut(i)),
+                &s,
+                &u0,
+                &u1,
+            );
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 
 use super::keys::SwitchingKey;
 use super::params::CkksParams;
-use crate::math::dot::{dot_accumulate, DotModulus};
+use crate::math::dot::dot_accumulate_table;
 use crate::math::poly::{Coeff, Eval, RnsPoly};
 use crate::math::{scratch, simd};
 use rayon::prelude::*;
@@ -132,7 +132,6 @@ pub(crate) fn inner_product(
     };
     let n = ring.n();
     let work = |i: usize, a0: &mut [u64], a1: &mut [u64]| {
-        let dm = DotModulus::new(ring.table(level, i).modulus());
         let kl = key_limb(i);
         let permuted: Vec<Vec<u64>> = match perm {
             Some(p) => dec
@@ -155,7 +154,7 @@ pub(crate) fn inner_product(
         };
         let kb: Vec<&[u64]> = (0..s.len()).map(|j| key.b[j].limb(kl)).collect();
         let ka: Vec<&[u64]> = (0..s.len()).map(|j| key.a[j].limb(kl)).collect();
-        dot_accumulate(&dm, a0, Some(a1), &s, &kb, &ka);
+        dot_accumulate_table(ring.table(level, i), a0, Some(a1), &s, &kb, &ka);
         permuted.into_iter().for_each(scratch::recycle);
     };
     let words0 = acc0.as_words_mut();

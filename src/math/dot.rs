@@ -8,24 +8,23 @@
 //! subtractions. Against one Barrett reduction and two conditional subtractions per product
 //! (`tfhe_ntt`'s `mul_accumulate`), a sum over `k` terms costs about `2k + 6` instead of `5k`
 //! 52-bit multiplies with IFMA, and about half the word products without it; the shared
-//! operand is read once for both outputs and the accumulators stay in a small on-stack
-//! block (so each output limb is read and written once per [`CHUNK`] terms).
+//! operand is read once for both outputs and the accumulators stay in registers (so each
+//! output limb is read and written once per [`CHUNK`] terms).
 //!
 //! Safe code throughout: `pulp` tokens select the kernel at run time (AVX-512 IFMA for primes
 //! below `2^50` with the `avx512` feature; AVX2 for primes below `2^62`; portable `u128`
 //! otherwise). Results are bit-identical to the scalar [`Modulus`] arithmetic.
 
 use super::modulus::Modulus;
+use super::ntt::NttTable;
 
 /// Largest number of products summed before a reduction: bounds the unreduced sums (below
 /// `8·2^100` with IFMA and `8·2^124` otherwise).
 pub const CHUNK: usize = 8;
 
-/// Elements per on-stack accumulator block (four blocks of words: 8 KiB).
-const BLOCK: usize = 256;
-
 /// The constants of one prime for [`dot_accumulate`].
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "avx512"), allow(dead_code))]
 pub struct DotModulus {
     p: u64,
     /// `2^52 mod p` and its Shoup companion `floor(r·2^52/p)`; `floor(2^52/p)` (IFMA).
@@ -94,6 +93,43 @@ pub fn dot_accumulate(
     }
 }
 
+/// Whether [`dot_accumulate`] beats one `tfhe_ntt` multiply-accumulate per term for the
+/// prime `p` on this CPU and build: always, except for primes of `2^50` and more on an AVX-512
+/// build with AVX-512 (`tfhe_ntt`'s 8-lane kernel beats the 4-lane 128-bit one there).
+pub fn lazy_pays(p: u64) -> bool {
+    #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
+    if p >= (1 << 50) && pulp::x86::V4::try_new().is_some() {
+        return false;
+    }
+    let _ = p;
+    true
+}
+
+/// [`dot_accumulate`] for the prime of `table` when [`lazy_pays`], else one
+/// [`NttTable::mul_accumulate`] per term and output (same results).
+pub fn dot_accumulate_table(
+    table: &NttTable,
+    out0: &mut [u64],
+    out1: Option<&mut [u64]>,
+    s: &[&[u64]],
+    u0: &[&[u64]],
+    u1: &[&[u64]],
+) {
+    let p = table.modulus().value();
+    if lazy_pays(p) {
+        dot_accumulate(&DotModulus::new(table.modulus()), out0, out1, s, u0, u1);
+        return;
+    }
+    for (a, b) in s.iter().zip(u0) {
+        table.mul_accumulate(out0, a, b);
+    }
+    if let Some(out1) = out1 {
+        for (a, b) in s.iter().zip(u1) {
+            table.mul_accumulate(out1, a, b);
+        }
+    }
+}
+
 fn chunk(
     m: &DotModulus,
     out0: &mut [u64],
@@ -143,7 +179,7 @@ fn scalar(m: &DotModulus, out: &mut [u64], from: usize, s: &[&[u64]], u: &[&[u64
 #[cfg(target_arch = "x86_64")]
 mod wide {
     //! 64-bit lanes (AVX2): products as 128-bit pairs from four 32x32 products.
-    use super::{scalar, DotModulus, BLOCK};
+    use super::{scalar, DotModulus};
     use pulp::x86::V3;
     use pulp::{cast, u64x4, Simd};
 
@@ -208,40 +244,43 @@ mod wide {
         u1: &'a [&'a [u64]],
     }
 
-    /// Unreduced sums of one block: `(lo, hi)` words per lane vector.
-    type Acc = [(u64x4, u64x4); BLOCK / 4];
-
-    #[inline(always)]
-    fn accumulate(v: V3, acc: &mut Acc, s: &[&[u64]], u: &[&[u64]], base: usize, vecs: usize) {
-        let zero = v.splat_u64s(0);
-        acc[..vecs].fill((zero, zero));
-        for (a, b) in s.iter().zip(u) {
-            let a = pulp::as_arrays::<4, u64>(&a[base..base + 4 * vecs]).0;
-            let b = pulp::as_arrays::<4, u64>(&b[base..base + 4 * vecs]).0;
-            for ((l, h), (x, y)) in acc.iter_mut().zip(a.iter().zip(b)) {
-                let (pl, ph) = mul_wide(v, cast(*x), cast(*y));
-                let nl = v.add_u64s(*l, pl);
-                let carry = v.less_than_u64s(nl, pl);
-                // carry is all ones (-1) where the low word wrapped
-                *h = v.sub_u64s(v.add_u64s(*h, ph), cast(carry));
-                *l = nl;
-            }
-        }
+    /// The splatted constants of the final reduction.
+    #[derive(Clone, Copy)]
+    struct Consts {
+        p: u64x4,
+        p2: u64x4,
+        r: u64x4,
+        rs: u64x4,
+        one: u64x4,
+        ones: u64x4,
     }
 
+    /// `(l, h) += a·b` as a 128-bit pair.
     #[inline(always)]
-    fn reduce_into(v: V3, m: &DotModulus, acc: &Acc, out: &mut [u64], base: usize, vecs: usize) {
-        let p = v.splat_u64s(m.p);
-        let p2 = v.splat_u64s(2 * m.p);
-        let (r, rs) = (v.splat_u64s(m.r64), v.splat_u64s(m.r64_shoup));
-        let (one, ones) = (v.splat_u64s(1), v.splat_u64s(m.one64_shoup));
-        let out = pulp::as_arrays_mut::<4, u64>(&mut out[base..base + 4 * vecs]).0;
-        for ((l, h), o) in acc.iter().zip(out.iter_mut()) {
-            // x = h·2^64 + l ≡ h·(2^64 mod p) + l; both Shoup products in [0, 2p)
-            let t = v.add_u64s(shoup(v, *h, r, rs, p), shoup(v, *l, one, ones, p));
-            let t = sub_if_ge(v, sub_if_ge(v, t, p2), p);
-            *o = cast(sub_if_ge(v, v.add_u64s(t, cast(*o)), p));
-        }
+    fn mac(v: V3, l: &mut u64x4, h: &mut u64x4, a: u64x4, b: u64x4) {
+        let (pl, ph) = mul_wide(v, a, b);
+        let nl = v.add_u64s(*l, pl);
+        let carry = v.less_than_u64s(nl, pl);
+        // carry is all ones (-1) where the low word wrapped
+        *h = v.sub_u64s(v.add_u64s(*h, ph), cast(carry));
+        *l = nl;
+    }
+
+    /// `(o + h·2^64 + l) mod p` for `o < p < 2^62`.
+    #[inline(always)]
+    fn reduce(v: V3, c: Consts, l: u64x4, h: u64x4, o: u64x4) -> u64x4 {
+        // h·(2^64 mod p) + l, both Shoup products in [0, 2p)
+        let t = v.add_u64s(shoup(v, h, c.r, c.rs, c.p), shoup(v, l, c.one, c.ones, c.p));
+        let t = sub_if_ge(v, sub_if_ge(v, t, c.p2), c.p);
+        sub_if_ge(v, v.add_u64s(t, o), c.p)
+    }
+
+    type Lanes<'a> = &'a [[u64; 4]];
+
+    fn lanes<'b>(x: &[&'b [u64]], full: usize) -> Vec<Lanes<'b>> {
+        x.iter()
+            .map(|v| pulp::as_arrays::<4, u64>(&v[..full]).0)
+            .collect()
     }
 
     impl pulp::NullaryFnOnce for Op<'_> {
@@ -252,29 +291,52 @@ mod wide {
                 v,
                 m,
                 out0,
-                mut out1,
+                out1,
                 s,
                 u0,
                 u1,
             } = self;
             let n = out0.len();
             let full = n / 4 * 4;
-            let mut acc: Acc = [(v.splat_u64s(0), v.splat_u64s(0)); BLOCK / 4];
-            let mut base = 0;
-            while base < full {
-                let vecs = ((full - base) / 4).min(BLOCK / 4);
-                accumulate(v, &mut acc, s, u0, base, vecs);
-                reduce_into(v, m, &acc, out0, base, vecs);
-                if let Some(o1) = out1.as_deref_mut() {
-                    accumulate(v, &mut acc, s, u1, base, vecs);
-                    reduce_into(v, m, &acc, o1, base, vecs);
+            let c = Consts {
+                p: v.splat_u64s(m.p),
+                p2: v.splat_u64s(2 * m.p),
+                r: v.splat_u64s(m.r64),
+                rs: v.splat_u64s(m.r64_shoup),
+                one: v.splat_u64s(1),
+                ones: v.splat_u64s(m.one64_shoup),
+            };
+            let zero = v.splat_u64s(0);
+            let (sl, u0l) = (lanes(s, full), lanes(u0, full));
+            match out1 {
+                Some(out1) => {
+                    let u1l = lanes(u1, full);
+                    let o0 = pulp::as_arrays_mut::<4, u64>(&mut out0[..full]).0;
+                    let o1 = pulp::as_arrays_mut::<4, u64>(&mut out1[..full]).0;
+                    for (k, (y0, y1)) in o0.iter_mut().zip(o1.iter_mut()).enumerate() {
+                        let (mut l0, mut h0, mut l1, mut h1) = (zero, zero, zero, zero);
+                        for ((a, b0), b1) in sl.iter().zip(&u0l).zip(&u1l) {
+                            let x: u64x4 = cast(a[k]);
+                            mac(v, &mut l0, &mut h0, x, cast(b0[k]));
+                            mac(v, &mut l1, &mut h1, x, cast(b1[k]));
+                        }
+                        *y0 = cast(reduce(v, c, l0, h0, cast(*y0)));
+                        *y1 = cast(reduce(v, c, l1, h1, cast(*y1)));
+                    }
+                    scalar(m, &mut out1[full..], full, s, u1);
                 }
-                base += 4 * vecs;
+                None => {
+                    let o0 = pulp::as_arrays_mut::<4, u64>(&mut out0[..full]).0;
+                    for (k, y0) in o0.iter_mut().enumerate() {
+                        let (mut l0, mut h0) = (zero, zero);
+                        for (a, b0) in sl.iter().zip(&u0l) {
+                            mac(v, &mut l0, &mut h0, cast(a[k]), cast(b0[k]));
+                        }
+                        *y0 = cast(reduce(v, c, l0, h0, cast(*y0)));
+                    }
+                }
             }
             scalar(m, &mut out0[full..], full, s, u0);
-            if let Some(o1) = out1 {
-                scalar(m, &mut o1[full..], full, s, u1);
-            }
         }
     }
 
