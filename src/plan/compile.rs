@@ -6,7 +6,7 @@ use super::layout::{self, Segment};
 use crate::ckks::keygen::galois_element_for_rotation;
 use crate::ckks::lintrans::{baby_step_for, giant_steps, rotation_steps};
 use crate::ckks::polyeval::{chebyshev_depth, chebyshev_products};
-use crate::ckks::CkksParams;
+use crate::ckks::{CkksParams, Level};
 use crate::model::{Adapter, NodeRef, Op};
 use crate::{Error, Result};
 use ndarray::{Array1, Array2};
@@ -78,7 +78,19 @@ pub struct PlanOptions {
     /// `max_copies = pre_rotate` in latency mode. The server's baby-step rotations go away
     /// and the query grows up to `pre_rotate`-fold. Batch mode ignores it.
     pub pre_rotate: usize,
+    /// Batch mode: input features packed per query ciphertext (a power of two, at most
+    /// [`MAX_BATCH_PACK`]; 1, the default, is one ciphertext per feature). With `g > 1` the
+    /// slots split into `g` blocks of `N/(2g)` samples; feature `c g + b` of a sample sits in
+    /// block `b` of ciphertext `c`, so a query carries `ceil(d / g)` ciphertexts per input of
+    /// width `d` instead of `d`, and takes at most `N/(2g)` samples. The server unpacks each
+    /// ciphertext with `g - 1` hoisted rotations by multiples of `N/(2g)` (no level) before
+    /// the first stage. Latency mode ignores it.
+    pub batch_pack: usize,
 }
+
+/// Most input features one batch-mode query ciphertext carries ([`PlanOptions::batch_pack`]):
+/// each needs one rotation key and one hoisted rotation per ciphertext to unpack.
+pub const MAX_BATCH_PACK: usize = 16;
 
 impl Default for PlanOptions {
     fn default() -> Self {
@@ -86,6 +98,7 @@ impl Default for PlanOptions {
             mode: Mode::Latency,
             fold_normalization: true,
             pre_rotate: 1,
+            batch_pack: 1,
         }
     }
 }
@@ -172,9 +185,9 @@ pub(crate) struct Stage {
     /// Latency layout of the output.
     pub segments: Vec<Segment>,
     /// Level of the output (before any alignment by a consumer).
-    pub level: usize,
+    pub level: Level,
     /// Level the inputs are aligned to.
-    pub in_level: usize,
+    pub in_level: Level,
 }
 
 /// Per-stage figures of a plan.
@@ -220,6 +233,21 @@ pub struct Plan {
     /// Per adapter input: copies `rot(x, a)`, `a < copies`, the query carries per segment
     /// (1: the replicated layout).
     pub(crate) input_copies: Vec<usize>,
+}
+
+/// Checks [`PlanOptions::batch_pack`]: a power of two, at most [`MAX_BATCH_PACK`] and at
+/// most half the slots (a block keeps at least two samples).
+fn check_batch_pack(pack: usize, slots: usize) -> Result<()> {
+    if pack == 0 || !pack.is_power_of_two() || pack > MAX_BATCH_PACK || pack > slots / 2 {
+        return Err(Error::InvalidValue {
+            context: "batch packing (features per query ciphertext)".into(),
+            reason: format!(
+                "batch_pack = {pack} must be a power of two from 1 to {} (1: one ciphertext per feature)",
+                MAX_BATCH_PACK.min((slots / 2).max(1))
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Limb NTTs of one key switch at `level` (ModUp of the digits, ModDown of both parts).
@@ -416,6 +444,11 @@ impl Plan {
             }
         }
         let slots = params.slots();
+        if options.mode == Mode::Batch {
+            check_batch_pack(options.batch_pack, slots)?;
+        } else {
+            options.batch_pack = 1;
+        }
         let top = params.max_level();
         let n_inputs = adapter.inputs().len();
         let mut stages: Vec<Stage> = Vec::new();
@@ -450,8 +483,8 @@ impl Plan {
                     inputs,
                     out_dim,
                     segments: vec![],
-                    level: 0,
-                    in_level: 0,
+                    level: Level::ZERO,
+                    in_level: Level::ZERO,
                 });
                 stages.len() - 1
             };
@@ -593,6 +626,29 @@ impl Plan {
         let mut report = Vec::new();
         let mut rotations = BTreeSet::new();
         let mut needs_relin = false;
+        if !latency && self.options.batch_pack > 1 {
+            let (g, stride) = (self.options.batch_pack, self.batch_stride());
+            let top = self.params.max_level();
+            for (k, &d) in self.input_dims.iter().enumerate() {
+                let rot: usize = (0..d.div_ceil(g)).map(|c| (d - c * g).min(g) - 1).sum();
+                rotations.extend((1..g.min(d)).map(|b| (b * stride) as i64));
+                // per ciphertext one hoisting ModUp, per rotation the ModDown of both parts
+                let hoists = (0..d.div_ceil(g)).filter(|&c| d - c * g > 1).count();
+                report.push(StageReport {
+                    name: format!("{}.unpack", self.stages[k].name),
+                    kind: "unpack".into(),
+                    out_dim: d,
+                    level_in: top,
+                    level_out: top,
+                    rotations: rot,
+                    relinearizations: 0,
+                    plain_products: 0,
+                    key_switches: rot,
+                    ntts: hoists * mod_up_ntts(&self.params, top.get())
+                        + rot * 2 * mod_down_ntts(&self.params, top.get()),
+                });
+            }
+        }
         for idx in 0..self.stages.len() {
             let (ins, op, out_dim) = {
                 let s = &self.stages[idx];
@@ -601,12 +657,16 @@ impl Plan {
             if let StageOp::Input = op {
                 continue;
             }
-            let in_level = ins.iter().map(|&i| self.stages[i].level).min().unwrap_or(0);
-            let need = |levels: usize, what: &str| -> Result<usize> {
+            let in_level = ins
+                .iter()
+                .map(|&i| self.stages[i].level)
+                .min()
+                .unwrap_or(Level::ZERO);
+            let need = |levels: usize, what: &str| -> Result<Level> {
                 in_level.checked_sub(levels).ok_or_else(|| Error::LevelExhausted {
                     op: format!("{what} '{}' (the adapter is deeper than the parameters allow: choose a larger preset or run `hepeft params select`)", self.stages[idx].name),
                     needed: levels,
-                    available: in_level,
+                    available: in_level.get(),
                 })
             };
             let mut rot = 0;
@@ -629,8 +689,13 @@ impl Plan {
                         })
                         .collect();
                     if latency {
-                        let (steps, count, dense_ntts) =
-                            dense_rotations(&self.params, in_level, &out_segs, &in_segs, &copies);
+                        let (steps, count, dense_ntts) = dense_rotations(
+                            &self.params,
+                            in_level.get(),
+                            &out_segs,
+                            &in_segs,
+                            &copies,
+                        );
                         rotations.extend(steps);
                         rot = count;
                         ntts = dense_ntts;
@@ -673,8 +738,8 @@ impl Plan {
                     };
                     relin = per_ct * cts;
                     needs_relin |= relin > 0;
-                    ntts = relin * keyswitch_ntts(&self.params, in_level)
-                        + (relin + cts) * rescale_ntts(in_level);
+                    ntts = relin * keyswitch_ntts(&self.params, in_level.get())
+                        + (relin + cts) * rescale_ntts(in_level.get());
                     products = cheb.len() * cts;
                     (
                         need(depth, "activation")?,
@@ -690,7 +755,9 @@ impl Plan {
                     };
                     relin = cts;
                     needs_relin = true;
-                    ntts = cts * (keyswitch_ntts(&self.params, in_level) + rescale_ntts(in_level));
+                    ntts = cts
+                        * (keyswitch_ntts(&self.params, in_level.get())
+                            + rescale_ntts(in_level.get()));
                     (
                         need(1, "activation")?,
                         self.stages[ins[0]].segments.clone(),
@@ -725,8 +792,8 @@ impl Plan {
                 name: st.name.clone(),
                 kind: kind.to_string(),
                 out_dim,
-                level_in: crate::ckks::Level(in_level),
-                level_out: crate::ckks::Level(level),
+                level_in: in_level,
+                level_out: level,
                 rotations: rot,
                 relinearizations: relin,
                 plain_products: products,
@@ -766,12 +833,12 @@ impl Plan {
         self.stages.last().map_or(&[], |s| &s.segments)
     }
     /// Level of the output ciphertexts.
-    pub fn output_level(&self) -> usize {
-        self.stages.last().map_or(0, |s| s.level)
+    pub fn output_level(&self) -> Level {
+        self.stages.last().map_or(Level::ZERO, |s| s.level)
     }
     /// Levels consumed by the adapter.
     pub fn depth(&self) -> usize {
-        self.params.max_level() - self.output_level()
+        self.params.max_level().levels_above(self.output_level())
     }
     /// The fewest levels any plan of this adapter can consume (see
     /// [`depth_lower_bound`](super::depth_lower_bound)); [`Plan::depth`] reaches it when
@@ -809,6 +876,26 @@ impl Plan {
             .map(|r| r.rotations + r.relinearizations)
             .sum()
     }
+    /// Input features per batch-mode query ciphertext ([`PlanOptions::batch_pack`]; 1 in
+    /// latency mode).
+    pub fn batch_pack(&self) -> usize {
+        match self.options.mode {
+            Mode::Latency => 1,
+            Mode::Batch => self.options.batch_pack.max(1),
+        }
+    }
+    /// Slots between the blocks of a packed batch query: the most samples one batch query
+    /// takes (`N/2` unpacked; `N/(2g)` with `g` features per ciphertext).
+    pub fn batch_stride(&self) -> usize {
+        self.params.slots() / self.batch_pack()
+    }
+    /// Samples one query takes: 1 in latency mode, [`Plan::batch_stride`] in batch mode.
+    pub fn samples_per_query(&self) -> usize {
+        match self.options.mode {
+            Mode::Latency => 1,
+            Mode::Batch => self.batch_stride(),
+        }
+    }
     /// Client-side input layout the plan was compiled with.
     pub fn input_layout(&self) -> InputLayout {
         self.input_layout
@@ -823,13 +910,18 @@ impl Plan {
         self.report.iter().map(|r| r.ntts).sum()
     }
     /// Number of ciphertexts a query carries (latency: segments of every input, times the
-    /// pre-rotated copies; batch: one per input feature).
+    /// pre-rotated copies; batch: one per input feature, or per [`Plan::batch_pack`]
+    /// features when packed).
     pub fn input_ciphertexts(&self) -> usize {
         match self.options.mode {
             Mode::Latency => (0..self.input_dims.len())
                 .map(|i| self.stages[i].segments.len() * self.input_copies(i))
                 .sum(),
-            Mode::Batch => self.input_dims.iter().sum(),
+            Mode::Batch => self
+                .input_dims
+                .iter()
+                .map(|d| d.div_ceil(self.batch_pack()))
+                .sum(),
         }
     }
     /// Number of ciphertexts a result carries.
@@ -857,10 +949,15 @@ impl Plan {
                 h.update((c as u64).to_le_bytes());
             }
         }
+        if self.batch_pack() > 1 {
+            // unpacked batch plans keep the digest they always had
+            h.update(b"batch-pack");
+            h.update((self.batch_pack() as u64).to_le_bytes());
+        }
         for s in &self.stages {
             h.update(s.name.as_bytes());
             h.update((s.out_dim as u64).to_le_bytes());
-            h.update((s.level as u64).to_le_bytes());
+            h.update((s.level.get() as u64).to_le_bytes());
             for seg in &s.segments {
                 h.update((seg.offset as u64).to_le_bytes());
                 h.update((seg.dim as u64).to_le_bytes());
@@ -885,6 +982,12 @@ impl Plan {
             self.output_ciphertexts(),
             if self.input_copies.iter().any(|&c| c > 1) {
                 format!(" (client pre-rotated inputs: {:?} copies)", self.input_copies)
+            } else if self.batch_pack() > 1 {
+                format!(
+                    " (packed batch: {} features per query ciphertext, at most {} samples per query)",
+                    self.batch_pack(),
+                    self.batch_stride()
+                )
             } else {
                 String::new()
             }
@@ -899,6 +1002,6 @@ impl Plan {
     }
 }
 
-fn unreachable_input() -> (usize, Vec<Segment>, &'static str) {
-    (0, vec![], "input")
+fn unreachable_input() -> (Level, Vec<Segment>, &'static str) {
+    (Level::ZERO, vec![], "input")
 }

@@ -200,6 +200,7 @@ fn meta(ct: &hepeft::session::Ciphertexts, model: &TokenModel) -> CtMeta {
         params_digest: digest_hex(&model.params.digest()),
         key_id: ct.binding.key_set.hex(),
         pre_rotate: 1,
+        batch_pack: 1,
     }
 }
 
