@@ -94,15 +94,22 @@ pub fn dot_accumulate(
 }
 
 /// Whether [`dot_accumulate`] beats one `tfhe_ntt` multiply-accumulate per term for the
-/// prime `p` on this CPU and build: always, except for primes of `2^50` and more on an AVX-512
-/// build with AVX-512 (`tfhe_ntt`'s 8-lane kernel beats the 4-lane 128-bit one there).
+/// prime `p` on this CPU and build: on x86-64 with AVX2, except for primes of `2^50` and more
+/// on an AVX-512 build with AVX-512 (`tfhe_ntt`'s 8-lane kernel beats the 4-lane 128-bit one
+/// there); never elsewhere (the portable `u128` fallback is slower).
 pub fn lazy_pays(p: u64) -> bool {
     #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
     if p >= (1 << 50) && pulp::x86::V4::try_new().is_some() {
         return false;
     }
-    let _ = p;
-    true
+    // the portable fallback divides 128-bit sums: slower than tfhe-ntt's per-term kernels
+    #[cfg(target_arch = "x86_64")]
+    return p < (1 << 62) && pulp::x86::V3::try_new().is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+        false
+    }
 }
 
 /// [`dot_accumulate`] for the prime of `table` when [`lazy_pays`], else one
