@@ -191,7 +191,12 @@ fn bench_exact(c: &mut Criterion) {
     // generator, so the rows below are unchanged.
     if std::env::args().skip(1).any(|a| a.contains("lut6")) {
         let mut r6 = ChaCha20Rng::seed_from_u64(19);
-        let fine = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 12, 3).unwrap();
+        let fine = ExactParams::vetted(
+            hepeft::exact::DEFAULT_VETTED,
+            hepeft::exact::DecompositionBaseLog(12),
+            hepeft::exact::DecompositionLevelCount(3),
+        )
+        .unwrap();
         let (ck6, comp6) = generate_keys(&fine, &mut r6).unwrap();
         let sk6 = comp6.expand(&fine).unwrap();
         let best = QuantizeOptions {

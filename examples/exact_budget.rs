@@ -13,7 +13,7 @@
 //! sanitization of the logits, from its coarse and fine PBS counts; the keyswitch shared
 //! by some pairs is counted twice, so the estimate is an upper bound).
 
-use hepeft::exact::ExactParams;
+use hepeft::exact::{DecompositionBaseLog, DecompositionLevelCount, ExactParams};
 use hepeft::model::reference;
 use hepeft::model::{
     evaluate_exact_fn_batch, Activation, ActivationFn, Adapter, AdapterBuilder, Op,
@@ -235,7 +235,12 @@ fn main() {
         variants.retain(|(n, _)| n.contains(&filter));
     }
     for (fb, fl) in fines {
-        let params = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, fb, fl).unwrap();
+        let params = ExactParams::vetted(
+            hepeft::exact::DEFAULT_VETTED,
+            DecompositionBaseLog(fb),
+            DecompositionLevelCount(fl),
+        )
+        .unwrap();
         println!(
             "fine {fb}x{fl}: fine PBS std 2^{:.1}",
             hepeft::exact::noise::pbs_variance(&params, true).log2() / 2.0

@@ -134,7 +134,12 @@ fn real_bottlenecks_and_side_networks_through_the_exact_cli() {
 #[test]
 fn real_bottleneck_twins_against_f64() {
     let params = ExactParams::default_2m128().unwrap();
-    let fine12 = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 12, 3).unwrap();
+    let fine12 = ExactParams::vetted(
+        hepeft::exact::DEFAULT_VETTED,
+        hepeft::exact::DecompositionBaseLog(12),
+        hepeft::exact::DecompositionLevelCount(3),
+    )
+    .unwrap();
     let act6 = QuantizeOptions {
         activation_bits: 6,
         ..QuantizeOptions::default()

@@ -8,7 +8,10 @@
 use std::sync::OnceLock;
 
 use hepeft::exact::noise;
-use hepeft::exact::{encode, generate_keys, ClientKey, Evaluator, ExactParams, Lut, ServerKey};
+use hepeft::exact::{
+    encode, generate_keys, ClientKey, DecompositionBaseLog, DecompositionLevelCount, Evaluator,
+    ExactParams, Lut, LweDimension, ServerKey,
+};
 use hepeft::model::{Activation, ActivationFn, Adapter, AdapterBuilder, Op};
 use hepeft::plan::{quantize, QuantizeOptions};
 use ndarray::{Array1, Array2};
@@ -50,8 +53,8 @@ fn rng(seed: u64) -> ChaCha20Rng {
 #[test]
 fn params_are_the_vetted_set_and_reject_changes() {
     let p = ExactParams::default_2m128().unwrap();
-    assert_eq!(p.lwe_dimension(), 918);
-    assert_eq!(p.big_lwe_dimension(), 2048);
+    assert_eq!(p.lwe_dimension(), LweDimension(918));
+    assert_eq!(p.big_lwe_dimension(), LweDimension(2048));
     assert!(p.vetted_log2_p_fail() <= -128.0);
     let mut lit = p.literal().clone();
     lit.lwe_dimension = 800;
@@ -62,9 +65,19 @@ fn params_are_the_vetted_set_and_reject_changes() {
     let mut lit = p.literal().clone();
     lit.fine_level = 0;
     assert!(ExactParams::from_literal(lit).is_err());
-    assert!(ExactParams::vetted("PARAM_MADE_UP", 15, 2).is_err());
+    assert!(ExactParams::vetted(
+        "PARAM_MADE_UP",
+        DecompositionBaseLog(15),
+        DecompositionLevelCount(2)
+    )
+    .is_err());
     // changing only the fine decomposition is allowed and changes the digest
-    let q = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 11, 3).unwrap();
+    let q = ExactParams::vetted(
+        hepeft::exact::DEFAULT_VETTED,
+        DecompositionBaseLog(11),
+        DecompositionLevelCount(3),
+    )
+    .unwrap();
     assert_ne!(p.digest(), q.digest());
     let (t, m) = p.key_bytes();
     assert!(t < m);
@@ -466,7 +479,12 @@ fn unsupported_graphs_and_bad_inputs_are_errors() {
 #[test]
 fn keys_of_other_parameters_are_refused() {
     let k = keys();
-    let other = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 11, 3).unwrap();
+    let other = ExactParams::vetted(
+        hepeft::exact::DEFAULT_VETTED,
+        DecompositionBaseLog(11),
+        DecompositionLevelCount(3),
+    )
+    .unwrap();
     let mut r = rng(14);
     let (_, compressed) = generate_keys(&k.params, &mut r).unwrap();
     let e = compressed.expand(&other).unwrap_err();
@@ -507,7 +525,12 @@ fn exact_objects_through_the_shared_trait() {
     use hepeft::io::format::{write_envelope, FileKind};
     use hepeft::io::object::{from_bytes, to_bytes};
     let k = keys();
-    let other = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 11, 3).unwrap();
+    let other = ExactParams::vetted(
+        hepeft::exact::DEFAULT_VETTED,
+        DecompositionBaseLog(11),
+        DecompositionLevelCount(3),
+    )
+    .unwrap();
     let mut r = rng(15);
     let digest = k.params.digest();
     let envelope = |kind, payload: &[u8]| {
@@ -575,6 +598,47 @@ fn exact_objects_through_the_shared_trait() {
     assert!(e.to_string().contains("--backend ckks"), "{e}");
 }
 
+/// `exact.params` goes through the shared `HeObject` codec: the same bytes `keygen` wrote
+/// before (envelope of kind parameters, the set's digest, tag + JSON of the literal), read
+/// back with or without knowing the set, and a file of another set refused.
+#[test]
+fn exact_params_file_is_an_he_object() {
+    use hepeft::io::format::{write_envelope, FileKind};
+    use hepeft::io::object::{from_bytes, to_bytes};
+    let p = ExactParams::default_2m128().unwrap();
+    let bytes = to_bytes(&p, &p).unwrap();
+    let mut before = Vec::new();
+    write_envelope(
+        &mut before,
+        FileKind::Parameters,
+        &p.digest(),
+        &hepeft::exact::io::params_to_payload(&p).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bytes, before);
+    assert_eq!(from_bytes::<ExactParams>(&p, &bytes).unwrap(), p);
+    assert_eq!(hepeft::exact::io::params_from_bytes(&bytes).unwrap(), p);
+    let other = ExactParams::vetted(
+        hepeft::exact::DEFAULT_VETTED,
+        DecompositionBaseLog(11),
+        DecompositionLevelCount(3),
+    )
+    .unwrap();
+    let e = from_bytes::<ExactParams>(&other, &bytes).unwrap_err();
+    assert!(matches!(e, hepeft::Error::ParameterMismatch { .. }), "{e}");
+    // an envelope whose digest is not its literal's
+    let mut forged = Vec::new();
+    write_envelope(
+        &mut forged,
+        FileKind::Parameters,
+        &other.digest(),
+        &hepeft::exact::io::params_to_payload(&p).unwrap(),
+    )
+    .unwrap();
+    assert!(hepeft::exact::io::params_from_bytes(&forged).is_err());
+    assert!(from_bytes::<ExactParams>(&other, &forged).is_err());
+}
+
 /// Full size, `--ignored`: the 6-bit-table plan that reaches Concrete ML's 0.95 on the
 /// benchmark's shape (384 -> 64 -> ReLU -> 10; J = 3, 6-bit inputs and hidden outputs,
 /// 2^12 x 3 fine key, 832 PBS), encrypted, equals its integer twin bit for bit with exactly
@@ -583,7 +647,12 @@ fn exact_objects_through_the_shared_trait() {
 #[test]
 #[ignore = "full size: about 900 bootstrappings"]
 fn six_bit_tables_full_size() {
-    let params = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, 12, 3).unwrap();
+    let params = ExactParams::vetted(
+        hepeft::exact::DEFAULT_VETTED,
+        DecompositionBaseLog(12),
+        DecompositionLevelCount(3),
+    )
+    .unwrap();
     let mut r = rng(19);
     let (client, compressed) = generate_keys(&params, &mut r).unwrap();
     let server = compressed.expand(&params).unwrap();

@@ -23,5 +23,8 @@ pub use eval::{
 pub use keys::{
     generate_key_set, generate_keys, ClientKey, CompressedServerKey, KeySet, ServerKey,
 };
-pub use params::{ExactParams, ExactParamsLiteral, DEFAULT_VETTED, READ_BITS};
+pub use params::{
+    DecompositionBaseLog, DecompositionLevelCount, ExactParams, ExactParamsLiteral, GlweDimension,
+    LweDimension, PolynomialSize, DEFAULT_VETTED, READ_BITS,
+};
 pub use sanitize::{sanitize_pbs, ExactPublicKey};

@@ -467,8 +467,12 @@ impl PreparedPlan {
         // the wave after which no stage reads a value any more (the output is kept): freeing
         // it then bounds the server's memory by the live values, not by every stage's
         let mut last_read = vec![usize::MAX; total];
-        for idx in 0..total.saturating_sub(1) {
-            last_read[idx] = (0..total)
+        for (idx, last) in last_read
+            .iter_mut()
+            .enumerate()
+            .take(total.saturating_sub(1))
+        {
+            *last = (0..total)
                 .filter(|&j| plan.stages[j].inputs.contains(&idx))
                 .map(|j| depth[j])
                 .max()

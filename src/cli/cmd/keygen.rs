@@ -39,14 +39,7 @@ pub struct KeygenReport {
 
 /// `hepeft keygen`.
 pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
-    let (file, warning) = args
-        .params
-        .as_ref()
-        .context("--params is required with --backend ckks")?
-        .load_file()?;
-    if let Some(w) = warning {
-        ui.note(&w);
-    }
+    let file = required_params_file(args.params.as_ref(), ui)?;
     let params = file.params.clone();
     let adapter = load_model(&args.model, None)?;
     // The layout the parameters were selected for, unless told otherwise (a different one
