@@ -14,6 +14,7 @@ use super::keys::{EvaluationKeys, SwitchingKey};
 use super::keyswitch::{self, Decomposition};
 use super::params::CkksParams;
 use super::units::Level;
+use crate::math::dot::dot_accumulate_table;
 use crate::math::poly::{Eval, RnsPoly};
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -636,31 +637,40 @@ impl Evaluator {
         })
     }
 
-    /// `acc += a * pt` in the extended basis; `pt` must carry special limbs
-    /// ([`Encoder::encode_extended`](super::Encoder)) at `a`'s level or above, and `acc`
-    /// (when present) the scale `a.scale · pt.scale`. Cost: `2·(l+1+K)` vectorised
-    /// multiply-accumulates.
+    /// `acc += sum_t a_t * pt_t` in the extended basis; every `pt_t` must carry special limbs
+    /// ([`Encoder::encode_extended`](super::Encoder)) at its operand's level or above, every
+    /// operand the same level, every product (and `acc`, when present) the same scale
+    /// `a_t.scale · pt_t.scale`. The sums are reduced lazily ([`crate::math::dot`]): each
+    /// plaintext limb is read once for both parts, each accumulator limb once per eight terms.
+    /// Cost: `2·(l+1+K)` unreduced vectorised products per term, one reduction per eight.
     pub(crate) fn mul_plain_accumulate_extended(
         &self,
         acc: &mut Option<ExtendedCiphertext>,
-        a: &ExtendedCiphertext,
-        pt: &Plaintext,
+        terms: &[(&ExtendedCiphertext, &Plaintext)],
     ) -> Result<()> {
-        self.check_pt(pt)?;
-        let level = a.parts[0].level();
-        let p = pt.poly();
-        if !p.is_extended() || p.level() < level {
-            return Err(Error::InvalidValue {
-                context: "extended multiply-accumulate".into(),
-                reason: format!(
-                    "plaintext at level {} (special limbs: {}) for an operand at level {level}",
-                    p.level(),
-                    p.is_extended()
-                ),
-            });
+        let Some((first, first_pt)) = terms.first() else {
+            return Ok(());
+        };
+        let level = first.parts[0].level();
+        let scale = first.scale * first_pt.scale();
+        for (a, pt) in terms {
+            self.check_pt(pt)?;
+            let p = pt.poly();
+            if !p.is_extended() || p.level() < level || a.parts[0].level() != level {
+                return Err(Error::InvalidValue {
+                    context: "extended multiply-accumulate".into(),
+                    reason: format!(
+                        "plaintext at level {} (special limbs: {}) for an operand at level {} \
+                         (first operand at level {level})",
+                        p.level(),
+                        p.is_extended(),
+                        a.parts[0].level()
+                    ),
+                });
+            }
+            Self::check_scales(a.scale * pt.scale(), scale)?;
         }
         let ring = self.params.ring();
-        let scale = a.scale * pt.scale();
         let acc = match acc {
             Some(acc) => {
                 Self::check_scales(acc.scale, scale)?;
@@ -674,19 +684,30 @@ impl Evaluator {
                 scale,
             }),
         };
-        let limbs = a.parts[0].num_limbs();
-        let pt_limb = |i: usize| {
+        let limbs = first.parts[0].num_limbs();
+        let pt_limb = |p: &RnsPoly<Eval>, i: usize| -> usize {
             if i <= level {
-                p.limb(i)
+                i
             } else {
-                p.limb(p.level() + 1 + (i - level - 1))
+                p.level() + 1 + (i - level - 1)
             }
         };
-        for (dst, src) in acc.parts.iter_mut().zip(&a.parts) {
-            for i in 0..limbs {
-                ring.table(level, i)
-                    .mul_accumulate(dst.limb_mut(i), src.limb(i), pt_limb(i));
-            }
+        let [dst0, dst1] = &mut acc.parts;
+        for i in 0..limbs {
+            let s: Vec<&[u64]> = terms
+                .iter()
+                .map(|(_, pt)| pt.poly().limb(pt_limb(pt.poly(), i)))
+                .collect();
+            let u0: Vec<&[u64]> = terms.iter().map(|(a, _)| a.parts[0].limb(i)).collect();
+            let u1: Vec<&[u64]> = terms.iter().map(|(a, _)| a.parts[1].limb(i)).collect();
+            dot_accumulate_table(
+                ring.table(level, i),
+                dst0.limb_mut(i),
+                Some(dst1.limb_mut(i)),
+                &s,
+                &u0,
+                &u1,
+            );
         }
         Ok(())
     }

@@ -185,13 +185,16 @@ impl LinearTransform {
         // extended accumulator
         let giant =
             |(b, row): (usize, &Vec<Option<Plaintext>>)| -> Result<Option<ExtendedCiphertext>> {
+                let terms: Vec<(&ExtendedCiphertext, &Plaintext)> = row
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(a, p)| match (p, baby.get(a)) {
+                        (Some(p), Some(Some(xr))) => Some((xr, p)),
+                        _ => None,
+                    })
+                    .collect();
                 let mut inner: Option<ExtendedCiphertext> = None;
-                for (a, p) in row.iter().enumerate() {
-                    let (Some(p), Some(Some(xr))) = (p, baby.get(a)) else {
-                        continue;
-                    };
-                    ev.mul_plain_accumulate_extended(&mut inner, xr, p)?;
-                }
+                ev.mul_plain_accumulate_extended(&mut inner, &terms)?;
                 let Some(inner) = inner else {
                     return Ok(None);
                 };

@@ -1,6 +1,7 @@
 //! Layer 0: modular arithmetic, NTT (tfhe-ntt), RNS bases and polynomials, samplers.
 //! Nothing here knows about CKKS.
 
+pub mod dot;
 pub mod modulus;
 pub mod ntt;
 pub mod par;
