@@ -57,6 +57,7 @@ use crate::model::token::{TokenAdapter, TokenOp};
 use crate::{Error, Result};
 
 mod attention;
+mod attention_packed;
 pub mod fuse;
 mod io;
 mod layout;
@@ -67,7 +68,7 @@ pub use sanitize::{flooded_precision_bits, TOKEN_EPS_MARGIN_BITS};
 
 pub use fuse::fuse_tokens;
 pub use layout::Layout;
-use layout::{assign_layouts, block_steps, ins_packed, op_levels, sum_steps};
+use layout::{assign_layouts, block_steps, ins_packed, op_levels, sum_steps, AttentionPacking};
 
 /// Levels consumed by a linear attention node (qkv, mixing, `K^T U`, `Q G`, proj).
 pub const ATTENTION_LEVELS: usize = 5;
@@ -165,11 +166,21 @@ impl TokenPlan {
                 .unwrap_or(top);
             levels.push(before - op_levels(&n.op));
             match &n.op {
-                TokenOp::LinearAttention(_) => {
+                TokenOp::LinearAttention(at) => {
                     relin = true;
                     let g = baby_step_for(period);
                     steps.extend(crate::ckks::lintrans::rotation_steps(period, g));
                     steps.extend(sum_steps(period));
+                    let lin = match n.inputs.first() {
+                        Some(NodeRef::Node(k)) => layouts[*k],
+                        _ => Layout::Packed,
+                    };
+                    if let Some(pk) =
+                        AttentionPacking::of(period, slots, at.head_dim(), lin, layouts[j])
+                    {
+                        steps.extend(pk.head_steps(period));
+                        steps.extend(pk.proj_steps(period));
+                    }
                 }
                 TokenOp::Pool(_) => steps.extend(sum_steps(period)),
                 TokenOp::Poly(act) if act.degree() >= 2 => relin = true,
