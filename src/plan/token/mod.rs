@@ -266,3 +266,75 @@ impl TokenPlan {
         self.ciphertexts_for(l, self.output_shape.1)
     }
 }
+
+/// Key-switching work of one evaluation (one sample), counted from the plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenCost {
+    /// Rotations (one key switch each; the mixing's baby steps counted once per column).
+    pub rotations: usize,
+    /// Relinearized ciphertext-ciphertext products of the attentions (the activations'
+    /// products are not counted here).
+    pub attention_products: usize,
+}
+
+impl TokenPlan {
+    /// Rotations and attention products of one evaluation of `adapter` (the adapter the
+    /// plan was compiled for) as [`TokenPlan::evaluate`] runs it.
+    pub fn cost(&self, adapter: &TokenAdapter) -> TokenCost {
+        self.count(adapter, false)
+    }
+
+    /// [`TokenPlan::cost`] if every attention were evaluated column by column (`G = K^T U`
+    /// one `(c, e)` product per ciphertext), the evaluation before the packed attention;
+    /// for comparison.
+    pub fn cost_columnwise(&self, adapter: &TokenAdapter) -> TokenCost {
+        self.count(adapter, true)
+    }
+
+    fn count(&self, adapter: &TokenAdapter, columnwise: bool) -> TokenCost {
+        let log2 = |k: usize| k.max(1).trailing_zeros() as usize;
+        let blocks = block_steps(self.period, self.slots).len();
+        let sums = sum_steps(self.period).len();
+        let g = baby_step_for(self.period);
+        let mix = (g.min(self.period) - 1) + (self.period.div_ceil(g) - 1);
+        let mut c = TokenCost::default();
+        for (j, n) in adapter.nodes().iter().enumerate() {
+            let lin = match n.inputs.first() {
+                Some(NodeRef::Node(k)) => self.layouts[*k],
+                _ => Layout::Packed,
+            };
+            let lout = self.layouts[j];
+            match &n.op {
+                TokenOp::Linear { .. } | TokenOp::LowRank { .. } => {
+                    if lin == Layout::Packed && lout == Layout::Cols {
+                        c.rotations += n.shape.1 * blocks;
+                    }
+                }
+                TokenOp::Pool(_) => c.rotations += self.ciphertexts_for(lin, n.shape.1) * sums,
+                TokenOp::LinearAttention(at) => {
+                    let (r, dh) = (at.width(), at.head_dim());
+                    let bias = usize::from(at.mix_bias.is_some());
+                    c.rotations += r * mix;
+                    let pk = AttentionPacking::of(self.period, self.slots, dh, lin, lout);
+                    match pk.filter(|_| !columnwise) {
+                        Some(pk) => {
+                            let cts = at.heads * pk.chunks;
+                            c.rotations +=
+                                cts * (sums * (1 + bias) + log2(pk.dhp)) + r * log2(2 * pk.ec);
+                            c.attention_products += 2 * cts;
+                        }
+                        None => {
+                            if lin == Layout::Packed {
+                                c.rotations += 3 * r * blocks;
+                            }
+                            c.rotations += r * sums * (dh + bias);
+                            c.attention_products += r * dh + r;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+}
