@@ -1,27 +1,31 @@
 //! Linear attention between column values with every product of one head in one
 //! ciphertext ([`AttentionPacking`]; see the module documentation of [`super`]).
 //!
-//! Slot `t + 2T' (e + ec b)` of a head ciphertext (`t < 2T'`; the pattern repeats over the
+//! Slot `t + 4T' (e + ec b)` of a head ciphertext (`t < 4T'`; the pattern repeats over the
 //! slots) holds, for `t mod T'` a real token:
-//! - `K_b[t mod T']` (all `e`), `U_e[t mod T']` (all `b`): one product gives every
-//!   `K_b U_e`, each block of `2T'` holding `T'`-periodic values, so a rotate-and-sum over
-//!   `T'` consecutive slots (`log2 T'` rotations) leaves `G_be` on slots `t <= T'`;
-//! - `Q_b[t]` on the first half (`t < T'`), zero on the second: one more product and a
+//! - `V_e[t mod T']` (all `b`), from plaintext products on the input columns; the mixing
+//!   (`sum_k diag_k ⊙ rot(V, k)`, `k < T'`, BSGS: `~2 sqrt(T')` rotations per ciphertext
+//!   instead of per column) reads at most `T' - 1` slots ahead, so `U_e = (M^T V)_e` is right
+//!   on the first `2T'` slots of every block;
+//! - `K_b[t mod T']` (all `e`): one product gives every `K_b U_e`, `T'`-periodic on the
+//!   first `2T'` slots of a block, so a rotate-and-sum over `T'` consecutive slots
+//!   (`log2 T'` rotations) leaves `G_be` on slots `t < T'`;
+//! - `Q_b[t]` on the first quarter (`t < T'`), zero elsewhere: one more product and a
 //!   rotate-and-sum over the outer `b` axis (`log2 dhp` rotations, cyclic since `b` is
 //!   outermost) leave `out_e[t] = sum_b Q_b[t] G_be` on every `b`, zero on `t >= T'`;
 //! - the projection, per output column: one plaintext product per head ciphertext (the
-//!   weights zero on `t >= T'`) and a rotate-and-sum over the `2 ec` half blocks
-//!   (`log2(2 ec)` rotations), which replicates the column with period `T'`.
+//!   weights zero on `t >= T'`) and a rotate-and-sum over the `4 ec` quarter blocks
+//!   (`log2(4 ec)` rotations), which replicates the column with period `T'`.
 //!
-//! The mixing is applied to the attention's input columns (`U = M^T X W_v^T + (M^T 1) b_v^T`),
-//! the linear maps to `K`, `U`, `Q` and `m^T V` (the mixing bias) are plaintext products on
-//! the columns (the weights laid out in the pattern, no rotation). Levels as the column by
-//! column evaluation: mixing / qkv 1, `U` 1, `K U` 1, `Q G` 1, projection 1.
+//! The linear maps to `K`, `V`, `Q` and `m^T V` (the mixing bias, `m` folded into the
+//! weights, then a rotate-and-sum over the tokens) are plaintext products on the columns
+//! (the weights laid out in the pattern, no rotation). Levels as the column by column
+//! evaluation: qkv 1, mixing 1, `K U` 1, `Q G` 1, projection 1.
 //!
-//! Cost per head ciphertext: 2 relinearized products and `2 log2 T' + log2 dhp` rotations
-//! (`log2 T'` fewer without a mixing bias); per output column `log2(2 ec)` rotations; per
-//! input column the mixing (`~2 sqrt(T')` rotations). The column-by-column evaluation
-//! needs `r dh` products and `r dh log2 T'` rotations for `G` alone.
+//! Cost per head ciphertext: the mixing, 2 relinearized products and `2 log2 T' + log2 dhp`
+//! rotations (`log2 T'` fewer without a mixing bias); per output column `log2(4 ec)`
+//! rotations. The column-by-column evaluation needs the mixing per column, and `r dh`
+//! products and `r dh log2 T'` rotations for `G` alone.
 
 use rayon::prelude::*;
 
@@ -30,14 +34,14 @@ use crate::ckks::{Ciphertext, LinearTransform};
 use crate::model::token::LinearAttention;
 use crate::{Error, Result};
 
-use super::layout::AttentionPacking;
+use super::layout::{AttentionPacking, BLOCK};
 use super::run::Run;
 use super::ATTENTION_LEVELS;
 
 impl Run<'_> {
     /// The slot vector of `f(t, e, b)` in the pattern of `pk` (`t < 2T'`).
     fn head_slots(&self, pk: AttentionPacking, f: impl Fn(usize, usize, usize) -> f64) -> Vec<f64> {
-        let tw = 2 * self.plan.period;
+        let tw = BLOCK * self.plan.period;
         (0..self.plan.slots)
             .map(|s| {
                 let t = s % tw;
@@ -115,37 +119,20 @@ impl Run<'_> {
         let real = |t: usize| t % period < tokens;
         let w = |row: usize, i: usize| at.qkv[[row, i]];
         let bias = |row: usize| at.qkv_bias.as_ref().map_or(0.0, |b| b[row]);
-        // mixed input columns: (M^T x_i)[t] = sum_j M[j, t] x_i[j], at (l, scale of x)
+        // the mixing on the pattern: U[t] = sum_k diag_k[t] V[t + k] on the first 2T' slots
         let diags: Vec<Vec<f64>> = (0..period)
             .map(|k| {
-                self.plan.column_slots(|t| {
-                    let j = (t + k) % period;
-                    if j < tokens {
-                        at.mix[[j, t]]
+                self.head_slots(pk, |t, _, _| {
+                    let (tp, j) = (t % period, (t + k) % period);
+                    if t < 2 * period && tp < tokens && j < tokens {
+                        at.mix[[j, tp]]
                     } else {
                         0.0
                     }
                 })
             })
             .collect();
-        let lt = LinearTransform::new(
-            self.encoder,
-            &diags,
-            l_in,
-            self.q(l_in)?,
-            baby_step_for(period),
-        )?;
-        let mixed: Vec<Ciphertext> = x
-            .par_iter()
-            .map(|v| {
-                let mut u = lt.apply(self.ev, v)?;
-                self.ev.rescale_assign(&mut u)?;
-                Ok(u)
-            })
-            .collect::<Result<_>>()?;
-        let colsum: Vec<f64> = (0..tokens)
-            .map(|t| (0..tokens).map(|j| at.mix[[j, t]]).sum())
-            .collect();
+        let lt = LinearTransform::new(self.encoder, &diags, l, self.q(l)?, baby_step_for(period))?;
         // K_b per head at (l - 1, delta)
         let k_heads: Vec<Ciphertext> = (0..heads)
             .into_par_iter()
@@ -164,32 +151,27 @@ impl Run<'_> {
         let chunks: Vec<(usize, usize)> = (0..heads)
             .flat_map(|h| (0..pk.chunks).map(move |c| (h, c * pk.ec)))
             .collect();
-        // G per (head, chunk) at (l - 2, s_g), valid on t <= T'
+        // G per (head, chunk) at (l - 2, s_g), valid on t < T'
         let gs: Vec<Ciphertext> = chunks
             .par_iter()
             .map(|&(h, e0)| {
                 let row = |e: usize| 2 * r + h * dh + e0 + e;
                 let live = |t: usize, e: usize| real(t) && e0 + e < dh;
-                let u = self.head_combo(
+                let v = self.head_combo(
                     pk,
-                    &mixed,
+                    &x,
                     |i, t, e, _| if live(t, e) { w(row(e), i) } else { 0.0 },
-                    |t, e, _| {
-                        if live(t, e) {
-                            colsum[t % period] * bias(row(e))
-                        } else {
-                            0.0
-                        }
-                    },
+                    |t, e, _| if live(t, e) { bias(row(e)) } else { 0.0 },
                     delta,
                 )?;
+                let mut u = lt.apply(self.ev, &v)?;
+                self.ev.rescale_assign(&mut u)?;
                 let mut g = self.ev.mul_relin(&k_heads[h], &u)?;
                 self.ev.rescale_assign(&mut g)?;
                 self.rotate_sum(&mut g)?;
                 Ok(g)
             })
             .collect::<Result<_>>()?;
-        drop(mixed);
         drop(k_heads);
         let s_g = gs
             .first()

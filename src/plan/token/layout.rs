@@ -178,9 +178,14 @@ pub(super) fn assign_layouts(adapter: &TokenAdapter) -> Result<Vec<Layout>> {
     Ok(layouts)
 }
 
+/// Slots of one block of the packed attention, in units of `T'`: the `T'`-periodic values
+/// of a block stay right on its first `2T'` slots after the mixing's rotations (`< T'`).
+pub(super) const BLOCK: usize = 4;
+
 /// Geometry of the packed attention (see the module documentation of [`super`]): every
 /// `(c, e)` product of one head's `G = K^T U` sits in one ciphertext, slot
-/// `t + 2T' (e + ec b)` (`t < 2T'`, `e < ec`, `b < dhp`) holding `K_b[t mod T'] U_e[t mod T']`.
+/// `t + 4T' (e + ec b)` (`t < 4T'`, `e < ec`, `b < dhp`) holding `K_b[t mod T'] U_e[t mod T']`
+/// (valid on `t < 2T'`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct AttentionPacking {
     /// Head width padded to a power of two (the summed `b` axis).
@@ -194,7 +199,7 @@ pub(super) struct AttentionPacking {
 impl AttentionPacking {
     /// The packing of an attention of head width `dh` between column values, or `None` when
     /// the attention reads or writes packed values or one head does not fit in the slots
-    /// (`2 T' dhp > N / 2`); the plan then evaluates it column by column.
+    /// (`4 T' dhp > N / 2`); the plan then evaluates it column by column.
     pub(super) fn of(
         period: usize,
         slots: usize,
@@ -206,7 +211,7 @@ impl AttentionPacking {
             return None;
         }
         let dhp = dh.next_power_of_two();
-        let room = slots / (2 * period * dhp);
+        let room = slots / (BLOCK * period * dhp);
         if room == 0 {
             return None;
         }
@@ -218,15 +223,15 @@ impl AttentionPacking {
         })
     }
 
-    /// Period of the pattern (`2 T' ec dhp`), which divides the slots.
+    /// Period of the pattern (`4 T' ec dhp`), which divides the slots.
     pub(super) fn span(&self, period: usize) -> usize {
-        2 * period * self.ec * self.dhp
+        BLOCK * period * self.ec * self.dhp
     }
 
-    /// Rotate-and-sum steps over the `b` axis: `2 T' ec`, .., `2 T' ec dhp / 2`.
+    /// Rotate-and-sum steps over the `b` axis: `4 T' ec`, .., `4 T' ec dhp / 2`.
     pub(super) fn head_steps(&self, period: usize) -> Vec<i64> {
         let mut v = Vec::new();
-        let mut k = 2 * period * self.ec;
+        let mut k = BLOCK * period * self.ec;
         while k < self.span(period) {
             v.push(k as i64);
             k *= 2;
@@ -234,11 +239,12 @@ impl AttentionPacking {
         v
     }
 
-    /// Rotate-and-sum steps of the output projection: `T'`, `2T'`, .., `ec T'`.
+    /// Rotate-and-sum steps of the output projection over the `4 ec` quarter blocks:
+    /// `T'`, `2T'`, .., `2 ec T'`.
     pub(super) fn proj_steps(&self, period: usize) -> Vec<i64> {
         let mut v = Vec::new();
         let mut k = period;
-        while k <= self.ec * period {
+        while k < BLOCK * self.ec * period {
             v.push(k as i64);
             k *= 2;
         }

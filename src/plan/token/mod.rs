@@ -68,7 +68,9 @@ pub use sanitize::{flooded_precision_bits, TOKEN_EPS_MARGIN_BITS};
 
 pub use fuse::fuse_tokens;
 pub use layout::Layout;
-use layout::{assign_layouts, block_steps, ins_packed, op_levels, sum_steps, AttentionPacking};
+use layout::{
+    assign_layouts, block_steps, ins_packed, op_levels, sum_steps, AttentionPacking, BLOCK,
+};
 
 /// Levels consumed by a linear attention node (qkv, mixing, `K^T U`, `Q G`, proj).
 pub const ATTENTION_LEVELS: usize = 5;
@@ -314,16 +316,16 @@ impl TokenPlan {
                 TokenOp::LinearAttention(at) => {
                     let (r, dh) = (at.width(), at.head_dim());
                     let bias = usize::from(at.mix_bias.is_some());
-                    c.rotations += r * mix;
                     let pk = AttentionPacking::of(self.period, self.slots, dh, lin, lout);
                     match pk.filter(|_| !columnwise) {
                         Some(pk) => {
                             let cts = at.heads * pk.chunks;
-                            c.rotations +=
-                                cts * (sums * (1 + bias) + log2(pk.dhp)) + r * log2(2 * pk.ec);
+                            c.rotations += cts * (mix + sums * (1 + bias) + log2(pk.dhp))
+                                + r * log2(BLOCK * pk.ec);
                             c.attention_products += 2 * cts;
                         }
                         None => {
+                            c.rotations += r * mix;
                             if lin == Layout::Packed {
                                 c.rotations += 3 * r * blocks;
                             }
