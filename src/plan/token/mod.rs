@@ -31,10 +31,21 @@
 //!   token axis), `S' V = (Q K^T) M^T V + 1 (m^T V) = Q (K^T U) + 1 (m^T V)`, so per head
 //!   the `dh x dh` matrix `G = K^T U` is computed with ciphertext-ciphertext products
 //!   `K_c * U_e` and a rotate-and-sum over the tokens (`log2 T'` rotations), then
-//!   `out_e = sum_c Q_c * G_ce` (ciphertext-ciphertext products, one relinearization per
-//!   output column). The `T x T` scores are never materialised. Levels: qkv 1, mixing 1,
-//!   `K^T U` 1, `Q G` 1, proj 1. Cost per head: `dh^2` products and `dh^2 log2 T'`
-//!   rotations (the dominant term at `r = 64`).
+//!   `out_e = sum_c Q_c * G_ce`. The `T x T` scores are never materialised. Levels: qkv 1,
+//!   mixing 1, `K^T U` 1, `Q G` 1, proj 1. Two evaluations:
+//!   - **packed** (between column values, when `4 T' dhp <= N / 2`, `dhp` the head width
+//!     padded to a power of two; the OWC block's case): every `K_b U_e` product of a head
+//!     sits in one ciphertext (slot `t + 4T' (e + ec b)`), built from the input columns by
+//!     plaintext products, so one head costs per ciphertext the mixing, 2 relinearized
+//!     products and `2 log2 T' + log2 dhp` rotations, and the projection `log2(4 ec)`
+//!     rotations per output column (see `attention_packed.rs`);
+//!   - **column by column** (an attention reading or writing packed values, or a head too
+//!     wide): `G_ce` by one ciphertext-ciphertext product `K_c * U_e` and a rotate-and-sum
+//!     over the tokens each, the mixing per column; `dh^2` products and `dh^2 log2 T'`
+//!     rotations per head.
+//!
+//!   [`TokenPlan::cost`] counts the rotations and products of the plan
+//!   ([`TokenPlan::cost_columnwise`]: column by column).
 //! - **pooling**: a plaintext mask (`1/T` on real tokens for mean, the first token for CLS,
 //!   zero on padding) and a rotate-and-sum over the tokens: one level, `log2 T'` rotations.
 //!   In columns the pooled row is replicated; packed, it is valid in the first slot of
