@@ -81,7 +81,7 @@ fn bench_ckks(c: &mut Criterion) {
                 .encode(&values, top, params.default_scale())
                 .expect("encode");
             let pt_w = enc
-                .encode(&values, top, params.q()[top] as f64)
+                .encode(&values, top, params.q()[top.get()] as f64)
                 .expect("encode");
             let ct = encryptor.encrypt(&pt, &mut rng).expect("encrypt");
             let ct2 = encryptor.encrypt(&pt, &mut rng).expect("encrypt");

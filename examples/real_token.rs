@@ -62,7 +62,7 @@ fn unit_costs(
     ev: &Evaluator,
     encoder: &Encoder,
     encryptor: &Encryptor,
-    level: usize,
+    level: Level,
     step: i64,
     rng: &mut ChaCha20Rng,
 ) -> ((f64, f64), (f64, f64)) {

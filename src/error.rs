@@ -51,7 +51,10 @@ pub enum Error {
 
     /// A level argument is out of range.
     #[error("invalid level {level}: the parameter set has levels 0..={max}")]
-    InvalidLevel { level: usize, max: usize },
+    InvalidLevel {
+        level: crate::ckks::Level,
+        max: crate::ckks::Level,
+    },
 
     /// A key the operation needs was not provided.
     #[error("missing key: {what}")]

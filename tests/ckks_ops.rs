@@ -19,7 +19,7 @@ fn check(label: &str, got: &[f64], want: &[f64], min_bits: f64) {
 fn encode_decode_roundtrip() {
     let f = Fixture::new(insecure_test_params(), 1);
     let v = values(f.params.slots(), 2);
-    for level in [0, f.params.max_level()] {
+    for level in [Level(0), f.params.max_level()] {
         let pt = f
             .encoder
             .encode(&v, level, f.params.default_scale())
@@ -37,7 +37,10 @@ fn encode_decode_roundtrip() {
         .zip(values(f.params.slots(), 3))
         .map(|(&a, b)| C64::new(a, b))
         .collect();
-    let pt = f.encoder.encode_complex(&c, 2, 2f64.powi(40)).unwrap();
+    let pt = f
+        .encoder
+        .encode_complex(&c, Level(2), 2f64.powi(40))
+        .unwrap();
     let back = f.encoder.decode_complex(&pt).unwrap();
     let im: Vec<f64> = back.iter().map(|x| x.im).collect();
     check(
@@ -54,7 +57,10 @@ fn encrypt_decrypt_public_and_symmetric() {
     let v = values(f.params.slots(), 5);
     let ct = f.encrypt(&v, 6);
     check("public-key roundtrip", &f.decrypt(&ct), &v, 25.0); // the bar at scale 2^40
-    let pt = f.encoder.encode(&v, 1, f.params.default_scale()).unwrap();
+    let pt = f
+        .encoder
+        .encode(&v, Level(1), f.params.default_scale())
+        .unwrap();
     let ct = Encryptor::new(&f.params, EncryptionKey::Secret(&f.sk))
         .unwrap()
         .encrypt(&pt, &mut rng(7))
@@ -122,7 +128,7 @@ fn additions_and_constants() {
         24.0,
     );
     // add across levels: the higher operand is dropped
-    let low = ev.drop_to_level(&cb, 2).unwrap();
+    let low = ev.drop_to_level(&cb, Level(2)).unwrap();
     let mixed = ev.add(&ca, &low).unwrap();
     assert_eq!(mixed.level(), 2);
     check("add across levels", &f.decrypt(&mixed), &sum, 24.0);
@@ -137,10 +143,10 @@ fn products_and_rescale() {
     let prod: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
     let top = f.params.max_level();
     // mul_plain with the plaintext at scale q_top keeps the scale exactly after rescale
-    let q_top = f.params.q()[top] as f64;
+    let q_top = f.params.q()[top.get()] as f64;
     let pb = f.encoder.encode(&b, top, q_top).unwrap();
     let r = ev.rescale(&ev.mul_plain(&ca, &pb).unwrap()).unwrap();
-    assert_eq!(r.level(), top - 1);
+    assert_eq!(r.level().get(), top.get() - 1);
     assert!((r.scale() - ca.scale()).abs() / ca.scale() < 1e-12);
     check("mul_plain + rescale", &f.decrypt(&r), &prod, 25.0);
     let r = ev.rescale(&ev.mul_relin(&ca, &cb).unwrap()).unwrap();
@@ -161,7 +167,7 @@ fn products_and_rescale() {
     // depth: square repeatedly down to level 0
     let mut x = ca.clone();
     let mut want = a.clone();
-    for _ in 0..top {
+    for _ in 0..top.get() {
         x = ev.rescale(&ev.mul_relin(&x, &x).unwrap()).unwrap();
         want.iter_mut().for_each(|w| *w *= *w);
     }
@@ -254,10 +260,10 @@ fn mismatches_are_errors() {
     ));
     assert!(Decryptor::new(&f.params, &g.sk).is_err());
     // NaN input
-    assert!(f.encoder.encode(&[f64::NAN], 0, 1e10).is_err());
+    assert!(f.encoder.encode(&[f64::NAN], Level(0), 1e10).is_err());
     assert!(f
         .encoder
-        .encode(&vec![0.0; f.params.slots() + 1], 0, 1e10)
+        .encode(&vec![0.0; f.params.slots() + 1], Level(0), 1e10)
         .is_err());
     // secret key Debug is redacted
     assert_eq!(format!("{:?}", f.sk), "SecretKey(<redacted>)");
@@ -290,7 +296,7 @@ fn fused_plain_multiply_accumulate_matches_products_and_sums() {
     );
     let (ca, cc) = (f.encrypt(&a, 118), f.encrypt(&c, 119));
     let top = f.params.max_level();
-    let q_top = f.params.q()[top] as f64;
+    let q_top = f.params.q()[top.get()] as f64;
     let (pb, pd) = (
         f.encoder.encode(&b, top, q_top).unwrap(),
         f.encoder.encode(&d, top, q_top).unwrap(),
@@ -335,5 +341,5 @@ fn rerandomize_and_flood_keep_the_message() {
     // Noise that would wrap around Q_l is refused, and so is a non-finite sigma.
     assert!(ev.flood_assign(&mut re, 70.0, &mut r).is_err());
     assert!(ev.flood_assign(&mut re, f64::NAN, &mut r).is_err());
-    assert!(!ev.flooding_fits(0, 59.0));
+    assert!(!ev.flooding_fits(Level(0), 59.0));
 }

@@ -31,7 +31,7 @@ fn keys_and_ciphertexts_roundtrip() {
     // public key (seeded: about half the size of two polynomials)
     let pk_bytes = to_bytes(&params, &f.pk).unwrap();
     let pk2: PublicKey = from_bytes(&params, &pk_bytes).unwrap();
-    let poly_bytes = (params.max_level() + 1 + params.p().len()) * params.n() * 8;
+    let poly_bytes = (params.max_level().primes() + params.p().len()) * params.n() * 8;
     assert!(
         pk_bytes.len() < poly_bytes + 200,
         "public key is stored seeded"

@@ -407,7 +407,7 @@ fn flooding_cost_of_head_a() {
                     .0
             });
             times.push(t.elapsed().as_secs_f64() * 1e3);
-            out_bytes = out.iter().map(|c| 2 * (c.level() + 1) * p.n() * 8).sum();
+            out_bytes = out.iter().map(|c| 2 * c.level().primes() * p.n() * 8).sum();
         }
         times.sort_by(f64::total_cmp);
         println!(

@@ -254,7 +254,7 @@ fn check_all(mode: Mode, samples: usize) {
         let unfused_depth = hepeft::select::required_depth(&case.adapter, unfused_opts).unwrap();
         let (bits, plan) = run(&case.adapter, &p, mode, true, samples, seed);
         // the unfused plan, when it fits the test chain, on the same inputs
-        let unfused = if unfused_depth <= p.max_level() {
+        let unfused = if unfused_depth <= p.max_level().get() {
             let (b, u) = run(&case.adapter, &p, mode, false, samples, seed);
             format!("{b:.1} bits, {} key switches", u.key_switches())
         } else {

@@ -287,7 +287,9 @@ fn sanitized_result_keeps_only_the_outputs() {
         assert!((a - b).abs() < 1e-6);
     }
     // Re-randomized: c_1 is fresh, not the evaluation's.
-    let dropped = s.ev.drop_to_level(&out[0], 0).unwrap();
+    let dropped =
+        s.ev.drop_to_level(&out[0], hepeft::ckks::Level::ZERO)
+            .unwrap();
     assert_ne!(
         clean[0].parts()[1].as_words(),
         dropped.parts()[1].as_words()

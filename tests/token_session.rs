@@ -194,8 +194,8 @@ fn selection_reserves_the_mask_level_and_the_flooding() {
     let f = FloodingConfig::new(40, 1);
     let sel = select_token_flooded(&ad, 12, Security::Bits128, &f).unwrap();
     let floor = sel.params.output_floor_level();
-    assert_eq!(sel.params.max_level(), depth + 1 + floor);
-    assert_eq!(sel.plan.output_level(), floor + 1);
+    assert_eq!(sel.params.max_level(), depth + 1 + floor.get());
+    assert_eq!(sel.plan.output_level().get(), floor.get() + 1);
     let (_, predicted) = sel.report.flooding.unwrap();
     assert!(predicted >= 12.0, "{predicted}");
     println!("{}", sel.report.to_text());

@@ -91,7 +91,7 @@ impl Params {
     /// Levels of the modulus chain (multiplicative depth available).
     #[getter]
     fn max_level(&self) -> usize {
-        self.inner.max_level()
+        self.inner.max_level().get()
     }
 
     /// log2 of the default scale.

@@ -1,5 +1,6 @@
 //! Plaintexts and ciphertexts: RNS polynomials in evaluation form with a level and a scale.
 
+use super::units::Level;
 use crate::math::poly::{Eval, RnsPoly};
 
 /// An encoded message: one polynomial in evaluation form at some level and scale.
@@ -19,8 +20,8 @@ impl Plaintext {
         }
     }
     /// Level (index of the last prime held).
-    pub fn level(&self) -> usize {
-        self.poly.level()
+    pub fn level(&self) -> Level {
+        Level(self.poly.level())
     }
     /// Scale Δ the message was multiplied by.
     pub fn scale(&self) -> f64 {
@@ -62,8 +63,8 @@ impl Ciphertext {
         self
     }
     /// Level (index of the last prime held); the number of rescalings left.
-    pub fn level(&self) -> usize {
-        self.parts[0].level()
+    pub fn level(&self) -> Level {
+        Level(self.parts[0].level())
     }
     /// Current scale.
     pub fn scale(&self) -> f64 {

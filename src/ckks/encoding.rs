@@ -3,6 +3,7 @@
 
 use super::ciphertext::Plaintext;
 use super::params::CkksParams;
+use super::units::Level;
 use crate::math::poly::{Coeff, RnsPoly};
 use crate::math::rns::CrtReconstructor;
 use crate::{Error, Result};
@@ -135,13 +136,13 @@ impl Encoder {
 
     /// Encodes real values (at most N/2; missing slots are zero) at `level` and `scale`.
     /// Errors on NaN/inf, too many values, or coefficients that overflow 2^120.
-    pub fn encode(&self, values: &[f64], level: usize, scale: f64) -> Result<Plaintext> {
+    pub fn encode(&self, values: &[f64], level: Level, scale: f64) -> Result<Plaintext> {
         let c: Vec<C64> = values.iter().map(|&v| C64::new(v, 0.0)).collect();
         self.encode_complex(&c, level, scale)
     }
 
     /// Encodes complex values at `level` and `scale`. Cost: one O(N log N) FFT, one NTT per limb.
-    pub fn encode_complex(&self, values: &[C64], level: usize, scale: f64) -> Result<Plaintext> {
+    pub fn encode_complex(&self, values: &[C64], level: Level, scale: f64) -> Result<Plaintext> {
         self.encode_complex_in(values, level, scale, false)
     }
 
@@ -152,7 +153,7 @@ impl Encoder {
     pub(crate) fn encode_extended(
         &self,
         values: &[f64],
-        level: usize,
+        level: Level,
         scale: f64,
     ) -> Result<Plaintext> {
         let c: Vec<C64> = values.iter().map(|&v| C64::new(v, 0.0)).collect();
@@ -162,7 +163,7 @@ impl Encoder {
     fn encode_complex_in(
         &self,
         values: &[C64],
-        level: usize,
+        level: Level,
         scale: f64,
         extended: bool,
     ) -> Result<Plaintext> {
@@ -210,8 +211,8 @@ impl Encoder {
             coeffs[i + slots] = im as i128;
         }
         let ring = self.params.ring();
-        let poly =
-            RnsPoly::<Coeff>::from_signed_i128_in(ring, &coeffs, level, extended).into_eval(ring);
+        let poly = RnsPoly::<Coeff>::from_signed_i128_in(ring, &coeffs, level.get(), extended)
+            .into_eval(ring);
         Ok(Plaintext::new(poly, scale, self.params.digest()))
     }
 
@@ -219,7 +220,7 @@ impl Encoder {
     /// CRT per coefficient, one FFT.
     pub fn decode_complex(&self, pt: &Plaintext) -> Result<Vec<C64>> {
         self.params.check_digest("plaintext", &pt.params_digest())?;
-        let level = pt.level();
+        let level = pt.level().get();
         let ring = self.params.ring();
         let coeff = pt.poly().clone().into_coeff(ring);
         let n = self.params.n();

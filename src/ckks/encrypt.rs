@@ -4,6 +4,7 @@ use super::ciphertext::{Ciphertext, Plaintext};
 use super::keys::{PublicKey, SecretKey};
 use super::keyswitch::mod_down;
 use super::params::CkksParams;
+use super::units::Level;
 use crate::math::poly::{Coeff, Eval, RnsPoly};
 use crate::math::sample;
 use crate::Result;
@@ -65,13 +66,13 @@ impl<'a> Encryptor<'a> {
     /// A fresh encryption of zero at `level`, labelled with `scale`.
     pub fn encrypt_zero<G: RngCore + CryptoRng>(
         &self,
-        level: usize,
+        level: Level,
         scale: f64,
         rng: &mut G,
     ) -> Ciphertext {
         let ring = self.params.ring();
         let n = self.params.n();
-        let level = level.min(self.params.max_level());
+        let level = level.min(self.params.max_level()).get();
         match self.key {
             EncryptionKey::Public(pk) => {
                 // (v·b + e0, v·a + e1) over Q_l·P, then divided by P: the noise v·e + e0 + e1·s

@@ -13,6 +13,7 @@ use super::keygen::{galois_element_for_conjugation, galois_element_for_rotation}
 use super::keys::{EvaluationKeys, SwitchingKey};
 use super::keyswitch::{self, Decomposition};
 use super::params::CkksParams;
+use super::units::Level;
 use crate::math::poly::{Eval, RnsPoly};
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -99,7 +100,7 @@ impl Evaluator {
     // ---------------------------------------------------------------- levels
 
     /// Drops `ct` to `level` (no rescaling: the scale is unchanged). Cost: none.
-    pub fn drop_to_level_assign(&self, ct: &mut Ciphertext, level: usize) -> Result<()> {
+    pub fn drop_to_level_assign(&self, ct: &mut Ciphertext, level: Level) -> Result<()> {
         self.check_ct(ct)?;
         if level > ct.level() {
             return Err(Error::InvalidLevel {
@@ -108,13 +109,13 @@ impl Evaluator {
             });
         }
         for p in ct.parts_mut().iter_mut() {
-            p.truncate_level(level);
+            p.truncate_level(level.get());
         }
         Ok(())
     }
 
     /// Allocating form of [`Evaluator::drop_to_level_assign`].
-    pub fn drop_to_level(&self, ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
+    pub fn drop_to_level(&self, ct: &Ciphertext, level: Level) -> Result<Ciphertext> {
         let mut out = ct.clone();
         self.drop_to_level_assign(&mut out, level)?;
         Ok(out)
@@ -124,7 +125,7 @@ impl Evaluator {
     /// Cost per part: one inverse NTT and `l` NTTs.
     pub fn rescale_assign(&self, ct: &mut Ciphertext) -> Result<()> {
         self.check_ct(ct)?;
-        let level = ct.level();
+        let level = ct.level().get();
         if level == 0 {
             return Err(Error::LevelExhausted {
                 op: "rescale".into(),
@@ -185,7 +186,7 @@ impl Evaluator {
 
     // ---------------------------------------------------------------- additions
 
-    fn align(&self, a: &mut Ciphertext, b_level: usize) -> Result<()> {
+    fn align(&self, a: &mut Ciphertext, b_level: Level) -> Result<()> {
         if a.level() > b_level {
             self.drop_to_level_assign(a, b_level)?;
         }
@@ -197,7 +198,7 @@ impl Evaluator {
         self.check_ct(b)?;
         Self::check_scales(a.scale(), b.scale())?;
         self.align(a, b.level())?;
-        let level = a.level();
+        let level = a.level().get();
         let ring = self.params.ring();
         let b_parts: Vec<RnsPoly<Eval>> = b
             .parts()
@@ -260,7 +261,7 @@ impl Evaluator {
             return Err(Error::LevelExhausted {
                 op: "plaintext operand".into(),
                 needed: level,
-                available: pt.level(),
+                available: pt.level().get(),
             });
         }
         Ok(if pt.level() == level && !pt.poly().is_extended() {
@@ -274,7 +275,7 @@ impl Evaluator {
     pub fn add_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
         self.check_ct(a)?;
         Self::check_scales(a.scale(), pt.scale())?;
-        let p = self.plain_at(pt, a.level())?;
+        let p = self.plain_at(pt, a.level().get())?;
         a.parts_mut()[0].add_assign(self.params.ring(), &p);
         Ok(())
     }
@@ -288,7 +289,7 @@ impl Evaluator {
     pub fn sub_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
         self.check_ct(a)?;
         Self::check_scales(a.scale(), pt.scale())?;
-        let p = self.plain_at(pt, a.level())?;
+        let p = self.plain_at(pt, a.level().get())?;
         a.parts_mut()[0].sub_assign(self.params.ring(), &p);
         Ok(())
     }
@@ -310,7 +311,7 @@ impl Evaluator {
     /// `a += c` in every slot (c encoded at a's scale). Cost: N per limb.
     pub fn add_const_assign(&self, a: &mut Ciphertext, c: f64) -> Result<()> {
         self.check_ct(a)?;
-        let level = a.level();
+        let level = a.level().get();
         let r = self.scalar_residues(c * a.scale(), level, "add_const")?;
         let ring = self.params.ring();
         let c0 = &mut a.parts_mut()[0];
@@ -335,7 +336,7 @@ impl Evaluator {
     /// Cost: (degree+1)·(l+1) pointwise products.
     pub fn mul_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
         self.check_ct(a)?;
-        let p = self.plain_at(pt, a.level())?;
+        let p = self.plain_at(pt, a.level().get())?;
         let ring = self.params.ring();
         for part in a.parts_mut().iter_mut() {
             part.mul_assign(ring, &p);
@@ -357,11 +358,11 @@ impl Evaluator {
         self.check_ct(acc)?;
         self.check_ct(a)?;
         self.check_pt(pt)?;
-        let level = a.level();
+        let level = a.level().get();
         if acc.level() != level || pt.level() < level {
             return Err(Error::InvalidLevel {
                 level: acc.level().min(pt.level()),
-                max: level,
+                max: Level(level),
             });
         }
         if acc.degree_plus_one() != a.degree_plus_one() {
@@ -397,7 +398,7 @@ impl Evaluator {
     /// becomes `a.scale · const_scale` (rescale afterwards). Cost: N Shoup products per limb.
     pub fn mul_const_assign(&self, a: &mut Ciphertext, c: f64, const_scale: f64) -> Result<()> {
         self.check_ct(a)?;
-        let r = self.scalar_residues(c * const_scale, a.level(), "mul_const")?;
+        let r = self.scalar_residues(c * const_scale, a.level().get(), "mul_const")?;
         let ring = self.params.ring();
         for part in a.parts_mut().iter_mut() {
             part.mul_scalar_assign(ring, &r);
@@ -416,7 +417,7 @@ impl Evaluator {
     /// `a *= k` for an integer: the scale is unchanged and no level is used.
     pub fn mul_int_assign(&self, a: &mut Ciphertext, k: i64) -> Result<()> {
         self.check_ct(a)?;
-        let r = self.scalar_residues(k as f64, a.level(), "mul_int")?;
+        let r = self.scalar_residues(k as f64, a.level().get(), "mul_int")?;
         let ring = self.params.ring();
         for part in a.parts_mut().iter_mut() {
             part.mul_scalar_assign(ring, &r);
@@ -435,7 +436,7 @@ impl Evaluator {
                 reason: "operands must be relinearized (2 parts)".into(),
             });
         }
-        let level = a.level().min(b.level());
+        let level = a.level().min(b.level()).get();
         let ring = self.params.ring();
         let at = |c: &Ciphertext, i: usize| {
             if c.level() > level {
@@ -760,7 +761,7 @@ impl Evaluator {
             }
             None => {
                 let c0 = s.parts()[0].permuted(&perm);
-                let zero = RnsPoly::<Eval>::zero(ring, s.level(), false);
+                let zero = RnsPoly::<Eval>::zero(ring, s.level().get(), false);
                 *low = Some(Ciphertext::new(
                     vec![c0, zero],
                     s.scale(),
@@ -806,12 +807,12 @@ impl Evaluator {
     /// The trivial encryption `(0, 0)` of zero at `level` and `scale` (what a transform whose
     /// weights are all zero returns; it carries no randomness, so results that leave the
     /// server must be sanitized as usual). Cost: two zeroed polynomials.
-    pub(crate) fn zero_ciphertext(&self, level: usize, scale: f64) -> Ciphertext {
+    pub(crate) fn zero_ciphertext(&self, level: Level, scale: f64) -> Ciphertext {
         let ring = self.params.ring();
         Ciphertext::new(
             vec![
-                RnsPoly::<Eval>::zero(ring, level, false),
-                RnsPoly::<Eval>::zero(ring, level, false),
+                RnsPoly::<Eval>::zero(ring, level.get(), false),
+                RnsPoly::<Eval>::zero(ring, level.get(), false),
             ],
             scale,
             self.params.digest(),
@@ -831,8 +832,8 @@ impl Evaluator {
         }
         let ring = self.params.ring();
         let mut parts = [
-            RnsPoly::<Eval>::zero(ring, ct.level(), true),
-            RnsPoly::<Eval>::zero(ring, ct.level(), true),
+            RnsPoly::<Eval>::zero(ring, ct.level().get(), true),
+            RnsPoly::<Eval>::zero(ring, ct.level().get(), true),
         ];
         for (d, s) in parts.iter_mut().zip(ct.parts()) {
             keyswitch::add_p_times(&self.params, d, s, None);

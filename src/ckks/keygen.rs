@@ -61,7 +61,7 @@ impl KeyGenerator {
     pub(crate) fn secret_from_coeffs(&self, coeffs: Vec<i8>) -> SecretKey {
         let ring = self.params.ring();
         let wide: Vec<i64> = coeffs.iter().map(|&c| c as i64).collect();
-        let eval = RnsPoly::<Coeff>::from_signed(ring, &wide, self.params.max_level(), true)
+        let eval = RnsPoly::<Coeff>::from_signed(ring, &wide, self.params.max_level().get(), true)
             .into_eval(ring);
         SecretKey {
             coeffs,
@@ -94,7 +94,7 @@ impl KeyGenerator {
     ) -> Result<PublicKey> {
         self.check(sk)?;
         let ring = self.params.ring();
-        let level = self.params.max_level();
+        let level = self.params.max_level().get();
         let seed = sample::fresh_seed(rng);
         let a = sample::uniform_from_seed(ring, &seed, 0, level, true);
         let mut b = self.error_poly(rng, level, true);
@@ -117,7 +117,7 @@ impl KeyGenerator {
         rng: &mut G,
     ) -> SwitchingKey {
         let ring = self.params.ring();
-        let level = self.params.max_level();
+        let level = self.params.max_level().get();
         let seed = sample::fresh_seed(rng);
         let ranges = self.params.digits(level);
         let mut bs = Vec::with_capacity(ranges.len());

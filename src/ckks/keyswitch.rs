@@ -115,7 +115,7 @@ pub(crate) fn inner_product(
 ) -> (RnsPoly<Eval>, RnsPoly<Eval>) {
     let ring = params.ring();
     let level = dec.level;
-    let top = params.max_level();
+    let top = params.max_level().get();
     let mut acc0 = RnsPoly::<Eval>::zero(ring, level, true);
     let mut acc1 = RnsPoly::<Eval>::zero(ring, level, true);
     let limbs = acc0.num_limbs();

@@ -19,6 +19,7 @@
 use super::ciphertext::{Ciphertext, Plaintext};
 use super::encoding::Encoder;
 use super::eval::{Evaluator, ExtendedCiphertext};
+use super::units::Level;
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -28,7 +29,7 @@ pub struct LinearTransform {
     /// `plain[b][a]`: pre-rotated diagonal `gb + a`, or `None` when that diagonal is zero.
     plain: Vec<Vec<Option<Plaintext>>>,
     baby: usize,
-    level: usize,
+    level: Level,
     scale: f64,
 }
 
@@ -71,7 +72,7 @@ impl LinearTransform {
     pub fn new(
         encoder: &Encoder,
         diags: &[Vec<f64>],
-        level: usize,
+        level: Level,
         scale: f64,
         baby: usize,
     ) -> Result<Self> {
@@ -124,7 +125,7 @@ impl LinearTransform {
     }
 
     /// Level the diagonals are encoded at (the input must be at this level).
-    pub fn level(&self) -> usize {
+    pub fn level(&self) -> Level {
         self.level
     }
 
@@ -458,9 +459,9 @@ mod tests {
                     })
                     .collect();
                 let x: Vec<f64> = (0..slots).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let level = params.max_level() - level_drop;
+                let level = params.max_level().saturating_sub(level_drop);
                 let scale = params.default_scale();
-                let q = params.q()[level] as f64;
+                let q = params.q()[level.get()] as f64;
                 let lt = LinearTransform::new(&encoder, &diags, level, q, g).unwrap();
                 let ct = ev
                     .drop_to_level(

@@ -323,8 +323,8 @@ impl CkksParams {
         self.n() / 2
     }
     /// Highest level L (fresh ciphertexts live there).
-    pub fn max_level(&self) -> usize {
-        self.inner.q.len() - 1
+    pub fn max_level(&self) -> crate::ckks::Level {
+        crate::ckks::Level(self.inner.q.len() - 1)
     }
     /// The default scale Δ = 2^log_scale.
     pub fn default_scale(&self) -> f64 {
@@ -336,17 +336,17 @@ impl CkksParams {
     /// prime has that headroom (all presets); chains at scales near 2^60, whose first prime
     /// cannot exceed 2^61, keep one more prime reserved for the output (what
     /// [`crate::select`] builds for noise flooding). Costs nothing; depends on the sizes only.
-    pub fn output_floor_level(&self) -> usize {
+    pub fn output_floor_level(&self) -> crate::ckks::Level {
         let lit = &self.inner.literal;
         let need = lit.log_scale as u64 + OUTPUT_HEADROOM_BITS as u64;
         let mut acc = 0u64;
         for (l, &b) in lit.log_q.iter().enumerate() {
             acc += b as u64;
             if acc >= need {
-                return l;
+                return crate::ckks::Level(l);
             }
         }
-        0
+        crate::ckks::Level::ZERO
     }
     /// Ciphertext primes q_0..q_L.
     pub fn q(&self) -> &[u64] {
@@ -386,7 +386,7 @@ impl CkksParams {
     }
     /// Number of digits at the top level (== number of key components).
     pub fn num_digits(&self) -> usize {
-        self.digits(self.max_level()).len()
+        self.digits(self.max_level().get()).len()
     }
     pub(crate) fn p_mod_q(&self) -> &[u64] {
         &self.inner.p_mod_q

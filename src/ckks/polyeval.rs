@@ -18,6 +18,7 @@
 
 use super::ciphertext::Ciphertext;
 use super::eval::{Evaluator, SCALE_TOLERANCE};
+use super::units::Level;
 use crate::{Error, Result};
 
 /// Levels consumed by [`evaluate_chebyshev`] for degree `d`: `ceil(log2(d + 1))` (at least 1).
@@ -57,13 +58,13 @@ pub fn chebyshev_products(degree: usize) -> usize {
 pub fn match_level_and_scale(
     ev: &Evaluator,
     ct: &Ciphertext,
-    level: usize,
+    level: Level,
     scale: f64,
 ) -> Result<Ciphertext> {
     if ct.level() == level && rel(ct.scale(), scale) <= SCALE_TOLERANCE {
         return Ok(ct.clone());
     }
-    scaled_t1(ev, ct, 1.0, level, scale)
+    scaled_t1(ev, ct, 1.0, level.get(), scale)
 }
 
 /// The powers-of-two Chebyshev polynomials of one input: `pow2[j] = T_{2^j}(t)`.
@@ -102,10 +103,10 @@ fn scaled_t1(
         return Err(Error::LevelExhausted {
             op: "Chebyshev term".into(),
             needed: level + 1,
-            available: t1.level(),
+            available: t1.level().get(),
         });
     }
-    let mut x = ev.drop_to_level(t1, level + 1)?;
+    let mut x = ev.drop_to_level(t1, Level(level + 1))?;
     let q = ev.params().q()[level + 1] as f64;
     let const_scale = (scale * q / x.scale()).round();
     ev.mul_const_assign(&mut x, c, const_scale)?;
@@ -178,7 +179,7 @@ fn eval_at(
             r[m - j] -= c[m + j];
         }
         let tm = pw.get(ev, m)?.clone();
-        let tm_at = ev.drop_to_level(&tm, level + 1)?;
+        let tm_at = ev.drop_to_level(&tm, Level(level + 1))?;
         let q_scale = scale * ev.params().q()[level + 1] as f64 / tm_at.scale();
         let qv = eval_at(ev, pw, &q, level + 1, q_scale)?;
         let mut out = product_to(ev, &tm_at, &qv, level, scale)?;
@@ -193,7 +194,7 @@ fn eval_at(
     let q_next = ev.params().q()[level + 1] as f64;
     if c2 != 0.0 {
         // c2 T_2 = 2 T_1 (c2 T_1) - c2
-        let t1_at = ev.drop_to_level(&t1, level + 1)?;
+        let t1_at = ev.drop_to_level(&t1, Level(level + 1))?;
         let u = scaled_t1(ev, &t1, c2, level + 1, scale * q_next / t1_at.scale())?;
         let mut p = product_to(ev, &t1_at, &u, level, scale)?;
         ev.mul_int_assign(&mut p, 2)?;
@@ -203,7 +204,7 @@ fn eval_at(
     if c3 != 0.0 {
         // 2 T_2 (c3 T_1)
         let t2 = pw.get(ev, 2)?.clone();
-        let t2_at = ev.drop_to_level(&t2, level + 1)?;
+        let t2_at = ev.drop_to_level(&t2, Level(level + 1))?;
         let u = scaled_t1(ev, &t1, c3, level + 1, scale * q_next / t2_at.scale())?;
         let mut p = product_to(ev, &t2_at, &u, level, scale)?;
         ev.mul_int_assign(&mut p, 2)?;
@@ -234,11 +235,11 @@ pub fn evaluate_chebyshev(
         return Err(Error::LevelExhausted {
             op: format!("Chebyshev degree {d}"),
             needed: depth,
-            available: t.level(),
+            available: t.level().get(),
         });
     }
     let mut pw = Powers {
         pow2: vec![t.clone()],
     };
-    eval_at(ev, &mut pw, coeffs, t.level() - depth, target_scale)
+    eval_at(ev, &mut pw, coeffs, t.level().get() - depth, target_scale)
 }

@@ -7,6 +7,7 @@ use super::ciphertext::Ciphertext;
 use super::encrypt::{EncryptionKey, Encryptor};
 use super::eval::Evaluator;
 use super::keys::PublicKey;
+use super::units::Level;
 use crate::math::poly::{Coeff, RnsPoly};
 use crate::math::sample;
 use crate::{Error, Result};
@@ -20,12 +21,12 @@ impl Evaluator {
     /// Whether flooding noise of standard deviation `2^sigma_log2` fits a ciphertext at
     /// `level`: at most [`MAX_FLOODING_SIGMA_LOG2`], and 16 sigma (tails included) at least
     /// a factor 2 below `Q_level = q_0 ... q_level`, so that the noise never wraps around.
-    pub fn flooding_fits(&self, level: usize, sigma_log2: f64) -> bool {
+    pub fn flooding_fits(&self, level: Level, sigma_log2: f64) -> bool {
         let q_log2: f64 = self
             .params()
             .q()
             .iter()
-            .take(level + 1)
+            .take(level.primes())
             .map(|&q| (q as f64).log2())
             .sum();
         !(sigma_log2 + 4.0 >= q_log2 - 1.0 || sigma_log2 > MAX_FLOODING_SIGMA_LOG2)
@@ -85,7 +86,8 @@ impl Evaluator {
         }
         let ring = params.ring();
         let noise = sample::gaussian_wide(rng, params.n(), sigma_log2.exp2());
-        let poly = RnsPoly::<Coeff>::from_signed(ring, &noise, ct.level(), false).into_eval(ring);
+        let poly =
+            RnsPoly::<Coeff>::from_signed(ring, &noise, ct.level().get(), false).into_eval(ring);
         if let Some(c0) = ct.parts_mut().first_mut() {
             c0.add_assign(ring, &poly);
         }

@@ -38,19 +38,19 @@ fn poly_bytes(params: &CkksParams, limbs: usize) -> u64 {
 
 /// Largest serialized ciphertext: 3 parts at the top level, unseeded.
 fn max_ct_bytes(params: &CkksParams) -> u64 {
-    8 + 1 + 1 + 3 * poly_bytes(params, params.max_level() + 1)
+    8 + 1 + 1 + 3 * poly_bytes(params, params.max_level().primes())
 }
 
 /// Largest serialized public key (unseeded, extended basis).
 fn max_pk_bytes(params: &CkksParams) -> u64 {
-    1 + 2 * poly_bytes(params, params.max_level() + 1 + params.p().len())
+    1 + 2 * poly_bytes(params, params.max_level().primes() + params.p().len())
 }
 
 /// Largest serialized switching key (unseeded).
 fn max_switching_key_bytes(params: &CkksParams) -> u64 {
     8 + 1
         + 2 * (params.num_digits() as u64)
-            * poly_bytes(params, params.max_level() + 1 + params.p().len())
+            * poly_bytes(params, params.max_level().primes() + params.p().len())
 }
 
 /// Exact sizes (bytes, whole files with envelope) of the key files `hepeft keygen` writes
@@ -74,7 +74,7 @@ impl KeyFileSizes {
     /// `tests/select_params.rs`).
     pub fn new(params: &CkksParams, galois_keys: usize, relin: bool) -> Self {
         let frame = (HEADER_LEN + CHECKSUM_LEN) as u64;
-        let ext = params.max_level() + 1 + params.p().len();
+        let ext = params.max_level().primes() + params.p().len();
         // digit count, seed flag, seed, one polynomial per digit
         let swk = 8 + 1 + 32 + params.num_digits() as u64 * poly_bytes(params, ext);
         // seed flag, seed, b
@@ -97,8 +97,8 @@ impl KeyFileSizes {
 
 /// Bytes of one serialized ciphertext of `parts` parts at `level`, unseeded (as a public-key
 /// encryption or an evaluation result is stored inside a bundle).
-pub fn ciphertext_bytes(params: &CkksParams, level: usize, parts: usize) -> u64 {
-    8 + 1 + 1 + parts as u64 * poly_bytes(params, level + 1)
+pub fn ciphertext_bytes(params: &CkksParams, level: crate::ckks::Level, parts: usize) -> u64 {
+    8 + 1 + 1 + parts as u64 * poly_bytes(params, level.primes())
 }
 
 pub use crate::io::object::{
@@ -120,7 +120,7 @@ fn read_poly(
     want_extended: Option<bool>,
 ) -> Result<RnsPoly<Eval>> {
     let level = r.u32()? as usize;
-    if level > params.max_level() {
+    if level > params.max_level().get() {
         return Err(Error::format(
             "polynomial",
             format!(
@@ -338,7 +338,7 @@ impl HeObject for Plaintext {
         Ok(())
     }
     fn max_payload(params: &CkksParams) -> u64 {
-        8 + poly_bytes(params, params.max_level() + 1)
+        8 + poly_bytes(params, params.max_level().primes())
     }
     fn read_payload(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<Self> {
         let scale = r.finite_f64("scale")?;
@@ -416,14 +416,15 @@ impl HeObject for PublicKey {
         let (seed, b, a) = if seeded {
             let seed = read_seed(r)?;
             let b = read_poly(params, r, Some(true))?;
-            let a = sample::uniform_from_seed(params.ring(), &seed, 0, params.max_level(), true);
+            let a =
+                sample::uniform_from_seed(params.ring(), &seed, 0, params.max_level().get(), true);
             (Some(seed), b, a)
         } else {
             let b = read_poly(params, r, Some(true))?;
             let a = read_poly(params, r, Some(true))?;
             (None, b, a)
         };
-        if b.level() != params.max_level() || a.level() != params.max_level() {
+        if b.level() != params.max_level().get() || a.level() != params.max_level().get() {
             return Err(Error::format("public key", "not at the top level"));
         }
         Ok(PublicKey {
@@ -461,7 +462,7 @@ fn read_switching_key(params: &CkksParams, r: &mut PayloadReader<'_>) -> Result<
             format!("{digits} digits, expected {}", params.num_digits()),
         ));
     }
-    let top = params.max_level();
+    let top = params.max_level().get();
     let seeded = r.bool()?;
     let mut b = Vec::with_capacity(digits);
     let mut a = Vec::with_capacity(digits);

@@ -70,6 +70,36 @@ macro_rules! integer_newtype {
 }
 
 integer_newtype!(Level, usize, "level");
+
+impl Level {
+    /// Level 0: only `q_0` is held.
+    pub const ZERO: Level = Level(0);
+    /// Number of ciphertext primes `q_0 .. q_level` held: `level + 1`.
+    pub const fn primes(self) -> usize {
+        self.0 + 1
+    }
+    /// The level `n` rescalings lower, or `None` below level 0.
+    pub const fn checked_sub(self, n: usize) -> Option<Level> {
+        match self.0.checked_sub(n) {
+            Some(l) => Some(Level(l)),
+            None => None,
+        }
+    }
+    /// The level `n` rescalings lower, stopping at level 0.
+    pub const fn saturating_sub(self, n: usize) -> Level {
+        Level(self.0.saturating_sub(n))
+    }
+    /// Rescalings from `self` down to `lower` (0 when `lower` is not below `self`).
+    pub const fn levels_above(self, lower: Level) -> usize {
+        self.0.saturating_sub(lower.0)
+    }
+}
+
+impl PartialOrd<usize> for Level {
+    fn partial_cmp(&self, other: &usize) -> Option<std::cmp::Ordering> {
+        self.0.partial_cmp(other)
+    }
+}
 integer_newtype!(GaloisElement, u64, "Galois element");
 
 #[cfg(test)]

@@ -200,8 +200,10 @@ impl Plan {
             } else {
                 st.level
             };
-            let cap_bits =
-                log_big_q.get(level).copied().unwrap_or(0.0) - 1.0 - log_delta - NOISE_MARGIN_BITS;
+            let cap_bits = log_big_q.get(level.get()).copied().unwrap_or(0.0)
+                - 1.0
+                - log_delta
+                - NOISE_MARGIN_BITS;
             let bound_bits = if bound > 0.0 {
                 bound.log2()
             } else {
@@ -216,7 +218,7 @@ impl Plan {
                          level-{level} modulus 2^{:.0} hold at most 2^{cap_bits:.1} ({:.3e}); the encrypted \
                          result would wrap. Scale the layer down, or choose parameters with more headroom \
                          (a larger first prime or a smaller scale)",
-                        log_big_q.get(level).copied().unwrap_or(0.0),
+                        log_big_q.get(level.get()).copied().unwrap_or(0.0),
                         cap_bits.exp2()
                     ),
                 });

@@ -6,7 +6,7 @@ use super::layout::{self, Segment};
 use crate::ckks::keygen::galois_element_for_rotation;
 use crate::ckks::lintrans::{baby_step_for, giant_steps, rotation_steps};
 use crate::ckks::polyeval::{chebyshev_depth, chebyshev_products};
-use crate::ckks::CkksParams;
+use crate::ckks::{CkksParams, Level};
 use crate::model::{Adapter, NodeRef, Op};
 use crate::{Error, Result};
 use ndarray::{Array1, Array2};
@@ -172,9 +172,9 @@ pub(crate) struct Stage {
     /// Latency layout of the output.
     pub segments: Vec<Segment>,
     /// Level of the output (before any alignment by a consumer).
-    pub level: usize,
+    pub level: Level,
     /// Level the inputs are aligned to.
-    pub in_level: usize,
+    pub in_level: Level,
 }
 
 /// Per-stage figures of a plan.
@@ -450,8 +450,8 @@ impl Plan {
                     inputs,
                     out_dim,
                     segments: vec![],
-                    level: 0,
-                    in_level: 0,
+                    level: Level::ZERO,
+                    in_level: Level::ZERO,
                 });
                 stages.len() - 1
             };
@@ -601,12 +601,16 @@ impl Plan {
             if let StageOp::Input = op {
                 continue;
             }
-            let in_level = ins.iter().map(|&i| self.stages[i].level).min().unwrap_or(0);
-            let need = |levels: usize, what: &str| -> Result<usize> {
+            let in_level = ins
+                .iter()
+                .map(|&i| self.stages[i].level)
+                .min()
+                .unwrap_or(Level::ZERO);
+            let need = |levels: usize, what: &str| -> Result<Level> {
                 in_level.checked_sub(levels).ok_or_else(|| Error::LevelExhausted {
                     op: format!("{what} '{}' (the adapter is deeper than the parameters allow: choose a larger preset or run `hepeft params select`)", self.stages[idx].name),
                     needed: levels,
-                    available: in_level,
+                    available: in_level.get(),
                 })
             };
             let mut rot = 0;
@@ -629,8 +633,13 @@ impl Plan {
                         })
                         .collect();
                     if latency {
-                        let (steps, count, dense_ntts) =
-                            dense_rotations(&self.params, in_level, &out_segs, &in_segs, &copies);
+                        let (steps, count, dense_ntts) = dense_rotations(
+                            &self.params,
+                            in_level.get(),
+                            &out_segs,
+                            &in_segs,
+                            &copies,
+                        );
                         rotations.extend(steps);
                         rot = count;
                         ntts = dense_ntts;
@@ -673,8 +682,8 @@ impl Plan {
                     };
                     relin = per_ct * cts;
                     needs_relin |= relin > 0;
-                    ntts = relin * keyswitch_ntts(&self.params, in_level)
-                        + (relin + cts) * rescale_ntts(in_level);
+                    ntts = relin * keyswitch_ntts(&self.params, in_level.get())
+                        + (relin + cts) * rescale_ntts(in_level.get());
                     products = cheb.len() * cts;
                     (
                         need(depth, "activation")?,
@@ -690,7 +699,9 @@ impl Plan {
                     };
                     relin = cts;
                     needs_relin = true;
-                    ntts = cts * (keyswitch_ntts(&self.params, in_level) + rescale_ntts(in_level));
+                    ntts = cts
+                        * (keyswitch_ntts(&self.params, in_level.get())
+                            + rescale_ntts(in_level.get()));
                     (
                         need(1, "activation")?,
                         self.stages[ins[0]].segments.clone(),
@@ -725,8 +736,8 @@ impl Plan {
                 name: st.name.clone(),
                 kind: kind.to_string(),
                 out_dim,
-                level_in: crate::ckks::Level(in_level),
-                level_out: crate::ckks::Level(level),
+                level_in: in_level,
+                level_out: level,
                 rotations: rot,
                 relinearizations: relin,
                 plain_products: products,
@@ -766,12 +777,12 @@ impl Plan {
         self.stages.last().map_or(&[], |s| &s.segments)
     }
     /// Level of the output ciphertexts.
-    pub fn output_level(&self) -> usize {
-        self.stages.last().map_or(0, |s| s.level)
+    pub fn output_level(&self) -> Level {
+        self.stages.last().map_or(Level::ZERO, |s| s.level)
     }
     /// Levels consumed by the adapter.
     pub fn depth(&self) -> usize {
-        self.params.max_level() - self.output_level()
+        self.params.max_level().levels_above(self.output_level())
     }
     /// The fewest levels any plan of this adapter can consume (see
     /// [`depth_lower_bound`](super::depth_lower_bound)); [`Plan::depth`] reaches it when
@@ -860,7 +871,7 @@ impl Plan {
         for s in &self.stages {
             h.update(s.name.as_bytes());
             h.update((s.out_dim as u64).to_le_bytes());
-            h.update((s.level as u64).to_le_bytes());
+            h.update((s.level.get() as u64).to_le_bytes());
             for seg in &s.segments {
                 h.update((seg.offset as u64).to_le_bytes());
                 h.update((seg.dim as u64).to_le_bytes());
@@ -899,6 +910,6 @@ impl Plan {
     }
 }
 
-fn unreachable_input() -> (usize, Vec<Segment>, &'static str) {
-    (0, vec![], "input")
+fn unreachable_input() -> (Level, Vec<Segment>, &'static str) {
+    (Level::ZERO, vec![], "input")
 }

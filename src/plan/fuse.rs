@@ -137,7 +137,7 @@ pub(crate) fn apply_square_scales(stages: &mut [Stage], q: &[u64], delta: f64) {
         let Some(&p) = stages[idx].inputs.first() else {
             continue;
         };
-        let Some(&ql) = q.get(stages[p].level) else {
+        let Some(&ql) = q.get(stages[p].level.get()) else {
             continue;
         };
         if let StageOp::Square {
@@ -666,8 +666,8 @@ fn fold_activations(mut stages: Vec<Stage>, n_inputs: usize) -> Result<Vec<Stage
                 inputs: vec![src],
                 out_dim: d,
                 segments: vec![],
-                level: 0,
-                in_level: 0,
+                level: crate::ckks::Level::ZERO,
+                in_level: crate::ckks::Level::ZERO,
             });
             let new = stages.len() - 1;
             stages[idx].inputs = vec![new];

@@ -9,7 +9,9 @@ use super::layout::{self, Segment};
 use crate::ckks::eval::ExtendedCiphertext;
 use crate::ckks::lintrans::LinearTransform;
 use crate::ckks::polyeval::evaluate_chebyshev;
-use crate::ckks::{Ciphertext, Decryptor, Encoder, EncryptionKey, Encryptor, Evaluator, Plaintext};
+use crate::ckks::{
+    Ciphertext, Decryptor, Encoder, EncryptionKey, Encryptor, Evaluator, Level, Plaintext,
+};
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView1, ArrayView2};
 use rand::{CryptoRng, RngCore};
@@ -50,7 +52,7 @@ fn dense_block(
     w: &ndarray::Array2<f64>,
     o: &Segment,
     i: &Segment,
-    level: usize,
+    level: Level,
     scale: f64,
     copies: usize,
 ) -> Result<Block> {
@@ -101,7 +103,7 @@ impl Plan {
                 if !latency {
                     return Ok(Prepared::None);
                 }
-                let q_in = params.q()[st.in_level] as f64;
+                let q_in = params.q()[st.in_level.get()] as f64;
                 match &st.op {
                     StageOp::Dense { weight, bias } => {
                         // the weight acts on the concatenation of the operands
@@ -609,7 +611,7 @@ impl PreparedPlan {
     }
 }
 
-fn align(ev: &Evaluator, cts: &[Ciphertext], level: usize) -> Result<Vec<Ciphertext>> {
+fn align(ev: &Evaluator, cts: &[Ciphertext], level: Level) -> Result<Vec<Ciphertext>> {
     cts.iter()
         .map(|c| {
             if c.level() > level {
@@ -621,7 +623,7 @@ fn align(ev: &Evaluator, cts: &[Ciphertext], level: usize) -> Result<Vec<Ciphert
         .collect()
 }
 
-fn add_all(ev: &Evaluator, inputs: &[&Vec<Ciphertext>], level: usize) -> Result<Vec<Ciphertext>> {
+fn add_all(ev: &Evaluator, inputs: &[&Vec<Ciphertext>], level: Level) -> Result<Vec<Ciphertext>> {
     let mut acc = align(ev, inputs[0], level)?;
     for other in &inputs[1..] {
         if other.len() != acc.len() {
@@ -680,7 +682,7 @@ fn poly(
     let t = if normalized {
         x.clone()
     } else {
-        let q = ev.params().q()[x.level()] as f64;
+        let q = ev.params().q()[x.level().get()] as f64;
         let mut t = ev.mul_const(x, alpha, q)?;
         ev.rescale_assign(&mut t)?;
         t.set_scale(x.scale());
@@ -693,7 +695,7 @@ fn poly(
 fn stage_batch(ev: &Evaluator, st: &Stage, inputs: &[&Vec<Ciphertext>]) -> Result<Vec<Ciphertext>> {
     let flat: Vec<Ciphertext> = inputs.iter().flat_map(|v| v.iter().cloned()).collect();
     let x = align(ev, &flat, st.in_level)?;
-    let q = ev.params().q()[st.in_level] as f64;
+    let q = ev.params().q()[st.in_level.get()] as f64;
     match &st.op {
         StageOp::Dense { weight, bias } => (0..weight.nrows())
             .into_par_iter()

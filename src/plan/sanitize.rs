@@ -316,7 +316,7 @@ impl Plan {
                     let mask: Vec<f64> = (0..params.slots())
                         .map(|s| if s < dim { 1.0 } else { 0.0 })
                         .collect();
-                    let q = params.q()[level] as f64;
+                    let q = params.q()[level.get()] as f64;
                     let pt = enc.encode(&mask, level, q)?;
                     ev.mul_plain_assign(&mut ct, &pt)?;
                     ev.rescale_assign(&mut ct)?;
@@ -359,7 +359,7 @@ impl Plan {
             SanitizeReport {
                 masked,
                 mask_note,
-                output_level: crate::ckks::Level(floor),
+                output_level: floor,
                 flooding: flood_report,
             },
         ))
@@ -408,7 +408,7 @@ pub(crate) fn rerandomize_and_flood<G: RngCore + CryptoRng>(
                 + eps_log2
                 + log_scale;
             if !ev.flooding_fits(ct.level(), sigma_log2) {
-                let q0_log2: f64 = params.q()[..=ct.level()]
+                let q0_log2: f64 = params.q()[..=ct.level().get()]
                     .iter()
                     .map(|&q| (q as f64).log2())
                     .sum();

@@ -400,7 +400,7 @@ pub fn report_for(
         log_qp: params.log_qp(),
         max_log_qp: bound,
         security_bits: sec_bits,
-        levels: top,
+        levels: top.get(),
         depth,
         depth_lower_bound: plan.depth_lower_bound(),
         predicted_precision_bits: predicted_precision_bits(
@@ -419,7 +419,11 @@ pub fn report_for(
         public_key_bytes: usize_of(sizes.public_key),
         secret_key_bytes: usize_of(sizes.secret_key),
         ciphertext_bytes: usize_of(crate::ckks::ciphertext_bytes(params, top, 2)),
-        result_ciphertext_bytes: usize_of(crate::ckks::ciphertext_bytes(params, 0, 2)),
+        result_ciphertext_bytes: usize_of(crate::ckks::ciphertext_bytes(
+            params,
+            crate::ckks::Level::ZERO,
+            2,
+        )),
         query_ciphertexts: plan.input_ciphertexts(),
         result_ciphertexts: plan.output_ciphertexts(),
         digest: params.digest_short(),

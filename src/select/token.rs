@@ -288,7 +288,7 @@ fn report_for(
     let top = params.max_level();
     let k = params.p().len();
     // seeded keys: one polynomial per digit plus the seed (as `select::report_for`)
-    let switching_key_bytes = params.num_digits() * (top + 1 + k) * n * 8 + 32;
+    let switching_key_bytes = params.num_digits() * (top.primes() + k) * n * 8 + 32;
     let keys = plan.rotation_steps().len() + usize::from(plan.needs_relin());
     let log2 = |v: u64| (v as f64).log2().round() as u32;
     let query = plan.query_ciphertexts(adapter);
@@ -311,9 +311,9 @@ fn report_for(
         evaluation_keys: keys,
         evaluation_key_bytes: keys * switching_key_bytes,
         query_ciphertexts: query,
-        query_bytes: query * 2 * (top + 1) * n * 8,
+        query_bytes: query * 2 * top.primes() * n * 8,
         result_ciphertexts: result,
-        result_bytes: result * 2 * (plan.output_level() + 1) * n * 8,
+        result_bytes: result * 2 * plan.output_level().primes() * n * 8,
         refused,
         flooding: None,
     }

@@ -237,7 +237,7 @@ fn envelope(path: &Path, args: &InspectArgs, out: &mut Out) -> Result<()> {
         }
         FileKind::Ciphertext => {
             let b: CiphertextBundle = load(path, &params).context("decoding the ciphertexts")?;
-            let levels: std::collections::BTreeSet<usize> =
+            let levels: std::collections::BTreeSet<hepeft::ckks::Level> =
                 b.items.iter().map(|c| c.level()).collect();
             let scales: std::collections::BTreeSet<String> = b
                 .items

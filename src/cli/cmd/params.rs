@@ -39,7 +39,7 @@ fn info(name: Option<&str>, params: &CkksParams, notes: Vec<String>) -> ParamsIn
         slots: params.slots(),
         log_qp: params.log_qp(),
         max_log_qp_128: max_log_qp(params.log_n(), hepeft::ckks::Security::Bits128),
-        depth: params.max_level(),
+        depth: params.max_level().get(),
         log_scale: params.default_scale().log2(),
         dnum: params.dnum(),
         q: params.q().to_vec(),

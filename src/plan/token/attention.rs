@@ -5,7 +5,7 @@ use ndarray::{Array1, Array2, Axis, Slice};
 use rayon::prelude::*;
 
 use crate::ckks::lintrans::baby_step_for;
-use crate::ckks::{Ciphertext, LinearTransform};
+use crate::ckks::{Ciphertext, Level, LinearTransform};
 use crate::model::token::LinearAttention;
 use crate::{Error, Result};
 
@@ -36,7 +36,7 @@ impl Run<'_> {
         let tokens = self.plan.tokens;
         let period = self.plan.period;
         let x = self.aligned(x)?;
-        let l_in = x.first().map_or(0, |c| c.level());
+        let l_in = x.first().map_or(0, |c| c.level().get());
         if l_in < ATTENTION_LEVELS {
             return Err(Error::LevelExhausted {
                 op: "linear attention".into(),
@@ -82,7 +82,13 @@ impl Run<'_> {
                 })
             })
             .collect();
-        let lt = LinearTransform::new(self.encoder, &diags, l, self.q(l)?, baby_step_for(period))?;
+        let lt = LinearTransform::new(
+            self.encoder,
+            &diags,
+            Level(l),
+            self.q(l)?,
+            baby_step_for(period),
+        )?;
         let u_cols: Vec<Ciphertext> = v_cols
             .par_iter()
             .map(|v| {
@@ -100,14 +106,14 @@ impl Run<'_> {
                     .map(|v| {
                         let mut b = self.mask(v, Layout::Cols, 0, 1, |t, _| m[t], delta)?;
                         self.rotate_sum(&mut b)?;
-                        self.ev.drop_to_level(&b, l - 3)
+                        self.ev.drop_to_level(&b, Level(l - 3))
                     })
                     .collect::<Result<_>>()?,
             ),
         };
         let k_low: Vec<Ciphertext> = k_cols
             .iter()
-            .map(|c| self.ev.drop_to_level(c, l - 1))
+            .map(|c| self.ev.drop_to_level(c, Level(l - 1)))
             .collect::<Result<_>>()?;
         // G[h][c][e] = sum_t K_c[t] U_e[t], replicated, at (l - 2, s_g = delta^2 / q_{l-1})
         // (K and U are both at exactly delta), computed per output column and consumed at
@@ -124,7 +130,7 @@ impl Run<'_> {
         let q_cols: Vec<Ciphertext> = self
             .linear(&x, &qw, Some(&qb), s_q, to_cols)?
             .iter()
-            .map(|c| self.ev.drop_to_level(c, l - 2))
+            .map(|c| self.ev.drop_to_level(c, Level(l - 2)))
             .collect::<Result<_>>()?;
         let heads_out: Vec<Ciphertext> = (0..r)
             .into_par_iter()

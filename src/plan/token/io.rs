@@ -4,7 +4,7 @@
 use ndarray::Array2;
 use rand::{CryptoRng, RngCore};
 
-use crate::ckks::{Ciphertext, Decryptor, Encoder, Encryptor};
+use crate::ckks::{Ciphertext, Decryptor, Encoder, Encryptor, Level};
 use crate::model::token::TokenAdapter;
 use crate::{Error, Result};
 
@@ -87,7 +87,7 @@ impl TokenPlan {
             let mut cts = Vec::with_capacity(n);
             for a in 0..n {
                 let v = self.packed_slots(a, spec.dim, self.tokens, |t, j| x[[t, j]]);
-                let pt = encoder.encode(&v, self.input_level, scale)?;
+                let pt = encoder.encode(&v, Level(self.input_level), scale)?;
                 cts.push(encryptor.encrypt(&pt, rng)?);
             }
             out.push(cts);

@@ -62,7 +62,7 @@ use std::collections::BTreeSet;
 
 use crate::ckks::galois_element_for_rotation;
 use crate::ckks::lintrans::baby_step_for;
-use crate::ckks::CkksParams;
+use crate::ckks::{CkksParams, Level};
 use crate::model::layer::NodeRef;
 use crate::model::token::{TokenAdapter, TokenOp};
 use crate::{Error, Result};
@@ -144,7 +144,7 @@ impl TokenPlan {
             )));
         }
         let depth = Self::depth_of(adapter);
-        let top = params.max_level();
+        let top = params.max_level().get();
         if depth > top {
             return Err(Error::params(format!(
                 "the token adapter needs {depth} levels, the parameters have {top}: use a longer chain \
@@ -227,12 +227,12 @@ impl TokenPlan {
         self.period
     }
     /// Level the client encrypts the inputs at.
-    pub fn input_level(&self) -> usize {
-        self.input_level
+    pub fn input_level(&self) -> Level {
+        Level(self.input_level)
     }
     /// Level of the output columns.
-    pub fn output_level(&self) -> usize {
-        self.levels.last().copied().unwrap_or(self.input_level)
+    pub fn output_level(&self) -> Level {
+        Level(self.levels.last().copied().unwrap_or(self.input_level))
     }
     /// Rotation steps the server uses (one Galois key each).
     pub fn rotation_steps(&self) -> &[i64] {

@@ -5,7 +5,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::ckks::polyeval::evaluate_chebyshev;
-use crate::ckks::{Ciphertext, Encoder, Evaluator};
+use crate::ckks::{Ciphertext, Encoder, Evaluator, Level};
 use crate::model::layer::NodeRef;
 use crate::model::token::{Pooling, TokenAdapter, TokenOp};
 use crate::{Error, Result};
@@ -122,14 +122,14 @@ impl Run<'_> {
             .get(level)
             .map(|&q| q as f64)
             .ok_or(Error::InvalidLevel {
-                level,
+                level: Level(level),
                 max: self.ev.params().max_level(),
             })
     }
 
     /// Ciphertexts brought to their lowest common level (the scale is unchanged).
     pub(super) fn aligned(&self, cols: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
-        let level = cols.iter().map(|c| c.level()).min().unwrap_or(0);
+        let level = cols.iter().map(|c| c.level()).min().unwrap_or(Level::ZERO);
         cols.iter()
             .map(|c| self.ev.drop_to_level(c, level))
             .collect()
@@ -162,7 +162,7 @@ impl Run<'_> {
                 available: 0,
             });
         }
-        let cs = target * self.q(level)? / first.scale();
+        let cs = target * self.q(level.get())? / first.scale();
         let (out_w, in_w) = w.dim();
         let plan = self.plan;
         let rows = sh.rin;
@@ -287,7 +287,7 @@ impl Run<'_> {
         target: f64,
     ) -> Result<Ciphertext> {
         let level = ct.level();
-        let pscale = target * self.q(level)? / ct.scale();
+        let pscale = target * self.q(level.get())? / ct.scale();
         let pat = match layout {
             Layout::Cols => self.plan.column_slots(|t| f(t, a)),
             Layout::Packed => self.plan.packed_slots(a, width, self.plan.tokens, f),
@@ -357,7 +357,7 @@ impl Run<'_> {
                     .iter()
                     .flat_map(|a| a.iter().map(|c| c.level()))
                     .min()
-                    .unwrap_or(0);
+                    .unwrap_or(Level::ZERO);
                 let mut out: Vec<Ciphertext> = x
                     .iter()
                     .map(|c| self.ev.drop_to_level(c, level))
@@ -402,7 +402,7 @@ impl Run<'_> {
         add: f64,
         target: f64,
     ) -> Result<Ciphertext> {
-        let cs = target * self.q(c.level())? / c.scale();
+        let cs = target * self.q(c.level().get())? / c.scale();
         let mut y = self.ev.mul_const(c, mul, cs)?;
         self.ev.rescale_assign(&mut y)?;
         if add != 0.0 {

@@ -98,7 +98,7 @@ impl TokenPlan {
                 });
             }
             let (mask, live) = self.output_mask(a);
-            let pt = encoder.encode(&mask, level, params.q()[level] as f64)?;
+            let pt = encoder.encode(&mask, level, params.q()[level.get()] as f64)?;
             ev.mul_plain_assign(&mut ct, &pt)?;
             ev.rescale_assign(&mut ct)?;
             ev.drop_to_level_assign(&mut ct, floor)?;
@@ -116,7 +116,7 @@ impl TokenPlan {
                 mask_note: "non-output slots (and the copies of each value in column layout) zeroed by a mask \
                             product (one level)"
                     .into(),
-                output_level: crate::ckks::Level(floor),
+                output_level: floor,
                 flooding,
             },
         ))
