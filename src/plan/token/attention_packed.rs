@@ -30,7 +30,7 @@
 use rayon::prelude::*;
 
 use crate::ckks::lintrans::baby_step_for;
-use crate::ckks::{Ciphertext, LinearTransform};
+use crate::ckks::{Ciphertext, Level, LinearTransform};
 use crate::model::token::LinearAttention;
 use crate::{Error, Result};
 
@@ -67,7 +67,7 @@ impl Run<'_> {
             .first()
             .ok_or_else(|| Error::model("attention without columns"))?;
         let level = first.level();
-        let cs = target * self.q(level)? / first.scale();
+        let cs = target * self.q(level.get())? / first.scale();
         let mut y = self.rescaled_sum(x, first, cs, |i, xi| {
             let pat = self.head_slots(pk, |t, e, b| w(i, t, e, b));
             if pat.iter().all(|&v| v == 0.0) {
@@ -107,7 +107,7 @@ impl Run<'_> {
         let tokens = self.plan.tokens;
         let period = self.plan.period;
         let x = self.aligned(x)?;
-        let l_in = x.first().map_or(0, |c| c.level());
+        let l_in = x.first().map_or(0, |c| c.level().get());
         if l_in < ATTENTION_LEVELS {
             return Err(Error::LevelExhausted {
                 op: "linear attention".into(),
@@ -132,7 +132,13 @@ impl Run<'_> {
                 })
             })
             .collect();
-        let lt = LinearTransform::new(self.encoder, &diags, l, self.q(l)?, baby_step_for(period))?;
+        let lt = LinearTransform::new(
+            self.encoder,
+            &diags,
+            Level(l),
+            self.q(l)?,
+            baby_step_for(period),
+        )?;
         // K_b per head at (l - 1, delta)
         let k_heads: Vec<Ciphertext> = (0..heads)
             .into_par_iter()
@@ -145,7 +151,7 @@ impl Run<'_> {
                     |t, _, b| if real(t) && b < dh { bias(row(b)) } else { 0.0 },
                     delta,
                 )?;
-                self.ev.drop_to_level(&k, l - 1)
+                self.ev.drop_to_level(&k, Level(l - 1))
             })
             .collect::<Result<_>>()?;
         let chunks: Vec<(usize, usize)> = (0..heads)
@@ -203,7 +209,7 @@ impl Run<'_> {
                     },
                     s_q,
                 )?;
-                self.ev.drop_to_level(&q, l - 2)
+                self.ev.drop_to_level(&q, Level(l - 2))
             })
             .collect::<Result<_>>()?;
         let head_steps = pk.head_steps(period);
@@ -253,7 +259,7 @@ impl Run<'_> {
             .first()
             .ok_or_else(|| Error::model("attention without heads"))?;
         let level = first.level();
-        let cs = delta * self.q(level)? / first.scale();
+        let cs = delta * self.q(level.get())? / first.scale();
         let proj_steps = pk.proj_steps(period);
         (0..r)
             .into_par_iter()
