@@ -318,10 +318,10 @@ impl TokenPlan {
             };
             let lout = self.layouts[j];
             match &n.op {
-                TokenOp::Linear { .. } | TokenOp::LowRank { .. } => {
-                    if lin == Layout::Packed && lout == Layout::Cols {
-                        c.rotations += n.shape.1 * blocks;
-                    }
+                TokenOp::Linear { .. } | TokenOp::LowRank { .. }
+                    if lin == Layout::Packed && lout == Layout::Cols =>
+                {
+                    c.rotations += n.shape.1 * blocks;
                 }
                 TokenOp::Pool(_) => c.rotations += self.ciphertexts_for(lin, n.shape.1) * sums,
                 TokenOp::LinearAttention(at) => {
