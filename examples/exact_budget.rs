@@ -6,9 +6,14 @@
 //! equals the twin bit for bit) and the error budget by step
 //! (`hepeft::plan::error_budget`). No encryption: runs in seconds.
 //!
-//! Run: `cargo run --release --example exact_budget`.
+//! Run: `cargo run --release --example exact_budget [FILTER [FINE,...]]` (FINE: the fine
+//! key's decomposition, `15x2` by default). With `--time` as a third argument, it also
+//! generates keys for each fine decomposition, times 16 coarse and 16 fine bootstrappings
+//! on one thread, and prints each variant's estimated server latency (head plus
+//! sanitization of the logits, from its coarse and fine PBS counts; the keyswitch shared
+//! by some pairs is counted twice, so the estimate is an upper bound).
 
-use hepeft::exact::ExactParams;
+use hepeft::exact::{DecompositionBaseLog, DecompositionLevelCount, ExactParams};
 use hepeft::model::reference;
 use hepeft::model::{
     evaluate_exact_fn_batch, Activation, ActivationFn, Adapter, AdapterBuilder, Op,
@@ -55,6 +60,57 @@ fn relu_head(rng: &mut ChaCha20Rng, d: usize, h: usize, c: usize) -> Adapter {
     )
     .unwrap();
     b.build().unwrap()
+}
+
+/// Coarse and fine bootstrappings per sample: the head's (`2J + 1`, `2J + 3` or `2J + 7`
+/// per hidden unit) and the sanitization of its outputs.
+fn pbs_split(plan: &hepeft::plan::QuantizedPlan) -> (u64, u64) {
+    let (mut c, mut f) = (0u64, 0u64);
+    for l in &plan.layers {
+        let Some(a) = &l.activation else { continue };
+        let n = l.out_dim as u64;
+        let j = a.stages as u64;
+        // each stage: a coarse sign and a fine low part
+        c += n * j;
+        f += n * j;
+        match a.bits {
+            4 => f += n,
+            5 => {
+                c += n;
+                f += 2 * n;
+            }
+            _ => {
+                c += 3 * n;
+                f += 4 * n;
+            }
+        }
+    }
+    let digits = (plan.output_log_modulus() as u64 - 1).div_ceil(4);
+    let out = plan.output_dim() as u64;
+    c += out * digits;
+    f += out * (digits + 1);
+    (c, f)
+}
+
+/// Seconds per coarse and per fine bootstrapping (mean of 16 each, one thread).
+fn time_pbs(params: &ExactParams) -> (f64, f64) {
+    use hepeft::exact::{generate_keys, Evaluator, Lut};
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let (client, compressed) = generate_keys(params, &mut rng).unwrap();
+    let server = compressed.expand(params).unwrap();
+    let ev = Evaluator::new(&server);
+    let ct = client.encrypt(&[3], 5, &mut rng).unwrap().remove(0);
+    let mut t = [0.0; 2];
+    for (i, fine) in [false, true].into_iter().enumerate() {
+        let lut = Lut::new(params, fine, |i| (i as u64) << 59);
+        ev.pbs(&ct, &lut).unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..16 {
+            ev.pbs(&ct, &lut).unwrap();
+        }
+        t[i] = start.elapsed().as_secs_f64() / 16.0;
+    }
+    (t[0], t[1])
 }
 
 fn main() {
@@ -134,6 +190,31 @@ fn main() {
                 o.input_bits = 7;
             }),
         ),
+        ("act6", Box::new(|o| o.activation_bits = 6)),
+        (
+            "act6, hidden 6",
+            Box::new(|o| {
+                o.activation_bits = 6;
+                o.hidden_bits = 6;
+            }),
+        ),
+        (
+            "act6, stages 3, input 6",
+            Box::new(|o| {
+                o.activation_bits = 6;
+                o.stages = 3;
+                o.input_bits = 6;
+            }),
+        ),
+        (
+            "act6, stages 3, input 6, hidden 6",
+            Box::new(|o| {
+                o.activation_bits = 6;
+                o.stages = 3;
+                o.input_bits = 6;
+                o.hidden_bits = 6;
+            }),
+        ),
     ];
     for (name, f) in extra {
         let mut o = d.clone();
@@ -154,11 +235,25 @@ fn main() {
         variants.retain(|(n, _)| n.contains(&filter));
     }
     for (fb, fl) in fines {
-        let params = ExactParams::vetted(hepeft::exact::DEFAULT_VETTED, fb, fl).unwrap();
+        let params = ExactParams::vetted(
+            hepeft::exact::DEFAULT_VETTED,
+            DecompositionBaseLog(fb),
+            DecompositionLevelCount(fl),
+        )
+        .unwrap();
         println!(
             "fine {fb}x{fl}: fine PBS std 2^{:.1}",
             hepeft::exact::noise::pbs_variance(&params, true).log2() / 2.0
         );
+        let timed = (std::env::args().nth(3).as_deref() == Some("--time")).then(|| {
+            let (tc, tf) = time_pbs(&params);
+            println!(
+                "    one thread: coarse PBS {:.1} ms, fine PBS {:.1} ms",
+                tc * 1e3,
+                tf * 1e3
+            );
+            (tc, tf)
+        });
         for (name, opts) in variants.clone() {
             let plan = match quantize(&mlp, calib.view(), &opts, &params) {
                 Ok(p) => p,
@@ -178,6 +273,16 @@ fn main() {
             plan.report.max_log2_p_fail_pbs.unwrap_or(f64::NEG_INFINITY),
             plan.report.overflows
         );
+            let (c, f) = pbs_split(&plan);
+            print!("    coarse / fine PBS with sanitization: {c} / {f}");
+            if let Some((tc, tf)) = timed {
+                print!(
+                    " | estimated latency {:.2} s on one thread, {:.2} s on two",
+                    c as f64 * tc + f as f64 * tf,
+                    (c as f64 * tc + f as f64 * tf) / 2.0
+                );
+            }
+            println!();
             for s in error_budget(&plan, &mlp, test.view()).unwrap() {
                 println!(
                     "    {:<45} {:.3}  rel RMS {:.3}",

@@ -26,6 +26,12 @@
 //! keys, queries, results and plans together. The CLI (`src/cli`, binary only), the HTTP
 //! service (`serve`) and the Python bindings call it and add only transport and reporting.
 //! `tune` runs private tuning over the batch layout (`docs/tuning.md`).
+//!
+//! Quantities that cross these boundaries carry their units: a CKKS level is a
+//! [`ckks::Level`] and a Galois element a [`ckks::GaloisElement`] from `ckks` up to the
+//! reports; the exact backend's parameters hand out tfhe-rs's `LweDimension`,
+//! `GlweDimension`, `PolynomialSize` and decomposition newtypes. Every object with a file of
+//! its own, CKKS or exact, goes through one serialization trait, `io::object::HeObject`.
 
 pub mod ckks;
 pub mod error;

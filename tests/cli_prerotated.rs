@@ -44,6 +44,20 @@ fn json(path: &Path) -> serde_json::Value {
 /// logits' precision against the twin (bits relative to the largest logit), the query's
 /// ciphertext count and the number of rotation keys.
 fn run(dir: &Path, pre_rotate: usize) -> (f64, u64, usize) {
+    run_layout(dir, "latency", "pre_rotate", pre_rotate, 2)
+}
+
+/// [`run`] in `mode` with the layout option `option` (`pre_rotate` or `batch_pack`, passed
+/// as `--pre-rotate` / `--batch-pack`) set to `value`, on `samples` samples.
+fn run_layout(
+    dir: &Path,
+    mode: &str,
+    option: &str,
+    value: usize,
+    samples: usize,
+) -> (f64, u64, usize) {
+    let pre_rotate = value;
+    let flag = format!("--{}", option.replace('_', "-"));
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(31);
     let adapter = zoo::lora_head(&mut rng, 128, 4, 5).unwrap();
@@ -57,13 +71,15 @@ fn run(dir: &Path, pre_rotate: usize) -> (f64, u64, usize) {
         &PRESET,
         &"--model",
         &card,
-        &"--pre-rotate",
+        &"--mode",
+        &mode,
+        &flag,
         &k,
         &"--out",
         &keys,
     ]);
     let plan_json = json(&keys.join("plan.json"));
-    let x = zoo::uniform_inputs(&mut ChaCha20Rng::seed_from_u64(32), &adapter, 2).remove(0);
+    let x = zoo::uniform_inputs(&mut ChaCha20Rng::seed_from_u64(32), &adapter, samples).remove(0);
     let features = dir.join("x.npy");
     save_features_npy(&features, x.view()).unwrap();
     let query = dir.join("query.ct");
@@ -72,12 +88,12 @@ fn run(dir: &Path, pre_rotate: usize) -> (f64, u64, usize) {
     ]);
     let meta = json(&dir.join("query.ct.json"));
     if pre_rotate > 1 {
-        assert_eq!(meta["pre_rotate"], pre_rotate as u64, "{meta}");
-        assert_eq!(plan_json["pre_rotate"], pre_rotate as u64, "{plan_json}");
+        assert_eq!(meta[option], pre_rotate as u64, "{meta}");
+        assert_eq!(plan_json[option], pre_rotate as u64, "{plan_json}");
     } else {
-        // the replicated layout writes the files it always wrote
-        assert!(meta.get("pre_rotate").is_none(), "{meta}");
-        assert!(plan_json.get("pre_rotate").is_none(), "{plan_json}");
+        // the replicated / unpacked layout writes the files it always wrote
+        assert!(meta.get(option).is_none(), "{meta}");
+        assert!(plan_json.get(option).is_none(), "{plan_json}");
     }
     let result = dir.join("result.ct");
     ok(&[
@@ -134,5 +150,29 @@ fn pre_rotated_cli_pipeline_matches_the_twin() {
         keys_pre < keys_rep,
         "the server's baby steps need no keys: {keys_pre} vs {keys_rep} rotation keys"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `keygen --mode batch --batch-pack 4`: four features per query ciphertext, recorded in
+/// plan.json and the sidecar; the query is four times smaller, the server unpacks it with
+/// three rotation keys, and the logits of every sample match the twin.
+#[test]
+fn packed_batch_cli_pipeline_matches_the_twin() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli_batch_pack-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (bits_one, cts_one, keys_one) = run_layout(&dir.join("g1"), "batch", "batch_pack", 1, 40);
+    let (bits_four, cts_four, keys_four) =
+        run_layout(&dir.join("g4"), "batch", "batch_pack", 4, 40);
+    eprintln!(
+        "batch: {bits_one:.1} bits, {cts_one} ciphertexts per query, {keys_one} rotation keys; \
+         packed 4: {bits_four:.1} bits, {cts_four} ciphertexts, {keys_four} rotation keys"
+    );
+    assert!(
+        bits_one >= 16.0 && bits_four >= 16.0,
+        "{bits_one:.1} / {bits_four:.1} bits"
+    );
+    assert_eq!((cts_one, cts_four), (128, 32));
+    assert_eq!((keys_one, keys_four), (0, 3));
     let _ = std::fs::remove_dir_all(&dir);
 }

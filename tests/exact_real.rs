@@ -129,23 +129,58 @@ fn real_bottlenecks_and_side_networks_through_the_exact_cli() {
 }
 
 /// The integer twins of the bottlenecks not run encrypted above, against f64 on all
-/// held-out samples (plaintext, fast).
+/// held-out samples (plaintext, fast); and the 6-bit-table variants of issue 19 on every
+/// shipped bottleneck, which must not lose agreement against the default.
 #[test]
 fn real_bottleneck_twins_against_f64() {
     let params = ExactParams::default_2m128().unwrap();
-    for (task, input) in [("finefoods", "emb"), ("mnist", "b15")] {
+    let fine12 = ExactParams::vetted(
+        hepeft::exact::DEFAULT_VETTED,
+        hepeft::exact::DecompositionBaseLog(12),
+        hepeft::exact::DecompositionLevelCount(3),
+    )
+    .unwrap();
+    let act6 = QuantizeOptions {
+        activation_bits: 6,
+        ..QuantizeOptions::default()
+    };
+    let best = QuantizeOptions {
+        activation_bits: 6,
+        stages: 3,
+        input_bits: 6,
+        hidden_bits: 6,
+        ..QuantizeOptions::default()
+    };
+    let variants = [
+        ("default", QuantizeOptions::default(), &params),
+        ("6-bit tables", act6, &params),
+        (
+            "6-bit tables, J = 3, 6-bit in/hidden, fine 2^12 x 3",
+            best,
+            &fine12,
+        ),
+    ];
+    for (task, input) in [("digits", "pixels"), ("finefoods", "emb"), ("mnist", "b15")] {
         let a = load_card(asset(&format!("{task}/bottleneck/card.toml"))).unwrap();
         let feats = features(task, &[input]);
         let calib = rows(&feats, 0..CALIB);
-        let plan = quantize(&a, calib.view(), &QuantizeOptions::default(), &params).unwrap();
         let (want, _) = evaluate_exact_fn_batch(&a, &[feats.view()]).unwrap();
-        let got = plan.forward_batch(feats.view()).unwrap();
-        let agree = reference::argmax_agreement(got.view(), want.view()).unwrap() as f64
-            / feats.nrows() as f64;
-        eprintln!(
-            "exact real {task}/bottleneck (twin): PBS {}, argmax agreement with f64 {agree:.3}",
-            plan.predicted_pbs()
-        );
-        assert!(agree >= 0.9, "{task}/bottleneck: {agree}");
+        let mut first = None;
+        for (name, opts, p) in &variants {
+            let plan = quantize(&a, calib.view(), opts, p).unwrap();
+            let got = plan.forward_batch(feats.view()).unwrap();
+            let agree = reference::argmax_agreement(got.view(), want.view()).unwrap() as f64
+                / feats.nrows() as f64;
+            eprintln!(
+                "exact real {task}/bottleneck (twin, {name}): PBS {}, argmax agreement with f64 {agree:.3}",
+                plan.predicted_pbs()
+            );
+            assert!(agree >= 0.9, "{task}/bottleneck ({name}): {agree}");
+            let base = *first.get_or_insert(agree);
+            assert!(
+                agree >= base - 0.02,
+                "{task}/bottleneck ({name}): {agree} against the default's {base}"
+            );
+        }
     }
 }

@@ -221,6 +221,7 @@ fn run(
     fold: bool,
     samples: usize,
     seed: u64,
+    batch_pack: usize,
 ) -> (f64, Plan) {
     let mut r = rng(seed);
     let inputs: Vec<Array2<f64>> = zoo::uniform_inputs(&mut r, adapter, samples);
@@ -230,6 +231,7 @@ fn run(
     let opts = PlanOptions {
         mode,
         fold_normalization: fold,
+        batch_pack,
         ..Default::default()
     };
     let plan = Plan::compile(adapter, p, opts).unwrap();
@@ -242,6 +244,11 @@ fn run(
 }
 
 fn check_all(mode: Mode, samples: usize) {
+    check_all_packed(mode, samples, 1);
+}
+
+/// [`check_all`] with `batch_pack` input features per batch query ciphertext.
+fn check_all_packed(mode: Mode, samples: usize, batch_pack: usize) {
     let p = params();
     let predicted = model_precision_bits(p.default_scale().log2().round(), p.log_n());
     for (k, case) in cases().into_iter().enumerate() {
@@ -252,22 +259,31 @@ fn check_all(mode: Mode, samples: usize) {
             ..Default::default()
         };
         let unfused_depth = hepeft::select::required_depth(&case.adapter, unfused_opts).unwrap();
-        let (bits, plan) = run(&case.adapter, &p, mode, true, samples, seed);
+        let (bits, plan) = run(&case.adapter, &p, mode, true, samples, seed, batch_pack);
         // the unfused plan, when it fits the test chain, on the same inputs
         let unfused = if unfused_depth <= p.max_level().get() {
-            let (b, u) = run(&case.adapter, &p, mode, false, samples, seed);
+            let (b, u) = run(&case.adapter, &p, mode, false, samples, seed, batch_pack);
             format!("{b:.1} bits, {} key switches", u.key_switches())
         } else {
             "does not fit".to_string()
         };
         let bound = depth_lower_bound(&case.adapter);
         println!(
-            "{mode:?} {:<42} depth {} (unfused {unfused_depth}, lower bound {bound}), {} key switches: {bits:.1} bits, predicted {predicted:.1}; unfused: {unfused}",
+            "{mode:?} pack {batch_pack} {:<42} depth {} (unfused {unfused_depth}, lower bound {bound}), {} key switches: {bits:.1} bits, predicted {predicted:.1}; unfused: {unfused}",
             case.label,
             plan.depth(),
             plan.key_switches(),
         );
         assert_eq!(plan.depth(), case.depth, "{}: depth", case.label);
+        if mode == Mode::Batch {
+            let want: usize = case
+                .adapter
+                .input_dims()
+                .iter()
+                .map(|d| d.div_ceil(batch_pack))
+                .sum();
+            assert_eq!(plan.input_ciphertexts(), want, "{}: query size", case.label);
+        }
         assert!(
             plan.depth() >= bound,
             "{}: below the lower bound",
@@ -291,6 +307,63 @@ fn fused_plans_agree_with_the_unfused_twin_latency() {
 #[test]
 fn fused_plans_agree_with_the_unfused_twin_batch() {
     check_all(Mode::Batch, 16);
+}
+
+/// Packed batch queries (several input features per ciphertext, unpacked by the server with
+/// rotations): every op combination agrees with the twin as the unpacked layout does, at
+/// the same depth, with `ceil(d / g)` query ciphertexts per input.
+#[test]
+fn fused_plans_agree_with_the_unfused_twin_packed_batch() {
+    check_all_packed(Mode::Batch, 16, 4);
+    check_all_packed(Mode::Batch, 3, 16);
+}
+
+#[test]
+fn packed_batch_options_are_checked() {
+    let p = params();
+    let a = zoo::square_mlp(&mut rng(3), 40, 8, 4).unwrap();
+    let opts = |batch_pack| PlanOptions {
+        mode: Mode::Batch,
+        batch_pack,
+        ..Default::default()
+    };
+    for bad in [0, 3, 32] {
+        let e = Plan::compile(&a, &p, opts(bad)).unwrap_err().to_string();
+        assert!(e.contains("power of two from 1 to 16"), "{bad}: {e}");
+    }
+    let unpacked = Plan::compile(&a, &p, opts(1)).unwrap();
+    let packed = Plan::compile(&a, &p, opts(8)).unwrap();
+    assert_eq!(unpacked.samples_per_query(), p.slots());
+    assert_eq!(packed.samples_per_query(), p.slots() / 8);
+    assert_eq!(
+        (unpacked.input_ciphertexts(), packed.input_ciphertexts()),
+        (40, 5)
+    );
+    assert_ne!(unpacked.structure_digest(), packed.structure_digest());
+    assert_eq!(packed.rotation_steps().len(), 7);
+    assert_eq!(packed.depth(), unpacked.depth());
+    // the latency layout ignores the option (and keeps its digest)
+    let lat = |batch_pack| {
+        Plan::compile(
+            &a,
+            &p,
+            PlanOptions {
+                batch_pack,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .structure_digest()
+    };
+    assert_eq!(lat(1), lat(8));
+    // one sample too many for the packed blocks is refused at encoding
+    let f = Fixture::new(p.clone(), 7);
+    let too_many = ndarray::Array2::zeros((p.slots() / 8 + 1, 40));
+    let e = packed
+        .encode_query(&f.encoder, &[too_many.view()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("packed batch-mode query"), "{e}");
 }
 
 #[test]

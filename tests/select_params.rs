@@ -209,3 +209,44 @@ fn selection_accounts_for_noise_flooding() {
     // below that with probability about 0.9, and below 4 (0.4 bits more) almost surely.
     assert!(worst >= predicted - 0.5, "measured {worst:.1} bits");
 }
+
+/// A batch selection for fewer samples than slots names the packing that fits them; a
+/// packed request, or samples that fill the slots, get no hint.
+#[test]
+fn batch_selection_names_the_packing_that_fits_the_samples() {
+    use hepeft::plan::{Mode, PlanOptions};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let head = zoo::square_mlp(&mut rng, 256, 16, 10).unwrap();
+    let req = |samples: usize, batch_pack: usize| SelectRequest {
+        options: PlanOptions {
+            mode: Mode::Batch,
+            batch_pack,
+            ..Default::default()
+        },
+        batch: Some(samples),
+        flooding: None,
+        ..Default::default()
+    };
+    let s = select(&head, &req(1000, 1)).unwrap();
+    let slots = s.params.slots();
+    let hint = s.report.batch_pack_hint.expect("a hint for 1000 samples");
+    // the largest packing whose blocks still hold the 1000 samples
+    assert!(hint > 1 && 1000 <= slots / hint && 1000 > slots / (2 * hint));
+    assert!(s.report.to_text().contains(&format!("--batch-pack {hint}")));
+    assert_eq!(
+        select(&head, &req(slots, 1))
+            .unwrap()
+            .report
+            .batch_pack_hint,
+        None
+    );
+    assert_eq!(
+        select(&head, &req(10, 2)).unwrap().report.batch_pack_hint,
+        None
+    );
+    // ten samples: capped at the most features a ciphertext packs
+    assert_eq!(
+        select(&head, &req(10, 1)).unwrap().report.batch_pack_hint,
+        Some(hepeft::plan::MAX_BATCH_PACK)
+    );
+}

@@ -156,6 +156,11 @@ pub struct ServeArgs {
     /// description, which clients compile their plan from.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub pre_rotate: usize,
+    /// Batch mode only: input features packed per query ciphertext (a power of two up to
+    /// 16; 1 = one ciphertext per feature). A query then takes at most N/(2G) samples and
+    /// is about G times smaller; the server unpacks it with G - 1 rotations per ciphertext.
+    #[arg(long, value_name = "G", default_value_t = 1)]
+    pub batch_pack: usize,
     /// Address to listen on (loopback by default; put TLS termination in front for remote use).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
@@ -410,6 +415,11 @@ pub struct KeygenArgs {
     /// follow.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub pre_rotate: usize,
+    /// Batch mode only: input features packed per query ciphertext (a power of two up to
+    /// 16; 1 = one ciphertext per feature). A query then takes at most N/(2G) samples and
+    /// is about G times smaller; the server unpacks it with G - 1 rotations per ciphertext.
+    #[arg(long, value_name = "G", default_value_t = 1)]
+    pub batch_pack: usize,
     /// Output directory (secret.key, public.key, eval.keys, params.toml, plan.json).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

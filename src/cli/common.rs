@@ -113,6 +113,21 @@ pub fn file_id(path: &Path) -> Result<String> {
     Ok(short(&d))
 }
 
+/// The `--params` a CKKS command requires, loaded with its `[selected_for]` record; the
+/// warning for a file without one (`ParamsSource::load_file`) goes to `ui`.
+pub fn required_params_file(
+    params: Option<&crate::cli::args::ParamsSource>,
+    ui: &crate::cli::Ui,
+) -> Result<hepeft::select::ParamsFile> {
+    let (file, warning) = params
+        .context("--params is required with --backend ckks")?
+        .load_file()?;
+    if let Some(w) = warning {
+        ui.note(&w);
+    }
+    Ok(file)
+}
+
 /// Reads a JSON file: a regular file of at most `MAX_TEXT_FILE` (1 MiB).
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     let text = hepeft::io::limits::read_text(path, hepeft::io::limits::MAX_TEXT_FILE, what)

@@ -6,6 +6,11 @@
 //! bootstrapping ([`Evaluator::pbs`]: keyswitch, centred modulus switch, blind rotation,
 //! sample extraction) reads the top [`READ_BITS`] bits of the phase and returns any
 //! negacyclic function of them at any output scale, with fresh noise.
+//!
+//! Size: one concern (the encoding and every operation on it: client encryption and
+//! decryption, seeded lists, lookup tables and the `Evaluator`), just over 600 lines since
+//! the 6-bit table reads; splitting the client side out would separate the encoding from
+//! its inverse.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,12 +38,12 @@ impl ExactCiphertext {
     /// # Errors
     /// [`Error::Format`] if the length is not k·N + 1.
     pub fn from_words(params: &ExactParams, words: Vec<u64>) -> Result<Self> {
-        if words.len() != params.big_lwe_dimension() + 1 {
+        if words.len() != params.big_lwe_dimension().to_lwe_size().0 {
             return Err(Error::format(
                 "exact ciphertext",
                 format!(
                     "expected {} words, found {}",
-                    params.big_lwe_dimension() + 1,
+                    params.big_lwe_dimension().to_lwe_size().0,
                     words.len()
                 ),
             ));
@@ -162,11 +167,11 @@ impl ClientKey {
     /// # Errors
     /// [`Error::DimensionMismatch`] for a ciphertext of the wrong size.
     pub fn phase(&self, c: &ExactCiphertext) -> Result<u64> {
-        let n = self.params.big_lwe_dimension();
-        if c.ct.lwe_size().0 != n + 1 {
+        let size = self.params.big_lwe_dimension().to_lwe_size();
+        if c.ct.lwe_size() != size {
             return Err(Error::dims(
                 "exact ciphertext size",
-                n + 1,
+                size.0,
                 c.ct.lwe_size().0,
             ));
         }
@@ -196,7 +201,7 @@ impl SeededCiphertexts {
     /// # Errors
     /// [`Error::Format`] if the ciphertext size does not match `params`.
     pub fn expand(&self, params: &ExactParams) -> Result<Vec<ExactCiphertext>> {
-        if self.list.lwe_size().0 != params.big_lwe_dimension() + 1 {
+        if self.list.lwe_size() != params.big_lwe_dimension().to_lwe_size() {
             return Err(Error::format(
                 "exact seeded ciphertexts",
                 "wrong LWE size for these parameters",
@@ -230,8 +235,8 @@ impl Lut {
     /// (lower output noise, about twice the cost).
     pub fn new(params: &ExactParams, fine: bool, out: impl Fn(usize) -> u64) -> Self {
         let acc = generate_programmable_bootstrap_glwe_lut(
-            PolynomialSize(params.polynomial_size()),
-            GlweSize(params.glwe_dimension() + 1),
+            params.polynomial_size(),
+            params.glwe_dimension().to_glwe_size(),
             1usize << (READ_BITS - 1),
             CiphertextModulus::new_native(),
             1u64,
@@ -268,7 +273,7 @@ impl<'a> Evaluator<'a> {
     }
 
     fn check(&self, c: &ExactCiphertext) -> Result<()> {
-        let n = self.key.params.big_lwe_dimension() + 1;
+        let n = self.key.params.big_lwe_dimension().to_lwe_size().0;
         if c.ct.lwe_size().0 != n {
             return Err(Error::dims("exact ciphertext size", n, c.ct.lwe_size().0));
         }
@@ -289,7 +294,7 @@ impl<'a> Evaluator<'a> {
         if xs.len() != w.len() {
             return Err(Error::dims("exact dot product", xs.len(), w.len()));
         }
-        let n = self.key.params.big_lwe_dimension() + 1;
+        let n = self.key.params.big_lwe_dimension().to_lwe_size().0;
         let mut acc = vec![0u64; n];
         for (x, &wi) in xs.iter().zip(w) {
             self.check(x)?;
@@ -395,7 +400,7 @@ impl<'a> Evaluator<'a> {
         blind_rotate_assign(&msed, &mut acc, bsk);
         let mut out = LweCiphertext::new(
             0u64,
-            LweSize(key.params.big_lwe_dimension() + 1),
+            key.params.big_lwe_dimension().to_lwe_size(),
             CiphertextModulus::new_native(),
         );
         extract_lwe_sample_from_glwe_ciphertext(&acc, &mut out, MonomialDegree(0));
@@ -459,6 +464,67 @@ impl<'a> Evaluator<'a> {
         self.add(&e, &o)
     }
 
+    /// A 64-entry table over six bits: for `w` at phase `w · 2^59` (`w` in `[0, 32)`) and
+    /// `b` at phase `b · 2^59` (`b` in `{0, 1}`, the bit below `w`), returns
+    /// [`lut6_value`]`(table, 2w + b) mod 2^out_p` at scale `2^(64-out_p)`, which is
+    /// `table[2w + b]` for every entry but the last (see [`lut6_split`]). Two
+    /// [`lut5`](Self::lut5) reads, `T1[w] + T2[(w + b) mod 32]`: six bootstrappings (four
+    /// blind rotations on the fine key, two on the coarse one), output noise four fine PBS.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `table` does not have 64 entries or `out_p` is not in
+    /// `1..=62`.
+    pub fn lut6(
+        &self,
+        w: &ExactCiphertext,
+        b: &ExactCiphertext,
+        table: &[i64],
+        out_p: u32,
+    ) -> Result<ExactCiphertext> {
+        let (t1, t2) = lut6_split(table)?;
+        let wb = self.add(w, b)?;
+        let lo = self.lut5(w, &t1, out_p)?;
+        let hi = self.lut5(&wb, &t2, out_p)?;
+        self.add(&lo, &hi)
+    }
+
+    /// [`drop_low_nibble`](Self::drop_low_nibble) that also returns the top bit `b` of the
+    /// removed nibble, `b = (a >> 3) & 1`, at the scale of the result `2^(64-p+4)`: the
+    /// 6th bit a [`lut6`](Self::lut6) reads below the remaining value. One more blind
+    /// rotation (coarse key) on the keyswitch the low-part bootstrapping already makes:
+    /// three bootstrappings in all. `b` carries one coarse PBS output noise.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `p < 5` or `p > 62`.
+    pub fn drop_low_nibble_keep_top(
+        &self,
+        c: &ExactCiphertext,
+        p: u32,
+    ) -> Result<(ExactCiphertext, ExactCiphertext)> {
+        if !(READ_BITS..=62).contains(&p) {
+            return Err(Error::params(format!(
+                "drop_low_nibble_keep_top needs {READ_BITS} <= p <= 62, got p = {p}"
+            )));
+        }
+        let params = &self.key.params;
+        let top = self.shl(c, p - READ_BITS);
+        let sign = Lut::new(params, false, |_| (1u64 << 62).wrapping_neg());
+        let s = self.pbs(&top, &sign)?;
+        let low_in = self.sub_add(&top, &s, (1u64 << 62).wrapping_neg())?;
+        let scale_shift = 64 - p;
+        let low = Lut::new(params, true, move |i| (i as u64) << scale_shift);
+        let bit = Lut::new(params, false, move |i| {
+            ((i as u64) >> 3) << (scale_shift + 4)
+        });
+        let mut lb = self.pbs_many(&low_in, &[&low, &bit])?.into_iter();
+        let (Some(l), Some(b)) = (lb.next(), lb.next()) else {
+            return Err(Error::params(
+                "drop_low_nibble_keep_top: missing bootstrapping output",
+            ));
+        };
+        Ok((self.sub_add(c, &l, 0)?, b))
+    }
+
     /// Removes the low 4 bits of a value held modulo `2^p` (`p >= READ_BITS`): returns a
     /// ciphertext of `floor(a / 16) mod 2^(p-4)` at scale `2^(64-p+4)`, i.e. the same phase
     /// minus `(a mod 16) · 2^(64-p)`. Exact (up to the PBS failure probability).
@@ -500,5 +566,45 @@ impl<'a> Evaluator<'a> {
         let low = Lut::new(params, true, move |i| ((i as u64) >> spread) << scale_shift);
         let l = self.pbs(&low_in, &low)?;
         self.sub_add(c, &l, 0)
+    }
+}
+
+/// Splits a 64-entry table into the two 32-entry tables [`Evaluator::lut6`] reads:
+/// `T2[0] = 0`, `T2[w + 1] = T2[w] + table[2w + 1] - table[2w]`, `T1[w] = table[2w] - T2[w]`,
+/// so that `T1[w] + T2[w + b] = table[2w + b]` for `2w + b < 63`; the last entry becomes
+/// `T1[31] + T2[0]` (the wrap of `w + b`), see [`lut6_value`].
+///
+/// # Errors
+/// [`Error::InvalidParameters`] if `table` does not have 64 entries.
+pub fn lut6_split(table: &[i64]) -> Result<(Vec<i64>, Vec<i64>)> {
+    let n = 1usize << READ_BITS;
+    if table.len() != 2 * n {
+        return Err(Error::params(format!(
+            "lut6 needs {} entries, got {}",
+            2 * n,
+            table.len()
+        )));
+    }
+    let mut t2 = vec![0i64; n];
+    for w in 1..n {
+        let d = table[2 * w - 1].wrapping_sub(table[2 * w - 2]);
+        t2[w] = t2[w - 1].wrapping_add(d);
+    }
+    let t1 = (0..n).map(|w| table[2 * w].wrapping_sub(t2[w])).collect();
+    Ok((t1, t2))
+}
+
+/// What [`Evaluator::lut6`] returns for the 6-bit value `v` (`table[v]` except for
+/// `v = 63`, where it is `T1[31] + T2[0]` of [`lut6_split`]); 0 for a table of the wrong
+/// length or `v >= 64`.
+pub fn lut6_value(table: &[i64], v: usize) -> i64 {
+    let Ok((t1, t2)) = lut6_split(table) else {
+        return 0;
+    };
+    let n = t1.len();
+    let (w, b) = (v >> 1, v & 1);
+    match (t1.get(w), t2.get((w + b) % n)) {
+        (Some(a), Some(c)) => a.wrapping_add(*c),
+        _ => 0,
     }
 }

@@ -3,9 +3,10 @@
 //! ([`ExactParams::digest`]); every payload starts with [`TAG`] so a CKKS object of the same
 //! kind is refused. The objects implement the shared [`HeObject`] trait (so
 //! [`save`](crate::io::object::save) / [`load`](crate::io::object::load) work for them as
-//! for CKKS objects): [`ClientKey`], [`CompressedServerKey`], [`ExactCiphertexts`] and
-//! [`SeededQuery`]. The `*_to_payload` / `*_from_payload` functions are the same codecs on
-//! bare payloads.
+//! for CKKS objects): [`ExactParams`] (the key directory's `exact.params`; also readable
+//! without knowing the parameters in advance, [`params_from_bytes`]), [`ClientKey`],
+//! [`CompressedServerKey`], [`ExactCiphertexts`] and [`SeededQuery`]. The `*_to_payload` /
+//! `*_from_payload` functions are the same codecs on bare payloads.
 //!
 //! | kind | payload after the tag |
 //! |---|---|
@@ -17,7 +18,9 @@
 
 use bincode1::Options;
 
-use crate::io::format::{FileKind, PayloadReader, PayloadWriter, DEFAULT_MAX_PAYLOAD};
+use crate::io::format::{
+    read_envelope_bytes, FileKind, PayloadReader, PayloadWriter, DEFAULT_MAX_PAYLOAD,
+};
 use crate::io::object::{HeObject, ParamsDigest};
 use crate::{Error, Result};
 
@@ -53,6 +56,12 @@ pub fn params_to_payload(p: &ExactParams) -> Result<Vec<u8>> {
     Ok(w.into_bytes())
 }
 
+/// Largest JSON literal in a parameters payload.
+const MAX_PARAMS_JSON: usize = 1 << 16;
+
+/// Largest parameters payload: tag, length and the JSON literal.
+const MAX_PARAMS_PAYLOAD: u64 = 8 + MAX_PARAMS_JSON as u64;
+
 /// Parses and checks a parameters payload.
 ///
 /// # Errors
@@ -60,12 +69,32 @@ pub fn params_to_payload(p: &ExactParams) -> Result<Vec<u8>> {
 /// that is not a vetted set.
 pub fn params_from_payload(bytes: &[u8]) -> Result<ExactParams> {
     let mut r = PayloadReader::new(bytes, "exact parameters");
-    tag(&mut r, FileKind::Parameters)?;
-    let json = r.len_prefixed_bytes(1 << 16)?;
+    let p = read_params(&mut r)?;
     r.finish()?;
+    Ok(p)
+}
+
+fn read_params(r: &mut PayloadReader<'_>) -> Result<ExactParams> {
+    tag(r, FileKind::Parameters)?;
+    let json = r.len_prefixed_bytes(MAX_PARAMS_JSON)?;
     let lit: ExactParamsLiteral = serde_json::from_slice(json)
         .map_err(|e| Error::format("exact parameters", e.to_string()))?;
     ExactParams::from_literal(lit)
+}
+
+/// Reads an `exact.params` envelope without knowing the parameters in advance (what
+/// [`load`](crate::io::object::load) needs): parses the literal, checks it is a vetted set,
+/// then checks the envelope's digest against it. Cost: one JSON parse and one hash.
+///
+/// # Errors
+/// [`Error::Format`] for a malformed file or one of another kind,
+/// [`Error::InvalidParameters`] for a literal that is not vetted,
+/// [`Error::ParameterMismatch`] if the envelope's digest is not the literal's.
+pub fn params_from_bytes(bytes: &[u8]) -> Result<ExactParams> {
+    let env = read_envelope_bytes(bytes, FileKind::Parameters, MAX_PARAMS_PAYLOAD)?;
+    let p = params_from_payload(&env.payload)?;
+    env.check_params(&p.digest(), "exact parameters")?;
+    Ok(p)
 }
 
 /// Secret-key payload. Secret: write it with owner-only permissions.
@@ -88,8 +117,8 @@ fn write_client_key(w: &mut PayloadWriter, k: &ClientKey) {
 pub fn client_key_from_payload(params: &ExactParams, bytes: &[u8]) -> Result<ClientKey> {
     let mut r = PayloadReader::new(bytes, "exact secret key");
     tag(&mut r, FileKind::SecretKey)?;
-    let small = r.u64_vec(params.lwe_dimension(), params.lwe_dimension())?;
-    let glwe = r.u64_vec(params.big_lwe_dimension(), params.big_lwe_dimension())?;
+    let small = r.u64_vec(params.lwe_dimension().0, params.lwe_dimension().0)?;
+    let glwe = r.u64_vec(params.big_lwe_dimension().0, params.big_lwe_dimension().0)?;
     r.finish()?;
     ClientKey::from_raw(params, small, glwe)
 }
@@ -177,7 +206,7 @@ fn write_ciphertexts(w: &mut PayloadWriter, p: u32, cts: &[ExactCiphertext]) {
 
 /// Decodes the bincode body of a seeded list under a size limit, and checks its length.
 fn read_seeded_body(params: &ExactParams, body: &[u8]) -> Result<SeededCiphertexts> {
-    let limit = (MAX_CIPHERTEXTS * (params.big_lwe_dimension() + 64)) as u64 * 8;
+    let limit = (MAX_CIPHERTEXTS * (params.big_lwe_dimension().0 + 64)) as u64 * 8;
     let s: SeededCiphertexts = bincode1::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()
@@ -214,7 +243,7 @@ pub fn ciphertexts_from_payload(
     tag(&mut r, FileKind::Ciphertext)?;
     let p = r.u32()?;
     let count = r.count("ciphertext count", MAX_CIPHERTEXTS)?;
-    let size = params.big_lwe_dimension() + 1;
+    let size = params.big_lwe_dimension().to_lwe_size().0;
     let mut out = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         out.push(ExactCiphertext::from_words(params, r.u64_vec(size, size)?)?);
@@ -238,6 +267,31 @@ impl ParamsDigest for ExactParams {
             expected: self.short_digest(),
             found: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
         })
+    }
+}
+
+/// `exact.params` of a key directory: the parameter set itself (tag, `u32` length, JSON of
+/// its literal), under its own digest. Reading with [`load`](crate::io::object::load)
+/// checks that the file holds exactly the expected set; [`params_from_bytes`] reads one
+/// without knowing it.
+impl HeObject for ExactParams {
+    type Params = ExactParams;
+    const KIND: FileKind = FileKind::Parameters;
+    const WHAT: &'static str = "exact parameters";
+    fn digest(&self) -> Option<[u8; 32]> {
+        Some(ExactParams::digest(self))
+    }
+    fn write_payload(&self, _params: &ExactParams, w: &mut PayloadWriter) -> Result<()> {
+        w.bytes(&params_to_payload(self)?);
+        Ok(())
+    }
+    fn read_payload(params: &ExactParams, r: &mut PayloadReader<'_>) -> Result<Self> {
+        let p = read_params(r)?;
+        params.check_digest(Self::WHAT, &ExactParams::digest(&p))?;
+        Ok(p)
+    }
+    fn max_payload(_params: &ExactParams) -> u64 {
+        MAX_PARAMS_PAYLOAD
     }
 }
 

@@ -31,11 +31,11 @@ pub(crate) fn seeder_from(
 }
 
 pub(crate) fn glwe_noise(p: &ExactParams) -> DynamicDistribution<u64> {
-    DynamicDistribution::new_t_uniform(p.literal().glwe_noise_log2)
+    DynamicDistribution::new_t_uniform(p.glwe_noise_log2())
 }
 
 pub(crate) fn lwe_noise(p: &ExactParams) -> DynamicDistribution<u64> {
-    DynamicDistribution::new_t_uniform(p.literal().lwe_noise_log2)
+    DynamicDistribution::new_t_uniform(p.lwe_noise_log2())
 }
 
 /// The client's secret keys. Zeroized on drop; `Debug` never prints key material.
@@ -138,44 +138,46 @@ pub fn generate_key_set(
     set: KeySet,
     rng: &mut (impl Rng + CryptoRng),
 ) -> Result<(ClientKey, CompressedServerKey)> {
-    let l = params.literal();
     let mut secret_gen =
         SecretRandomGenerator::<DefaultRandomGenerator>::new(Seed(rng.random::<u128>()));
     let mut seeder = seeder_from(rng);
-    let small = LweSecretKey::generate_new_binary(LweDimension(l.lwe_dimension), &mut secret_gen);
+    let small = LweSecretKey::generate_new_binary(params.lwe_dimension(), &mut secret_gen);
     let glwe = GlweSecretKey::generate_new_binary(
-        GlweDimension(l.glwe_dimension),
-        PolynomialSize(l.polynomial_size),
+        params.glwe_dimension(),
+        params.polynomial_size(),
         &mut secret_gen,
     );
+    let (ks_base_log, ks_level) = params.ks_decomposition();
     let modulus = CiphertextModulus::new_native();
     let ksk = allocate_and_generate_new_seeded_lwe_keyswitch_key(
         &glwe.as_lwe_secret_key(),
         &small,
-        DecompositionBaseLog(l.ks_base_log),
-        DecompositionLevelCount(l.ks_level),
+        ks_base_log,
+        ks_level,
         lwe_noise(params),
         modulus,
         &mut seeder,
     );
     let bootstrapping = set != KeySet::NoBootstrapping;
+    let (pbs_base_log, pbs_level) = params.pbs_decomposition(false);
     let bsk = bootstrapping.then(|| {
         par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
             &small,
             &glwe,
-            DecompositionBaseLog(l.pbs_base_log),
-            DecompositionLevelCount(l.pbs_level),
+            pbs_base_log,
+            pbs_level,
             glwe_noise(params),
             modulus,
             &mut seeder,
         )
     });
+    let (fine_base_log, fine_level) = params.pbs_decomposition(true);
     let bsk_fine = bootstrapping.then(|| {
         par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
             &small,
             &glwe,
-            DecompositionBaseLog(l.fine_base_log),
-            DecompositionLevelCount(l.fine_level),
+            fine_base_log,
+            fine_level,
             glwe_noise(params),
             modulus,
             &mut seeder,
@@ -213,7 +215,7 @@ impl ClientKey {
     /// # Errors
     /// [`Error::Format`] if a length or a coefficient (not 0/1) is wrong.
     pub fn from_raw(params: &ExactParams, small: Vec<u64>, glwe: Vec<u64>) -> Result<Self> {
-        if small.len() != params.lwe_dimension() || glwe.len() != params.big_lwe_dimension() {
+        if small.len() != params.lwe_dimension().0 || glwe.len() != params.big_lwe_dimension().0 {
             return Err(Error::format(
                 "exact secret key",
                 "wrong key length for these parameters",
@@ -228,7 +230,7 @@ impl ClientKey {
         Ok(Self {
             params: params.clone(),
             small: LweSecretKey::from_container(small),
-            glwe: GlweSecretKey::from_container(glwe, PolynomialSize(params.polynomial_size())),
+            glwe: GlweSecretKey::from_container(glwe, params.polynomial_size()),
         })
     }
 
@@ -244,60 +246,63 @@ impl CompressedServerKey {
     /// # Errors
     /// [`Error::ParameterMismatch`] naming the first differing dimension.
     pub fn check(&self, params: &ExactParams) -> Result<()> {
-        let l = params.literal();
+        // (what, found, expected): each pair compared as the same tfhe-rs newtype, then
+        // listed as integers for the message.
+        let (ks_base_log, ks_level) = params.ks_decomposition();
         let checks: [(String, usize, usize); 4] = [
             (
                 "keyswitch input dimension".to_string(),
                 self.ksk.input_key_lwe_dimension().0,
-                params.big_lwe_dimension(),
+                params.big_lwe_dimension().0,
             ),
             (
                 "keyswitch output dimension".to_string(),
                 self.ksk.output_key_lwe_dimension().0,
-                l.lwe_dimension,
+                params.lwe_dimension().0,
             ),
             (
                 "keyswitch base log".to_string(),
                 self.ksk.decomposition_base_log().0,
-                l.ks_base_log,
+                ks_base_log.0,
             ),
             (
                 "keyswitch levels".to_string(),
                 self.ksk.decomposition_level_count().0,
-                l.ks_level,
+                ks_level.0,
             ),
         ];
         let mut checks = checks.to_vec();
-        for (name, bsk, base_log, level) in [
-            ("bsk", &self.bsk, l.pbs_base_log, l.pbs_level),
-            ("fine bsk", &self.bsk_fine, l.fine_base_log, l.fine_level),
+        for (name, bsk, fine) in [
+            ("bsk", &self.bsk, false),
+            ("fine bsk", &self.bsk_fine, true),
         ] {
+            let (base_log, level) = params.pbs_decomposition(fine);
             if let Some(bsk) = bsk {
                 checks.extend([
                     (
                         format!("{name} input dimension"),
                         bsk.input_lwe_dimension().0,
-                        l.lwe_dimension,
+                        params.lwe_dimension().0,
                     ),
                     (
                         format!("{name} polynomial size"),
                         bsk.polynomial_size().0,
-                        l.polynomial_size,
+                        params.polynomial_size().0,
                     ),
                     (
                         format!("{name} glwe size"),
                         bsk.glwe_size().0,
-                        l.glwe_dimension + 1,
+                        params.glwe_dimension().to_glwe_size().0,
                     ),
                     (
                         format!("{name} base log"),
                         bsk.decomposition_base_log().0,
-                        base_log,
+                        base_log.0,
                     ),
                     (
                         format!("{name} levels"),
                         bsk.decomposition_level_count().0,
-                        level,
+                        level.0,
                     ),
                 ]);
             }
@@ -312,7 +317,7 @@ impl CompressedServerKey {
             checks.push((
                 "public key dimension".to_string(),
                 cpk.lwe_dimension().0,
-                params.big_lwe_dimension(),
+                params.big_lwe_dimension().0,
             ));
         }
         for (what, found, expected) in checks {

@@ -17,9 +17,14 @@ pub mod noise;
 pub mod params;
 pub mod sanitize;
 
-pub use eval::{encode, to_signed, Evaluator, ExactCiphertext, Lut, SeededCiphertexts};
+pub use eval::{
+    encode, lut6_split, lut6_value, to_signed, Evaluator, ExactCiphertext, Lut, SeededCiphertexts,
+};
 pub use keys::{
     generate_key_set, generate_keys, ClientKey, CompressedServerKey, KeySet, ServerKey,
 };
-pub use params::{ExactParams, ExactParamsLiteral, DEFAULT_VETTED, READ_BITS};
+pub use params::{
+    DecompositionBaseLog, DecompositionLevelCount, ExactParams, ExactParamsLiteral, GlweDimension,
+    LweDimension, PolynomialSize, DEFAULT_VETTED, READ_BITS,
+};
 pub use sanitize::{sanitize_pbs, ExactPublicKey};

@@ -11,9 +11,6 @@
 use tfhe::core_crypto::commons::noise_formulas::centered_mean_shifted_modulus_switch::centered_binary_shifted_modulus_switch_additive_variance;
 use tfhe::core_crypto::commons::noise_formulas::lwe_keyswitch::keyswitch_additive_variance_132_bits_security_tuniform;
 use tfhe::core_crypto::commons::noise_formulas::lwe_programmable_bootstrap::pbs_variance_132_bits_security_tuniform_fft_mul;
-use tfhe::core_crypto::prelude::{
-    DecompositionBaseLog, DecompositionLevelCount, GlweDimension, LweDimension, PolynomialSize,
-};
 
 use super::params::{ExactParams, READ_BITS};
 
@@ -27,18 +24,18 @@ pub const MAX_LOG2_P_FAIL: f64 = -128.0;
 
 /// Variance of a fresh client encryption (TUniform with bound 2^b: `(2^(2b+1) + 1) / 6`).
 pub fn fresh_variance(p: &ExactParams) -> f64 {
-    let b = p.literal().glwe_noise_log2 as i32;
+    let b = p.glwe_noise_log2() as i32;
     (2f64.powi(2 * b + 1) + 1.0) / 6.0
 }
 
 /// Variance added by keyswitching from the big key (k·N) to the small key (n).
 pub fn keyswitch_variance(p: &ExactParams) -> f64 {
-    let l = p.literal();
+    let (base_log, level) = p.ks_decomposition();
     keyswitch_additive_variance_132_bits_security_tuniform(
-        LweDimension(p.big_lwe_dimension()),
-        LweDimension(l.lwe_dimension),
-        DecompositionBaseLog(l.ks_base_log),
-        DecompositionLevelCount(l.ks_level),
+        p.big_lwe_dimension(),
+        p.lwe_dimension(),
+        base_log,
+        level,
         Q,
         Q,
     )
@@ -47,29 +44,23 @@ pub fn keyswitch_variance(p: &ExactParams) -> f64 {
 
 /// Variance added by the centered modulus switch from 2^64 to 2N.
 pub fn modulus_switch_variance(p: &ExactParams) -> f64 {
-    let l = p.literal();
     centered_binary_shifted_modulus_switch_additive_variance(
-        LweDimension(l.lwe_dimension),
+        p.lwe_dimension(),
         Q,
-        2.0 * l.polynomial_size as f64,
+        2.0 * p.polynomial_size().0 as f64,
     )
     .0 * Q2
 }
 
 /// Output variance of one bootstrapping (FFT with 53-bit mantissa), coarse or fine key.
 pub fn pbs_variance(p: &ExactParams, fine: bool) -> f64 {
-    let l = p.literal();
-    let (b, lv) = if fine {
-        (l.fine_base_log, l.fine_level)
-    } else {
-        (l.pbs_base_log, l.pbs_level)
-    };
+    let (base_log, level) = p.pbs_decomposition(fine);
     pbs_variance_132_bits_security_tuniform_fft_mul(
-        LweDimension(l.lwe_dimension),
-        GlweDimension(l.glwe_dimension),
-        PolynomialSize(l.polynomial_size),
-        DecompositionBaseLog(b),
-        DecompositionLevelCount(lv),
+        p.lwe_dimension(),
+        p.glwe_dimension(),
+        p.polynomial_size(),
+        base_log,
+        level,
         53.0,
         Q,
     )

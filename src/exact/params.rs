@@ -7,10 +7,19 @@
 //! noise bounds are *exactly* those of a named tfhe-rs set. The two bootstrapping
 //! decompositions (`pbs_*` and `fine_*`) change noise and cost, never security; the failure
 //! probability they lead to is computed by [`noise`](super::noise) and checked by every plan.
+//!
+//! The literal keeps plain integers (it is the file format); the checked [`ExactParams`]
+//! hands out tfhe-rs's own newtypes ([`LweDimension`], [`GlweDimension`], [`PolynomialSize`],
+//! [`DecompositionBaseLog`], [`DecompositionLevelCount`]), so a dimension cannot be passed
+//! where a level count is expected on the way into tfhe-rs.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tfhe::core_crypto::commons::math::random::DynamicDistribution;
+pub use tfhe::core_crypto::commons::parameters::{
+    DecompositionBaseLog, DecompositionLevelCount, GlweDimension, GlweSize, LweDimension, LweSize,
+    PolynomialSize,
+};
 use tfhe::shortint::parameters::ClassicPBSParameters;
 
 use crate::{Error, Result};
@@ -84,14 +93,22 @@ impl ExactParams {
     /// # Errors
     /// Never in practice; [`Error::InvalidParameters`] if tfhe-rs changed the set's noise kind.
     pub fn default_2m128() -> Result<Self> {
-        Self::vetted(DEFAULT_VETTED, 15, 2)
+        Self::vetted(
+            DEFAULT_VETTED,
+            DecompositionBaseLog(15),
+            DecompositionLevelCount(2),
+        )
     }
 
     /// The vetted set `name` with the fine decomposition `fine_base_log x fine_level`.
     ///
     /// # Errors
     /// [`Error::InvalidParameters`] for an unknown name or an invalid decomposition.
-    pub fn vetted(name: &str, fine_base_log: usize, fine_level: usize) -> Result<Self> {
+    pub fn vetted(
+        name: &str,
+        fine_base_log: DecompositionBaseLog,
+        fine_level: DecompositionLevelCount,
+    ) -> Result<Self> {
         let p = vetted_set(name).ok_or_else(|| {
             Error::params(format!(
                 "unknown vetted TFHE set {name:?} (known: {DEFAULT_VETTED})"
@@ -108,8 +125,8 @@ impl ExactParams {
             ks_level: p.ks_level.0,
             pbs_base_log: p.pbs_base_log.0,
             pbs_level: p.pbs_level.0,
-            fine_base_log,
-            fine_level,
+            fine_base_log: fine_base_log.0,
+            fine_level: fine_level.0,
         })
     }
 
@@ -180,29 +197,60 @@ impl ExactParams {
         self.vetted_log2_p_fail
     }
 
-    /// Small LWE dimension n.
-    pub fn lwe_dimension(&self) -> usize {
-        self.lit.lwe_dimension
+    /// Small LWE dimension n (keyswitch output, bootstrapping input).
+    pub fn lwe_dimension(&self) -> LweDimension {
+        LweDimension(self.lit.lwe_dimension)
     }
 
     /// Big LWE dimension k·N (client ciphertexts and PBS outputs).
-    pub fn big_lwe_dimension(&self) -> usize {
-        self.lit.glwe_dimension * self.lit.polynomial_size
+    pub fn big_lwe_dimension(&self) -> LweDimension {
+        self.glwe_dimension()
+            .to_equivalent_lwe_dimension(self.polynomial_size())
     }
 
     /// GLWE dimension k.
-    pub fn glwe_dimension(&self) -> usize {
-        self.lit.glwe_dimension
+    pub fn glwe_dimension(&self) -> GlweDimension {
+        GlweDimension(self.lit.glwe_dimension)
     }
 
     /// Polynomial size N.
-    pub fn polynomial_size(&self) -> usize {
-        self.lit.polynomial_size
+    pub fn polynomial_size(&self) -> PolynomialSize {
+        PolynomialSize(self.lit.polynomial_size)
+    }
+
+    /// log2 of the TUniform bound of the small-LWE noise (keyswitch keys).
+    pub fn lwe_noise_log2(&self) -> u32 {
+        self.lit.lwe_noise_log2
+    }
+
+    /// log2 of the TUniform bound of the GLWE noise (bootstrapping keys, client encryption).
+    pub fn glwe_noise_log2(&self) -> u32 {
+        self.lit.glwe_noise_log2
+    }
+
+    /// The keyswitch decomposition (the vetted one): base log and level count.
+    pub fn ks_decomposition(&self) -> (DecompositionBaseLog, DecompositionLevelCount) {
+        (
+            DecompositionBaseLog(self.lit.ks_base_log),
+            DecompositionLevelCount(self.lit.ks_level),
+        )
+    }
+
+    /// A bootstrapping decomposition: the fine one (`fine`, for outputs that feed a dot
+    /// product) or the coarse vetted one.
+    pub fn pbs_decomposition(&self, fine: bool) -> (DecompositionBaseLog, DecompositionLevelCount) {
+        let l = &self.lit;
+        let (b, lv) = if fine {
+            (l.fine_base_log, l.fine_level)
+        } else {
+            (l.pbs_base_log, l.pbs_level)
+        };
+        (DecompositionBaseLog(b), DecompositionLevelCount(lv))
     }
 
     /// Bytes of one ciphertext (k·N + 1 words of 8 bytes).
     pub fn ciphertext_bytes(&self) -> usize {
-        (self.big_lwe_dimension() + 1) * 8
+        self.big_lwe_dimension().to_lwe_size().0 * 8
     }
 
     /// SHA-256 of the canonical description; written in every exact file's envelope.

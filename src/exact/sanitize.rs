@@ -143,16 +143,16 @@ impl Evaluator<'_> {
         rng: &mut (impl Rng + CryptoRng),
     ) -> Result<ExactCiphertext> {
         self.check_pk(pk)?;
-        let zero = self.encrypt_zero(pk, self.params().literal().glwe_noise_log2, rng);
+        let zero = self.encrypt_zero(pk, self.params().glwe_noise_log2(), rng);
         self.add(c, &zero)
     }
 
     fn check_pk(&self, pk: &ExactPublicKey) -> Result<()> {
         let want = self.params().big_lwe_dimension();
-        if pk.cpk.lwe_dimension().0 != want {
+        if pk.cpk.lwe_dimension() != want {
             return Err(Error::dims(
                 "exact public key dimension",
-                want,
+                want.0,
                 pk.cpk.lwe_dimension().0,
             ));
         }

@@ -1,6 +1,8 @@
 //! The versioned on-disk envelope shared by every hepeft file (re-exported by
-//! [`super::format`], with the payload codec and the atomic file writers). About 130 of
-//! this file's lines are its unit tests (they exercise the whole format module).
+//! [`super::format`], with the payload codec and the atomic file writers).
+//!
+//! Size: one format (header, checksum, readers and their refusals); about 130 of this
+//! file's lines are its unit tests, which exercise the whole format module.
 //!
 //! Every object hepeft writes (parameters, keys, ciphertexts, plaintexts, logits, compiled
 //! plans) is one *envelope*: a fixed 56-byte header, an opaque payload, and an 8-byte
@@ -11,7 +13,7 @@
 //! | 0 | 8 | [`MAGIC`] |
 //! | 8 | 2 | format version, u16 LE ([`FORMAT_VERSION`]) |
 //! | 10 | 2 | [`FileKind`], u16 LE |
-//! | 12 | 4 | flags, u32 LE (version 1 defines none: must be 0) |
+//! | 12 | 4 | flags, u32 LE (version 1 defines bit 0, [`FLAG_BOUND`]; others are refused) |
 //! | 16 | 32 | parameter digest |
 //! | 48 | 8 | payload length in bytes, u64 LE |
 //! | 56 | len | payload |

@@ -78,7 +78,19 @@ pub struct PlanOptions {
     /// `max_copies = pre_rotate` in latency mode. The server's baby-step rotations go away
     /// and the query grows up to `pre_rotate`-fold. Batch mode ignores it.
     pub pre_rotate: usize,
+    /// Batch mode: input features packed per query ciphertext (a power of two, at most
+    /// [`MAX_BATCH_PACK`]; 1, the default, is one ciphertext per feature). With `g > 1` the
+    /// slots split into `g` blocks of `N/(2g)` samples; feature `c g + b` of a sample sits in
+    /// block `b` of ciphertext `c`, so a query carries `ceil(d / g)` ciphertexts per input of
+    /// width `d` instead of `d`, and takes at most `N/(2g)` samples. The server unpacks each
+    /// ciphertext with `g - 1` hoisted rotations by multiples of `N/(2g)` (no level) before
+    /// the first stage. Latency mode ignores it.
+    pub batch_pack: usize,
 }
+
+/// Most input features one batch-mode query ciphertext carries ([`PlanOptions::batch_pack`]):
+/// each needs one rotation key and one hoisted rotation per ciphertext to unpack.
+pub const MAX_BATCH_PACK: usize = 16;
 
 impl Default for PlanOptions {
     fn default() -> Self {
@@ -86,6 +98,7 @@ impl Default for PlanOptions {
             mode: Mode::Latency,
             fold_normalization: true,
             pre_rotate: 1,
+            batch_pack: 1,
         }
     }
 }
@@ -220,6 +233,21 @@ pub struct Plan {
     /// Per adapter input: copies `rot(x, a)`, `a < copies`, the query carries per segment
     /// (1: the replicated layout).
     pub(crate) input_copies: Vec<usize>,
+}
+
+/// Checks [`PlanOptions::batch_pack`]: a power of two, at most [`MAX_BATCH_PACK`] and at
+/// most half the slots (a block keeps at least two samples).
+fn check_batch_pack(pack: usize, slots: usize) -> Result<()> {
+    if pack == 0 || !pack.is_power_of_two() || pack > MAX_BATCH_PACK || pack > slots / 2 {
+        return Err(Error::InvalidValue {
+            context: "batch packing (features per query ciphertext)".into(),
+            reason: format!(
+                "batch_pack = {pack} must be a power of two from 1 to {} (1: one ciphertext per feature)",
+                MAX_BATCH_PACK.min((slots / 2).max(1))
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Limb NTTs of one key switch at `level` (ModUp of the digits, ModDown of both parts).
@@ -416,6 +444,11 @@ impl Plan {
             }
         }
         let slots = params.slots();
+        if options.mode == Mode::Batch {
+            check_batch_pack(options.batch_pack, slots)?;
+        } else {
+            options.batch_pack = 1;
+        }
         let top = params.max_level();
         let n_inputs = adapter.inputs().len();
         let mut stages: Vec<Stage> = Vec::new();
@@ -593,6 +626,29 @@ impl Plan {
         let mut report = Vec::new();
         let mut rotations = BTreeSet::new();
         let mut needs_relin = false;
+        if !latency && self.options.batch_pack > 1 {
+            let (g, stride) = (self.options.batch_pack, self.batch_stride());
+            let top = self.params.max_level();
+            for (k, &d) in self.input_dims.iter().enumerate() {
+                let rot: usize = (0..d.div_ceil(g)).map(|c| (d - c * g).min(g) - 1).sum();
+                rotations.extend((1..g.min(d)).map(|b| (b * stride) as i64));
+                // per ciphertext one hoisting ModUp, per rotation the ModDown of both parts
+                let hoists = (0..d.div_ceil(g)).filter(|&c| d - c * g > 1).count();
+                report.push(StageReport {
+                    name: format!("{}.unpack", self.stages[k].name),
+                    kind: "unpack".into(),
+                    out_dim: d,
+                    level_in: top,
+                    level_out: top,
+                    rotations: rot,
+                    relinearizations: 0,
+                    plain_products: 0,
+                    key_switches: rot,
+                    ntts: hoists * mod_up_ntts(&self.params, top.get())
+                        + rot * 2 * mod_down_ntts(&self.params, top.get()),
+                });
+            }
+        }
         for idx in 0..self.stages.len() {
             let (ins, op, out_dim) = {
                 let s = &self.stages[idx];
@@ -820,6 +876,26 @@ impl Plan {
             .map(|r| r.rotations + r.relinearizations)
             .sum()
     }
+    /// Input features per batch-mode query ciphertext ([`PlanOptions::batch_pack`]; 1 in
+    /// latency mode).
+    pub fn batch_pack(&self) -> usize {
+        match self.options.mode {
+            Mode::Latency => 1,
+            Mode::Batch => self.options.batch_pack.max(1),
+        }
+    }
+    /// Slots between the blocks of a packed batch query: the most samples one batch query
+    /// takes (`N/2` unpacked; `N/(2g)` with `g` features per ciphertext).
+    pub fn batch_stride(&self) -> usize {
+        self.params.slots() / self.batch_pack()
+    }
+    /// Samples one query takes: 1 in latency mode, [`Plan::batch_stride`] in batch mode.
+    pub fn samples_per_query(&self) -> usize {
+        match self.options.mode {
+            Mode::Latency => 1,
+            Mode::Batch => self.batch_stride(),
+        }
+    }
     /// Client-side input layout the plan was compiled with.
     pub fn input_layout(&self) -> InputLayout {
         self.input_layout
@@ -834,13 +910,18 @@ impl Plan {
         self.report.iter().map(|r| r.ntts).sum()
     }
     /// Number of ciphertexts a query carries (latency: segments of every input, times the
-    /// pre-rotated copies; batch: one per input feature).
+    /// pre-rotated copies; batch: one per input feature, or per [`Plan::batch_pack`]
+    /// features when packed).
     pub fn input_ciphertexts(&self) -> usize {
         match self.options.mode {
             Mode::Latency => (0..self.input_dims.len())
                 .map(|i| self.stages[i].segments.len() * self.input_copies(i))
                 .sum(),
-            Mode::Batch => self.input_dims.iter().sum(),
+            Mode::Batch => self
+                .input_dims
+                .iter()
+                .map(|d| d.div_ceil(self.batch_pack()))
+                .sum(),
         }
     }
     /// Number of ciphertexts a result carries.
@@ -867,6 +948,11 @@ impl Plan {
             for &c in &self.input_copies {
                 h.update((c as u64).to_le_bytes());
             }
+        }
+        if self.batch_pack() > 1 {
+            // unpacked batch plans keep the digest they always had
+            h.update(b"batch-pack");
+            h.update((self.batch_pack() as u64).to_le_bytes());
         }
         for s in &self.stages {
             h.update(s.name.as_bytes());
@@ -896,6 +982,12 @@ impl Plan {
             self.output_ciphertexts(),
             if self.input_copies.iter().any(|&c| c > 1) {
                 format!(" (client pre-rotated inputs: {:?} copies)", self.input_copies)
+            } else if self.batch_pack() > 1 {
+                format!(
+                    " (packed batch: {} features per query ciphertext, at most {} samples per query)",
+                    self.batch_pack(),
+                    self.batch_stride()
+                )
             } else {
                 String::new()
             }

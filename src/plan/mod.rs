@@ -12,7 +12,10 @@
 //!   giant-step and hoisted rotations (rectangular blocks use `min(m, n)` diagonals plus a
 //!   rotate-and-sum when the matrix is wide). Vectors wider than N/2 are split in segments.
 //! - [`Mode::Batch`]: up to N/2 samples; one ciphertext per feature, samples in slots.
-//!   Linear layers need no rotation at all (constant products only).
+//!   Linear layers need no rotation at all (constant products only). With
+//!   [`PlanOptions::batch_pack`] `= g > 1` the client packs `g` features per query
+//!   ciphertext (blocks of N/(2g) samples) and the server unpacks them with `g - 1`
+//!   rotations each before the first stage: a `g`-fold smaller query.
 
 mod bounds;
 mod compile;
@@ -29,7 +32,7 @@ mod run_exact;
 pub mod sanitize;
 pub mod token;
 
-pub use compile::{InputLayout, Mode, Plan, PlanOptions, StageReport};
+pub use compile::{InputLayout, Mode, Plan, PlanOptions, StageReport, MAX_BATCH_PACK};
 #[cfg(feature = "exact")]
 pub use exact::{
     argmax_one_hot, argmax_pbs, argmax_reductions, quantize, QuantPublic, QuantizeOptions,

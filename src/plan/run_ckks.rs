@@ -4,6 +4,8 @@
 //!
 //! Size: one concern (preparing and executing a plan on ciphertexts), latency and batch layouts side by side because they share the prepared weights.
 
+use std::borrow::Cow;
+
 use super::compile::{block_baby, row_sum_steps, Mode, Plan, Stage, StageOp};
 use super::layout::{self, Segment};
 use crate::ckks::eval::ExtendedCiphertext;
@@ -207,6 +209,16 @@ impl Plan {
         encoder: &Encoder,
         inputs: &[ArrayView2<f64>],
     ) -> Result<Vec<Plaintext>> {
+        let (top, delta) = (self.params.max_level(), self.params.default_scale());
+        self.query_slots(inputs)?
+            .iter()
+            .map(|v| encoder.encode(v, top, delta))
+            .collect()
+    }
+
+    /// The slot vectors of a query's ciphertexts, in order (see [`Plan::encode_query`]):
+    /// checked, not yet encoded. `N/2` values per ciphertext.
+    fn query_slots(&self, inputs: &[ArrayView2<f64>]) -> Result<Vec<Vec<f64>>> {
         let rows: Vec<usize> = inputs.iter().map(|a| a.nrows()).collect();
         let widths: Vec<usize> = inputs.iter().map(|a| a.ncols()).collect();
         self.check_inputs_shape(&rows, &widths)?;
@@ -218,8 +230,7 @@ impl Plan {
                 });
             }
         }
-        let params = &self.params;
-        let (top, delta, slots) = (params.max_level(), params.default_scale(), params.slots());
+        let slots = self.params.slots();
         let mut out = Vec::new();
         match self.options.mode {
             Mode::Latency => {
@@ -238,23 +249,36 @@ impl Plan {
                             // rot(x, c): slot i holds x[i + c]
                             let rotated: Vec<f64> =
                                 (0..slots).map(|i| packed[(i + c) % slots]).collect();
-                            out.push(encoder.encode(&rotated, top, delta)?);
+                            out.push(rotated);
                         }
                     }
                 }
             }
             Mode::Batch => {
                 let samples = rows.first().copied().unwrap_or(0);
-                if samples == 0 || samples > slots {
+                let (g, stride) = (self.batch_pack(), self.batch_stride());
+                if samples == 0 || samples > stride {
                     return Err(Error::dims(
-                        "samples per batch-mode query (at most N/2)",
-                        slots,
+                        if g > 1 {
+                            "samples per packed batch-mode query (at most N/(2 batch_pack))"
+                        } else {
+                            "samples per batch-mode query (at most N/2)"
+                        },
+                        stride,
                         samples,
                     ));
                 }
                 for a in inputs {
-                    for col in a.columns() {
-                        out.push(encoder.encode(&col.to_vec(), top, delta)?);
+                    // feature c g + b of sample s goes to slot b * stride + s of ciphertext c
+                    let d = a.ncols();
+                    for c in 0..d.div_ceil(g) {
+                        let mut v = vec![0.0; slots];
+                        for b in 0..g.min(d - c * g) {
+                            for (s, &x) in a.column(c * g + b).iter().enumerate() {
+                                v[b * stride + s] = x;
+                            }
+                        }
+                        out.push(v);
                     }
                 }
             }
@@ -271,9 +295,11 @@ impl Plan {
         rng: &mut G,
     ) -> Result<Vec<Ciphertext>> {
         let enc = Encryptor::new(&self.params, key)?;
-        self.encode_query(encoder, inputs)?
+        let (top, delta) = (self.params.max_level(), self.params.default_scale());
+        // one plaintext at a time: a batch query's plaintexts never all live at once
+        self.query_slots(inputs)?
             .iter()
-            .map(|pt| enc.encrypt(pt, rng))
+            .map(|v| enc.encrypt(&encoder.encode(v, top, delta)?, rng))
             .collect()
     }
 
@@ -317,8 +343,8 @@ impl Plan {
                 Array2::from_shape_vec((1, dim), row).map_err(|e| Error::model(e.to_string()))
             }
             Mode::Batch => {
-                if samples == 0 || samples > self.params.slots() {
-                    return Err(Error::dims("samples", self.params.slots(), samples));
+                if samples == 0 || samples > self.batch_stride() {
+                    return Err(Error::dims("samples", self.batch_stride(), samples));
                 }
                 let mut out = Array2::zeros((samples, dim));
                 for (j, pt) in pts.iter().enumerate() {
@@ -412,8 +438,15 @@ impl PreparedPlan {
                     cursor += segs * copies;
                 }
                 Mode::Batch => {
-                    let count = plan.input_dims[k];
-                    values[k] = Some(query[cursor..cursor + count].to_vec());
+                    let dim = plan.input_dims[k];
+                    let count = dim.div_ceil(plan.batch_pack());
+                    values[k] = Some(unpack_batch(
+                        ev,
+                        &query[cursor..cursor + count],
+                        dim,
+                        plan.batch_pack(),
+                        plan.batch_stride(),
+                    )?);
                     cursor += count;
                 }
             }
@@ -431,6 +464,20 @@ impl PreparedPlan {
                 .unwrap_or(0);
         }
         let max_depth = depth.iter().copied().max().unwrap_or(0);
+        // the wave after which no stage reads a value any more (the output is kept): freeing
+        // it then bounds the server's memory by the live values, not by every stage's
+        let mut last_read = vec![usize::MAX; total];
+        for (idx, last) in last_read
+            .iter_mut()
+            .enumerate()
+            .take(total.saturating_sub(1))
+        {
+            *last = (0..total)
+                .filter(|&j| plan.stages[j].inputs.contains(&idx))
+                .map(|j| depth[j])
+                .max()
+                .unwrap_or(usize::MAX);
+        }
         let mut done = plan.input_dims.len();
         for wave in 1..=max_depth {
             let members: Vec<usize> = (0..total).filter(|&i| depth[i] == wave).collect();
@@ -471,6 +518,11 @@ impl PreparedPlan {
                 values[idx] = Some(out);
                 done += 1;
                 progress(done, total);
+            }
+            for (value, &last) in values.iter_mut().zip(&last_read) {
+                if last == wave {
+                    *value = None;
+                }
             }
         }
         values
@@ -692,9 +744,56 @@ fn poly(
     evaluate_chebyshev(ev, &t, cheb, delta)
 }
 
+/// Unpacks one input of a packed batch query: ciphertext `c` holds features `c g .. c g + g`
+/// in blocks of `stride` slots; feature `c g + b` becomes `rot(ct_c, b * stride)`, whose
+/// first block is that feature (the other blocks hold the group's other features, i.e. the
+/// adapter also runs on permutations of the client's own inputs, values the client could
+/// have queried itself). Returns one ciphertext per feature, as an unpacked batch query has.
+/// Cost per ciphertext: one hoisting ModUp and `g - 1` hoisted rotations; no level.
+fn unpack_batch(
+    ev: &Evaluator,
+    cts: &[Ciphertext],
+    dim: usize,
+    g: usize,
+    stride: usize,
+) -> Result<Vec<Ciphertext>> {
+    if g <= 1 {
+        return Ok(cts.to_vec());
+    }
+    let groups: Vec<Vec<Ciphertext>> = cts
+        .par_iter()
+        .enumerate()
+        .map(|(c, ct)| {
+            let width = dim.saturating_sub(c * g).min(g);
+            let steps: Vec<i64> = (1..width).map(|b| (b * stride) as i64).collect();
+            let mut group = Vec::with_capacity(width);
+            group.push(ct.clone());
+            if !steps.is_empty() {
+                group.extend(ev.rotate_many(ct, &steps)?);
+            }
+            Ok(group)
+        })
+        .collect::<Result<_>>()?;
+    Ok(groups.into_iter().flatten().collect())
+}
+
 fn stage_batch(ev: &Evaluator, st: &Stage, inputs: &[&Vec<Ciphertext>]) -> Result<Vec<Ciphertext>> {
-    let flat: Vec<Ciphertext> = inputs.iter().flat_map(|v| v.iter().cloned()).collect();
-    let x = align(ev, &flat, st.in_level)?;
+    if let StageOp::Add = st.op {
+        return add_all(ev, inputs, st.in_level);
+    }
+    // the operands at the stage's level: borrowed where they already are (a batch query has
+    // one ciphertext per feature, so copying them all would double the server's memory)
+    let x: Vec<Cow<'_, Ciphertext>> = inputs
+        .iter()
+        .flat_map(|v| v.iter())
+        .map(|c| {
+            Ok(if c.level() > st.in_level {
+                Cow::Owned(ev.drop_to_level(c, st.in_level)?)
+            } else {
+                Cow::Borrowed(c)
+            })
+        })
+        .collect::<Result<_>>()?;
     let q = ev.params().q()[st.in_level.get()] as f64;
     match &st.op {
         StageOp::Dense { weight, bias } => (0..weight.nrows())
@@ -754,7 +853,7 @@ fn stage_batch(ev: &Evaluator, st: &Stage, inputs: &[&Vec<Ciphertext>]) -> Resul
             .map(|xj| square(ev, xj, *sign, *offset, *shift))
             .collect(),
         StageOp::Add => add_all(ev, inputs, st.in_level),
-        StageOp::Concat => Ok(x),
+        StageOp::Concat => Ok(x.into_iter().map(Cow::into_owned).collect()),
         StageOp::Input => Err(Error::model("input stage evaluated")),
     }
 }

@@ -151,14 +151,32 @@ impl QuantizedPlan {
                     let Some(act) = &layer.activation else {
                         return Ok(acc);
                     };
+                    let table = act.tables.get(j).ok_or_else(|| {
+                        Error::dims("exact activation tables", layer.out_dim, act.tables.len())
+                    })?;
                     let mut pc = p;
+                    if act.bits == 6 {
+                        // the last stage also returns the top bit of its nibble: the 6th bit
+                        let mut bit = None;
+                        for s in 0..act.stages {
+                            if s + 1 == act.stages {
+                                let (a, b) = ev.drop_low_nibble_keep_top(&acc, pc)?;
+                                acc = a;
+                                bit = Some(b);
+                            } else {
+                                acc = ev.drop_low_nibble(&acc, pc)?;
+                            }
+                            pc -= 4;
+                        }
+                        let bit = bit.ok_or_else(|| {
+                            Error::params("exact backend: 6-bit tables need at least one stage")
+                        })?;
+                        return ev.lut6(&acc, &bit, table, next_p);
+                    }
                     for _ in 0..act.stages {
                         acc = ev.drop_low_nibble(&acc, pc)?;
                         pc -= 4;
                     }
-                    let table = act.tables.get(j).ok_or_else(|| {
-                        Error::dims("exact activation tables", layer.out_dim, act.tables.len())
-                    })?;
                     if act.bits == 5 {
                         return ev.lut5(&acc, table, next_p);
                     }

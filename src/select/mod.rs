@@ -144,6 +144,11 @@ pub struct SelectionReport {
     pub digest: String,
     /// Candidates tried and why they were refused.
     pub refused: Vec<String>,
+    /// Batch mode with a declared sample count well below the slots: the
+    /// [`PlanOptions::batch_pack`] (`keygen --batch-pack G`) that packs the most features
+    /// per query ciphertext while one query still takes every declared sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_pack_hint: Option<usize>,
 }
 
 /// A chosen parameter set and its report.
@@ -264,6 +269,7 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
                     report.flooded_precision_bits = Some(plan.flooded_precision_bits(f));
                     report.flooding_bits = Some(f.statistical_security);
                 }
+                report.batch_pack_hint = batch_pack_hint(&plan, req.batch);
                 if let Some(p) = &req.profile {
                     report.error_offset_bits = Some(p.offset_bits);
                     report.logit_floor_log2 = Some(p.logit_floor_log2);
@@ -377,6 +383,22 @@ fn candidate(
     }))
 }
 
+/// The largest `g <= MAX_BATCH_PACK` with `samples <= N/(2g)`, when above 1 and `plan` is an
+/// unpacked batch plan: a `g`-fold smaller query for `g - 1` rotations per query ciphertext.
+fn batch_pack_hint(plan: &Plan, samples: Option<usize>) -> Option<usize> {
+    let samples = samples?.max(1);
+    if plan.options().mode != crate::plan::Mode::Batch || plan.batch_pack() > 1 {
+        return None;
+    }
+    let fit = plan.params().slots() / samples;
+    let g = if fit == 0 {
+        1
+    } else {
+        (1usize << fit.ilog2()).min(crate::plan::MAX_BATCH_PACK)
+    };
+    (g > 1).then_some(g)
+}
+
 /// The report of an existing parameter set for `plan`.
 pub fn report_for(
     params: &CkksParams,
@@ -428,6 +450,7 @@ pub fn report_for(
         result_ciphertexts: plan.output_ciphertexts(),
         digest: params.digest_short(),
         refused,
+        batch_pack_hint: None,
     }
 }
 
@@ -487,6 +510,16 @@ impl SelectionReport {
             s.push_str(&format!(
                 "calibrated: error offset {c:.1} bits (unit model 15), logits of at least 2^{l:.1}: \
                  predicted {r:.1} bits relative to the largest logit\n"
+            ));
+        }
+        if let Some(g) = self.batch_pack_hint {
+            s.push_str(&format!(
+                "queries of the declared samples fit N/(2*{g}) slots: `keygen --batch-pack {g}` packs {g} features per query ciphertext ({} ciphertext(s) of the {} above become about {}, {} more rotation key(s), {} hoisted rotation(s) per ciphertext)\n",
+                self.query_ciphertexts,
+                size(self.ciphertext_bytes),
+                self.query_ciphertexts.div_ceil(g),
+                g - 1,
+                g - 1
             ));
         }
         for r in &self.refused {

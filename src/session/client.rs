@@ -26,7 +26,7 @@ use crate::ckks::{
     EncryptionKey, EvaluationKeys, KeyGenerator, PublicKey, SecretKey,
 };
 use crate::io::binding::{Binding, KeySetId};
-use crate::plan::{Mode, Plan};
+use crate::plan::Plan;
 use crate::{Error, Result};
 
 use super::keydir::{KeyDir, EVAL_KEYS, PUBLIC_KEY, SECRET_KEY};
@@ -152,12 +152,10 @@ impl ClientKeys {
     }
 }
 
-/// Samples per query of `plan`: 1 in latency mode, N/2 (the slots) in batch mode.
+/// Samples per query of `plan`: 1 in latency mode, N/2 (the slots) in batch mode, N/(2g)
+/// with `g` features packed per ciphertext ([`Plan::samples_per_query`]).
 pub fn samples_per_query(plan: &Plan) -> usize {
-    match plan.options().mode {
-        Mode::Latency => 1,
-        Mode::Batch => plan.params().slots(),
-    }
+    plan.samples_per_query()
 }
 
 /// Encrypts `inputs` (one `samples x dim` matrix per adapter input, in the plan's input

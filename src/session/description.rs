@@ -38,6 +38,10 @@ pub struct ModelDescription {
     /// (1: the replicated layout; absent in descriptions from servers that predate it).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub pre_rotate: usize,
+    /// Plan option `batch_pack`: batch-mode input features per query ciphertext (1: one
+    /// ciphertext per feature; absent in descriptions from servers that predate it).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub batch_pack: usize,
     /// Widths of the adapter inputs, in order.
     pub input_dims: Vec<usize>,
     /// Width of the output (logits).
@@ -46,7 +50,7 @@ pub struct ModelDescription {
     pub input_ciphertexts: usize,
     /// Ciphertexts per result.
     pub output_ciphertexts: usize,
-    /// Samples per query: 1 in latency mode, N/2 in batch mode.
+    /// Samples per query: 1 in latency mode, N/2 in batch mode (N/(2g) packed).
     pub max_samples_per_query: usize,
     /// The parameter set as TOML (frozen primes).
     pub params_toml: String,
@@ -85,6 +89,7 @@ impl ModelDescription {
             mode: Mode::parse(&self.mode)?,
             fold_normalization: self.fold_normalization,
             pre_rotate: self.pre_rotate,
+            batch_pack: self.batch_pack,
         })
     }
 
@@ -110,6 +115,7 @@ impl ModelDescription {
             mode: plan.options().mode.name().into(),
             fold_normalization: plan.options().fold_normalization,
             pre_rotate: plan.options().pre_rotate,
+            batch_pack: plan.options().batch_pack,
             input_dims: plan.input_dims().to_vec(),
             output_dim: plan.output_dim(),
             input_ciphertexts: plan.input_ciphertexts(),

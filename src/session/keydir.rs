@@ -70,6 +70,13 @@ pub struct PlanInfo {
         skip_serializing_if = "super::description::is_one"
     )]
     pub pre_rotate: usize,
+    /// Batch mode: input features per query ciphertext (the plan option `batch_pack`;
+    /// absent, 1, for one ciphertext per feature).
+    #[serde(
+        default = "super::description::one",
+        skip_serializing_if = "super::description::is_one"
+    )]
+    pub batch_pack: usize,
 }
 
 impl PlanInfo {
@@ -88,6 +95,7 @@ impl PlanInfo {
             input_dims: plan.input_dims().to_vec(),
             output_dim: plan.output_dim(),
             pre_rotate: plan.options().pre_rotate,
+            batch_pack: plan.options().batch_pack,
         }
     }
 
@@ -140,6 +148,7 @@ impl PlanInfo {
         Ok(PlanOptions {
             mode: self.mode()?,
             pre_rotate: self.pre_rotate,
+            batch_pack: self.batch_pack,
             ..PlanOptions::default()
         })
     }

@@ -136,6 +136,7 @@ impl Ciphertexts {
             params_digest: digest_hex(&params.digest()),
             key_id: self.binding.key_set.hex(),
             pre_rotate: plan.options().pre_rotate,
+            batch_pack: plan.options().batch_pack,
         }
     }
 }
@@ -170,6 +171,13 @@ pub struct CtMeta {
         skip_serializing_if = "super::description::is_one"
     )]
     pub pre_rotate: usize,
+    /// Batch mode: input features per query ciphertext (the plan option `batch_pack`;
+    /// absent, 1, for one ciphertext per feature).
+    #[serde(
+        default = "super::description::one",
+        skip_serializing_if = "super::description::is_one"
+    )]
+    pub batch_pack: usize,
 }
 
 /// `<file>.json`: where the sidecar of a ciphertext file lives.
@@ -204,6 +212,7 @@ impl CtMeta {
         Ok(PlanOptions {
             mode: self.mode()?,
             pre_rotate: self.pre_rotate,
+            batch_pack: self.batch_pack,
             ..PlanOptions::default()
         })
     }

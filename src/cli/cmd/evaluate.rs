@@ -40,14 +40,7 @@ pub struct EvaluateReport {
 /// `hepeft evaluate`.
 pub fn run(args: &EvaluateArgs, ui: &Ui) -> Result<EvaluateReport> {
     let t_load = Instant::now();
-    let (params_file, params_warning) = args
-        .params
-        .as_ref()
-        .context("--params is required with --backend ckks")?
-        .load_file()?;
-    if let Some(w) = params_warning {
-        ui.note(&w);
-    }
+    let params_file = required_params_file(args.params.as_ref(), ui)?;
     let params = params_file.params.clone();
     session::check_params_secure(&params)?;
     check_eval_keys_file(args, &params)?;

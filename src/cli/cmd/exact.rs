@@ -2,7 +2,7 @@
 //! thin wrappers over `hepeft::exact` and `hepeft::plan::{quantize, QuantizedPlan}`.
 //!
 //! Files: `params select` writes the public quantization file (JSON, no weights); `keygen`
-//! writes `secret.key`, `eval.keys` and `exact.params` (hepeft envelopes carrying the exact
+//! writes `secret.key`, `eval.keys` and `exact.params` (`HeObject` envelopes carrying the exact
 //! parameter digest); queries and results are envelopes of LWE ciphertexts.
 
 use std::path::Path;
@@ -13,7 +13,6 @@ use ndarray::Array2;
 use serde::Serialize;
 
 use hepeft::exact::{generate_key_set, io as xio, ClientKey, ExactParams, KeySet};
-use hepeft::io::format::{write_file_atomic, FileKind};
 use hepeft::io::object::{load, save};
 use hepeft::model::load::load_features_npy;
 use hepeft::plan::{quantize, QuantPublic, QuantizeOptions};
@@ -137,16 +136,9 @@ pub fn keygen(a: &KeygenArgs, ui: &Ui) -> Result<()> {
     let t = Instant::now();
     let (ck, sk) = generate_key_set(&params, set, &mut rng)?;
     let keygen_seconds = t.elapsed().as_secs_f64();
-    let digest = params.digest();
     save(a.out.join(SECRET_KEY), &params, &ck)?;
     save(a.out.join(EVAL_KEYS), &params, &sk)?;
-    write_file_atomic(
-        a.out.join(EXACT_PARAMS),
-        FileKind::Parameters,
-        &digest,
-        &xio::params_to_payload(&params)?,
-        None,
-    )?;
+    save(a.out.join(EXACT_PARAMS), &params, &params)?;
     let r = ExactKeygenReport {
         dir: a.out.clone(),
         params_digest: params.short_digest(),

@@ -22,6 +22,8 @@ pub struct KeygenReport {
     pub mode: String,
     /// Most client pre-rotated copies per input segment (1: replicated layout).
     pub pre_rotate: usize,
+    /// Batch mode: input features per query ciphertext (1: one per feature).
+    pub batch_pack: usize,
     /// Ciphertexts per query.
     pub query_ciphertexts: usize,
     pub structure_digest: String,
@@ -37,14 +39,7 @@ pub struct KeygenReport {
 
 /// `hepeft keygen`.
 pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
-    let (file, warning) = args
-        .params
-        .as_ref()
-        .context("--params is required with --backend ckks")?
-        .load_file()?;
-    if let Some(w) = warning {
-        ui.note(&w);
-    }
+    let file = required_params_file(args.params.as_ref(), ui)?;
     let params = file.params.clone();
     let adapter = load_model(&args.model, None)?;
     // The layout the parameters were selected for, unless told otherwise (a different one
@@ -62,6 +57,7 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
     let options = hepeft::plan::PlanOptions {
         mode,
         pre_rotate: args.pre_rotate,
+        batch_pack: args.batch_pack,
         ..Default::default()
     };
     let plan = public_plan_with(&adapter, &params, options)?;
@@ -88,6 +84,7 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
         params_digest: params.digest_short(),
         mode: info.mode.clone(),
         pre_rotate: info.pre_rotate,
+        batch_pack: info.batch_pack,
         query_ciphertexts: plan.input_ciphertexts(),
         structure_digest: info.structure_digest[..16].to_string(),
         key_id: info.key_id.clone(),
@@ -107,6 +104,13 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
             format!(
                 ", client pre-rotated input: {} ciphertexts per query",
                 report.query_ciphertexts
+            )
+        } else if report.batch_pack > 1 {
+            format!(
+                ", {} features per query ciphertext: {} ciphertexts and at most {} samples per query",
+                report.batch_pack,
+                report.query_ciphertexts,
+                plan.samples_per_query()
             )
         } else {
             String::new()

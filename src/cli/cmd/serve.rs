@@ -56,6 +56,7 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     let mode = hepeft::select::record::resolve_mode(record, args.mode.map(Into::into), Some(&ctx))?;
     let options = hepeft::plan::PlanOptions {
         pre_rotate: args.pre_rotate,
+        batch_pack: args.batch_pack,
         ..plan_options(mode)
     };
     let plan = hepeft::plan::Plan::compile(&public_adapter, &params, options)

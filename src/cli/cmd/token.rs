@@ -150,14 +150,7 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
 /// `hepeft keygen` for a token card.
 pub fn keygen(args: &KeygenArgs, ui: &Ui) -> Result<()> {
     no_batch(args.mode)?;
-    let (file, warning) = args
-        .params
-        .as_ref()
-        .context("--params is required with --backend ckks")?
-        .load_file()?;
-    if let Some(w) = warning {
-        ui.note(&w);
-    }
+    let file = required_params_file(args.params.as_ref(), ui)?;
     if file.record.as_ref().map(|r| r.mode) == Some(Mode::Batch) {
         refuse_batch()?;
     }
@@ -200,6 +193,7 @@ fn meta(ct: &hepeft::session::Ciphertexts, model: &TokenModel) -> CtMeta {
         params_digest: digest_hex(&model.params.digest()),
         key_id: ct.binding.key_set.hex(),
         pre_rotate: 1,
+        batch_pack: 1,
     }
 }
 
@@ -331,14 +325,7 @@ pub fn evaluate(args: &EvaluateArgs, ui: &Ui) -> Result<()> {
     if args.weights.is_some() {
         bail!("--weights does not apply to token cards: a token card names its own weights file");
     }
-    let (file, warning) = args
-        .params
-        .as_ref()
-        .context("--params is required with --backend ckks")?
-        .load_file()?;
-    if let Some(w) = warning {
-        ui.note(&w);
-    }
+    let file = required_params_file(args.params.as_ref(), ui)?;
     let params = file.params.clone();
     session::check_params_secure(&params)?;
     super::evaluate::check_eval_keys_file(args, &params)?;
@@ -460,6 +447,7 @@ pub fn decrypt(args: &DecryptArgs, ui: &Ui) -> Result<()> {
 }
 
 /// `hepeft serve` with a token card: refused (not wired into the HTTP service yet).
+#[cfg(feature = "serve")]
 pub fn refuse_serve(model: &Path) -> Result<()> {
     bail!(
         "{} is a token card: `hepeft serve` does not serve token adapters yet (the HTTP service runs pooled plans \

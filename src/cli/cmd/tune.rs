@@ -33,6 +33,30 @@ fn progress(a: &TuneArgs, ui: &Ui) -> Result<ProgressBar> {
     Ok(bar)
 }
 
+/// The local run the flags describe (flooding at 40 bits for every encrypted pass unless
+/// `--no-flooding`).
+fn local_run(a: &TuneArgs) -> Result<LocalRun> {
+    Ok(LocalRun {
+        tune: TuneConfig {
+            directions: a.directions,
+            perturbation: a.perturbation,
+            learning_rate: a.learning_rate,
+            trainable: Trainable::parse(&a.trainable)?,
+        },
+        privacy: privacy(a),
+        steps: a.steps,
+        sanitize: if a.no_flooding {
+            SanitizeConfig::without_flooding()
+        } else {
+            SanitizeConfig {
+                flooding: Some(FloodingConfig::new(40, 2 * a.directions as u64 * a.steps)),
+            }
+        },
+        precision_bits: a.precision,
+        state_dir: a.state.clone(),
+    })
+}
+
 /// Runs the command.
 pub fn run(a: &TuneArgs, ui: &Ui) -> Result<()> {
     let x = load_features_npy(&a.features).context("loading the features")?;
@@ -57,25 +81,7 @@ pub fn run(a: &TuneArgs, ui: &Ui) -> Result<()> {
     if a.no_flooding {
         ui.note("WARNING: --no-flooding: results are not flooded; the decrypted error depends on the weights (docs/threat-model.md)\n");
     }
-    let run = LocalRun {
-        tune: TuneConfig {
-            directions: a.directions,
-            perturbation: a.perturbation,
-            learning_rate: a.learning_rate,
-            trainable: Trainable::parse(&a.trainable)?,
-        },
-        privacy: privacy(a),
-        steps: a.steps,
-        sanitize: if a.no_flooding {
-            SanitizeConfig::without_flooding()
-        } else {
-            SanitizeConfig {
-                flooding: Some(FloodingConfig::new(40, 2 * a.directions as u64 * a.steps)),
-            }
-        },
-        precision_bits: a.precision,
-        state_dir: a.state.clone(),
-    };
+    let run = local_run(a)?;
     let bar = progress(a, ui)?;
     let validation = (n_val > 0).then_some((val_x, val_y));
     let (mut party_rng, mut rng) = (hepeft::session::os_rng()?, hepeft::session::os_rng()?);

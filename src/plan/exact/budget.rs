@@ -158,7 +158,7 @@ fn forward(
                 next.push(z);
                 continue;
             };
-            let unit = (1u64 << (4 * qa.stages)) as f64 * ql.input_scale * s_w;
+            let unit = (1u64 << qa.read_shift()) as f64 * ql.input_scale * s_w;
             let half = (1i64 << (qa.bits - 1)) as f64;
             let z = if level >= 3 {
                 ((z / unit).floor().clamp(-half, half - 1.0) + 0.5) * unit

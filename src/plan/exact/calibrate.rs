@@ -46,9 +46,9 @@ fn check_options(o: &QuantizeOptions) -> Result<()> {
     if !(1..=13).contains(&o.stages) {
         return bad(format!("stages {} must be in 1..=13", o.stages));
     }
-    if !(4..=5).contains(&o.activation_bits) {
+    if !(4..=6).contains(&o.activation_bits) {
         return bad(format!(
-            "activation_bits {} must be 4 or 5",
+            "activation_bits {} must be 4, 5 or 6",
             o.activation_bits
         ));
     }
@@ -151,10 +151,11 @@ fn quantize_with_moduli(
     let mut chosen_out_bits = opts.output_weight_bits;
     let mut decrypt_pf = f64::NEG_INFINITY;
     let count = layers.len();
-    let act_var = if opts.activation_bits == 5 {
-        2.0 * fine
-    } else {
-        fine
+    // output noise of a table read: fine PBS outputs summed (1, 2 or 4)
+    let act_var = match opts.activation_bits {
+        6 => 4.0 * fine,
+        5 => 2.0 * fine,
+        _ => fine,
     };
     let mut tvar: Vec<f64> = vec![fresh];
     for (li, fl) in layers.iter().enumerate() {
@@ -367,7 +368,7 @@ fn quantize_hidden(
     let mut pfails = Vec::new();
     let j = opts.stages;
     let p = 4 * j + 5;
-    let unit = 1i64 << (4 * j);
+    let unit = 1i64 << super::read_shift(j, opts.activation_bits);
     let boxes = 1usize << opts.activation_bits;
     let half = (boxes / 2) as i64;
     let range = (half * unit) as f64;
@@ -420,24 +421,53 @@ fn quantize_hidden(
     let tables: Vec<Vec<i64>> = real_tables
         .iter()
         .zip(&output_scales)
-        .map(|(t, s_h)| t.iter().map(|v| (v / s_h).round() as i64).collect())
+        .map(|(t, s_h)| {
+            let mut t: Vec<i64> = t.iter().map(|v| (v / s_h).round() as i64).collect();
+            if opts.activation_bits == 6 {
+                // the last box is what two 5-bit reads give there (the top of the window,
+                // reached only on overflow)
+                let last = crate::exact::lut6_value(&t, 63);
+                if let Some(e) = t.last_mut() {
+                    *e = last;
+                }
+            }
+            t
+        })
         .collect();
     // noise: every stage reads 5 bits; outputs feeding `c` come from the fine key
     let var_acc = max_row_norm2(&weights, in_dim, col_var);
     let mut cur = var_acc;
     let mut pc = p;
-    for _ in 0..j {
+    for s in 0..j {
         let top = cur * 4f64.powi((pc - 5) as i32);
         pfails.push((noise::pbs_log2_p_fail(params, top), out_dim));
         pfails.push((noise::pbs_log2_p_fail(params, top + coarse), out_dim));
+        if opts.activation_bits == 6 && s + 1 == j {
+            // the 6th bit: a coarse blind rotation on the low part's input
+            pfails.push((noise::pbs_log2_p_fail(params, top + coarse), out_dim));
+        }
         cur += fine;
         pc -= 4;
     }
-    pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
-    if opts.activation_bits == 5 {
-        // lut5: sign (coarse) and odd part read `cur`, the even part `cur + coarse`
-        pfails.push((noise::pbs_log2_p_fail(params, cur + coarse), out_dim));
-        pfails.push((noise::pbs_log2_p_fail(params, cur), out_dim));
+    // lut5: sign (coarse) and odd part read its input, the even part the input plus a
+    // coarse output; lut6 is a lut5 of `w` and one of `w + b` (b: one coarse output).
+    // (Order kept as before 6-bit tables: the union bound, hence the public file, is
+    // reproduced to the last bit.)
+    let reads: &[f64] = match opts.activation_bits {
+        6 => &[cur, cur + coarse],
+        5 => &[cur],
+        _ => &[],
+    };
+    pfails.push((
+        noise::pbs_log2_p_fail(params, reads.first().copied().unwrap_or(cur)),
+        out_dim,
+    ));
+    for (i, &r) in reads.iter().enumerate() {
+        if i > 0 {
+            pfails.push((noise::pbs_log2_p_fail(params, r), out_dim));
+        }
+        pfails.push((noise::pbs_log2_p_fail(params, r + coarse), out_dim));
+        pfails.push((noise::pbs_log2_p_fail(params, r), out_dim));
     }
     let layer = QuantizedLayer {
         sources: Vec::new(),
@@ -505,7 +535,7 @@ mod tests {
                 ..QuantizeOptions::default()
             },
             QuantizeOptions {
-                activation_bits: 6,
+                activation_bits: 7,
                 ..QuantizeOptions::default()
             },
             QuantizeOptions {

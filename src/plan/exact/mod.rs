@@ -58,8 +58,10 @@ pub struct QuantizeOptions {
     pub stages: u32,
     /// Bits of hidden activations (unsigned if the table is never negative).
     pub hidden_bits: u32,
-    /// Bits of the pre-activation the table reads: 4 (16 boxes, one bootstrapping) or 5
-    /// (32 boxes, three bootstrappings, see [`Evaluator::lut5`](crate::exact::Evaluator::lut5)).
+    /// Bits of the pre-activation the table reads: 4 (16 boxes, one bootstrapping), 5
+    /// (32 boxes, three bootstrappings, see [`Evaluator::lut5`](crate::exact::Evaluator::lut5))
+    /// or 6 (64 boxes, seven: the top bit of the last removed nibble, one more coarse
+    /// bootstrapping, and two 5-bit reads, see [`Evaluator::lut6`](crate::exact::Evaluator::lut6)).
     pub activation_bits: u32,
     /// Largest weight width of the output layer; lowered until decryption is reliable.
     pub output_weight_bits: u32,
@@ -94,13 +96,28 @@ pub struct QuantizedActivation {
     pub name: String,
     /// Low-nibble removal stages `J`.
     pub stages: u32,
-    /// Bits the table reads (4: 16 entries, negacyclic wrap; 5: 32 entries).
+    /// Bits the table reads (4: 16 entries, negacyclic wrap; 5: 32 entries; 6: 64 entries,
+    /// the last one as [`lut6_value`](crate::exact::lut6_value) gives it).
     pub bits: u32,
     /// One table per output channel (`2^bits` entries).
     pub tables: Vec<Vec<i64>>,
     /// Real value of one unit of each output channel (today one scale shared by the layer).
     /// The next layer's weights have these scales folded in, and its `input_scale` is 1.
     pub output_scales: Vec<f64>,
+}
+
+impl QuantizedActivation {
+    /// Low bits of the accumulator below the table's read: `4J` for 4- and 5-bit tables,
+    /// `4J - 1` for 6-bit tables (whose extra bit is the top bit of the last nibble
+    /// removed). The table reads `acc >> read_shift()`.
+    pub fn read_shift(&self) -> u32 {
+        read_shift(self.stages, self.bits)
+    }
+}
+
+/// See [`QuantizedActivation::read_shift`].
+pub(crate) fn read_shift(stages: u32, bits: u32) -> u32 {
+    (4 * stages + 5).saturating_sub(bits.max(5))
 }
 
 /// One quantized layer.

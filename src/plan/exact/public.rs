@@ -14,7 +14,9 @@ pub const QUANT_FORMAT: &str = "hepeft-exact-quant/1";
 
 /// What a client needs to know about a quantized plan (no weights): the parameter set, the
 /// input quantizer and moduli, the output scales, and the plan's costs. Written by
-/// `hepeft params select --backend exact` as JSON.
+/// `hepeft params select --backend exact` as JSON: a human-readable plan, versioned by
+/// [`QUANT_FORMAT`], carrying the parameter digest, read with a 1 MiB cap; why it is not a
+/// [`HeObject`](crate::io::object::HeObject) envelope: docs/file-formats.md.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QuantPublic {
     /// Always [`QUANT_FORMAT`].

@@ -38,10 +38,13 @@ pub(super) fn hidden_forward(layer: &QuantizedLayer, x: &[i64]) -> (Vec<i64>, us
             if acc < 0 || acc >= 1i64 << layer.log_modulus {
                 over += 1;
             }
-            let v = (wrap(acc, layer.log_modulus) >> (4 * act.stages)) as usize;
+            let v = (wrap(acc, layer.log_modulus) >> act.read_shift()) as usize;
             let get = |i: usize| t.get(i).copied().unwrap_or(0);
+            // 6-bit tables are two 5-bit reads (the last entry wraps, see `lut6_value`);
             // 5-bit tables read all 32 boxes; 4-bit tables wrap negacyclically above 16
-            if act.bits == 5 || v < BOXES {
+            if act.bits == 6 {
+                crate::exact::lut6_value(t, v)
+            } else if act.bits == 5 || v < BOXES {
                 get(v)
             } else {
                 -get(v - BOXES)
@@ -83,7 +86,8 @@ impl QuantizedPlan {
     }
 
     /// Bootstrappings per sample: `2J + 1` per hidden neuron with 4-bit tables, `2J + 3`
-    /// with 5-bit tables; none for linear layers; plus [`argmax_pbs`] with the argmax.
+    /// with 5-bit tables, `2J + 7` with 6-bit tables (the last stage's extra bit and two
+    /// 5-bit reads); none for linear layers; plus [`argmax_pbs`] with the argmax.
     pub fn predicted_pbs(&self) -> u64 {
         let argmax = if self.argmax {
             argmax_pbs(self.output_dim(), self.logits_log_modulus())
@@ -96,7 +100,11 @@ impl QuantizedPlan {
                 .iter()
                 .filter_map(|l| {
                     l.activation.as_ref().map(|a| {
-                        let table = if a.bits == 5 { 3 } else { 1 };
+                        let table = match a.bits {
+                            6 => 7,
+                            5 => 3,
+                            _ => 1,
+                        };
                         l.out_dim as u64 * (2 * a.stages as u64 + table)
                     })
                 })
