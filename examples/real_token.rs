@@ -178,6 +178,16 @@ fn main() {
         let encryptor = Encryptor::new(&params, EncryptionKey::Secret(&sk)).unwrap();
         let dec = Decryptor::new(&params, &sk).unwrap();
         let digest = params.digest();
+        let (cost, before) = (plan.cost(&fused), plan.cost_columnwise(&fused));
+        eprintln!(
+            "  {name}: per sample {} rotations and {} attention products (column by column: {} and {}); {} Galois keys{}",
+            cost.rotations,
+            cost.attention_products,
+            before.rotations,
+            before.attention_products,
+            plan.rotation_steps().len(),
+            if plan.needs_relin() { " + relinearization key" } else { "" }
+        );
         let att_level = plan.input_level().saturating_sub(2);
         let (rot, mul) = unit_costs(&params, &ev, &encoder, &encryptor, att_level, 1, &mut rng);
         eprintln!(

@@ -261,6 +261,47 @@ fn linear_attention_matches_the_twin() {
     }
 }
 
+/// Attention between column values (a token-wise linear map in front): the packed
+/// evaluation, with one or several ciphertexts per head (`dh` not a power of two, and more
+/// `e` columns than fit), fewer rotations and products than column by column.
+#[test]
+fn packed_attention_between_columns_matches_the_twin() {
+    let p = params(11, 7);
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    // (T, d, r, H, bias): T' = 8 and dh = 12 gives 3 ciphertexts per head at N = 2^11
+    for (t, d, r, heads, bias) in [
+        (4, 6, 8, 1, false),
+        (8, 6, 8, 2, true),
+        (5, 4, 12, 1, true),
+        (7, 5, 12, 3, true),
+    ] {
+        let mut b = TokenAdapterBuilder::new(t);
+        let x = b.input("x", d).unwrap();
+        let down = b
+            .node(
+                "down",
+                TokenOp::Linear {
+                    weight: mat(&mut rng, r, d, 0.5),
+                    bias: Some(vec1(&mut rng, r, 0.1)),
+                },
+                &[x],
+            )
+            .unwrap();
+        let at = TokenOp::LinearAttention(Box::new(attention(&mut rng, t, r, heads, bias)));
+        b.node("attn", at, &[down]).unwrap();
+        let ad = b.build().unwrap();
+        let plan = TokenPlan::compile(&ad, &p).unwrap();
+        let (packed, columnwise) = (plan.cost(&ad), plan.cost_columnwise(&ad));
+        println!("T={t} r={r} H={heads}: packed {packed:?}, column by column {columnwise:?}");
+        assert!(packed.rotations < columnwise.rotations);
+        assert!(packed.attention_products < columnwise.attention_products);
+        let xs = inputs(&mut rng, &ad);
+        let (got, want) = run(&ad, &p, &xs, 7);
+        let label = format!("packed attention T={t} r={r} H={heads} bias={bias}");
+        assert!(bits(&label, &got, &want) > 16.0, "{label}");
+    }
+}
+
 #[test]
 fn owc_block_at_t16_matches_the_twin() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);

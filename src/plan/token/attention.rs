@@ -9,6 +9,7 @@ use crate::ckks::{Ciphertext, Level, LinearTransform};
 use crate::model::token::LinearAttention;
 use crate::{Error, Result};
 
+use super::layout::AttentionPacking;
 use super::run::{Run, Shape};
 use super::{Layout, ATTENTION_LEVELS};
 
@@ -19,6 +20,16 @@ impl Run<'_> {
         x: &[Ciphertext],
         sh: Shape,
     ) -> Result<Vec<Ciphertext>> {
+        let pk = AttentionPacking::of(
+            self.plan.period,
+            self.plan.slots,
+            at.head_dim(),
+            sh.lin,
+            sh.lout,
+        );
+        if let Some(pk) = pk {
+            return self.attention_packed(at, x, pk);
+        }
         let delta = self.delta;
         let r = at.width();
         let dh = at.head_dim();

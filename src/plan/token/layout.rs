@@ -177,3 +177,77 @@ pub(super) fn assign_layouts(adapter: &TokenAdapter) -> Result<Vec<Layout>> {
     }
     Ok(layouts)
 }
+
+/// Slots of one block of the packed attention, in units of `T'`: the `T'`-periodic values
+/// of a block stay right on its first `2T'` slots after the mixing's rotations (`< T'`).
+pub(super) const BLOCK: usize = 4;
+
+/// Geometry of the packed attention (see the module documentation of [`super`]): every
+/// `(c, e)` product of one head's `G = K^T U` sits in one ciphertext, slot
+/// `t + 4T' (e + ec b)` (`t < 4T'`, `e < ec`, `b < dhp`) holding `K_b[t mod T'] U_e[t mod T']`
+/// (valid on `t < 2T'`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct AttentionPacking {
+    /// Head width padded to a power of two (the summed `b` axis).
+    pub(super) dhp: usize,
+    /// Output columns `e` per ciphertext (a power of two, at most `dhp`).
+    pub(super) ec: usize,
+    /// Ciphertexts per head, `ceil(dh / ec)`.
+    pub(super) chunks: usize,
+}
+
+impl AttentionPacking {
+    /// The packing of an attention of head width `dh` between column values, or `None` when
+    /// the attention reads or writes packed values or one head does not fit in the slots
+    /// (`4 T' dhp > N / 2`); the plan then evaluates it column by column.
+    pub(super) fn of(
+        period: usize,
+        slots: usize,
+        dh: usize,
+        lin: Layout,
+        lout: Layout,
+    ) -> Option<Self> {
+        if lin != Layout::Cols || lout != Layout::Cols || dh == 0 {
+            return None;
+        }
+        let dhp = dh.next_power_of_two();
+        let room = slots / (BLOCK * period * dhp);
+        if room == 0 {
+            return None;
+        }
+        let ec = dhp.min(room);
+        Some(AttentionPacking {
+            dhp,
+            ec,
+            chunks: dh.div_ceil(ec),
+        })
+    }
+
+    /// Period of the pattern (`4 T' ec dhp`), which divides the slots.
+    pub(super) fn span(&self, period: usize) -> usize {
+        BLOCK * period * self.ec * self.dhp
+    }
+
+    /// Rotate-and-sum steps over the `b` axis: `4 T' ec`, .., `4 T' ec dhp / 2`.
+    pub(super) fn head_steps(&self, period: usize) -> Vec<i64> {
+        let mut v = Vec::new();
+        let mut k = BLOCK * period * self.ec;
+        while k < self.span(period) {
+            v.push(k as i64);
+            k *= 2;
+        }
+        v
+    }
+
+    /// Rotate-and-sum steps of the output projection over the `4 ec` quarter blocks:
+    /// `T'`, `2T'`, .., `2 ec T'`.
+    pub(super) fn proj_steps(&self, period: usize) -> Vec<i64> {
+        let mut v = Vec::new();
+        let mut k = period;
+        while k < BLOCK * self.ec * period {
+            v.push(k as i64);
+            k *= 2;
+        }
+        v
+    }
+}

@@ -31,10 +31,21 @@
 //!   token axis), `S' V = (Q K^T) M^T V + 1 (m^T V) = Q (K^T U) + 1 (m^T V)`, so per head
 //!   the `dh x dh` matrix `G = K^T U` is computed with ciphertext-ciphertext products
 //!   `K_c * U_e` and a rotate-and-sum over the tokens (`log2 T'` rotations), then
-//!   `out_e = sum_c Q_c * G_ce` (ciphertext-ciphertext products, one relinearization per
-//!   output column). The `T x T` scores are never materialised. Levels: qkv 1, mixing 1,
-//!   `K^T U` 1, `Q G` 1, proj 1. Cost per head: `dh^2` products and `dh^2 log2 T'`
-//!   rotations (the dominant term at `r = 64`).
+//!   `out_e = sum_c Q_c * G_ce`. The `T x T` scores are never materialised. Levels: qkv 1,
+//!   mixing 1, `K^T U` 1, `Q G` 1, proj 1. Two evaluations:
+//!   - **packed** (between column values, when `4 T' dhp <= N / 2`, `dhp` the head width
+//!     padded to a power of two; the OWC block's case): every `K_b U_e` product of a head
+//!     sits in one ciphertext (slot `t + 4T' (e + ec b)`), built from the input columns by
+//!     plaintext products, so one head costs per ciphertext the mixing, 2 relinearized
+//!     products and `2 log2 T' + log2 dhp` rotations, and the projection `log2(4 ec)`
+//!     rotations per output column (see `attention_packed.rs`);
+//!   - **column by column** (an attention reading or writing packed values, or a head too
+//!     wide): `G_ce` by one ciphertext-ciphertext product `K_c * U_e` and a rotate-and-sum
+//!     over the tokens each, the mixing per column; `dh^2` products and `dh^2 log2 T'`
+//!     rotations per head.
+//!
+//!   [`TokenPlan::cost`] counts the rotations and products of the plan
+//!   ([`TokenPlan::cost_columnwise`]: column by column).
 //! - **pooling**: a plaintext mask (`1/T` on real tokens for mean, the first token for CLS,
 //!   zero on padding) and a rotate-and-sum over the tokens: one level, `log2 T'` rotations.
 //!   In columns the pooled row is replicated; packed, it is valid in the first slot of
@@ -57,6 +68,7 @@ use crate::model::token::{TokenAdapter, TokenOp};
 use crate::{Error, Result};
 
 mod attention;
+mod attention_packed;
 pub mod fuse;
 mod io;
 mod layout;
@@ -67,7 +79,9 @@ pub use sanitize::{flooded_precision_bits, TOKEN_EPS_MARGIN_BITS};
 
 pub use fuse::fuse_tokens;
 pub use layout::Layout;
-use layout::{assign_layouts, block_steps, ins_packed, op_levels, sum_steps};
+use layout::{
+    assign_layouts, block_steps, ins_packed, op_levels, sum_steps, AttentionPacking, BLOCK,
+};
 
 /// Levels consumed by a linear attention node (qkv, mixing, `K^T U`, `Q G`, proj).
 pub const ATTENTION_LEVELS: usize = 5;
@@ -165,11 +179,21 @@ impl TokenPlan {
                 .unwrap_or(top);
             levels.push(before - op_levels(&n.op));
             match &n.op {
-                TokenOp::LinearAttention(_) => {
+                TokenOp::LinearAttention(at) => {
                     relin = true;
                     let g = baby_step_for(period);
                     steps.extend(crate::ckks::lintrans::rotation_steps(period, g));
                     steps.extend(sum_steps(period));
+                    let lin = match n.inputs.first() {
+                        Some(NodeRef::Node(k)) => layouts[*k],
+                        _ => Layout::Packed,
+                    };
+                    if let Some(pk) =
+                        AttentionPacking::of(period, slots, at.head_dim(), lin, layouts[j])
+                    {
+                        steps.extend(pk.head_steps(period));
+                        steps.extend(pk.proj_steps(period));
+                    }
                 }
                 TokenOp::Pool(_) => steps.extend(sum_steps(period)),
                 TokenOp::Poly(act) if act.degree() >= 2 => relin = true,
@@ -253,5 +277,77 @@ impl TokenPlan {
     pub fn result_ciphertexts(&self) -> usize {
         let l = self.layouts.last().copied().unwrap_or(Layout::Cols);
         self.ciphertexts_for(l, self.output_shape.1)
+    }
+}
+
+/// Key-switching work of one evaluation (one sample), counted from the plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenCost {
+    /// Rotations (one key switch each; the mixing's baby steps counted once per column).
+    pub rotations: usize,
+    /// Relinearized ciphertext-ciphertext products of the attentions (the activations'
+    /// products are not counted here).
+    pub attention_products: usize,
+}
+
+impl TokenPlan {
+    /// Rotations and attention products of one evaluation of `adapter` (the adapter the
+    /// plan was compiled for) as [`TokenPlan::evaluate`] runs it.
+    pub fn cost(&self, adapter: &TokenAdapter) -> TokenCost {
+        self.count(adapter, false)
+    }
+
+    /// [`TokenPlan::cost`] if every attention were evaluated column by column (`G = K^T U`
+    /// one `(c, e)` product per ciphertext), the evaluation before the packed attention;
+    /// for comparison.
+    pub fn cost_columnwise(&self, adapter: &TokenAdapter) -> TokenCost {
+        self.count(adapter, true)
+    }
+
+    fn count(&self, adapter: &TokenAdapter, columnwise: bool) -> TokenCost {
+        let log2 = |k: usize| k.max(1).trailing_zeros() as usize;
+        let blocks = block_steps(self.period, self.slots).len();
+        let sums = sum_steps(self.period).len();
+        let g = baby_step_for(self.period);
+        let mix = (g.min(self.period) - 1) + (self.period.div_ceil(g) - 1);
+        let mut c = TokenCost::default();
+        for (j, n) in adapter.nodes().iter().enumerate() {
+            let lin = match n.inputs.first() {
+                Some(NodeRef::Node(k)) => self.layouts[*k],
+                _ => Layout::Packed,
+            };
+            let lout = self.layouts[j];
+            match &n.op {
+                TokenOp::Linear { .. } | TokenOp::LowRank { .. }
+                    if lin == Layout::Packed && lout == Layout::Cols =>
+                {
+                    c.rotations += n.shape.1 * blocks;
+                }
+                TokenOp::Pool(_) => c.rotations += self.ciphertexts_for(lin, n.shape.1) * sums,
+                TokenOp::LinearAttention(at) => {
+                    let (r, dh) = (at.width(), at.head_dim());
+                    let bias = usize::from(at.mix_bias.is_some());
+                    let pk = AttentionPacking::of(self.period, self.slots, dh, lin, lout);
+                    match pk.filter(|_| !columnwise) {
+                        Some(pk) => {
+                            let cts = at.heads * pk.chunks;
+                            c.rotations += cts * (mix + sums * (1 + bias) + log2(pk.dhp))
+                                + r * log2(BLOCK * pk.ec);
+                            c.attention_products += 2 * cts;
+                        }
+                        None => {
+                            c.rotations += r * mix;
+                            if lin == Layout::Packed {
+                                c.rotations += 3 * r * blocks;
+                            }
+                            c.rotations += r * sums * (dh + bias);
+                            c.attention_products += r * dh + r;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        c
     }
 }

@@ -237,7 +237,7 @@ impl Run<'_> {
     /// an all-zero sum is `first` times 0 at scale factor `cs`, so the result always has the
     /// level and scale a product would have. Costs the terms plus one addition each and one
     /// rescale.
-    fn rescaled_sum<F>(
+    pub(super) fn rescaled_sum<F>(
         &self,
         x: &[Ciphertext],
         first: &Ciphertext,
