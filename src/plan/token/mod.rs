@@ -239,10 +239,10 @@ impl TokenPlan {
         &self.steps
     }
     /// The Galois elements of [`TokenPlan::rotation_steps`].
-    pub fn galois_elements(&self, params: &CkksParams) -> Vec<u64> {
+    pub fn galois_elements(&self, params: &CkksParams) -> Vec<crate::ckks::GaloisElement> {
         self.steps
             .iter()
-            .map(|&s| galois_element_for_rotation(params, s))
+            .map(|&s| crate::ckks::GaloisElement(galois_element_for_rotation(params, s)))
             .collect()
     }
     /// Whether a relinearization key is needed (attention, or activations of degree >= 2).

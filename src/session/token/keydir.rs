@@ -35,7 +35,7 @@ pub struct TokenPlanInfo {
     /// Identifier of public.key.
     pub key_id: String,
     /// Galois elements of the evaluation keys.
-    pub galois_elements: Vec<u64>,
+    pub galois_elements: Vec<crate::ckks::GaloisElement>,
     /// Whether eval.keys holds a relinearization key.
     pub relinearization: bool,
     /// Tokens `T` of every input.

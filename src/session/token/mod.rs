@@ -103,7 +103,7 @@ impl TokenModel {
     }
 
     /// Galois elements of the plan.
-    pub fn galois_elements(&self) -> Vec<u64> {
+    pub fn galois_elements(&self) -> Vec<crate::ckks::GaloisElement> {
         self.plan.galois_elements(&self.params)
     }
 

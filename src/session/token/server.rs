@@ -100,7 +100,7 @@ impl TokenServer {
                 "the evaluation keys were generated for another token plan (card or parameters)",
             ));
         }
-        let missing: Vec<u64> = self
+        let missing: Vec<crate::ckks::GaloisElement> = self
             .model
             .galois_elements()
             .into_iter()
