@@ -11,6 +11,10 @@
 //! operand is read once for both outputs and the accumulators stay in registers (so each
 //! output limb is read and written once per [`CHUNK`] terms).
 //!
+//! Size: one concern (the lazy multiply-accumulate and its three kernels, IFMA, AVX2 and
+//! portable, with their dispatch and the proptest that holds them to the scalar arithmetic);
+//! the kernels share the reduction constants, so they stay together.
+//!
 //! Safe code throughout: `pulp` tokens select the kernel at run time (AVX-512 IFMA for primes
 //! below `2^50` with the `avx512` feature; AVX2 for primes below `2^62`; portable `u128`
 //! otherwise). Results are bit-identical to the scalar [`Modulus`] arithmetic.

@@ -100,21 +100,7 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
         "keygen: {} ({} mode{}), {} Galois key(s){}, in {}\n  wrote {}: {SECRET_KEY} ({}, mode 0600), {PUBLIC_KEY} ({}), {EVAL_KEYS} ({}), {PARAMS_TOML}, {PLAN_JSON}\n  send {EVAL_KEYS} and {PARAMS_TOML} to the server; never {SECRET_KEY}\n",
         params.describe(),
         report.mode,
-        if report.pre_rotate > 1 {
-            format!(
-                ", client pre-rotated input: {} ciphertexts per query",
-                report.query_ciphertexts
-            )
-        } else if report.batch_pack > 1 {
-            format!(
-                ", {} features per query ciphertext: {} ciphertexts and at most {} samples per query",
-                report.batch_pack,
-                report.query_ciphertexts,
-                plan.samples_per_query()
-            )
-        } else {
-            String::new()
-        },
+        layout_note(&report, &plan),
         report.galois_keys,
         if report.relinearization { " + relinearization key" } else { "" },
         secs(keygen_time),
@@ -125,4 +111,23 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
     );
     ui.report(&report, &text, false)?;
     Ok(report)
+}
+
+/// The input layout's part of keygen's summary line (empty for the default layouts).
+fn layout_note(report: &KeygenReport, plan: &hepeft::plan::Plan) -> String {
+    if report.pre_rotate > 1 {
+        format!(
+            ", client pre-rotated input: {} ciphertexts per query",
+            report.query_ciphertexts
+        )
+    } else if report.batch_pack > 1 {
+        format!(
+            ", {} features per query ciphertext: {} ciphertexts and at most {} samples per query",
+            report.batch_pack,
+            report.query_ciphertexts,
+            plan.samples_per_query()
+        )
+    } else {
+        String::new()
+    }
 }
