@@ -12,7 +12,11 @@ mkdir -p "$out"
 cd "$repo"
 echo "== load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "== hepeft (criterion, benches/ckks.rs)" >&2
-cargo bench --bench ckks -- --noplot >"$out/hepeft-criterion.txt" 2>&1
+# HEPEFT_CARGO_FLAGS adds cargo flags to the hepeft build, as in heads_vs_seal.sh: on an
+# AVX-512 machine, HEPEFT_CARGO_FLAGS="--no-default-features --features cli" measures the
+# AVX2 kernels.
+# shellcheck disable=SC2086 # word splitting of the flags is intended
+cargo bench ${HEPEFT_CARGO_FLAGS:-} --bench ckks -- --noplot >"$out/hepeft-criterion.txt" 2>&1
 echo "== SEAL (bench/seal/run.sh)" >&2
 bash "$here/seal/run.sh" >"$out/seal.json"
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
