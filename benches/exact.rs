@@ -199,13 +199,7 @@ fn bench_exact(c: &mut Criterion) {
         .unwrap();
         let (ck6, comp6) = generate_keys(&fine, &mut r6).unwrap();
         let sk6 = comp6.expand(&fine).unwrap();
-        let best = QuantizeOptions {
-            activation_bits: 6,
-            stages: 3,
-            input_bits: 6,
-            hidden_bits: 6,
-            ..QuantizeOptions::default()
-        };
+        let best = QuantizeOptions::six_bit();
         let (f64_out, _) = evaluate_exact_fn_batch(&mlp, &[test.view()]).unwrap();
         for (name, p, opts, ck, sk, comp) in [
             ("default", &params, &default, &ck, &sk, &compressed),

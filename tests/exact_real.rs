@@ -144,13 +144,7 @@ fn real_bottleneck_twins_against_f64() {
         activation_bits: 6,
         ..QuantizeOptions::default()
     };
-    let best = QuantizeOptions {
-        activation_bits: 6,
-        stages: 3,
-        input_bits: 6,
-        hidden_bits: 6,
-        ..QuantizeOptions::default()
-    };
+    let best = QuantizeOptions::six_bit();
     let variants = [
         ("default", QuantizeOptions::default(), &params),
         ("6-bit tables", act6, &params),

@@ -658,13 +658,7 @@ fn six_bit_tables_full_size() {
     let server = compressed.expand(&params).unwrap();
     let a = head(&mut r, 384, &[64], 10, ActivationFn::Relu);
     let calib = features(&mut r, 256, 384);
-    let opts = QuantizeOptions {
-        activation_bits: 6,
-        stages: 3,
-        input_bits: 6,
-        hidden_bits: 6,
-        ..QuantizeOptions::default()
-    };
+    let opts = QuantizeOptions::six_bit();
     let plan = quantize(&a, calib.view(), &opts, &params).unwrap();
     let x = features(&mut r, 1, 384);
     let xq = plan.quantize_input(x.row(0)).unwrap();

@@ -14,6 +14,22 @@ use super::run::{Run, Shape};
 use super::{Layout, ATTENTION_LEVELS};
 
 impl Run<'_> {
+    /// The attention's operands aligned to one level, and the level its first products land
+    /// at (one below). Errors with [`Error::LevelExhausted`] when fewer than
+    /// `ATTENTION_LEVELS` levels are left.
+    pub(super) fn attention_inputs(&self, x: &[Ciphertext]) -> Result<(Vec<Ciphertext>, usize)> {
+        let x = self.aligned(x)?;
+        let l_in = x.first().map_or(0, |c| c.level().get());
+        if l_in < ATTENTION_LEVELS {
+            return Err(Error::LevelExhausted {
+                op: "linear attention".into(),
+                needed: ATTENTION_LEVELS,
+                available: l_in,
+            });
+        }
+        Ok((x, l_in - 1))
+    }
+
     pub(super) fn attention(
         &self,
         at: &LinearAttention,
@@ -35,16 +51,7 @@ impl Run<'_> {
         let dh = at.head_dim();
         let tokens = self.plan.tokens;
         let period = self.plan.period;
-        let x = self.aligned(x)?;
-        let l_in = x.first().map_or(0, |c| c.level().get());
-        if l_in < ATTENTION_LEVELS {
-            return Err(Error::LevelExhausted {
-                op: "linear attention".into(),
-                needed: ATTENTION_LEVELS,
-                available: l_in,
-            });
-        }
-        let l = l_in - 1;
+        let (x, l) = self.attention_inputs(x)?;
         let to_cols = Shape {
             lin: sh.lin,
             rin: sh.rin,

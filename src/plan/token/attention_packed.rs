@@ -36,7 +36,6 @@ use crate::{Error, Result};
 
 use super::layout::{AttentionPacking, BLOCK};
 use super::run::Run;
-use super::ATTENTION_LEVELS;
 
 impl Run<'_> {
     /// The slot vector of `f(t, e, b)` in the pattern of `pk` (`t < 2T'`).
@@ -106,16 +105,7 @@ impl Run<'_> {
         let heads = at.heads;
         let tokens = self.plan.tokens;
         let period = self.plan.period;
-        let x = self.aligned(x)?;
-        let l_in = x.first().map_or(0, |c| c.level().get());
-        if l_in < ATTENTION_LEVELS {
-            return Err(Error::LevelExhausted {
-                op: "linear attention".into(),
-                needed: ATTENTION_LEVELS,
-                available: l_in,
-            });
-        }
-        let l = l_in - 1;
+        let (x, l) = self.attention_inputs(x)?;
         let real = |t: usize| t % period < tokens;
         let w = |row: usize, i: usize| at.qkv[[row, i]];
         let bias = |row: usize| at.qkv_bias.as_ref().map_or(0.0, |b| b[row]);
