@@ -30,6 +30,24 @@ impl Run<'_> {
         Ok((x, l_in - 1))
     }
 
+    /// The token mixing `U[t] = sum_k diag_k[t] V[t + k]` as a transform at level `l`: one
+    /// diagonal per shift `k < period`, laid out by `slots(k)`. One encoding per diagonal.
+    pub(super) fn mixing_transform(
+        &self,
+        l: usize,
+        slots: impl Fn(usize) -> Vec<f64> + Sync,
+    ) -> Result<LinearTransform> {
+        let period = self.plan.period;
+        let diags: Vec<Vec<f64>> = (0..period).map(slots).collect();
+        LinearTransform::new(
+            self.encoder,
+            &diags,
+            Level(l),
+            self.q(l)?,
+            baby_step_for(period),
+        )
+    }
+
     pub(super) fn attention(
         &self,
         at: &LinearAttention,
@@ -77,25 +95,16 @@ impl Run<'_> {
         let k_cols = self.linear(&x, &kw, Some(&kb), delta, to_cols)?;
         let v_cols = self.linear(&x, &vw, Some(&vb), delta, to_cols)?;
         // U = M^T V on the token axis: y[t] = sum_j M[j, t] v[j], diagonal k: A[t, t + k]
-        let diags: Vec<Vec<f64>> = (0..period)
-            .map(|k| {
-                self.plan.column_slots(|t| {
-                    let j = (t + k) % period;
-                    if j < tokens {
-                        at.mix[[j, t]]
-                    } else {
-                        0.0
-                    }
-                })
+        let lt = self.mixing_transform(l, |k| {
+            self.plan.column_slots(|t| {
+                let j = (t + k) % period;
+                if j < tokens {
+                    at.mix[[j, t]]
+                } else {
+                    0.0
+                }
             })
-            .collect();
-        let lt = LinearTransform::new(
-            self.encoder,
-            &diags,
-            Level(l),
-            self.q(l)?,
-            baby_step_for(period),
-        )?;
+        })?;
         let u_cols: Vec<Ciphertext> = v_cols
             .par_iter()
             .map(|v| {

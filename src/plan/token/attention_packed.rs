@@ -29,8 +29,7 @@
 
 use rayon::prelude::*;
 
-use crate::ckks::lintrans::baby_step_for;
-use crate::ckks::{Ciphertext, Level, LinearTransform};
+use crate::ckks::{Ciphertext, Level};
 use crate::model::token::LinearAttention;
 use crate::{Error, Result};
 
@@ -110,25 +109,16 @@ impl Run<'_> {
         let w = |row: usize, i: usize| at.qkv[[row, i]];
         let bias = |row: usize| at.qkv_bias.as_ref().map_or(0.0, |b| b[row]);
         // the mixing on the pattern: U[t] = sum_k diag_k[t] V[t + k] on the first 2T' slots
-        let diags: Vec<Vec<f64>> = (0..period)
-            .map(|k| {
-                self.head_slots(pk, |t, _, _| {
-                    let (tp, j) = (t % period, (t + k) % period);
-                    if t < 2 * period && tp < tokens && j < tokens {
-                        at.mix[[j, tp]]
-                    } else {
-                        0.0
-                    }
-                })
+        let lt = self.mixing_transform(l, |k| {
+            self.head_slots(pk, |t, _, _| {
+                let (tp, j) = (t % period, (t + k) % period);
+                if t < 2 * period && tp < tokens && j < tokens {
+                    at.mix[[j, tp]]
+                } else {
+                    0.0
+                }
             })
-            .collect();
-        let lt = LinearTransform::new(
-            self.encoder,
-            &diags,
-            Level(l),
-            self.q(l)?,
-            baby_step_for(period),
-        )?;
+        })?;
         // K_b per head at (l - 1, delta)
         let k_heads: Vec<Ciphertext> = (0..heads)
             .into_par_iter()
