@@ -544,8 +544,7 @@ impl PreparedPlan {
         inputs: &[&Vec<Ciphertext>],
         copies: &[Option<&Vec<Ciphertext>>],
     ) -> Result<Vec<Ciphertext>> {
-        let flat: Vec<Ciphertext> = inputs.iter().flat_map(|v| v.iter().cloned()).collect();
-        let aligned = align(ev, &flat, st.in_level)?;
+        let aligned = aligned(ev, inputs.iter().flat_map(|v| v.iter()), st.in_level)?;
         let copies: Vec<Option<Vec<Ciphertext>>> = copies
             .iter()
             .map(|c| c.map(|c| align(ev, c, st.in_level)).transpose())
@@ -654,7 +653,7 @@ impl PreparedPlan {
                 .map(|x| square(ev, x, *sign, *offset, *shift))
                 .collect(),
             (StageOp::Add, _) => add_all(ev, inputs, st.in_level),
-            (StageOp::Concat, _) => Ok(flat),
+            (StageOp::Concat, _) => Ok(inputs.iter().flat_map(|v| v.iter().cloned()).collect()),
             _ => Err(Error::model(format!(
                 "stage '{}' was not prepared",
                 st.name
@@ -663,16 +662,30 @@ impl PreparedPlan {
     }
 }
 
-fn align(ev: &Evaluator, cts: &[Ciphertext], level: Level) -> Result<Vec<Ciphertext>> {
-    cts.iter()
+/// The ciphertexts `cts` at `level`: borrowed where they already are, dropped (a copy of the
+/// lower limbs) where they are above. No copy of an operand that needs no change.
+fn aligned<'a>(
+    ev: &Evaluator,
+    cts: impl IntoIterator<Item = &'a Ciphertext>,
+    level: Level,
+) -> Result<Vec<Cow<'a, Ciphertext>>> {
+    cts.into_iter()
         .map(|c| {
-            if c.level() > level {
-                ev.drop_to_level(c, level)
+            Ok(if c.level() > level {
+                Cow::Owned(ev.drop_to_level(c, level)?)
             } else {
-                Ok(c.clone())
-            }
+                Cow::Borrowed(c)
+            })
         })
         .collect()
+}
+
+/// [`aligned`], owned.
+fn align(ev: &Evaluator, cts: &[Ciphertext], level: Level) -> Result<Vec<Ciphertext>> {
+    Ok(aligned(ev, cts, level)?
+        .into_iter()
+        .map(Cow::into_owned)
+        .collect())
 }
 
 fn add_all(ev: &Evaluator, inputs: &[&Vec<Ciphertext>], level: Level) -> Result<Vec<Ciphertext>> {
@@ -781,19 +794,9 @@ fn stage_batch(ev: &Evaluator, st: &Stage, inputs: &[&Vec<Ciphertext>]) -> Resul
     if let StageOp::Add = st.op {
         return add_all(ev, inputs, st.in_level);
     }
-    // the operands at the stage's level: borrowed where they already are (a batch query has
+    // the operands at the stage's level, borrowed where they already are (a batch query has
     // one ciphertext per feature, so copying them all would double the server's memory)
-    let x: Vec<Cow<'_, Ciphertext>> = inputs
-        .iter()
-        .flat_map(|v| v.iter())
-        .map(|c| {
-            Ok(if c.level() > st.in_level {
-                Cow::Owned(ev.drop_to_level(c, st.in_level)?)
-            } else {
-                Cow::Borrowed(c)
-            })
-        })
-        .collect::<Result<_>>()?;
+    let x = aligned(ev, inputs.iter().flat_map(|v| v.iter()), st.in_level)?;
     let q = ev.params().q()[st.in_level.get()] as f64;
     match &st.op {
         StageOp::Dense { weight, bias } => (0..weight.nrows())
