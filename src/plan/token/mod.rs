@@ -69,6 +69,7 @@ use crate::{Error, Result};
 
 mod attention;
 mod attention_packed;
+pub mod batch;
 pub mod fuse;
 mod io;
 mod layout;
@@ -77,6 +78,7 @@ mod sanitize;
 
 pub use sanitize::{flooded_precision_bits, TOKEN_EPS_MARGIN_BITS};
 
+pub use batch::{TokenBatchCost, TokenBatchPlan};
 pub use fuse::fuse_tokens;
 pub use layout::Layout;
 use layout::{
