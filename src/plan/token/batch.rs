@@ -29,16 +29,20 @@
 //!     block by one rotation back by `T' - 1` and a `2T'`-diagonal transform (BSGS,
 //!     `~2 sqrt(2T')` rotations) whose diagonals are zero wherever a read would leave the
 //!     sample's real tokens, so `U_e` is zero on padding;
-//!   - `K` and `Q` of `cc = min(R, dh)` head columns per ciphertext, column `c0 + i` in
-//!     column block `i` (plaintext products on the input columns);
-//!   - per head column `e` and chunk: one relinearized product `K ⊙ U_e`, one rotation back
+//!     This runs on *chunks*: `V` holds `cc = min(R, dh)` head columns per ciphertext,
+//!     column `c0 + i` in column block `i` (plaintext products on the input columns), so
+//!     the mixing costs `heads ceil(dh / cc)` transforms instead of `r`;
+//!   - `K_c` and `Q_c` in replicated columns (constant products);
+//!   - per chunk and head column `c`: one relinearized product `K_c ⊙ U`, one rotation back
 //!     by `T' - 1` and a window sum over `2T'` slots (`log2(2T')` rotations), which leaves
 //!     `G_{c e}` on every real token of every block (the window only reads padding, which is
-//!     zero, outside the sample), then one product with `Q`; the chunks added, one
-//!     relinearization and a rotate-and-sum over the column blocks (`log2 R`) give
-//!     `out_e = sum_c Q_c G_ce` replicated in every column block;
-//!   - the mixing bias `1 (m^T V_e)`: a plaintext product with `m`, one rotation and the
-//!     window sum; the projection by constant products.
+//!     zero, outside the sample), then one product with `Q_c`, summed over `c`, one
+//!     relinearization: `out_e = sum_c Q_c G_ce` for the chunk's columns `e`;
+//!   - the mixing bias `1 (m^T V)` per chunk: a plaintext product with `m`, one rotation
+//!     and the window sum;
+//!   - the projection per output column: one plaintext product per chunk (the weights of
+//!     column `c0 + i` in block `i`) and a rotate-and-sum over the column blocks (`log2 R`),
+//!     which replicates the column again.
 //!
 //!   Levels as the latency plan (qkv 1, mixing 1, `K U` 1, `Q G` 1, projection 1).
 //!
@@ -252,12 +256,12 @@ impl TokenBatchPlan {
                 }
                 TokenOp::LinearAttention(at) => {
                     let (r, dh) = (at.width(), at.head_dim());
-                    let chunks = dh.div_ceil(self.reps.min(dh).max(1));
-                    c.rotations += r * mix + r * (window * chunks + reps);
+                    let chunks = at.heads * dh.div_ceil(self.reps.min(dh).max(1));
+                    c.rotations += chunks * (mix + dh * window) + r * reps;
                     if at.mix_bias.is_some() {
-                        c.rotations += r * window;
+                        c.rotations += chunks * window;
                     }
-                    c.attention_products += r * chunks + r;
+                    c.attention_products += chunks * (dh + 1);
                 }
                 _ => {}
             }
@@ -737,16 +741,55 @@ impl Batch<'_> {
         };
         let w = |row: usize, i: usize| at.qkv[[row, i]];
         let bias = |row: usize| at.qkv_bias.as_ref().map_or(0.0, |b| b[row]);
-        // V in columns at (l, delta)
-        let vw = at
-            .qkv
-            .slice_axis(Axis(0), Slice::from(2 * r..3 * r))
-            .to_owned();
-        let vb = match &at.qkv_bias {
-            Some(b) => b.slice_axis(Axis(0), Slice::from(2 * r..3 * r)).to_owned(),
-            None => Array1::zeros(r),
+        let rows_of = |from: usize, f: f64| -> (Array2<f64>, Array1<f64>) {
+            let w = at
+                .qkv
+                .slice_axis(Axis(0), Slice::from(from..from + r))
+                .mapv(|v| v * f);
+            let b = match &at.qkv_bias {
+                Some(b) => b
+                    .slice_axis(Axis(0), Slice::from(from..from + r))
+                    .mapv(|v| v * f),
+                None => Array1::zeros(r),
+            };
+            (w, b)
         };
-        let v_cols = run.linear(&x, &vw, Some(&vb), delta, to_cols)?;
+        // `sum_i x_i ⊙ P_i + B` with head column `rows(i)` of the qkv weights in column
+        // block `i` (zero where `None`), landing at `target` one level down
+        let combo = |rows: &dyn Fn(usize) -> Option<usize>, target: f64| {
+            let first = x
+                .first()
+                .ok_or_else(|| Error::model("attention without columns"))?;
+            let level = first.level();
+            let cs = target * run.q(level.get())? / first.scale();
+            let mut y = run.rescaled_sum(&x, first, cs, |xi, c| {
+                let pat = bp.block_slots(tokens, |_, i| rows(i).map_or(0.0, |row| w(row, xi)));
+                if pat.iter().all(|&v| v == 0.0) {
+                    return Ok(None);
+                }
+                let pt = run.encoder.encode(&pat, level, cs)?;
+                ev.mul_plain(c, &pt).map(Some)
+            })?;
+            let pat = bp.block_slots(tokens, |_, i| rows(i).map_or(0.0, bias));
+            if pat.iter().any(|&v| v != 0.0) {
+                let pt = run.encoder.encode(&pat, y.level(), y.scale())?;
+                ev.add_plain_assign(&mut y, &pt)?;
+            }
+            Ok::<Ciphertext, Error>(y)
+        };
+        // (head, chunk): head columns c0 + i, c0 = chunk * cc, in column block i
+        let hc: Vec<(usize, usize)> = (0..heads)
+            .flat_map(|h| (0..chunks).map(move |g| (h, g)))
+            .collect();
+        let col_of = |h: usize, g: usize, i: usize| {
+            let c = g * cc + i;
+            (i < cc && c < dh).then_some(h * dh + c)
+        };
+        // V chunks at (l, delta)
+        let vs: Vec<Ciphertext> = hc
+            .par_iter()
+            .map(|&(h, g)| combo(&|i| col_of(h, g, i).map(|c| 2 * r + c), delta))
+            .collect::<Result<_>>()?;
         // the mixing inside each block, after a rotation back by T' - 1: diagonal k reads
         // token j = t + k - (T' - 1); zero unless t and j are real tokens
         let n = 2 * period;
@@ -764,8 +807,8 @@ impl Batch<'_> {
             .collect();
         let lt = LinearTransform::new(run.encoder, &diags, Level(l), run.q(l)?, baby_step_for(n))?;
         let back = back_step(period, bp.plan.slots);
-        // U at (l - 1, delta), zero on padding
-        let u_cols: Vec<Ciphertext> = v_cols
+        // U chunks at (l - 1, delta), zero on padding
+        let us: Vec<Ciphertext> = vs
             .par_iter()
             .map(|v| {
                 let v = if period > 1 {
@@ -778,82 +821,51 @@ impl Batch<'_> {
                 Ok(u)
             })
             .collect::<Result<_>>()?;
-        // beta_e = sum_j m_j V_e[j] on every real token, at (l - 1, delta)
+        // beta = sum_j m_j V[j] on every real token, per chunk, at (l - 1, delta)
         let betas: Option<Vec<Ciphertext>> = match &at.mix_bias {
             None => None,
             Some(m) => {
                 let pat = bp.block_slots(tokens, |t, _| m[t]);
                 Some(
-                    v_cols
-                        .par_iter()
+                    vs.par_iter()
                         .map(|v| self.block_sum(&self.mask(v, &pat, delta)?))
                         .collect::<Result<_>>()?,
                 )
             }
         };
-        drop(v_cols);
-        // K and Q of cc head columns per ciphertext (column c0 + i in column block i)
-        let combo = |rows: &dyn Fn(usize) -> Option<usize>, f: f64, target: f64| {
-            let first = x
-                .first()
-                .ok_or_else(|| Error::model("attention without columns"))?;
-            let level = first.level();
-            let cs = target * run.q(level.get())? / first.scale();
-            let mut y = run.rescaled_sum(&x, first, cs, |xi, c| {
-                let pat = bp.block_slots(tokens, |_, i| rows(i).map_or(0.0, |row| f * w(row, xi)));
-                if pat.iter().all(|&v| v == 0.0) {
-                    return Ok(None);
-                }
-                let pt = run.encoder.encode(&pat, level, cs)?;
-                ev.mul_plain(c, &pt).map(Some)
-            })?;
-            let pat = bp.block_slots(tokens, |_, i| rows(i).map_or(0.0, |row| f * bias(row)));
-            if pat.iter().any(|&v| v != 0.0) {
-                let pt = run.encoder.encode(&pat, y.level(), y.scale())?;
-                ev.add_plain_assign(&mut y, &pt)?;
-            }
-            Ok::<Ciphertext, Error>(y)
-        };
-        let hc: Vec<(usize, usize)> = (0..heads)
-            .flat_map(|h| (0..chunks).map(move |g| (h, g)))
-            .collect();
-        let col_of = |h: usize, g: usize, i: usize| {
-            let c = g * cc + i;
-            (i < cc && c < dh).then_some(h * dh + c)
-        };
-        let ks: Vec<Ciphertext> = hc
-            .par_iter()
-            .map(|&(h, g)| {
-                let k = combo(&|i| col_of(h, g, i).map(|c| r + c), 1.0, delta)?;
-                ev.drop_to_level(&k, Level(l - 1))
-            })
+        drop(vs);
+        // K and Q in replicated columns (constant products)
+        let (kw, kb) = rows_of(r, 1.0);
+        let ks: Vec<Ciphertext> = run
+            .linear(&x, &kw, Some(&kb), delta, to_cols)?
+            .iter()
+            .map(|c| ev.drop_to_level(c, Level(l - 1)))
             .collect::<Result<_>>()?;
         let s_g = ks
             .first()
-            .zip(u_cols.first())
+            .zip(us.first())
             .map(|(k, u)| k.scale() * u.scale())
             .ok_or_else(|| Error::model("attention without columns"))?
             / run.q(l - 1)?;
         let s_q = delta * run.q(l - 2)? / s_g;
-        let qs: Vec<Ciphertext> = hc
-            .par_iter()
-            .map(|&(h, g)| {
-                let q = combo(&|i| col_of(h, g, i), at.scale, s_q)?;
-                ev.drop_to_level(&q, Level(l - 2))
-            })
+        let (qw, qb) = rows_of(0, at.scale);
+        let qs: Vec<Ciphertext> = run
+            .linear(&x, &qw, Some(&qb), s_q, to_cols)?
+            .iter()
+            .map(|c| ev.drop_to_level(c, Level(l - 2)))
             .collect::<Result<_>>()?;
-        // out_e = sum_c Q_c G_ce + beta_e, replicated, at (l - 3, delta)
-        let outs: Vec<Ciphertext> = (0..r)
-            .into_par_iter()
-            .map(|col| {
-                let h = col / dh;
+        // per chunk: out = sum_c Q_c ⊙ blocksum(K_c ⊙ U) + beta at (l - 3, delta), head
+        // column c0 + i in column block i
+        let outs: Vec<Ciphertext> = hc
+            .par_iter()
+            .enumerate()
+            .map(|(idx, &(h, _))| {
                 let mut acc: Option<Ciphertext> = None;
-                for g in 0..chunks {
-                    let idx = h * chunks + g;
-                    let mut p = ev.mul_relin(&ks[idx], &u_cols[col])?;
+                for c in 0..dh {
+                    let mut p = ev.mul_relin(&ks[h * dh + c], &us[idx])?;
                     ev.rescale_assign(&mut p)?;
                     let gsum = self.block_sum(&p)?;
-                    let z = ev.mul(&qs[idx], &gsum)?;
+                    let z = ev.mul(&qs[h * dh + c], &gsum)?;
                     match acc.as_mut() {
                         None => acc = Some(z),
                         Some(a) => ev.add_assign(a, &z)?,
@@ -862,9 +874,8 @@ impl Batch<'_> {
                 let mut y = acc.ok_or_else(|| Error::model("empty head"))?;
                 ev.relinearize_assign(&mut y)?;
                 ev.rescale_assign(&mut y)?;
-                self.rep_sum(&mut y)?;
                 if let Some(b) = &betas {
-                    let b = ev.drop_to_level(&b[col], y.level())?;
+                    let b = ev.drop_to_level(&b[idx], y.level())?;
                     ev.add_assign(&mut y, &b)?;
                 }
                 Ok(y)
@@ -872,13 +883,36 @@ impl Batch<'_> {
             .collect::<Result<_>>()?;
         drop(ks);
         drop(qs);
-        drop(u_cols);
-        let proj = Shape {
-            lin: Layout::Cols,
-            rin: tokens,
-            lout: Layout::Cols,
-            wout: r,
-        };
-        run.linear(&outs, &at.proj, at.proj_bias.as_ref(), delta, proj)
+        drop(us);
+        // projection per output column: the weights of head column c0 + i in column block i,
+        // then a rotate-and-sum over the column blocks (replicated again), at (l - 4, delta)
+        let first = outs
+            .first()
+            .ok_or_else(|| Error::model("attention without heads"))?;
+        let level = first.level();
+        let cs = delta * run.q(level.get())? / first.scale();
+        (0..r)
+            .into_par_iter()
+            .map(|o| {
+                let mut y = run.rescaled_sum(&outs, first, cs, |k, zk| {
+                    let (h, g) = hc[k];
+                    let pat = bp.block_slots(tokens, |_, i| {
+                        col_of(h, g, i).map_or(0.0, |c| at.proj[[o, c]])
+                    });
+                    if pat.iter().all(|&v| v == 0.0) {
+                        return Ok(None);
+                    }
+                    let pt = run.encoder.encode(&pat, level, cs)?;
+                    ev.mul_plain(zk, &pt).map(Some)
+                })?;
+                self.rep_sum(&mut y)?;
+                if let Some(b) = &at.proj_bias {
+                    if b[o] != 0.0 {
+                        ev.add_const_assign(&mut y, b[o])?;
+                    }
+                }
+                Ok(y)
+            })
+            .collect()
     }
 }
