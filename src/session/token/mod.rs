@@ -12,8 +12,9 @@
 //! One sample per query (the token plan's latency layout): a query of `S` samples holds
 //! `S` queries of [`TokenPlan::query_ciphertexts`] ciphertexts each (every tapped layer's
 //! `T x d` matrix packed), bound like pooled queries ([`Binding`]) to the key set and the
-//! token structure digest. The batch layout (many samples per ciphertext) is not built:
-//! [`refuse_batch`] says so.
+//! token structure digest. The batch layout (many samples per ciphertext,
+//! [`TokenBatchPlan`](crate::plan::token::TokenBatchPlan)) exists in the library but not in
+//! the protocol yet (keys, files, sanitization): [`refuse_batch`] says so.
 
 pub mod client;
 pub mod keydir;
@@ -35,14 +36,18 @@ use crate::{Error, Result};
 /// The mode name token plans carry in `plan.json` and ciphertext sidecars.
 pub const TOKEN_MODE: &str = "token";
 
-/// The refusal for a batch layout of token adapters (not built yet).
+/// The refusal for a batch layout of token adapters in the protocol (the library's
+/// [`TokenBatchPlan`](crate::plan::token::TokenBatchPlan) has one; the key directory,
+/// query files and sanitization do not carry it yet).
 ///
 /// # Errors
 /// Always [`Error::Refused`].
 pub fn refuse_batch() -> Result<()> {
     Err(Error::Refused {
-        reason: "token adapters have no batch layout yet (many samples per ciphertext): they run one sample per \
-                 query (the latency layout), several samples as several queries; drop --mode batch / --batch"
+        reason: "the token session and command line have no batch layout yet (the library's \
+                 hepeft::plan::token::TokenBatchPlan packs many samples per ciphertext, docs/token-adapters.md): \
+                 token cards run one sample per query (the latency layout), several samples as several queries; \
+                 drop --mode batch / --batch"
             .into(),
     })
 }
