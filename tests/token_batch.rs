@@ -210,3 +210,99 @@ fn batch_cost_per_sample_at_minilm_sizes() {
         assert!(c.rotations < lat.rotations * b, "batch {b}");
     }
 }
+
+#[test]
+fn sanitized_batch_keeps_only_the_outputs() {
+    use hepeft::plan::{FloodingConfig, SanitizeConfig};
+    // a 55-bit scale over a 30-bit output prime (the chain select_token_flooded builds),
+    // one level more than the adapter for the mask
+    let mut rng = ChaCha20Rng::seed_from_u64(26);
+    let sh = OwcShape {
+        tokens: 8,
+        d: 8,
+        r: 4,
+        heads: 1,
+        taps: 1,
+        classes: 3,
+    };
+    let ad = fuse_tokens(&random_owc(&mut rng, sh).unwrap()).unwrap();
+    let depth = TokenPlan::depth_of(&ad);
+    let lit = CkksParamsLiteral::new(
+        11,
+        [vec![30, 55], vec![55; depth + 1]].concat(),
+        vec![60; 3],
+        55,
+    );
+    let p = CkksParams::from_literal(lit.with_security(Security::Unchecked)).unwrap();
+    let batch = 5;
+    let plan = TokenBatchPlan::compile(&ad, &p, batch).unwrap();
+    let kg = KeyGenerator::new(&p);
+    let sk = kg.gen_secret_key(&mut rng);
+    let pk = kg.gen_public_key(&sk, &mut rng).unwrap();
+    let keys = kg
+        .gen_evaluation_keys(&sk, &plan.galois_elements(&p), plan.needs_relin(), &mut rng)
+        .unwrap();
+    let encoder = Encoder::new(&p).unwrap();
+    let enc = Encryptor::new(&p, EncryptionKey::Secret(&sk)).unwrap();
+    let dec = Decryptor::new(&p, &sk).unwrap();
+    let ev = Evaluator::with_keys(&p, Arc::new(keys)).unwrap();
+    let samples = uniform_tokens(&mut rng, &ad, batch);
+    let cts = plan
+        .encrypt_inputs(&ad, &encoder, &enc, &samples, &mut rng)
+        .unwrap();
+    let out = plan.evaluate(&ad, &ev, &encoder, &cts).unwrap();
+    let want: Vec<Array2<f64>> = samples
+        .iter()
+        .map(|xs| evaluate_tokens(&ad, xs).unwrap().output)
+        .collect();
+    let period = ad.tokens().next_power_of_two();
+    // without flooding: every slot but the outputs is zero
+    let (clean, rep) = plan
+        .sanitize(
+            &ev,
+            out.clone(),
+            &pk,
+            &SanitizeConfig::without_flooding(),
+            &mut rng,
+        )
+        .unwrap();
+    assert!(rep.masked && rep.flooding.is_none());
+    let mut gap = 0f64;
+    for (c, ct) in clean.iter().enumerate() {
+        assert_eq!(ct.level(), p.output_floor_level());
+        let v = encoder.decode(&dec.decrypt(ct).unwrap()).unwrap();
+        for (s, x) in v.iter().enumerate() {
+            let (t, j) = (s % (2 * period), s / (2 * period));
+            if t == 0 && j < batch {
+                assert!((x - want[j][[0, c]]).abs() < 1e-4, "sample {j} class {c}");
+            } else {
+                gap = gap.max(x.abs());
+            }
+        }
+    }
+    println!("sanitized batch: largest non-output slot {gap:.2e}");
+    assert!(gap < 1e-6, "{gap}");
+    // flooded (40 bits): argmax kept
+    let (flooded, rep) = plan
+        .sanitize(
+            &ev,
+            out,
+            &pk,
+            &SanitizeConfig {
+                flooding: Some(FloodingConfig::new(40, 1)),
+            },
+            &mut rng,
+        )
+        .unwrap();
+    assert!(rep.flooding.is_some());
+    let got = plan
+        .decrypt_output(&encoder, &dec, &flooded, batch)
+        .unwrap();
+    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+        let gv: Vec<f64> = g.iter().copied().collect();
+        let wv: Vec<f64> = w.iter().copied().collect();
+        let bits = PrecisionStats::relative_to_largest(&gv, &wv).min_bits;
+        println!("flooded batch sample {j}: {bits:.1} bits");
+        assert_eq!(argmax(g.row(0)), argmax(w.row(0)), "sample {j}");
+    }
+}

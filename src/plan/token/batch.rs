@@ -508,6 +508,99 @@ impl TokenBatchPlan {
     }
 }
 
+impl TokenBatchPlan {
+    /// The mask of output ciphertext `a`: 1 on the slots the client reads (each sample's
+    /// output rows, in the first column block only for column outputs), 0 elsewhere; and
+    /// the number of ones.
+    fn output_mask(&self, a: usize) -> (Vec<f64>, usize) {
+        let (rows, width) = self.plan.output_shape;
+        let v: Vec<f64> = match self.plan.layouts.last().copied().unwrap_or(Layout::Cols) {
+            Layout::Cols => (0..self.plan.slots)
+                .map(|s| {
+                    let (t, j, i) = self.coords(s);
+                    f64::from(u8::from(
+                        i == 0 && j < self.batch && t < rows.min(self.plan.tokens),
+                    ))
+                })
+                .collect(),
+            Layout::Packed => self.packed_slots(a, width, rows, |_, _, _| 1.0),
+        };
+        let live = v.iter().filter(|&&x| x != 0.0).count();
+        (v, live)
+    }
+
+    /// Sanitizes the output of one batch as [`TokenPlan::sanitize`] does for one sample:
+    /// mask to the slots the client reads (one level; the padding and the replicas of the
+    /// column blocks hold weight-dependent values), drop to the output level, re-randomize
+    /// under `pk`, flood (when `cfg` says so) with the noise sized for the `batch x outputs`
+    /// values read. The error bound `eps` is the public precision model plus
+    /// [`TOKEN_EPS_MARGIN_BITS`](super::TOKEN_EPS_MARGIN_BITS). Cost per output ciphertext:
+    /// one plaintext product and rescale, one public-key encryption of zero, one NTT of the
+    /// flooding noise.
+    ///
+    /// # Errors
+    /// [`Error::LevelExhausted`] when the output has no level left for the mask;
+    /// [`Error::InvalidValue`] if the flooding noise would overflow `q_0`.
+    pub fn sanitize<G: RngCore + CryptoRng>(
+        &self,
+        ev: &Evaluator,
+        outputs: Vec<Ciphertext>,
+        pk: &crate::ckks::PublicKey,
+        cfg: &crate::plan::SanitizeConfig,
+        rng: &mut G,
+    ) -> Result<(Vec<Ciphertext>, crate::plan::SanitizeReport)> {
+        let params = ev.params();
+        let floor = params.output_floor_level();
+        let encoder = Encoder::new(params)?;
+        let mut prepped = Vec::with_capacity(outputs.len());
+        for (a, mut ct) in outputs.into_iter().enumerate() {
+            let level = ct.level();
+            if level <= floor {
+                return Err(Error::LevelExhausted {
+                    op: format!(
+                        "masking the non-output slots of a token batch's output (at level {level}, the output \
+                         level is {floor}): choose parameters that reserve the mask level (select_token_flooded)"
+                    ),
+                    needed: 1,
+                    available: 0,
+                });
+            }
+            let (mask, live) = self.output_mask(a);
+            let q = params.q().get(level.get()).copied().unwrap_or(1) as f64;
+            let pt = encoder.encode(&mask, level, q)?;
+            ev.mul_plain_assign(&mut ct, &pt)?;
+            ev.rescale_assign(&mut ct)?;
+            ev.drop_to_level_assign(&mut ct, floor)?;
+            prepped.push((ct, live.max(1)));
+        }
+        let eps_log2 = cfg
+            .flooding
+            .as_ref()
+            .map_or(0.0, |f| match f.eval_error_log2 {
+                Some(e) => e,
+                None => {
+                    f.eps_log2(params.default_scale().log2(), params.log_n())
+                        + super::TOKEN_EPS_MARGIN_BITS
+                }
+            });
+        let read = (self.plan.output_values() * self.batch).max(1) as f64;
+        let (out, flooding) = crate::plan::sanitize::rerandomize_and_flood(
+            ev, pk, prepped, read, eps_log2, cfg, rng,
+        )?;
+        Ok((
+            out,
+            crate::plan::SanitizeReport {
+                masked: true,
+                mask_note: "non-output slots (padding, samples beyond the batch, the replicas of the column \
+                            blocks) zeroed by a mask product (one level)"
+                    .into(),
+                output_level: floor,
+                flooding,
+            },
+        ))
+    }
+}
+
 /// Rotate-and-sum steps over the column blocks: `W B'`, `2 W B'`, .., `N/4`.
 fn rep_steps(period: usize, padded: usize, slots: usize) -> Vec<i64> {
     let mut v = Vec::new();
