@@ -65,7 +65,7 @@ use crate::model::token::{LinearAttention, Pooling, TokenAdapter, TokenOp};
 use crate::{Error, Result};
 
 use super::layout::sum_steps;
-use super::run::{Run, Shape};
+use super::run::{last_uses, Run, Shape};
 use super::{Layout, TokenPlan};
 
 /// A token plan for `B` samples per query (see the module documentation of
@@ -462,6 +462,9 @@ impl TokenBatchPlan {
             delta: ev.params().default_scale(),
         };
         let b = Batch { bp: self, run };
+        // each node's value is freed after its last use (a MiniLM-sized block holds dozens of
+        // 32-ciphertext values: tens of GB at N = 2^16 if all were kept)
+        let last_use = last_uses(adapter);
         let mut values: Vec<Vec<Ciphertext>> = Vec::with_capacity(adapter.nodes().len());
         for (j, node) in adapter.nodes().iter().enumerate() {
             let args: Vec<&[Ciphertext]> = node
@@ -501,6 +504,13 @@ impl TokenBatchPlan {
                 }
             }
             values.push(out);
+            for r in &node.inputs {
+                if let NodeRef::Node(k) = r {
+                    if last_use[*k] == j {
+                        values[*k] = Vec::new();
+                    }
+                }
+            }
         }
         values
             .pop()

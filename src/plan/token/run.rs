@@ -52,6 +52,9 @@ impl TokenPlan {
             encoder,
             delta: ev.params().default_scale(),
         };
+        // each node's value is freed after its last use (a MiniLM-sized block holds dozens of
+        // 32-ciphertext values: tens of GB at N = 2^16 if all were kept)
+        let last_use = last_uses(adapter);
         let mut values: Vec<Vec<Ciphertext>> = Vec::with_capacity(adapter.nodes().len());
         for (j, node) in adapter.nodes().iter().enumerate() {
             let args: Vec<&[Ciphertext]> = node
@@ -91,11 +94,33 @@ impl TokenPlan {
                 }
             }
             values.push(out);
+            for r in &node.inputs {
+                if let NodeRef::Node(k) = r {
+                    if last_use[*k] == j {
+                        values[*k] = Vec::new();
+                    }
+                }
+            }
         }
         values
             .pop()
             .ok_or_else(|| Error::model("token adapter has no nodes"))
     }
+}
+
+/// The index of the last node reading each node's value (its own index when none does).
+pub(super) fn last_uses(adapter: &TokenAdapter) -> Vec<usize> {
+    let mut last: Vec<usize> = (0..adapter.nodes().len()).collect();
+    for (j, n) in adapter.nodes().iter().enumerate() {
+        for r in &n.inputs {
+            if let NodeRef::Node(k) = r {
+                if let Some(l) = last.get_mut(*k) {
+                    *l = j;
+                }
+            }
+        }
+    }
+    last
 }
 
 /// Layouts around one node: first operand (layout, valid rows) and output (layout, width).
