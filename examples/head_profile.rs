@@ -8,7 +8,7 @@
 //! Run: `RAYON_NUM_THREADS=1 cargo run --release --example head_profile -- a 10 1`
 //! (arguments: head `a` = 768-64-square-100, `b` = 384-8-square-10, `lora8` / `lora64` = the LoRA map `B (A x)` of
 //! `benches/head.rs` (d = 768, r = 8 / 64), anything else =
-//! `zoo::lora_head(768, r = 64, 768)`; seconds; client pre-rotated copies, 1 = replicated). `ITERS=n` caps the
+//! `zoo::lora_head(768, r = 64, 768)`; seconds; client pre-rotated copies, 1 = replicated, 0 = the compiler's choice). `ITERS=n` caps the
 //! evaluations; `NTT_PROBE=1` also times one limb's forward/inverse NTT, multiply-accumulate
 //! and automorphism. Use it under `perf record` to see where the time goes.
 use hepeft::ckks::{Encoder, EncryptionKey, Evaluator, KeyGenerator};
@@ -69,8 +69,25 @@ fn main() {
     } else {
         InputLayout::Replicated
     };
-    let plan =
-        Plan::compile_with_layout(&adapter, &params, sel.plan.options(), layout).expect("plan");
+    // copies 0: the compiler's choice (`PRE_ROTATE_AUTO`, the CLI's default)
+    let plan = if copies == 0 {
+        Plan::compile(
+            &adapter,
+            &params,
+            hepeft::plan::PlanOptions {
+                pre_rotate: hepeft::plan::PRE_ROTATE_AUTO,
+                ..sel.plan.options()
+            },
+        )
+    } else {
+        Plan::compile_with_layout(&adapter, &params, sel.plan.options(), layout)
+    }
+    .expect("plan");
+    eprintln!(
+        "pre_rotate {} (estimated cost {:.0} limb NTTs)",
+        plan.options().pre_rotate,
+        plan.estimated_cost()
+    );
     eprint!("{}", plan.summary());
     let kg = KeyGenerator::new(&params);
     let sk = kg.gen_secret_key(&mut rng);

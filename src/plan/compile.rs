@@ -450,6 +450,19 @@ impl Plan {
             }
             copies *= 2;
         }
+        // record the copies the plan actually uses (a cap of 2 raised to the baby step 8
+        // compiles to the plan of cap 8): the same plan, a readable plan.json
+        let used = (0..best.input_copies.len())
+            .map(|i| best.input_copies(i))
+            .max()
+            .unwrap_or(1);
+        if used > 1 && used != best.options.pre_rotate {
+            let layout = InputLayout::PreRotated { max_copies: used };
+            let same = Self::compile_with_layout(adapter, params, options, layout)?;
+            if same.input_copies == best.input_copies {
+                best = same;
+            }
+        }
         Ok(best)
     }
 
