@@ -1,4 +1,6 @@
-//! Encrypted evaluation of token-level adapters ([`TokenAdapter`]) for one sample (latency).
+//! Encrypted evaluation of token-level adapters ([`TokenAdapter`]) for one sample (latency);
+//! [`TokenBatchPlan`] evaluates many samples per query with the same level schedule
+//! (throughput; module `batch`).
 //!
 //! # Layouts
 //! Two layouts for a `T x w` token matrix ([`Layout`]), with `T'` = the next power of two
