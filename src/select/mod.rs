@@ -37,8 +37,10 @@ pub struct SelectRequest {
     /// Samples per query in batch mode (needs N/2 >= batch).
     pub batch: Option<usize>,
     /// Noise flooding the server will apply (see [`crate::plan::sanitize`]): the precision
-    /// asked for must survive it. In latency mode one extra level is reserved for the
-    /// output mask, which makes flooding much cheaper. `None`: no flooding.
+    /// asked for must survive it. In latency mode the output mask makes flooding much
+    /// cheaper: folded into the final layer when the plan can
+    /// ([`Plan::output_mask_folded`]), else one extra level is reserved for it. `None`: no
+    /// flooding.
     pub flooding: Option<FloodingConfig>,
     /// The adapter's calibrated error offset and logit size ([`calibrate()`]): with it the
     /// flooding is sized from the adapter's public error bound (as the server will size
@@ -203,9 +205,10 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
         let flooding = req.effective_flooding();
         // With flooding, the scale is raised below until the precision survives it.
         let mut log_scale = target.ceil() as u32 + 16 + extra; // one bit of margin over the model
-                                                               // The output mask (latency mode, with flooding) takes one more level.
-        let levels =
-            depth + usize::from(req.flooding.is_some() && req.options.mode == Mode::Latency);
+                                                               // The output mask (latency mode, with flooding) takes one more level, unless the
+                                                               // plan folds it into its final layer ([`Plan::output_mask_folded`]): tried first.
+        let mask_wanted = req.flooding.is_some() && req.options.mode == Mode::Latency;
+        let mut levels = depth;
         // With flooding the scale must also pay for the flooding noise; its cost does not
         // depend on the scale, so one correction after a first compilation suffices.
         let mut attempt = 0;
@@ -218,6 +221,11 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             match candidate(adapter, req, log_n, ls, levels, bound)? {
                 Candidate::Refused(reason) => break Ok(Err(reason)),
                 Candidate::Ok(params, plan) => {
+                    if mask_wanted && levels == depth && !plan.output_mask_folded() {
+                        levels += 1;
+                        attempt -= 1;
+                        continue;
+                    }
                     let Some(f) = &flooding else {
                         break Ok(Ok((params, plan)));
                     };
