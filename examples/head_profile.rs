@@ -143,7 +143,9 @@ fn main() {
         for _ in 0..times.len().clamp(3, 20) {
             let out = prepared.evaluate(&ev, &query).expect("evaluate");
             let t = std::time::Instant::now();
-            let r = plan.sanitize(&ev, out, &pk, &cfg, &mut rng).expect("sanitize");
+            let r = plan
+                .sanitize(&ev, out, &pk, &cfg, &mut rng)
+                .expect("sanitize");
             st.push(t.elapsed().as_secs_f64() * 1e3);
             std::hint::black_box(r);
         }
