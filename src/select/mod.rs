@@ -357,8 +357,9 @@ enum Candidate {
 ///
 /// Key switching: for each digit count `dnum` (digits of `alpha = ceil(|Q| / dnum)`
 /// consecutive q primes), the special modulus `P` must dominate the largest digit (the
-/// check of [`CkksParams::from_literal`]), so it takes the fewest special primes of at most
-/// 61 bits whose product covers it, sized evenly (`ceil(digit / k)` bits each, which may
+/// check of [`CkksParams::from_literal`], plus [`KEYSWITCH_MARGIN_BITS`] for a digit of
+/// several primes), so it takes the fewest special primes of at most 61 bits whose product
+/// covers it, sized evenly (`ceil(digit / k)` bits each, which may
 /// bring them under 2^50 where the IFMA kernels apply). Among the layouts under the bound
 /// the cheapest by [`keyswitch_cost`] (limb NTTs and multiply-accumulates of one key switch
 /// at the top level) wins: fewer digits mean fewer NTTs per key switch, more special primes
@@ -386,8 +387,11 @@ fn candidate(
             .map(|c| c.iter().sum::<u32>())
             .max()
             .unwrap_or(0);
-        let k = digit.div_ceil(max_bits).max(1);
-        let bits = digit.div_ceil(k).max(crate::select::MIN_SPECIAL_BITS);
+        // a digit of several primes needs P above it (KEYSWITCH_MARGIN_BITS); a one-prime
+        // digit keeps the rule measured before, P at least that prime
+        let need = digit + if alpha > 1 { KEYSWITCH_MARGIN_BITS } else { 0 };
+        let k = need.div_ceil(max_bits).max(1);
+        let bits = need.div_ceil(k).max(MIN_SPECIAL_BITS);
         if base + k * bits <= bound {
             layouts.push((dnum, k as usize, bits));
         }
@@ -416,6 +420,13 @@ fn candidate(
         ),
     }))
 }
+
+/// Bits by which the special modulus `P` must exceed a key-switching digit of several q
+/// primes. Measured on head (b) at N = 2^14, scale 2^59 (`tests/flooding_bound.rs`): with
+/// `P` equal to its 150-bit digit (dnum 2) the per-query RMS error rose from 2^-46.9 to
+/// 2^-43.5, above the public flooding bound 2^-44; 4 bits (the margin the dnum-3 chain had)
+/// keep the key-switching noise below the rescaling noise.
+pub const KEYSWITCH_MARGIN_BITS: u32 = 4;
 
 /// Smallest special prime the selector uses, bits.
 pub const MIN_SPECIAL_BITS: u32 = 30;
