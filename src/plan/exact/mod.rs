@@ -35,6 +35,7 @@ mod calibrate;
 mod chain;
 mod public;
 mod reference;
+mod select;
 
 pub use argmax::{
     argmax_one_hot, argmax_pbs, argmax_reductions, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES,
@@ -42,6 +43,7 @@ pub use argmax::{
 pub use budget::{error_budget, BudgetStep, BUDGET_STEPS};
 pub use calibrate::quantize;
 pub use public::{QuantPublic, QUANT_FORMAT};
+pub use select::{candidates, estimated_cost, rotation_cost, select, Candidate, KEYSWITCH_COST};
 
 /// Boxes one bootstrapping distinguishes on the padded half torus.
 const BOXES: usize = 16;
