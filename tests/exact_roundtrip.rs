@@ -193,7 +193,7 @@ fn top_digits_reads_the_top_bits_on_random_values() {
             let ct = k.client.encrypt(&[v], p, &mut r).unwrap();
             let (w, b) = ev.top_digits(&ct[0], p, j, true).unwrap();
             let want_w = (v >> (4 * j)) & 31;
-            let got = k.client.decrypt(&[w.clone()], 5).unwrap()[0];
+            let got = k.client.decrypt(std::slice::from_ref(&w), 5).unwrap()[0];
             assert_eq!(
                 got,
                 hepeft::exact::to_signed(want_w as u64, 5),

@@ -1,8 +1,10 @@
 //! Runs a [`QuantizedPlan`] on TFHE ciphertexts (the exact backend).
 //!
-//! Per hidden neuron: one leveled dot product (no bootstrapping), `J` low-nibble removals
-//! (two bootstrappings each) and a lookup table (one bootstrapping for 4-bit tables, three
-//! for 5-bit ones) that applies the activation, requantizes and re-encodes the result at the next layer's modulus. The
+//! Per hidden neuron: one leveled dot product (no bootstrapping), the top bits of the
+//! accumulator through `J` stages on the coarse key (`Evaluator::top_digits`: `3J - 1`
+//! blind rotations) and a lookup table (one fine bootstrapping for 4-bit tables, three
+//! for 5-bit ones, seven for 6-bit ones) that applies the activation, requantizes and
+//! re-encodes the result at the next layer's modulus. The
 //! output layer is a leveled dot product only. Neurons run in parallel with rayon. With
 //! [`QuantizeOptions::argmax`](super::QuantizeOptions::argmax) the logits are then turned
 //! into an encrypted one-hot vector (see `encrypted_argmax`).
