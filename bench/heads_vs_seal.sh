@@ -63,7 +63,7 @@ def median_ms(name):
 kib = lambda b: f"{int(b) / 1024:.0f}"
 print()
 print("hepeft NTT path:", "; ".join(sorted({i.get("ntt_path", "?").replace("_", " ") for i in info.values() if "ntt_path" in i})))
-print("layouts: rep = replicated input; preG = client pre-rotated input, up to G copies per segment")
+print("layouts: auto = the compiler's choice (CLI default); rep = replicated input; preG = client pre-rotated input, up to G copies per segment")
 print()
 print("| shape / layout | hepeft N | hepeft ms | hepeft KS | hepeft limb NTTs | hepeft bits | SEAL N=2^13 ms | SEAL KS | SEAL bits | SEAL/hepeft |")
 print("|---|---|---|---|---|---|---|---|---|---|")

@@ -110,7 +110,8 @@ fn lora_map(rng: &mut ChaCha20Rng, d: usize, r: usize) -> hepeft::Result<hepeft:
 /// case prints one line `head_selected/NAME key=value ...` on stderr: ring, depth, key
 /// switches, measured precision (bits relative to the largest output against the plaintext
 /// twin) and bytes of the query (secret-key encryption, seeded), the result and the
-/// evaluation keys. Each case runs in the replicated input layout (`NAME/rep`) and with
+/// evaluation keys. Each case runs in the layout the compiler chooses (`NAME/auto`, the
+/// CLI's default: [`hepeft::plan::PRE_ROTATE_AUTO`]), the replicated input layout (`NAME/rep`) and with
 /// client pre-rotated inputs of up to 8 and 64 copies (`NAME/pre8`, `NAME/pre64`, see
 /// [`InputLayout::PreRotated`]; same parameters).
 /// Run: `RAYON_NUM_THREADS=1 cargo bench --bench head -- head_selected`.
@@ -126,10 +127,12 @@ fn bench_selected(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
+    // `auto`: the compiler's choice (`PRE_ROTATE_AUTO`, the CLI's default)
     let layouts = [
-        ("rep", InputLayout::Replicated),
-        ("pre8", InputLayout::PreRotated { max_copies: 8 }),
-        ("pre64", InputLayout::PreRotated { max_copies: 64 }),
+        ("auto", None),
+        ("rep", Some(InputLayout::Replicated)),
+        ("pre8", Some(InputLayout::PreRotated { max_copies: 8 })),
+        ("pre64", Some(InputLayout::PreRotated { max_copies: 64 })),
     ];
     for (base, adapter) in cases {
         let adapter = adapter.expect("adapter");
@@ -144,8 +147,20 @@ fn bench_selected(c: &mut Criterion) {
         for (lname, layout) in layouts {
             let name = format!("{base}/{lname}");
             let params = sel.params.clone();
-            let plan = Plan::compile_with_layout(&adapter, &params, sel.plan.options(), layout)
-                .expect("plan");
+            let plan = match layout {
+                Some(layout) => {
+                    Plan::compile_with_layout(&adapter, &params, sel.plan.options(), layout)
+                }
+                None => Plan::compile(
+                    &adapter,
+                    &params,
+                    PlanOptions {
+                        pre_rotate: hepeft::plan::PRE_ROTATE_AUTO,
+                        ..sel.plan.options()
+                    },
+                ),
+            }
+            .expect("plan");
             let kg = KeyGenerator::new(&params);
             let sk = kg.gen_secret_key(&mut rng);
             let keys = kg
@@ -189,7 +204,7 @@ fn bench_selected(c: &mut Criterion) {
                 .build()
                 .expect("pool");
             eprintln!(
-            "head_selected/{name} logn={} depth={} key_switches={} ntts={} rotations={} bits={:.2} query_bytes={} result_bytes={} key_bytes={} ntt_path={}",
+            "head_selected/{name} logn={} depth={} key_switches={} ntts={} rotations={} bits={:.2} query_bytes={} result_bytes={} key_bytes={} ntt_path={} pre_rotate={}",
             params.log_n(),
             plan.depth(),
             plan.key_switches(),
@@ -200,6 +215,7 @@ fn bench_selected(c: &mut Criterion) {
             result_bytes,
             key_bytes,
             params.ntt_path().replace(' ', "_"),
+            plan.options().pre_rotate,
         );
             eprint!("{}", plan.summary());
             g.bench_function(format!("{name}/N{}/threads1", params.log_n()), |b| {

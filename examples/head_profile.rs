@@ -6,8 +6,9 @@
 //! wall clock.
 //!
 //! Run: `RAYON_NUM_THREADS=1 cargo run --release --example head_profile -- a 10 1`
-//! (arguments: head `a` = 768-64-square-100, `b` = 384-8-square-10, anything else =
-//! `zoo::lora_head(768, r = 64, 768)`; seconds; client pre-rotated copies, 1 = replicated). `ITERS=n` caps the
+//! (arguments: head `a` = 768-64-square-100, `b` = 384-8-square-10, `lora8` / `lora64` = the LoRA map `B (A x)` of
+//! `benches/head.rs` (d = 768, r = 8 / 64), anything else =
+//! `zoo::lora_head(768, r = 64, 768)`; seconds; client pre-rotated copies, 1 = replicated, 0 = the compiler's choice). `ITERS=n` caps the
 //! evaluations; `NTT_PROBE=1` also times one limb's forward/inverse NTT, multiply-accumulate
 //! and automorphism. Use it under `perf record` to see where the time goes.
 use hepeft::ckks::{Encoder, EncryptionKey, Evaluator, KeyGenerator};
@@ -27,6 +28,8 @@ fn main() {
     let adapter = match which {
         "a" => zoo::square_mlp(&mut rng, 768, 64, 100),
         "b" => zoo::square_mlp(&mut rng, 384, 8, 10),
+        "lora8" => lora_map(&mut rng, 768, 8),
+        "lora64" => lora_map(&mut rng, 768, 64),
         _ => zoo::lora_head(&mut rng, 768, 64, 768),
     }
     .expect("adapter");
@@ -66,8 +69,25 @@ fn main() {
     } else {
         InputLayout::Replicated
     };
-    let plan =
-        Plan::compile_with_layout(&adapter, &params, sel.plan.options(), layout).expect("plan");
+    // copies 0: the compiler's choice (`PRE_ROTATE_AUTO`, the CLI's default)
+    let plan = if copies == 0 {
+        Plan::compile(
+            &adapter,
+            &params,
+            hepeft::plan::PlanOptions {
+                pre_rotate: hepeft::plan::PRE_ROTATE_AUTO,
+                ..sel.plan.options()
+            },
+        )
+    } else {
+        Plan::compile_with_layout(&adapter, &params, sel.plan.options(), layout)
+    }
+    .expect("plan");
+    eprintln!(
+        "pre_rotate {} (estimated cost {:.0} limb NTTs)",
+        plan.options().pre_rotate,
+        plan.estimated_cost()
+    );
     eprint!("{}", plan.summary());
     let kg = KeyGenerator::new(&params);
     let sk = kg.gen_secret_key(&mut rng);
@@ -128,6 +148,30 @@ fn main() {
         times[times.len() / 2],
         times[0]
     );
+}
+
+/// `d -> r -> d`: the LoRA map `B (A x)` alone, as in `benches/head.rs`.
+fn lora_map(rng: &mut ChaCha20Rng, d: usize, r: usize) -> hepeft::Result<hepeft::model::Adapter> {
+    use rand::Rng;
+    let mut m = |rows: usize, c: usize| {
+        ndarray::Array2::from_shape_simple_fn((rows, c), || {
+            rng.random_range(-1.0..1.0) / (c as f64).sqrt()
+        })
+    };
+    let (a, bm) = (m(r, d), m(d, r));
+    let mut b = hepeft::model::AdapterBuilder::new();
+    let x = b.input("x", d)?;
+    b.node(
+        "lora",
+        hepeft::model::Op::LowRank {
+            a,
+            b: bm,
+            scale: 1.0,
+            bias: None,
+        },
+        &[x],
+    )?;
+    b.build()
 }
 
 #[allow(dead_code)]

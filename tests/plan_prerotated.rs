@@ -176,3 +176,63 @@ fn batch_mode_ignores_the_input_layout() {
     assert_eq!(plan.input_copies(0), 1);
     assert_eq!(plan.input_ciphertexts(), 32);
 }
+
+#[test]
+fn automatic_pre_rotation_takes_the_cheapest_layout() {
+    use hepeft::plan::{AUTO_MAX_COPIES, PRE_ROTATE_AUTO};
+    let a = square_mlp(7, 200, 16, 10);
+    let params = insecure_test_params();
+    let auto = PlanOptions {
+        pre_rotate: PRE_ROTATE_AUTO,
+        ..Default::default()
+    };
+    let plan = Plan::compile(&a, &params, auto).unwrap();
+    let chosen = plan.options().pre_rotate;
+    assert!(
+        chosen.is_power_of_two() && chosen <= AUTO_MAX_COPIES,
+        "chose {chosen}"
+    );
+    // no candidate the rule considers is cheaper by the model
+    let mut costs = Vec::new();
+    let mut cap = 1;
+    while cap <= AUTO_MAX_COPIES {
+        let layout = if cap == 1 {
+            InputLayout::Replicated
+        } else {
+            InputLayout::PreRotated { max_copies: cap }
+        };
+        let p = Plan::compile_with_layout(&a, &params, PlanOptions::default(), layout).unwrap();
+        costs.push((cap, p.estimated_cost()));
+        cap *= 2;
+    }
+    let best = costs.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
+    assert_eq!(plan.estimated_cost(), best, "{costs:?}");
+    // the chosen number compiles back to the same plan (what plan.json records and the
+    // client re-compiles from)
+    let again = Plan::compile(
+        &a,
+        &params,
+        PlanOptions {
+            pre_rotate: chosen,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(again.structure_digest(), plan.structure_digest());
+    assert_eq!(again.input_ciphertexts(), plan.input_ciphertexts());
+    // and it agrees with the twin
+    let layout = plan.input_layout();
+    let (_, bits) = run(&a, &params, layout, 50);
+    assert!(bits >= 16.0, "auto ({layout:?}): only {bits:.1} bits");
+    // batch mode has nothing to choose
+    let batch = Plan::compile(
+        &a,
+        &params,
+        PlanOptions {
+            mode: Mode::Batch,
+            ..auto
+        },
+    )
+    .unwrap();
+    assert_eq!(batch.input_copies(0), 1);
+}

@@ -4,7 +4,7 @@
 
 use super::keys::SwitchingKey;
 use super::params::CkksParams;
-use crate::math::dot::dot_accumulate_table;
+use crate::math::dot::{dot_accumulate_table, weighted_accumulate, DotModulus};
 use crate::math::poly::{Coeff, Eval, RnsPoly};
 use crate::math::{scratch, simd};
 use rayon::prelude::*;
@@ -214,11 +214,12 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
         // h - [x + h]_P on every coefficient, then to the evaluation domain
         simd::rsub_in_place(c, m.value(), half_p.0[i]);
         t.forward(c);
+        // (o + c)·P^-1 = o·P^-1 + c·P^-1, vectorized with one reduction
         let w = p_inv[i];
-        let ws = m.shoup(w);
-        for (y, &z) in o.iter_mut().zip(c.iter()) {
-            *y = m.mul_shoup(m.add(*y, z), w, ws);
-        }
+        let mut r = scratch::zeroed(o.len());
+        weighted_accumulate(&DotModulus::new(m), &mut r, &[o, c], &[w, w], m.value());
+        o.copy_from_slice(&r);
+        scratch::recycle(r);
     };
     let words = out.as_words_mut();
     if crate::math::par::worth_parallel((level + 1) * n) {
@@ -262,7 +263,7 @@ pub(crate) fn switch_key(
 /// `P·x` are zero), where `φ` is the evaluation-domain permutation `perm` (or the identity)
 /// and `x` holds at least `acc`'s ciphertext limbs. This lifts a ciphertext part from `Q_l`
 /// into `Q_l·P` at scale `P`, the form key-switch products take before ModDown.
-/// Cost: `(l+1)·N` Shoup products, no NTT.
+/// Cost: `(l+1)·N` lazily reduced products (vectorized), no NTT.
 pub(crate) fn add_p_times(
     params: &CkksParams,
     acc: &mut RnsPoly<Eval>,
@@ -274,20 +275,19 @@ pub(crate) fn add_p_times(
     let p_mod_q = params.p_mod_q();
     for (i, &w) in p_mod_q.iter().enumerate().take(level + 1) {
         let m = *ring.table(level, i).modulus();
-        let ws = m.shoup(w);
         let src = x.limb(i);
         let dst = acc.limb_mut(i);
+        let dm = DotModulus::new(&m);
         match perm {
             Some(p) => {
-                for (y, &k) in dst.iter_mut().zip(p) {
-                    *y = m.add(*y, m.mul_shoup(src[k as usize], w, ws));
+                let mut tmp = scratch::dirty(dst.len());
+                for (y, &k) in tmp.iter_mut().zip(p) {
+                    *y = src[k as usize];
                 }
+                weighted_accumulate(&dm, dst, &[&tmp], &[w], m.value());
+                scratch::recycle(tmp);
             }
-            None => {
-                for (y, &v) in dst.iter_mut().zip(src) {
-                    *y = m.add(*y, m.mul_shoup(v, w, ws));
-                }
-            }
+            None => weighted_accumulate(&dm, dst, &[&src[..dst.len()]], &[w], m.value()),
         }
     }
 }
@@ -307,15 +307,14 @@ pub(crate) fn add_permuted(
         let dst = acc.limb_mut(i);
         match perm {
             Some(p) => {
-                for (y, &k) in dst.iter_mut().zip(p) {
-                    *y = m.add(*y, src[k as usize]);
+                let mut tmp = scratch::dirty(dst.len());
+                for (y, &k) in tmp.iter_mut().zip(p) {
+                    *y = src[k as usize];
                 }
+                simd::add_assign(dst, &tmp, m.value());
+                scratch::recycle(tmp);
             }
-            None => {
-                for (y, &v) in dst.iter_mut().zip(src) {
-                    *y = m.add(*y, v);
-                }
-            }
+            None => simd::add_assign(dst, &src[..dst.len()], m.value()),
         }
     }
 }

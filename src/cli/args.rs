@@ -152,10 +152,11 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
     /// Client pre-rotated input layout the service offers: queries carry up to K rotated
-    /// copies of each input segment (a power of two; 1 = replicated). Served in the model
-    /// description, which clients compile their plan from.
-    #[arg(long, value_name = "K", default_value_t = 1)]
-    pub pre_rotate: usize,
+    /// copies of each input segment (a power of two; 1 = replicated). Default: the plan
+    /// compiler's choice (the cheapest of 1, 2, 4 and 8 copies by its cost model). Served
+    /// in the model description, which clients compile their plan from.
+    #[arg(long, value_name = "K")]
+    pub pre_rotate: Option<usize>,
     /// Batch mode only: input features packed per query ciphertext (a power of two up to
     /// 16; 1 = one ciphertext per feature). A query then takes at most N/(2G) samples and
     /// is about G times smaller; the server unpacks it with G - 1 rotations per ciphertext.
@@ -423,9 +424,10 @@ pub struct KeygenArgs {
     /// input segment (a power of two; 1 = the replicated layout), which removes the server's
     /// baby-step rotations of the first layer at the cost of a query up to K times larger.
     /// Recorded in plan.json and the query's sidecar, which encrypt, evaluate and decrypt
-    /// follow.
-    #[arg(long, value_name = "K", default_value_t = 1)]
-    pub pre_rotate: usize,
+    /// follow. Default: the plan compiler's choice (the cheapest of 1, 2, 4 and 8 copies by
+    /// its cost model; keygen reports it and the query's ciphertexts).
+    #[arg(long, value_name = "K")]
+    pub pre_rotate: Option<usize>,
     /// Batch mode only: input features packed per query ciphertext (a power of two up to
     /// 16; 1 = one ciphertext per feature). A query then takes at most N/(2G) samples and
     /// is about G times smaller; the server unpacks it with G - 1 rotations per ciphertext.

@@ -141,6 +141,53 @@ pub fn dot_accumulate_table(
     }
 }
 
+/// `out[i] = (out[i] + sum_t s[t][i]·w[t]) mod p`: a sum of slices weighted by constants
+/// (the `sum_j v_j·(S/s_j) mod t` of a basis conversion, [`crate::math::rns::BasisConverter`]).
+/// Requires `out[i] < p`, `w[t] < p` and every `s[t][i] < s_bound`; `s` may hold residues of
+/// other (larger) primes than `p`. Cost per element: one unreduced product per term and one
+/// reduction per [`CHUNK`] terms (the IFMA kernel when `p` and `s_bound` are at most `2^50`,
+/// the AVX2 one below `2^62`, else `u128` arithmetic); bit-identical to the scalar sum.
+pub fn weighted_accumulate(m: &DotModulus, out: &mut [u64], s: &[&[u64]], w: &[u64], s_bound: u64) {
+    debug_assert_eq!(s.len(), w.len());
+    for start in (0..s.len()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(s.len());
+        weighted_chunk(m, out, &s[start..end], &w[start..end], s_bound);
+    }
+}
+
+fn weighted_chunk(m: &DotModulus, out: &mut [u64], s: &[&[u64]], w: &[u64], s_bound: u64) {
+    #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
+    if m.p <= (1 << 50) && s_bound <= (1 << 50) {
+        if let Some(simd) = ifma::Ifma::try_new() {
+            ifma::run_weighted(simd, m, out, s, w);
+            return;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if m.p < (1 << 62) && s_bound <= (1 << 62) {
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            wide::run_weighted(simd, m, out, s, w);
+            return;
+        }
+    }
+    let _ = s_bound;
+    scalar_weighted(m, out, 0, s, w);
+}
+
+/// `out[i] = (out[i] + sum_t s[t][from + i]·w[t]) mod p` in `u128` (reducing after every
+/// term: the terms may be as large as `2^64`).
+fn scalar_weighted(m: &DotModulus, out: &mut [u64], from: usize, s: &[&[u64]], w: &[u64]) {
+    let p = m.p as u128;
+    for (i, o) in out.iter_mut().enumerate() {
+        let k = from + i;
+        let mut acc: u128 = *o as u128;
+        for (a, &b) in s.iter().zip(w) {
+            acc = (acc + a[k] as u128 * b as u128) % p;
+        }
+        *o = acc as u64;
+    }
+}
+
 fn chunk(
     m: &DotModulus,
     out0: &mut [u64],
@@ -370,6 +417,48 @@ mod wide {
             u1,
         });
     }
+
+    struct WeightedOp<'a> {
+        v: V3,
+        m: &'a DotModulus,
+        out: &'a mut [u64],
+        s: &'a [&'a [u64]],
+        w: &'a [u64],
+    }
+
+    impl pulp::NullaryFnOnce for WeightedOp<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn call(self) {
+            let WeightedOp { v, m, out, s, w } = self;
+            let n = out.len();
+            let full = n / 4 * 4;
+            let c = Consts {
+                p: v.splat_u64s(m.p),
+                p2: v.splat_u64s(2 * m.p),
+                r: v.splat_u64s(m.r64),
+                rs: v.splat_u64s(m.r64_shoup),
+                one: v.splat_u64s(1),
+                ones: v.splat_u64s(m.one64_shoup),
+            };
+            let zero = v.splat_u64s(0);
+            let sl = lanes(s, full);
+            let wl: Vec<u64x4> = w.iter().map(|&x| v.splat_u64s(x)).collect();
+            let o = pulp::as_arrays_mut::<4, u64>(&mut out[..full]).0;
+            for (k, y) in o.iter_mut().enumerate() {
+                let (mut l, mut h) = (zero, zero);
+                for (a, &b) in sl.iter().zip(&wl) {
+                    mac(v, &mut l, &mut h, cast(a[k]), b);
+                }
+                *y = cast(reduce(v, c, l, h, cast(*y)));
+            }
+            super::scalar_weighted(m, &mut out[full..], full, s, w);
+        }
+    }
+
+    pub(super) fn run_weighted(v: V3, m: &DotModulus, out: &mut [u64], s: &[&[u64]], w: &[u64]) {
+        v.vectorize(WeightedOp { v, m, out, s, w });
+    }
 }
 
 #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
@@ -586,6 +675,54 @@ mod ifma {
             u1,
         });
     }
+
+    struct WeightedOp<'a> {
+        f: Ifma,
+        m: &'a DotModulus,
+        out: &'a mut [u64],
+        s: &'a [&'a [u64]],
+        w: &'a [u64],
+    }
+
+    impl pulp::NullaryFnOnce for WeightedOp<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn call(self) {
+            let WeightedOp { f, m, out, s, w } = self;
+            let n = out.len();
+            let full = n / 8 * 8;
+            let c = Consts {
+                p: splat(f, m.p),
+                p2: splat(f, 2 * m.p),
+                m52: splat(f, M52),
+                r: splat(f, m.r52),
+                rs: splat(f, m.r52_shoup),
+                one: splat(f, 1),
+                ones: splat(f, m.one52_shoup),
+            };
+            let zero = splat(f, 0);
+            let sl: Vec<Lanes<'_>> = s
+                .iter()
+                .map(|v| pulp::as_arrays::<8, u64>(&v[..full]).0)
+                .collect();
+            let wl: Vec<u64x8> = w.iter().map(|&x| splat(f, x)).collect();
+            let o = pulp::as_arrays_mut::<8, u64>(&mut out[..full]).0;
+            for (k, y) in o.iter_mut().enumerate() {
+                let (mut l, mut h) = (zero, zero);
+                for (a, &b) in sl.iter().zip(&wl) {
+                    let x: u64x8 = cast(a[k]);
+                    l = lo(f, l, x, b);
+                    h = hi(f, h, x, b);
+                }
+                *y = cast(reduce(f, c, l, h, cast(*y)));
+            }
+            super::scalar_weighted(m, &mut out[full..], full, s, w);
+        }
+    }
+
+    pub(super) fn run_weighted(f: Ifma, m: &DotModulus, out: &mut [u64], s: &[&[u64]], w: &[u64]) {
+        f.vectorize(WeightedOp { f, m, out, s, w });
+    }
 }
 
 #[cfg(test)]
@@ -631,6 +768,37 @@ mod tests {
             let mut single = o[0].clone();
             dot_accumulate(&dm, &mut single, None, &sr, &u0r, &[]);
             prop_assert_eq!(&single, &want(&o[0], &u0));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The weighted sum equals the scalar one, with terms below the prime or below a
+        /// larger source prime (as in a basis conversion from larger primes).
+        #[test]
+        fn weighted_matches_scalar(seed in any::<u64>(), len in 0usize..300, terms in 0usize..20,
+                          bits in prop::sample::select(vec![30u32, 33, 43, 50, 55, 61]),
+                          src_bits in prop::sample::select(vec![30u32, 43, 50, 59, 62])) {
+            let p = ntt_primes(bits, 16, 1, &[]).unwrap()[0];
+            let m = Modulus::new(p).unwrap();
+            let dm = DotModulus::new(&m);
+            let bound = 1u64 << src_bits;
+            let mut st = seed;
+            let mut next = |lim: u64| {
+                st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let r = st >> 1;
+                match r % 7 { 0 => lim - 1, 1 => 0, _ => r % lim }
+            };
+            let s: Vec<Vec<u64>> = (0..terms).map(|_| (0..len).map(|_| next(bound)).collect()).collect();
+            let w: Vec<u64> = (0..terms).map(|_| next(p)).collect();
+            let o: Vec<u64> = (0..len).map(|_| next(p)).collect();
+            let sr: Vec<&[u64]> = s.iter().map(|v| v.as_slice()).collect();
+            let mut got = o.clone();
+            weighted_accumulate(&dm, &mut got, &sr, &w, bound);
+            let want: Vec<u64> = (0..len).map(|i| {
+                (0..terms).fold(o[i], |a, t| m.add(a, m.mul(m.reduce(s[t][i]), w[t])))
+            }).collect();
+            prop_assert_eq!(got, want);
         }
     }
 }

@@ -1,8 +1,10 @@
 //! RNS bases: the ring context (primes and NTT tables), fast basis conversion (ModUp /
 //! ModDown) and exact CRT reconstruction.
 
+use super::dot::{weighted_accumulate, DotModulus};
 use super::modulus::Modulus;
 use super::ntt::{automorphism_eval_permutation, NttTable};
+use super::scratch;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -167,6 +169,8 @@ pub struct BasisConverter {
     s_mod: Vec<u64>,
     /// `1 / s_j` as `f64`, for the exact conversion's overflow estimate.
     inv_src_f64: Vec<f64>,
+    /// The lazy-reduction constants of every target prime.
+    dst_dot: Vec<DotModulus>,
 }
 
 impl BasisConverter {
@@ -210,16 +214,37 @@ impl BasisConverter {
             hat_mod,
             s_mod,
             inv_src_f64,
+            dst_dot: dst.iter().map(DotModulus::new).collect(),
         })
     }
 
     /// Converts coefficient-form limbs `input[j]` (one per source prime) into coefficient-form
-    /// limbs `output[t]` (one per target prime). Cost: `N·|S|·(1 + |T|)` word products.
+    /// limbs `output[t]` (one per target prime). Cost: `N·|S|` Shoup products, then per
+    /// target `N·|S|` lazily reduced products ([`weighted_accumulate`]: vectorized).
     pub fn convert(&self, input: &[&[u64]], output: &mut [&mut [u64]]) {
+        self.convert_impl(input, output, false);
+    }
+
+    /// `v_j = [x_j·(S/s_j)^-1]_{s_j}` for every source limb, in one scratch buffer (`|S|·N`).
+    fn scaled_inputs(&self, input: &[&[u64]], n: usize) -> Vec<u64> {
+        let mut v = scratch::dirty(self.src.len() * n);
+        for ((out, x), (sj, &(w, ws))) in v
+            .chunks_exact_mut(n)
+            .zip(input)
+            .zip(self.src.iter().zip(&self.hat_inv))
+        {
+            for (y, &a) in out.iter_mut().zip(&x[..n]) {
+                *y = sj.mul_shoup(a, w, ws);
+            }
+        }
+        v
+    }
+
+    fn convert_impl(&self, input: &[&[u64]], output: &mut [&mut [u64]], exact: bool) {
         let ns = self.src.len();
         let n = input.first().map_or(0, |l| l.len());
         if ns == 1 {
-            // One source prime: (S/s_0) = 1, so y_t = x mod t.
+            // One source prime: (S/s_0) = 1, so y_t = x mod t (and the conversion is exact).
             for (t, out) in output.iter_mut().enumerate() {
                 let m = self.dst[t];
                 if self.src[0].value() <= m.value() {
@@ -232,20 +257,47 @@ impl BasisConverter {
             }
             return;
         }
-        let mut v = vec![0u64; ns];
-        for c in 0..n {
-            for j in 0..ns {
-                let (w, ws) = self.hat_inv[j];
-                v[j] = self.src[j].mul_shoup(input[j][c], w, ws);
-            }
-            for (t, out) in output.iter_mut().enumerate() {
-                let row = &self.hat_mod[t * ns..(t + 1) * ns];
-                let mut acc: u128 = 0;
-                for j in 0..ns {
-                    acc += v[j] as u128 * row[j] as u128;
+        let v = self.scaled_inputs(input, n);
+        // exact: the overflow u = floor(sum_j v_j / s_j) < ns, subtracted below as one more
+        // term u·(t - S mod t)
+        let mut u = if exact { scratch::dirty(n) } else { Vec::new() };
+        if exact {
+            let mut frac = vec![0f64; n];
+            for (vj, &inv) in v.chunks_exact(n).zip(&self.inv_src_f64) {
+                for (f, &x) in frac.iter_mut().zip(vj) {
+                    *f += x as f64 * inv;
                 }
-                out[c] = self.dst[t].reduce_u128(acc);
             }
+            // 0 <= frac < ns; the float sum is within ns·2^-52 of the exact one, and a
+            // truncation is the floor of a non-negative value
+            let top = ns as u64 - 1;
+            for (y, f) in u.iter_mut().zip(&frac) {
+                *y = (*f as u64).min(top);
+            }
+        }
+        let bound = self.src.iter().map(|m| m.value()).max().unwrap_or(1);
+        {
+            let mut terms: Vec<&[u64]> = v.chunks_exact(n).collect();
+            if exact {
+                terms.push(&u);
+            }
+            let mut w = Vec::with_capacity(ns + 1);
+            for (t, out) in output.iter_mut().enumerate() {
+                let m = self.dst[t];
+                w.clear();
+                w.extend_from_slice(&self.hat_mod[t * ns..(t + 1) * ns]);
+                if exact {
+                    // -u·S mod t
+                    w.push(m.sub(0, self.s_mod[t]));
+                }
+                let out = &mut out[..n];
+                out.fill(0);
+                weighted_accumulate(&self.dst_dot[t], out, &terms, &w, bound);
+            }
+        }
+        scratch::recycle(v);
+        if exact {
+            scratch::recycle(u);
         }
     }
 }
@@ -262,35 +314,10 @@ impl BasisConverter {
     /// `-u` with `0 <= u < K` (mean about `(K-1)/2`) to every coefficient, a constant-sign
     /// bias that piles up on the slots next to the root 1.
     ///
-    /// Cost: `N·|S|·(1 + |T|)` word products plus `N·|S|` floating-point products.
+    /// Cost: as [`convert`](Self::convert) with one more term per target, plus `N·|S|`
+    /// floating-point products.
     pub fn convert_exact(&self, input: &[&[u64]], output: &mut [&mut [u64]]) {
-        let ns = self.src.len();
-        if ns == 1 {
-            // One source prime: the conversion is already exact.
-            self.convert(input, output);
-            return;
-        }
-        let n = input.first().map_or(0, |l| l.len());
-        let mut v = vec![0u64; ns];
-        for c in 0..n {
-            let mut frac = 0f64;
-            for j in 0..ns {
-                let (w, ws) = self.hat_inv[j];
-                v[j] = self.src[j].mul_shoup(input[j][c], w, ws);
-                frac += v[j] as f64 * self.inv_src_f64[j];
-            }
-            // 0 <= u < ns; the float sum is within ns·2^-52 of the exact one.
-            let u = (frac.floor() as u64).min(ns as u64 - 1);
-            for (t, out) in output.iter_mut().enumerate() {
-                let row = &self.hat_mod[t * ns..(t + 1) * ns];
-                let mut acc: u128 = 0;
-                for j in 0..ns {
-                    acc += v[j] as u128 * row[j] as u128;
-                }
-                let m = self.dst[t];
-                out[c] = m.sub(m.reduce_u128(acc), m.mul(m.reduce(u), self.s_mod[t]));
-            }
-        }
+        self.convert_impl(input, output, true);
     }
 }
 

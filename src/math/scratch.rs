@@ -1,29 +1,43 @@
-//! A small per-thread pool of word buffers.
+//! A small pool of word buffers shared by all threads.
 //!
 //! Homomorphic operations create and drop many polynomial-sized buffers (hundreds of KiB each).
 //! The system allocator hands such sizes back to the kernel and page-faults them in again on
 //! the next use, which cost about a fifth of a key switch when measured. Buffers of dropped
 //! polynomials come back here instead and are reused by the next allocation of the same size.
-//! Each thread keeps at most [`POOL_MAX_BYTES`].
+//!
+//! The pool is process-wide, not per thread: rayon workers allocate most buffers (the digits
+//! of a key switch, the halves of a `join`) and the calling thread drops them, so per-thread
+//! pools filled on one side and stayed empty on the other (measured: a fifth of a rotation
+//! at N = 2^14 went to page faults). One uncontended lock per buffer of at least 8 KiB costs
+//! nothing measurable. The pool keeps at most [`POOL_MAX_BYTES`].
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
-/// Upper bound on the bytes one thread keeps pooled.
-pub const POOL_MAX_BYTES: usize = 64 << 20;
-const POOL_MAX_BUFFERS: usize = 64;
+/// Upper bound on the bytes the pool keeps.
+pub const POOL_MAX_BYTES: usize = 128 << 20;
+const POOL_MAX_BUFFERS: usize = 128;
 
-thread_local! {
-    static POOL: RefCell<Vec<Vec<u64>>> = const { RefCell::new(Vec::new()) };
+struct Pool {
+    buffers: Vec<Vec<u64>>,
+    bytes: usize,
 }
 
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    buffers: Vec::new(),
+    bytes: 0,
+});
+
 fn take(len: usize) -> Option<Vec<u64>> {
-    POOL.with(|p| {
-        let mut p = p.try_borrow_mut().ok()?;
-        let i = p
-            .iter()
-            .rposition(|v| v.capacity() >= len && v.capacity() <= 2 * len.max(1))?;
-        Some(p.swap_remove(i))
-    })
+    // a poisoned lock only means another thread panicked while pushing or popping a
+    // buffer: the list itself is still a valid list of buffers
+    let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let i = p
+        .buffers
+        .iter()
+        .rposition(|v| v.capacity() >= len && v.capacity() <= 2 * len.max(1))?;
+    let v = p.buffers.swap_remove(i);
+    p.bytes -= v.capacity() * 8;
+    Some(v)
 }
 
 /// A zeroed buffer of `len` words, reused from the pool when one fits.
@@ -58,17 +72,15 @@ pub fn copied(src: &[u64]) -> Vec<u64> {
     v
 }
 
-/// Returns a buffer to this thread's pool (or frees it when the pool is full).
+/// Returns a buffer to the pool (or frees it when the pool is full).
 pub fn recycle(v: Vec<u64>) {
     if v.capacity() < 1024 {
         return;
     }
-    POOL.with(|p| {
-        if let Ok(mut p) = p.try_borrow_mut() {
-            let bytes: usize = p.iter().map(|b| b.capacity() * 8).sum();
-            if p.len() < POOL_MAX_BUFFERS && bytes + v.capacity() * 8 <= POOL_MAX_BYTES {
-                p.push(v);
-            }
-        }
-    });
+    let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes = v.capacity() * 8;
+    if p.buffers.len() < POOL_MAX_BUFFERS && p.bytes + bytes <= POOL_MAX_BYTES {
+        p.bytes += bytes;
+        p.buffers.push(v);
+    }
 }

@@ -14,7 +14,7 @@ use rand::Rng;
 
 use super::activation::{Activation, ActivationFn};
 use super::adapter::{Adapter, AdapterBuilder};
-use super::layer::Op;
+use super::layer::{NodeRef, Op};
 use crate::{Error, Result};
 
 /// Scale factor used by the LoRA branches of the zoo (PEFT `alpha / r` with `alpha = 2r`).
@@ -75,6 +75,20 @@ pub fn lora_head(rng: &mut impl Rng, d: usize, r: usize, classes: usize) -> Resu
     positive("classes", classes)?;
     let mut b = AdapterBuilder::new();
     let x = b.input("x", d)?;
+    head_plus_lora(&mut b, rng, x, d, r, classes)?;
+    b.build()
+}
+
+/// Appends `head` (`W x + b`), `lora` (`s * B (A x)`) and `logits` (their sum) on node `x`
+/// of width `d`, drawing `W`, `b`, `A`, `B` from `rng` in that order.
+fn head_plus_lora(
+    b: &mut AdapterBuilder,
+    rng: &mut impl Rng,
+    x: NodeRef,
+    d: usize,
+    r: usize,
+    classes: usize,
+) -> Result<NodeRef> {
     let head = b.node(
         "head",
         Op::Linear {
@@ -97,8 +111,7 @@ pub fn lora_head(rng: &mut impl Rng, d: usize, r: usize, classes: usize) -> Resu
         },
         &[x],
     )?;
-    b.node("logits", Op::Add, &[head, lora])?;
-    b.build()
+    b.node("logits", Op::Add, &[head, lora])
 }
 
 /// A bottleneck adapter with a residual connection and a classifier head:
@@ -217,27 +230,7 @@ pub fn two_tap(
     let t0 = b.input("tap0", d1)?;
     let t1 = b.input("tap1", d2)?;
     let z = b.node("concat", Op::Concat, &[t0, t1])?;
-    let head = b.node(
-        "head",
-        Op::Linear {
-            weight: weight(rng, classes, d),
-            bias: Some(bias(rng, classes)),
-        },
-        &[z],
-    )?;
-    let a = weight(rng, r, d);
-    let bm = weight(rng, classes, r);
-    let lora = b.node(
-        "lora",
-        Op::LowRank {
-            a,
-            b: bm,
-            scale: ZOO_LORA_SCALE,
-            bias: None,
-        },
-        &[z],
-    )?;
-    b.node("logits", Op::Add, &[head, lora])?;
+    head_plus_lora(&mut b, rng, z, d, r, classes)?;
     b.build()
 }
 

@@ -77,6 +77,10 @@ pub struct PlanOptions {
     /// two; 1, the default, is the replicated layout): [`InputLayout::PreRotated`] with
     /// `max_copies = pre_rotate` in latency mode. The server's baby-step rotations go away
     /// and the query grows up to `pre_rotate`-fold. Batch mode ignores it.
+    ///
+    /// [`PRE_ROTATE_AUTO`] (0) lets [`Plan::compile`] choose: the layout of `1, 2, 4, ...,`
+    /// [`AUTO_MAX_COPIES`] copies with the lowest [`Plan::estimated_cost`]. The compiled
+    /// plan's options then hold the chosen number (what plan.json and the sidecar record).
     pub pre_rotate: usize,
     /// Batch mode: input features packed per query ciphertext (a power of two, at most
     /// [`MAX_BATCH_PACK`]; 1, the default, is one ciphertext per feature). With `g > 1` the
@@ -87,6 +91,15 @@ pub struct PlanOptions {
     /// the first stage. Latency mode ignores it.
     pub batch_pack: usize,
 }
+
+/// [`PlanOptions::pre_rotate`] value asking the compiler to choose the client pre-rotation
+/// from its cost model ([`Plan::estimated_cost`]).
+pub const PRE_ROTATE_AUTO: usize = 0;
+
+/// Most pre-rotated copies per input segment the automatic choice ([`PRE_ROTATE_AUTO`])
+/// considers: a query grows at most this many times (8 x 256 KiB for a 768-wide input at
+/// N = 2^13). Larger values stay available by asking for them.
+pub const AUTO_MAX_COPIES: usize = 8;
 
 /// Most input features one batch-mode query ciphertext carries ([`PlanOptions::batch_pack`]):
 /// each needs one rotation key and one hoisted rotation per ciphertext to unpack.
@@ -413,8 +426,62 @@ impl Plan {
     ///
     /// Errors: a layout that does not fit (batch mode only takes up to N/2 samples, which
     /// is checked at encoding), or an adapter deeper than the parameters' levels.
+    ///
+    /// With `options.pre_rotate = `[`PRE_ROTATE_AUTO`] in latency mode, compiles the layouts
+    /// of `1, 2, 4, ...,` [`AUTO_MAX_COPIES`] client copies and keeps the one with the lowest
+    /// [`Plan::estimated_cost`] (the fewest copies among equals); batch mode takes 1.
     pub fn compile(adapter: &Adapter, params: &CkksParams, options: PlanOptions) -> Result<Self> {
-        Self::compile_with_layout(adapter, params, options, options.input_layout())
+        if options.pre_rotate != PRE_ROTATE_AUTO {
+            return Self::compile_with_layout(adapter, params, options, options.input_layout());
+        }
+        let mut best =
+            Self::compile_with_layout(adapter, params, options, InputLayout::Replicated)?;
+        if options.mode != Mode::Latency {
+            return Ok(best);
+        }
+        let mut best_cost = best.estimated_cost();
+        let mut copies = 2;
+        while copies <= AUTO_MAX_COPIES {
+            let layout = InputLayout::PreRotated { max_copies: copies };
+            let plan = Self::compile_with_layout(adapter, params, options, layout)?;
+            let cost = plan.estimated_cost();
+            if cost < best_cost {
+                (best, best_cost) = (plan, cost);
+            }
+            copies *= 2;
+        }
+        // record the copies the plan actually uses (a cap of 2 raised to the baby step 8
+        // compiles to the plan of cap 8): the same plan, a readable plan.json
+        let used = (0..best.input_copies.len())
+            .map(|i| best.input_copies(i))
+            .max()
+            .unwrap_or(1);
+        if used > 1 && used != best.options.pre_rotate {
+            let layout = InputLayout::PreRotated { max_copies: used };
+            let same = Self::compile_with_layout(adapter, params, options, layout)?;
+            if same.input_copies == best.input_copies {
+                best = same;
+            }
+        }
+        Ok(best)
+    }
+
+    /// The cost model behind [`PRE_ROTATE_AUTO`], in units of one limb NTT of this ring:
+    /// `ntts + w_ks·key_switches + w_ct·query_ciphertexts`. A key switch costs, besides its
+    /// NTTs, the read of its key and `2·dnum·(l+1+K)` limb products; every query ciphertext
+    /// (a pre-rotated copy) is read by one plaintext product per diagonal and held in memory.
+    /// The weights are fitted to quiet single-thread runs of heads (a), (b) and the LoRA maps
+    /// (docs/BENCHMARKS.md): with AVX-512 IFMA a key switch weighs about 28 limb NTTs and a
+    /// query ciphertext 12; on the AVX2 path, where the NTT is about 5 times slower, 12 and 3.
+    pub fn estimated_cost(&self) -> f64 {
+        let (w_ks, w_ct) = if self.params.ring().uses_ifma() {
+            (28.0, 12.0)
+        } else {
+            (12.0, 3.0)
+        };
+        self.ntts() as f64
+            + w_ks * self.key_switches() as f64
+            + w_ct * self.input_ciphertexts() as f64
     }
 
     /// [`Plan::compile`] with a client-side input layout (latency mode; batch mode ignores

@@ -32,7 +32,10 @@ mod run_exact;
 pub mod sanitize;
 pub mod token;
 
-pub use compile::{InputLayout, Mode, Plan, PlanOptions, StageReport, MAX_BATCH_PACK};
+pub use compile::{
+    InputLayout, Mode, Plan, PlanOptions, StageReport, AUTO_MAX_COPIES, MAX_BATCH_PACK,
+    PRE_ROTATE_AUTO,
+};
 #[cfg(feature = "exact")]
 pub use exact::{
     argmax_one_hot, argmax_pbs, argmax_reductions, quantize, QuantPublic, QuantizeOptions,

@@ -56,7 +56,7 @@ pub fn run(args: &KeygenArgs, ui: &Ui) -> Result<KeygenReport> {
     )?;
     let options = hepeft::plan::PlanOptions {
         mode,
-        pre_rotate: args.pre_rotate,
+        pre_rotate: args.pre_rotate.unwrap_or(hepeft::plan::PRE_ROTATE_AUTO),
         batch_pack: args.batch_pack,
         ..Default::default()
     };

@@ -55,7 +55,7 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     let record = params_file.record.as_ref();
     let mode = hepeft::select::record::resolve_mode(record, args.mode.map(Into::into), Some(&ctx))?;
     let options = hepeft::plan::PlanOptions {
-        pre_rotate: args.pre_rotate,
+        pre_rotate: args.pre_rotate.unwrap_or(hepeft::plan::PRE_ROTATE_AUTO),
         batch_pack: args.batch_pack,
         ..plan_options(mode)
     };
