@@ -697,7 +697,7 @@ fn exact_params_file_is_an_he_object() {
 
 /// Full size, `--ignored`: the 6-bit-table plan that reaches Concrete ML's 0.95 on the
 /// benchmark's shape (384 -> 64 -> ReLU -> 10; J = 3, 6-bit inputs and hidden outputs,
-/// 2^12 x 3 fine key, 832 PBS), encrypted, equals its integer twin bit for bit with exactly
+/// 2^12 x 3 fine key, 960 blind rotations, 832 before `top_digits`), encrypted, equals its integer twin bit for bit with exactly
 /// the predicted bootstrappings. `cargo test --release --test exact_roundtrip -- --ignored
 /// --nocapture six_bit_tables_full_size`.
 #[test]
