@@ -201,7 +201,8 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
         })
         .collect();
     let src: Vec<&[u64]> = p_coeff.iter().map(|v| v.as_slice()).collect();
-    let mut out = x.at_level(level);
+    // every limb is written below from x's ciphertext limbs and the conversion
+    let mut out = RnsPoly::<Eval>::zero(ring, level, false);
     let mut conv = scratch::dirty((level + 1) * n);
     {
         let mut outs: Vec<&mut [u64]> = conv.chunks_exact_mut(n).collect();
@@ -214,12 +215,10 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
         // h - [x + h]_P on every coefficient, then to the evaluation domain
         simd::rsub_in_place(c, m.value(), half_p.0[i]);
         t.forward(c);
-        // (o + c)·P^-1 = o·P^-1 + c·P^-1, vectorized with one reduction
+        // (x_i + c)·P^-1 = x_i·P^-1 + c·P^-1 into the zeroed o, with one reduction
         let w = p_inv[i];
-        let mut r = scratch::zeroed(o.len());
-        weighted_accumulate(&DotModulus::new(m), &mut r, &[o, c], &[w, w], m.value());
-        o.copy_from_slice(&r);
-        scratch::recycle(r);
+        let xi = &x.limb(i)[..o.len()];
+        weighted_accumulate(&DotModulus::new(m), o, &[xi, c], &[w, w], m.value());
     };
     let words = out.as_words_mut();
     if crate::math::par::worth_parallel((level + 1) * n) {
