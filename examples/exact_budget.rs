@@ -62,17 +62,17 @@ fn relu_head(rng: &mut ChaCha20Rng, d: usize, h: usize, c: usize) -> Adapter {
     b.build().unwrap()
 }
 
-/// Coarse and fine bootstrappings per sample: the head's (`2J + 1`, `2J + 3` or `2J + 7`
-/// per hidden unit) and the sanitization of its outputs.
+/// Coarse and fine bootstrappings per sample: the head's (stages: `3J - 1` coarse, all on
+/// the coarse key since `Evaluator::top_digits`; tables: 1 fine with 4-bit tables, 1 coarse
+/// and 2 fine with 5-bit ones, 3 coarse and 4 fine with 6-bit ones, the extra bit included)
+/// and the sanitization of its outputs.
 fn pbs_split(plan: &hepeft::plan::QuantizedPlan) -> (u64, u64) {
     let (mut c, mut f) = (0u64, 0u64);
     for l in &plan.layers {
         let Some(a) = &l.activation else { continue };
         let n = l.out_dim as u64;
         let j = a.stages as u64;
-        // each stage: a coarse sign and a fine low part
-        c += n * j;
-        f += n * j;
+        c += n * (3 * j).saturating_sub(1);
         match a.bits {
             4 => f += n,
             5 => {
@@ -274,7 +274,10 @@ fn main() {
             plan.report.overflows
         );
             let (c, f) = pbs_split(&plan);
-            print!("    coarse / fine PBS with sanitization: {c} / {f}");
+            print!(
+                "    coarse / fine PBS with sanitization: {c} / {f} | cost model (head): {:.0} coarse-PBS units",
+                hepeft::plan::exact::estimated_cost(&plan, &params)
+            );
             if let Some((tc, tf)) = timed {
                 print!(
                     " | estimated latency {:.2} s on one thread, {:.2} s on two",

@@ -178,3 +178,56 @@ fn real_bottleneck_twins_against_f64() {
         }
     }
 }
+
+/// `params select --backend exact --min-agreement` (issue 19): on the digits bottleneck the
+/// selector plans every candidate setting, writes the chosen options and fine key into the
+/// quantization file, and the rest of the CLI pipeline follows them: keys of that
+/// decomposition, and a decryption bit for bit equal to the chosen plan's integer twin.
+#[test]
+fn selected_settings_run_through_the_exact_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let card = asset("digits/bottleneck/card.toml");
+    let feats = features("digits", &["pixels"]);
+    let calib = rows(&feats, 0..CALIB);
+    let x = rows(&feats, CALIB..CALIB + 1);
+    let calib_path = d.join("calib.npy");
+    save_features_npy(&calib_path, calib.view()).unwrap();
+    let x_path = d.join("x.npy");
+    save_features_npy(&x_path, x.view()).unwrap();
+    let (report, got) = exact_pipeline(
+        d,
+        &card,
+        &calib_path,
+        &[x_path],
+        &["--min-agreement", "1.0", "--max-key-mb", "200"],
+    );
+    assert!(report.contains("candidates"), "{report}");
+    let q: hepeft::plan::QuantPublic =
+        serde_json::from_str(&std::fs::read_to_string(d.join("quant.json")).unwrap()).unwrap();
+    let params = q.checked_params().unwrap();
+    let a = load_card(&card).unwrap();
+    let (cands, i, _) = hepeft::plan::exact::select(
+        &a,
+        calib.view(),
+        &QuantizeOptions::default(),
+        1.0,
+        200_000_000,
+    )
+    .unwrap();
+    // the CLI chose what the library chooses, and it is the most accurate candidate
+    assert_eq!(q.options, cands[i].options);
+    assert_eq!(&params, &cands[i].params);
+    let best = cands
+        .iter()
+        .filter_map(|c| c.agreement.as_ref().ok())
+        .fold(0.0f64, |m, &v| m.max(v));
+    assert_eq!(cands[i].agreement.as_ref().copied().unwrap(), best);
+    let plan = quantize(&a, calib.view(), &q.options, &params).unwrap();
+    let twin = plan.forward_batch(x.view()).unwrap();
+    assert_eq!(
+        got, twin,
+        "digits/bottleneck (selected): decrypted != integer twin"
+    );
+    eprintln!("{report}");
+}

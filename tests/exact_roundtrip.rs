@@ -168,6 +168,62 @@ fn drop_low_nibble_is_exact_on_random_values() {
         .is_err());
 }
 
+/// `top_digits` (every stage on the coarse key, nibbles subtracted at the scale of each
+/// read) gives `floor(a / 2^(4J))` and the bit below it, with the fraction it leaves within
+/// the bound the noise model assumes; values with all-ones low nibbles (the largest
+/// fraction) and the ends of the range included.
+#[test]
+fn top_digits_reads_the_top_bits_on_random_values() {
+    let k = keys();
+    let ev = Evaluator::new(&k.server);
+    let mut r = rng(31);
+    let mut calls = 0u64;
+    let mut expected_pbs = 0u64;
+    for j in [1u32, 2, 3] {
+        let p = 4 * j + 5;
+        let low = (1i64 << (4 * j)) - 1;
+        let mut values: Vec<i64> = vec![0, low, (1i64 << p) - 1, 1i64 << (p - 1)];
+        for _ in 0..4 {
+            values.push(r.random_range(0..(1i64 << p)));
+        }
+        for _ in 0..2 {
+            values.push(r.random_range(0..(1i64 << p)) | low);
+        }
+        for &v in &values {
+            let ct = k.client.encrypt(&[v], p, &mut r).unwrap();
+            let (w, b) = ev.top_digits(&ct[0], p, j, true).unwrap();
+            let want_w = (v >> (4 * j)) & 31;
+            let got = k.client.decrypt(std::slice::from_ref(&w), 5).unwrap()[0];
+            assert_eq!(
+                got,
+                hepeft::exact::to_signed(want_w as u64, 5),
+                "J = {j}, v = {v}"
+            );
+            let bit = k.client.decrypt(&[b.unwrap()], 5).unwrap()[0];
+            assert_eq!(bit, (v >> (4 * j - 1)) & 1, "J = {j}, v = {v}");
+            // what is left around the box centre: the centred fraction plus noise
+            let off = k.client.phase(&w).unwrap().wrapping_sub(encode(want_w, 5)) as i64;
+            assert!(
+                off.unsigned_abs() < 1u64 << 54,
+                "J = {j}, v = {v}: offset 2^{:.1}",
+                (off.unsigned_abs() as f64).log2()
+            );
+            calls += 1;
+            expected_pbs += 3 * u64::from(j);
+        }
+    }
+    assert_eq!(calls, 30);
+    assert_eq!(ev.pbs_count(), expected_pbs);
+    assert!(ev
+        .top_digits(
+            &keys().client.encrypt(&[1], 9, &mut r).unwrap()[0],
+            9,
+            2,
+            false
+        )
+        .is_err());
+}
+
 /// Measured output noise of both bootstrapping keys against the model.
 #[test]
 fn pbs_noise_matches_model() {
@@ -641,7 +697,7 @@ fn exact_params_file_is_an_he_object() {
 
 /// Full size, `--ignored`: the 6-bit-table plan that reaches Concrete ML's 0.95 on the
 /// benchmark's shape (384 -> 64 -> ReLU -> 10; J = 3, 6-bit inputs and hidden outputs,
-/// 2^12 x 3 fine key, 832 PBS), encrypted, equals its integer twin bit for bit with exactly
+/// 2^12 x 3 fine key, 960 blind rotations, 832 before `top_digits`), encrypted, equals its integer twin bit for bit with exactly
 /// the predicted bootstrappings. `cargo test --release --test exact_roundtrip -- --ignored
 /// --nocapture six_bit_tables_full_size`.
 #[test]

@@ -391,6 +391,17 @@ pub struct SelectArgs {
     /// instead of the logits (recorded in the quantization file; at most 16 classes).
     #[arg(long)]
     pub argmax: bool,
+    /// Exact backend: choose among candidate settings (the default; J = 3 with 6-bit
+    /// inputs; 6-bit hidden outputs on the 2^12 x 3 fine key; 6-bit tables) the cheapest
+    /// whose integer twin agrees with the f64 model's argmax on at least this fraction of
+    /// the calibration samples (in-sample; `--stages` is then ignored). Prints every
+    /// candidate's agreement, estimated cost and key size.
+    #[arg(long, value_name = "FRACTION")]
+    pub min_agreement: Option<f64>,
+    /// Exact backend, with --min-agreement: only candidates whose evaluation keys
+    /// (transferred) fit this many MB.
+    #[arg(long, value_name = "MB", requires = "min_agreement")]
+    pub max_key_mb: Option<f64>,
 }
 
 #[derive(Debug, Args)]

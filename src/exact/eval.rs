@@ -525,6 +525,103 @@ impl<'a> Evaluator<'a> {
         Ok((self.sub_add(c, &l, 0)?, b))
     }
 
+    /// The top [`READ_BITS`] bits of a value held modulo `2^p`, `p = 4J + 5`: returns a
+    /// ciphertext of `w = floor(a / 2^(4J)) mod 32` at phase `w · 2^59` plus a centred
+    /// *fraction* of at most `2^50` in magnitude (the nibbles of `a` two or more below `w`,
+    /// minus [`TOP_DIGITS_CENTRE`]; zero for `J = 1`), ready for [`lut5`](Self::lut5) /
+    /// [`lut6`](Self::lut6); with `keep_top`, also the top bit `b` of the last nibble
+    /// (bit `4J - 1` of `a`) at scale `2^59`, as
+    /// [`drop_low_nibble_keep_top`](Self::drop_low_nibble_keep_top).
+    ///
+    /// Same digits as `J` calls of [`drop_low_nibble`](Self::drop_low_nibble), but no
+    /// bootstrapping output is ever shifted, so every one of them comes from the **coarse**
+    /// key and the fine key is left to the tables. Read `k` (`k = 1..J`, then the final read
+    /// `J + 1` at `c` itself) takes `c · 2^(p-5-4(k-1))`, where nibble `k` and the bit above
+    /// are on top, nibble `k-1` sits in `[2^55, 2^59)` and nibble `k-2` in `[2^51, 2^55)`;
+    /// it subtracts those two nibbles as returned by the earlier stages *directly at these
+    /// scales* (`d · 2^55`, `d · 2^51`: two coarse blind rotations on one keyswitch per
+    /// stage). The nibbles further down stay, centred, as a fraction of at most 1/256 box,
+    /// which costs each read about one bit of its failure exponent
+    /// ([`noise::pbs_log2_p_fail_offset`](super::noise::pbs_log2_p_fail_offset)).
+    ///
+    /// Cost: `2J` keyswitches and `3J - 1` coarse blind rotations (one more with
+    /// `keep_top`), against `2J` keyswitches and `J` coarse plus `J` fine ones for the
+    /// shifted form. Noise: each read sees the shifted input noise plus up to two coarse
+    /// outputs; the result carries two (one for `J = 1`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if `stages > 13` or `p != 4 · stages + 5`.
+    pub fn top_digits(
+        &self,
+        c: &ExactCiphertext,
+        p: u32,
+        stages: u32,
+        keep_top: bool,
+    ) -> Result<(ExactCiphertext, Option<ExactCiphertext>)> {
+        if stages > 13 || p != 4 * stages + READ_BITS {
+            return Err(Error::params(format!(
+                "top_digits needs p = 4 · stages + {READ_BITS} <= 57, got p = {p}, stages = {stages}"
+            )));
+        }
+        let params = &self.key.params;
+        let sign = Lut::new(params, false, |_| (1u64 << 62).wrapping_neg());
+        // box i of the padded read holds the nibble d = i; returned at the scales of the
+        // next read (2^55) and of the one after (2^51)
+        let near_lut = Lut::new(params, false, |i| (i as u64) << 55);
+        let far_lut = Lut::new(params, false, |i| (i as u64) << 51);
+        let bit_lut = Lut::new(params, false, |i| ((i as u64) >> 3) << (64 - READ_BITS));
+        // read k subtracts nibble k-1 at 2^55 (`near`) and nibble k-2 at 2^51 (`far`), and
+        // centres the nibbles below (present from read 3 on)
+        let read_input = |k: u32,
+                          near: Option<&ExactCiphertext>,
+                          far: Option<&ExactCiphertext>|
+         -> Result<ExactCiphertext> {
+            let mut r = self.shl(c, p - READ_BITS - 4 * k);
+            if let Some(d) = near {
+                r = self.sub_add(&r, d, 0)?;
+            }
+            if let Some(d) = far {
+                let centre = if k >= 3 {
+                    TOP_DIGITS_CENTRE.wrapping_neg()
+                } else {
+                    0
+                };
+                r = self.sub_add(&r, d, centre)?;
+            }
+            Ok(r)
+        };
+        let (mut near, mut far, mut far_next): (Option<_>, Option<_>, Option<_>) =
+            (None, None, None);
+        let mut top_bit = None;
+        for k in 0..stages {
+            let top = read_input(k, near.as_ref(), far.as_ref())?;
+            let s = self.pbs(&top, &sign)?;
+            let low_in = self.sub_add(&top, &s, (1u64 << 62).wrapping_neg())?;
+            let last = k + 1 == stages;
+            // the last stage's nibble is read once more (the final read), at 2^55 only
+            let mut luts = vec![&near_lut];
+            if !last {
+                luts.push(&far_lut);
+            }
+            if keep_top && last {
+                luts.push(&bit_lut);
+            }
+            let mut outs = self.pbs_many(&low_in, &luts)?.into_iter();
+            let n = outs
+                .next()
+                .ok_or_else(|| Error::params("top_digits: missing bootstrapping output"))?;
+            let f = if last { None } else { outs.next() };
+            if keep_top && last {
+                top_bit = outs.next();
+            }
+            // read k + 1: nibble k at 2^55, nibble k - 1 at 2^51
+            near = Some(n);
+            far = std::mem::replace(&mut far_next, f);
+        }
+        let w = read_input(stages, near.as_ref(), far.as_ref())?;
+        Ok((w, top_bit))
+    }
+
     /// Removes the low 4 bits of a value held modulo `2^p` (`p >= READ_BITS`): returns a
     /// ciphertext of `floor(a / 16) mod 2^(p-4)` at scale `2^(64-p+4)`, i.e. the same phase
     /// minus `(a mod 16) · 2^(64-p)`. Exact (up to the PBS failure probability).
@@ -568,6 +665,10 @@ impl<'a> Evaluator<'a> {
         self.sub_add(c, &l, 0)
     }
 }
+
+/// What [`Evaluator::top_digits`] subtracts from its reads from the third on, so that the
+/// nibbles left below the read (in `[0, 2^51)`) sit within `±2^50` of the box centre.
+pub const TOP_DIGITS_CENTRE: u64 = 1 << 50;
 
 /// Splits a 64-entry table into the two 32-entry tables [`Evaluator::lut6`] reads:
 /// `T2[0] = 0`, `T2[w + 1] = T2[w] + table[2w + 1] - table[2w]`, `T1[w] = table[2w] - T2[w]`,

@@ -19,6 +19,7 @@ pub mod sanitize;
 
 pub use eval::{
     encode, lut6_split, lut6_value, to_signed, Evaluator, ExactCiphertext, Lut, SeededCiphertexts,
+    TOP_DIGITS_CENTRE,
 };
 pub use keys::{
     generate_key_set, generate_keys, ClientKey, CompressedServerKey, KeySet, ServerKey,

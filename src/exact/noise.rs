@@ -72,6 +72,16 @@ pub fn box_half_width() -> f64 {
     2f64.powi(64 - READ_BITS as i32 - 1)
 }
 
+/// [`pbs_log2_p_fail`] for a read whose value sits up to `offset` away from its box centre
+/// (a known, bounded shift, such as the centred fraction [`Evaluator::top_digits`]
+/// leaves): the noise must stay within `box_half_width() - offset`.
+///
+/// [`Evaluator::top_digits`]: super::Evaluator::top_digits
+pub fn pbs_log2_p_fail_offset(p: &ExactParams, input_var: f64, offset: f64) -> f64 {
+    let v = input_var + keyswitch_variance(p) + modulus_switch_variance(p);
+    log2_p_fail(v, box_half_width() - offset.abs()) + model_correction(p)
+}
+
 /// log2 of the probability that a PBS whose *input* ciphertext (big key, before keyswitch)
 /// has noise variance `input_var` reads the wrong box, made conservative by
 /// [`model_correction`] (never more optimistic than tfhe-rs's own figure for the set).

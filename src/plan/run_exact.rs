@@ -1,8 +1,10 @@
 //! Runs a [`QuantizedPlan`] on TFHE ciphertexts (the exact backend).
 //!
-//! Per hidden neuron: one leveled dot product (no bootstrapping), `J` low-nibble removals
-//! (two bootstrappings each) and a lookup table (one bootstrapping for 4-bit tables, three
-//! for 5-bit ones) that applies the activation, requantizes and re-encodes the result at the next layer's modulus. The
+//! Per hidden neuron: one leveled dot product (no bootstrapping), the top bits of the
+//! accumulator through `J` stages on the coarse key (`Evaluator::top_digits`: `3J - 1`
+//! blind rotations) and a lookup table (one fine bootstrapping for 4-bit tables, three
+//! for 5-bit ones, seven for 6-bit ones) that applies the activation, requantizes and
+//! re-encodes the result at the next layer's modulus. The
 //! output layer is a leveled dot product only. Neurons run in parallel with rayon. With
 //! [`QuantizeOptions::argmax`](super::QuantizeOptions::argmax) the logits are then turned
 //! into an encrypted one-hot vector (see `encrypted_argmax`).
@@ -154,28 +156,15 @@ impl QuantizedPlan {
                     let table = act.tables.get(j).ok_or_else(|| {
                         Error::dims("exact activation tables", layer.out_dim, act.tables.len())
                     })?;
-                    let mut pc = p;
+                    // the top 5 bits of the accumulator (and the 6th for 6-bit tables),
+                    // every stage on the coarse key (`Evaluator::top_digits`)
+                    let (w, bit) = ev.top_digits(&acc, p, act.stages, act.bits == 6)?;
+                    acc = w;
                     if act.bits == 6 {
-                        // the last stage also returns the top bit of its nibble: the 6th bit
-                        let mut bit = None;
-                        for s in 0..act.stages {
-                            if s + 1 == act.stages {
-                                let (a, b) = ev.drop_low_nibble_keep_top(&acc, pc)?;
-                                acc = a;
-                                bit = Some(b);
-                            } else {
-                                acc = ev.drop_low_nibble(&acc, pc)?;
-                            }
-                            pc -= 4;
-                        }
                         let bit = bit.ok_or_else(|| {
                             Error::params("exact backend: 6-bit tables need at least one stage")
                         })?;
                         return ev.lut6(&acc, &bit, table, next_p);
-                    }
-                    for _ in 0..act.stages {
-                        acc = ev.drop_low_nibble(&acc, pc)?;
-                        pc -= 4;
                     }
                     if act.bits == 5 {
                         return ev.lut5(&acc, table, next_p);

@@ -55,17 +55,53 @@ pub fn select(a: &SelectArgs, ui: &Ui) -> Result<()> {
         .as_ref()
         .context("--calib is required with --backend exact")?;
     let calib = load_features_npy(calib_path)?;
-    let params = ExactParams::default_2m128()?;
-    let opts = QuantizeOptions {
+    let base = QuantizeOptions {
         stages: a.stages,
         argmax: a.argmax,
         ..QuantizeOptions::default()
+    };
+    let (params, opts, choice) = match a.min_agreement {
+        None => (ExactParams::default_2m128()?, base, String::new()),
+        Some(min) => {
+            ensure!(
+                (0.0..=1.0).contains(&min),
+                "--min-agreement {min} must be a fraction in [0, 1]"
+            );
+            let max_bytes = a.max_key_mb.map_or(u64::MAX, |mb| (mb * 1e6) as u64);
+            let base = QuantizeOptions { stages: 2, ..base };
+            let (cands, i, met) =
+                hepeft::plan::exact::select(&adapter, calib.view(), &base, min, max_bytes)?;
+            let mut text = String::from("candidates (agreement with f64 on the calibration set, estimated cost in coarse bootstrappings, keys transferred):\n");
+            for (k, c) in cands.iter().enumerate() {
+                let agree = match &c.agreement {
+                    Ok(v) => format!("{v:.3}"),
+                    Err(e) => format!("refused ({e})"),
+                };
+                text.push_str(&format!(
+                    "  {} {:<11} agreement {agree}, cost {:.0}, keys {}\n",
+                    if k == i { "*" } else { " " },
+                    c.name,
+                    c.cost,
+                    human_bytes(c.key_bytes)
+                ));
+            }
+            if !met {
+                text.push_str(&format!(
+                    "no candidate reaches {min} within the key budget: chose the most accurate\n"
+                ));
+            }
+            let c = cands
+                .into_iter()
+                .nth(i)
+                .context("internal: chosen candidate missing")?;
+            (c.params, c.options, text)
+        }
     };
     let plan = quantize(&adapter, calib.view(), &opts, &params)?;
     let public = plan.public(&params, &opts);
     write_json(&a.out, &public)?;
     let text = format!(
-        "exact backend: {} (digest {})\n\
+        "{choice}exact backend: {} (digest {})\n\
          layers: {}, input {} bits at modulus 2^{}, output modulus 2^{}\n\
          predicted PBS per sample: {}\n\
          evaluation keys: {} transferred (seeded), {} in server memory\n\

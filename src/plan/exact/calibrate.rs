@@ -363,7 +363,6 @@ fn quantize_hidden(
     col_var: &[f64],
 ) -> (QuantizedLayer, Vec<(f64, usize)>) {
     let (out_dim, in_dim) = fl.w.dim();
-    let fine = noise::pbs_variance(params, true);
     let coarse = noise::pbs_variance(params, false);
     let mut pfails = Vec::new();
     let j = opts.stages;
@@ -434,21 +433,31 @@ fn quantize_hidden(
             t
         })
         .collect();
-    // noise: every stage reads 5 bits; outputs feeding `c` come from the fine key
+    // noise (`Evaluator::top_digits`): read k (k = 0..J, the last one the tables' input)
+    // sees the accumulator shifted by 2^(p-5-4k), minus nibble k-1 and nibble k-2 as coarse
+    // outputs at their scales, and from k = 3 on a centred fraction of at most 2^50
     let var_acc = max_row_norm2(&weights, in_dim, col_var);
-    let mut cur = var_acc;
-    let mut pc = p;
-    for s in 0..j {
-        let top = cur * 4f64.powi((pc - 5) as i32);
-        pfails.push((noise::pbs_log2_p_fail(params, top), out_dim));
-        pfails.push((noise::pbs_log2_p_fail(params, top + coarse), out_dim));
-        if opts.activation_bits == 6 && s + 1 == j {
-            // the 6th bit: a coarse blind rotation on the low part's input
-            pfails.push((noise::pbs_log2_p_fail(params, top + coarse), out_dim));
+    let read = |k: u32| -> (f64, f64) {
+        let var = var_acc * 4f64.powi((p - 5 - 4 * k) as i32) + coarse * f64::from(k.min(2));
+        let offset = if k >= 3 {
+            crate::exact::TOP_DIGITS_CENTRE as f64
+        } else {
+            0.0
+        };
+        (var, offset)
+    };
+    let pf = |(v, o): (f64, f64)| noise::pbs_log2_p_fail_offset(params, v, o);
+    for k in 0..j {
+        let (top, off) = read(k);
+        // the sign read, then the low read (its input carries the sign's coarse output;
+        // the near, far and 6th-bit rotations share that keyswitch and that input)
+        pfails.push((pf((top, off)), out_dim));
+        pfails.push((pf((top + coarse, off)), out_dim));
+        if opts.activation_bits == 6 && k + 1 == j {
+            pfails.push((pf((top + coarse, off)), out_dim));
         }
-        cur += fine;
-        pc -= 4;
     }
+    let (cur, cur_off) = read(j);
     // lut5: sign (coarse) and odd part read its input, the even part the input plus a
     // coarse output; lut6 is a lut5 of `w` and one of `w + b` (b: one coarse output).
     // (Order kept as before 6-bit tables: the union bound, hence the public file, is
@@ -459,15 +468,15 @@ fn quantize_hidden(
         _ => &[],
     };
     pfails.push((
-        noise::pbs_log2_p_fail(params, reads.first().copied().unwrap_or(cur)),
+        pf((reads.first().copied().unwrap_or(cur), cur_off)),
         out_dim,
     ));
     for (i, &r) in reads.iter().enumerate() {
         if i > 0 {
-            pfails.push((noise::pbs_log2_p_fail(params, r), out_dim));
+            pfails.push((pf((r, cur_off)), out_dim));
         }
-        pfails.push((noise::pbs_log2_p_fail(params, r + coarse), out_dim));
-        pfails.push((noise::pbs_log2_p_fail(params, r), out_dim));
+        pfails.push((pf((r + coarse, cur_off)), out_dim));
+        pfails.push((pf((r, cur_off)), out_dim));
     }
     let layer = QuantizedLayer {
         sources: Vec::new(),

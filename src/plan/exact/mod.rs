@@ -35,6 +35,7 @@ mod calibrate;
 mod chain;
 mod public;
 mod reference;
+mod select;
 
 pub use argmax::{
     argmax_one_hot, argmax_pbs, argmax_reductions, ARGMAX_LOG_MODULUS, ARGMAX_MAX_CLASSES,
@@ -42,6 +43,7 @@ pub use argmax::{
 pub use budget::{error_budget, BudgetStep, BUDGET_STEPS};
 pub use calibrate::quantize;
 pub use public::{QuantPublic, QUANT_FORMAT};
+pub use select::{candidates, estimated_cost, rotation_cost, select, Candidate, KEYSWITCH_COST};
 
 /// Boxes one bootstrapping distinguishes on the padded half torus.
 const BOXES: usize = 16;
@@ -78,8 +80,8 @@ impl QuantizeOptions {
     /// The most accurate variant measured (docs/exact.md): 6-bit table reads, three
     /// low-nibble removal stages, 6-bit inputs and hidden outputs (0.958 argmax agreement on
     /// the 384 -> 64 -> ReLU -> 10 benchmark head with the `2^12 x 3` fine bootstrapping key,
-    /// against 0.889 for the default), at 2J + 7 bootstrappings per hidden unit instead of
-    /// 2J + 3.
+    /// against 0.889 for the default), at 3J + 6 blind rotations per hidden unit (four on
+    /// the fine key) instead of 3J + 2 (two fine).
     pub fn six_bit() -> Self {
         Self {
             activation_bits: 6,

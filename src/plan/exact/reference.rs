@@ -85,9 +85,11 @@ impl QuantizedPlan {
         self.layers.last().map_or(1, |l| l.log_modulus)
     }
 
-    /// Bootstrappings per sample: `2J + 1` per hidden neuron with 4-bit tables, `2J + 3`
-    /// with 5-bit tables, `2J + 7` with 6-bit tables (the last stage's extra bit and two
-    /// 5-bit reads); none for linear layers; plus [`argmax_pbs`] with the argmax.
+    /// Bootstrappings (blind rotations) per sample: `3J` per hidden neuron with 4-bit
+    /// tables, `3J + 2` with 5-bit tables, `3J + 6` with 6-bit tables (the last stage's
+    /// extra bit and two 5-bit reads); of these only the tables' 1, 2 or 4 use the fine key
+    /// (`Evaluator::top_digits` runs the `3J - 1` of the stages on the coarse key); none for
+    /// linear layers; plus [`argmax_pbs`] with the argmax.
     pub fn predicted_pbs(&self) -> u64 {
         let argmax = if self.argmax {
             argmax_pbs(self.output_dim(), self.logits_log_modulus())
@@ -105,7 +107,9 @@ impl QuantizedPlan {
                             5 => 3,
                             _ => 1,
                         };
-                        l.out_dim as u64 * (2 * a.stages as u64 + table)
+                        // `Evaluator::top_digits`: a sign and a near rotation per stage, a
+                        // far one for every stage but the last
+                        l.out_dim as u64 * ((3 * a.stages as u64).saturating_sub(1) + table)
                     })
                 })
                 .sum::<u64>()
