@@ -125,7 +125,12 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
     let req = SelectRequest {
         precision_bits: args.precision,
         security: args.security,
-        options: plan_options(mode),
+        // the layout keygen takes by default (the compiler's pre-rotation choice), so the
+        // report's key and query sizes are those of the files keygen writes
+        options: hepeft::plan::PlanOptions {
+            pre_rotate: hepeft::plan::PRE_ROTATE_AUTO,
+            ..plan_options(mode)
+        },
         batch: args.batch.map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
         flooding: args.flooding.config().flooding,
         // the adapter's error bound and logit size, measured from the card's weights (none
