@@ -33,14 +33,20 @@ fn main() {
         _ => zoo::lora_head(&mut rng, 768, 64, 768),
     }
     .expect("adapter");
-    let sel = hepeft::select::select(
-        &adapter,
-        &hepeft::select::SelectRequest {
-            precision_bits: 16,
-            ..Default::default()
+    // FLOOD=1: the parameters `params select` picks with the default 40-bit flooding (and
+    // the adapter's calibrated profile); the sanitization is then timed too.
+    let flood = std::env::var("FLOOD").is_ok();
+    let req = hepeft::select::SelectRequest {
+        precision_bits: 16,
+        flooding: flood.then(hepeft::plan::FloodingConfig::default),
+        profile: if flood {
+            hepeft::select::calibrate(&adapter, None).expect("calibrate")
+        } else {
+            None
         },
-    )
-    .expect("select");
+        ..Default::default()
+    };
+    let sel = hepeft::select::select(&adapter, &req).expect("select");
     let params = sel.params.clone();
     eprintln!("{}", params.describe());
     eprintln!(
@@ -148,6 +154,24 @@ fn main() {
         times[times.len() / 2],
         times[0]
     );
+    if flood {
+        let pk = kg.gen_public_key(&sk, &mut rng).expect("pk");
+        let cfg = hepeft::plan::SanitizeConfig {
+            flooding: req.effective_flooding(),
+        };
+        let mut st = Vec::new();
+        for _ in 0..times.len().clamp(3, 20) {
+            let out = prepared.evaluate(&ev, &query).expect("evaluate");
+            let t = std::time::Instant::now();
+            let r = plan
+                .sanitize(&ev, out, &pk, &cfg, &mut rng)
+                .expect("sanitize");
+            st.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(r);
+        }
+        st.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        eprintln!("sanitize median {:.2} ms", st[st.len() / 2]);
+    }
 }
 
 /// `d -> r -> d`: the LoRA map `B (A x)` alone, as in `benches/head.rs`.

@@ -415,3 +415,125 @@ fn a_degree_two_activation_without_leading_coefficient_is_refused_with_the_fix()
     )
     .is_ok());
 }
+
+/// Evaluates one query of `plan` (no sanitization) and returns every slot of each result
+/// ciphertext, decrypted.
+fn raw_slots(plan: &Plan, inputs: &[Array2<f64>], seed: u64) -> Vec<Vec<f64>> {
+    let p = plan.params();
+    let f = Fixture::new(p.clone(), seed);
+    let keys = KeyGenerator::new(p)
+        .gen_evaluation_keys(
+            &f.sk,
+            &plan.galois_elements(),
+            plan.needs_relin(),
+            &mut rng(seed + 1),
+        )
+        .unwrap();
+    let ev = Evaluator::with_keys(p, std::sync::Arc::new(keys)).unwrap();
+    let views: Vec<ArrayView2<f64>> = inputs.iter().map(|a| a.view()).collect();
+    let q = plan
+        .encrypt_query(
+            &f.encoder,
+            EncryptionKey::Public(&f.pk),
+            &views,
+            &mut rng(seed + 2),
+        )
+        .unwrap();
+    let out = plan.prepare().unwrap().evaluate(&ev, &q).unwrap();
+    out.iter().map(|c| f.decrypt(c)).collect()
+}
+
+/// The output mask folded into the final dense layer (`Plan::output_mask_folded`): the
+/// fused plan's outputs equal the unfused twin's (fold off: the mask is a separate product)
+/// and the plaintext reference, its non-output slots are zero instead of copies, and
+/// sanitization (with flooding) needs no level for the mask, so the adapter runs with
+/// flooding on a chain of exactly its depth. A final layer with wide blocks keeps the
+/// separate mask.
+#[test]
+fn the_output_mask_folds_into_a_final_dense_layer() {
+    use hepeft::plan::{FloodingConfig, SanitizeConfig};
+    let a = zoo::square_mlp(&mut rng(41), 64, 16, 10).unwrap();
+    let inputs = zoo::uniform_inputs(&mut rng(42), &a, 1);
+    let views: Vec<ArrayView2<f64>> = inputs.iter().map(|x| x.view()).collect();
+    let (want, _) = reference::evaluate_batch(&a, &views).unwrap();
+    let want: Vec<f64> = want.iter().copied().collect();
+    let p = params();
+    let predicted = model_precision_bits(p.default_scale().log2().round(), p.log_n());
+    let compile = |p: &CkksParams, fold: bool| {
+        Plan::compile(
+            &a,
+            p,
+            PlanOptions {
+                fold_normalization: fold,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let fused = compile(&p, true);
+    let twin = compile(&p, false);
+    assert!(fused.output_mask_folded());
+    assert!(!twin.output_mask_folded());
+    let (f_slots, t_slots) = (
+        raw_slots(&fused, &inputs, 50),
+        raw_slots(&twin, &inputs, 60),
+    );
+    let dim = fused.output_dim();
+    for (name, slots) in [("fused", &f_slots[0]), ("unfused twin", &t_slots[0])] {
+        let s = PrecisionStats::compare(&slots[..dim], &want);
+        println!("{name}: {:.1} bits (predicted {predicted:.1})", s.min_bits);
+        assert!(s.min_bits >= predicted, "{name}: {:.1} bits", s.min_bits);
+    }
+    // fused non-output slots: zero up to the evaluation noise; the twin's hold copies
+    let gap = f_slots[0][dim..].iter().fold(0f64, |m, v| m.max(v.abs()));
+    println!("fused: largest non-output slot {:.2e}", gap);
+    assert!(gap < (-predicted).exp2(), "non-output slot {gap:e}");
+    let period = fused.output_segments()[0].period;
+    assert!(
+        (t_slots[0][period] - want[0]).abs() < 1e-4,
+        "twin keeps copies"
+    );
+
+    // on a chain of exactly the adapter's depth, sanitization with flooding still masks
+    let depth = fused.depth();
+    let exact = CkksParams::from_literal(
+        CkksParamsLiteral::new(12, [vec![50], vec![40; depth]].concat(), vec![50, 50], 40)
+            .with_security(Security::Unchecked),
+    )
+    .unwrap();
+    let plan = compile(&exact, true);
+    assert_eq!(plan.output_level().get(), 0);
+    let f = FloodingConfig::new(8, 1);
+    let cfg = SanitizeConfig { flooding: Some(f) };
+    let fx = Fixture::new(exact.clone(), 70);
+    let keys = KeyGenerator::new(&exact)
+        .gen_evaluation_keys(&fx.sk, &plan.galois_elements(), true, &mut rng(71))
+        .unwrap();
+    let ev = Evaluator::with_keys(&exact, std::sync::Arc::new(keys)).unwrap();
+    let q = plan
+        .encrypt_query(
+            &fx.encoder,
+            EncryptionKey::Public(&fx.pk),
+            &views,
+            &mut rng(72),
+        )
+        .unwrap();
+    let out = plan.prepare().unwrap().evaluate(&ev, &q).unwrap();
+    let (res, report) = plan.sanitize(&ev, out, &fx.pk, &cfg, &mut rng(73)).unwrap();
+    assert!(report.masked, "{}", report.mask_note);
+    assert!(report.mask_note.contains("folded"), "{}", report.mask_note);
+    let fr = report.flooding.unwrap();
+    assert!((fr.precision_bits_after - plan.flooded_precision_bits(&f)).abs() < 1e-9);
+    let got = fx.decrypt(&res[0]);
+    let s = PrecisionStats::compare(&got[..dim], &want);
+    println!(
+        "exact-depth chain, 8-bit flooding: {:.1} bits, predicted {:.1}",
+        s.min_bits, fr.precision_bits_after
+    );
+    assert!(s.min_bits >= fr.precision_bits_after);
+
+    // a wide final layer (32 -> 4: rotate-and-sum after the products) keeps the mask product
+    let wide = zoo::square_mlp(&mut rng(43), 64, 32, 4).unwrap();
+    let plan = Plan::compile(&wide, &p, PlanOptions::default()).unwrap();
+    assert!(!plan.output_mask_folded());
+}

@@ -250,3 +250,51 @@ fn batch_selection_names_the_packing_that_fits_the_samples() {
         Some(hepeft::plan::MAX_BATCH_PACK)
     );
 }
+
+/// With flooding (scales near 2^59, N = 2^14), the selector folds the output mask into the
+/// last layer (no mask level) and sizes the special primes to the largest key-switching
+/// digit plus `KEYSWITCH_MARGIN_BITS`, choosing the digit count by its cost proxy: fewer
+/// digits than q primes, and P above every digit.
+#[test]
+fn flooded_selection_folds_the_mask_and_sizes_the_special_primes() {
+    use hepeft::plan::FloodingConfig;
+    use hepeft::select::{keyswitch_cost, KEYSWITCH_MARGIN_BITS};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+    let head_b = zoo::square_mlp(&mut rng, 384, 8, 10).unwrap();
+    let s = select(
+        &head_b,
+        &SelectRequest {
+            flooding: Some(FloodingConfig::default()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = &s.report;
+    println!("{}", r.to_text());
+    assert!(s.plan.output_mask_folded(), "{}", s.plan.summary());
+    // q_0, the 30-bit prime reserved for the output, one prime per level of the adapter
+    assert_eq!(r.log_q.len(), 2 + r.depth, "no level reserved for the mask");
+    let nq = r.log_q.len();
+    assert!(r.dnum < nq, "dnum {} of {nq} primes", r.dnum);
+    let alpha = nq.div_ceil(r.dnum);
+    let log_p: u32 = r.log_p.iter().sum();
+    for digit in r.log_q.chunks(alpha) {
+        let bits: u32 = digit.iter().sum();
+        let margin = if digit.len() > 1 {
+            KEYSWITCH_MARGIN_BITS
+        } else {
+            0
+        };
+        assert!(
+            bits + margin <= log_p,
+            "digit {digit:?} against P 2^{log_p}"
+        );
+    }
+    // cheaper than one digit per prime with one special prime (the layout before issue 14)
+    assert!(
+        keyswitch_cost(nq, r.dnum, r.log_p.len()) < keyswitch_cost(nq, nq, 1),
+        "{}",
+        r.to_text()
+    );
+    assert!(r.log_qp <= r.max_log_qp as f64);
+}

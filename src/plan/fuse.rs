@@ -736,3 +736,40 @@ fn compact(stages: Vec<Stage>, n_inputs: usize, output: usize) -> Vec<Stage> {
         })
         .collect()
 }
+
+impl super::Plan {
+    /// Whether the sanitization mask is folded into the final layer (the fourth pass,
+    /// latency layout, with [`PlanOptions::fold_normalization`](super::PlanOptions)): the
+    /// final stage is a dense map none of whose blocks is wide (no rotate-and-sum after the
+    /// plaintext products), so its diagonals and bias are encoded with every slot outside
+    /// `0..dim` of each output segment set to zero, and the output's non-output slots hold
+    /// exact zeros (plus the fresh rounding and key-switching noise of that one product)
+    /// instead of copies of the outputs. [`super::Plan::sanitize`] then needs no mask product
+    /// and no level for it. Cost: none (a few more zero entries in the encoded diagonals).
+    ///
+    /// A wide block (`m' < n'`) sums `n'/m'` partial results by rotations after the
+    /// products, which would move the zeros of a masked diagonal onto output slots: such a
+    /// final stage keeps the separate mask product.
+    pub fn output_mask_folded(&self) -> bool {
+        if self.options.mode != super::Mode::Latency || !self.options.fold_normalization {
+            return false;
+        }
+        let Some(last) = self.stages.last() else {
+            return false;
+        };
+        if !matches!(last.op, StageOp::Dense { .. }) {
+            return false;
+        }
+        let in_periods: Vec<usize> = last
+            .inputs
+            .iter()
+            .flat_map(|&i| self.stages.get(i).map_or(&[][..], |s| &s.segments[..]))
+            .map(|s| s.period)
+            .collect();
+        !in_periods.is_empty()
+            && last
+                .segments
+                .iter()
+                .all(|o| in_periods.iter().all(|&n| o.period >= n))
+    }
+}

@@ -49,6 +49,7 @@ pub struct PreparedPlan {
     prepared: Vec<Prepared>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn dense_block(
     encoder: &Encoder,
     w: &ndarray::Array2<f64>,
@@ -57,6 +58,7 @@ fn dense_block(
     level: Level,
     scale: f64,
     copies: usize,
+    masked: bool,
 ) -> Result<Block> {
     let slots = encoder.slots();
     let (m, n) = (o.period, i.period);
@@ -69,7 +71,8 @@ fn dense_block(
                     let t = s % d;
                     let row = t % m;
                     let col = (t + kk) % n;
-                    if row < o.dim && col < i.dim {
+                    // folded output mask: only the first period keeps its rows
+                    if row < o.dim && col < i.dim && (!masked || s < o.dim) {
                         w[[o.offset + row, i.offset + col]]
                     } else {
                         0.0
@@ -98,10 +101,15 @@ impl Plan {
         let encoder = Encoder::new(params)?;
         let delta = params.default_scale();
         let latency = self.options.mode == Mode::Latency;
+        let mask_at = self
+            .output_mask_folded()
+            .then(|| self.stages.len().saturating_sub(1));
         let prepared = self
             .stages
             .iter()
-            .map(|st| -> Result<Prepared> {
+            .enumerate()
+            .map(|(idx, st)| -> Result<Prepared> {
+                let masked = mask_at == Some(idx);
                 if !latency {
                     return Ok(Prepared::None);
                 }
@@ -127,7 +135,16 @@ impl Plan {
                                 in_segs
                                     .iter()
                                     .map(|(i, c)| {
-                                        dense_block(&encoder, weight, o, i, st.in_level, q_in, *c)
+                                        dense_block(
+                                            &encoder,
+                                            weight,
+                                            o,
+                                            i,
+                                            st.in_level,
+                                            q_in,
+                                            *c,
+                                            masked,
+                                        )
                                     })
                                     .collect::<Result<Vec<_>>>()
                             })
@@ -140,11 +157,12 @@ impl Plan {
                                     let slice = b
                                         .as_slice()
                                         .ok_or_else(|| Error::model("bias is not contiguous"))?;
-                                    Ok(Some(encoder.encode(
-                                        &layout::pack(slice, o, params.slots()),
-                                        st.level,
-                                        delta,
-                                    )?))
+                                    let mut v = layout::pack(slice, o, params.slots());
+                                    if masked {
+                                        let from = o.dim.min(v.len());
+                                        v[from..].fill(0.0);
+                                    }
+                                    Ok(Some(encoder.encode(&v, st.level, delta)?))
                                 }
                                 None => Ok(None),
                             })

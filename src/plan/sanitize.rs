@@ -5,7 +5,9 @@
 //! [`Plan::sanitize`] runs four steps on every result ciphertext:
 //!
 //! 1. **Mask** (latency layout): zero every slot that is not an output. When the final stage
-//!    is dense or affine the non-output slots already hold, by construction of the
+//!    is a dense map without wide blocks the mask is folded into its diagonals and bias at
+//!    compilation ([`Plan::output_mask_folded`]): no product and no level. Otherwise, when
+//!    the final stage is dense or affine the non-output slots already hold, by construction of the
 //!    diagonals and packed vectors, only exact zeros or exact copies of the outputs, and
 //!    the mask is applied only if a level is left (one plaintext product and one rescale).
 //!    When the final stage is an activation (whose value at 0, a function of its
@@ -224,7 +226,8 @@ impl SanitizeConfig {
 /// Figures of a sanitization (identical for every query of a plan).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SanitizeReport {
-    /// Whether non-output slots were zeroed by a mask product (one level).
+    /// Whether non-output slots were zeroed: by a mask product (one level), or by the mask
+    /// folded into the final layer ([`Plan::output_mask_folded`]).
     pub masked: bool,
     /// Why masking was or was not needed.
     pub mask_note: String,
@@ -297,6 +300,7 @@ impl Plan {
         let params = &self.params;
         let latency = self.options.mode == Mode::Latency;
         let clean = self.output_gaps_clean();
+        let folded = self.output_mask_folded();
         let floor = params.output_floor_level();
         let mut masked = false;
         let segments = self.output_segments().to_vec();
@@ -311,7 +315,10 @@ impl Plan {
             let mut live_slots = params.slots();
             if let Some(enc) = &encoder {
                 let level = ct.level();
-                if level > floor {
+                if folded {
+                    masked = true;
+                    live_slots = segments.get(k).map_or(0, |s| s.dim).max(1);
+                } else if level > floor {
                     let dim = segments.get(k).map_or(0, |s| s.dim);
                     let mask: Vec<f64> = (0..params.slots())
                         .map(|s| if s < dim { 1.0 } else { 0.0 })
@@ -348,6 +355,9 @@ impl Plan {
             rerandomize_and_flood(ev, pk, prepped, read_values, eps_log2, cfg, rng)?;
         let mask_note = if !latency {
             "batch layout: every slot is an output of a sample the client chose".to_string()
+        } else if folded {
+            "non-output slots zeroed by the mask folded into the final layer's diagonals (no level)"
+                .to_string()
         } else if masked {
             "non-output slots zeroed by a mask product (one level)".to_string()
         } else {
@@ -450,8 +460,8 @@ impl Plan {
     pub fn flooded_precision_bits(&self, f: &FloodingConfig) -> f64 {
         let params = &self.params;
         let half_n = params.slots() as f64;
-        let masked =
-            self.options.mode == Mode::Latency && self.output_level() > params.output_floor_level();
+        let masked = self.options.mode == Mode::Latency
+            && (self.output_mask_folded() || self.output_level() > params.output_floor_level());
         let live_values: f64 = if masked {
             self.output_segments()
                 .iter()

@@ -37,8 +37,10 @@ pub struct SelectRequest {
     /// Samples per query in batch mode (needs N/2 >= batch).
     pub batch: Option<usize>,
     /// Noise flooding the server will apply (see [`crate::plan::sanitize`]): the precision
-    /// asked for must survive it. In latency mode one extra level is reserved for the
-    /// output mask, which makes flooding much cheaper. `None`: no flooding.
+    /// asked for must survive it. In latency mode the output mask makes flooding much
+    /// cheaper: folded into the final layer when the plan can
+    /// ([`Plan::output_mask_folded`]), else one extra level is reserved for it. `None`: no
+    /// flooding.
     pub flooding: Option<FloodingConfig>,
     /// The adapter's calibrated error offset and logit size ([`calibrate()`]): with it the
     /// flooding is sized from the adapter's public error bound (as the server will size
@@ -203,9 +205,10 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
         let flooding = req.effective_flooding();
         // With flooding, the scale is raised below until the precision survives it.
         let mut log_scale = target.ceil() as u32 + 16 + extra; // one bit of margin over the model
-                                                               // The output mask (latency mode, with flooding) takes one more level.
-        let levels =
-            depth + usize::from(req.flooding.is_some() && req.options.mode == Mode::Latency);
+                                                               // The output mask (latency mode, with flooding) takes one more level, unless the
+                                                               // plan folds it into its final layer ([`Plan::output_mask_folded`]): tried first.
+        let mask_wanted = req.flooding.is_some() && req.options.mode == Mode::Latency;
+        let mut levels = depth;
         // With flooding the scale must also pay for the flooding noise; its cost does not
         // depend on the scale, so one correction after a first compilation suffices.
         let mut attempt = 0;
@@ -218,6 +221,11 @@ pub fn select(adapter: &Adapter, req: &SelectRequest) -> Result<Selection> {
             match candidate(adapter, req, log_n, ls, levels, bound)? {
                 Candidate::Refused(reason) => break Ok(Err(reason)),
                 Candidate::Ok(params, plan) => {
+                    if mask_wanted && levels == depth && !plan.output_mask_folded() {
+                        levels += 1;
+                        attempt -= 1;
+                        continue;
+                    }
                     let Some(f) = &flooding else {
                         break Ok(Ok((params, plan)));
                     };
@@ -346,6 +354,16 @@ enum Candidate {
 
 /// The fastest parameter set at `log_n` with `levels` levels at scale `2^log_scale` under
 /// `bound`, compiled for `adapter`, or why there is none.
+///
+/// Key switching: for each digit count `dnum` (digits of `alpha = ceil(|Q| / dnum)`
+/// consecutive q primes), the special modulus `P` must dominate the largest digit (the
+/// check of [`CkksParams::from_literal`], plus [`KEYSWITCH_MARGIN_BITS`] for a digit of
+/// several primes), so it takes the fewest special primes of at most 61 bits whose product
+/// covers it, sized evenly (`ceil(digit / k)` bits each, which may
+/// bring them under 2^50 where the IFMA kernels apply). Among the layouts under the bound
+/// the cheapest by [`keyswitch_cost`] (limb NTTs and multiply-accumulates of one key switch
+/// at the top level) wins: fewer digits mean fewer NTTs per key switch, more special primes
+/// more limbs in every extended product.
 fn candidate(
     adapter: &Adapter,
     req: &SelectRequest,
@@ -354,18 +372,37 @@ fn candidate(
     levels: usize,
     bound: u32,
 ) -> Result<Candidate> {
-    let (log_q, q0) = chain(log_scale, levels);
-    let bits_special = q0.max(log_scale);
+    let (log_q, _) = chain(log_scale, levels);
+    let max_bits = crate::math::modulus::MAX_MODULUS_BITS;
     let base: u32 = log_q.iter().sum();
-    // most special primes that fit: fewer digits, faster key switching; the security check
-    // of `CkksParams::from_literal` (on the actual primes) has the last word
-    let mut last_err = None;
-    for k in (1..=(levels + 1).min(8)).rev() {
-        if base + k as u32 * bits_special > bound {
-            continue;
+    let nq = log_q.len();
+    let mut layouts: Vec<(usize, usize, u32)> = Vec::new(); // (dnum, k, bits per special prime)
+    for dnum in 1..=nq {
+        let alpha = nq.div_ceil(dnum);
+        if nq.div_ceil(alpha) != dnum {
+            continue; // same digits as a smaller dnum
         }
-        let lit = CkksParamsLiteral::new(log_n, log_q.clone(), vec![bits_special; k], log_scale)
+        let digit = log_q
+            .chunks(alpha)
+            .map(|c| c.iter().sum::<u32>())
+            .max()
+            .unwrap_or(0);
+        // a digit of several primes needs P above it (KEYSWITCH_MARGIN_BITS); a one-prime
+        // digit keeps the rule measured before, P at least that prime
+        let need = digit + if alpha > 1 { KEYSWITCH_MARGIN_BITS } else { 0 };
+        let k = need.div_ceil(max_bits).max(1);
+        let bits = need.div_ceil(k).max(MIN_SPECIAL_BITS);
+        if base + k * bits <= bound {
+            layouts.push((dnum, k as usize, bits));
+        }
+    }
+    layouts.sort_by_key(|&(dnum, k, _)| (keyswitch_cost(nq, dnum, k), k));
+    // the security check of `CkksParams::from_literal` (on the actual primes) has the last word
+    let mut last_err = None;
+    for &(dnum, k, bits) in &layouts {
+        let mut lit = CkksParamsLiteral::new(log_n, log_q.clone(), vec![bits; k], log_scale)
             .with_security(req.security);
+        lit.dnum = Some(dnum);
         match CkksParams::from_literal(lit) {
             Ok(params) => {
                 let plan = Plan::compile(adapter, &params, req.options)?;
@@ -374,13 +411,40 @@ fn candidate(
             Err(e) => last_err = Some(e),
         }
     }
+    let one_prime = log_q.iter().copied().max().unwrap_or(0);
     Ok(Candidate::Refused(match last_err {
         Some(e) => format!("N = 2^{log_n}: {e}"),
         None => format!(
-            "N = 2^{log_n}: depth {levels} at scale 2^{log_scale} needs log2(QP) >= {} (q {log_q:?} + one {bits_special}-bit special prime), above the bound of {bound}",
-            base + bits_special
+            "N = 2^{log_n}: depth {levels} at scale 2^{log_scale} needs log2(QP) >= {} (q {log_q:?} + one {one_prime}-bit special prime), above the bound of {bound}",
+            base + one_prime
         ),
     }))
+}
+
+/// Bits by which the special modulus `P` must exceed a key-switching digit of several q
+/// primes. Measured on head (b) at N = 2^14, scale 2^59 (`tests/flooding_bound.rs`): with
+/// `P` equal to its 150-bit digit (dnum 2) the per-query RMS error rose from 2^-46.9 to
+/// 2^-43.5, above the public flooding bound 2^-44; 4 bits (the margin the dnum-3 chain had)
+/// keep the key-switching noise below the rescaling noise.
+pub const KEYSWITCH_MARGIN_BITS: u32 = 4;
+
+/// Smallest special prime the selector uses, bits.
+pub const MIN_SPECIAL_BITS: u32 = 30;
+
+/// Cost proxy of one key switch at the top level of a chain of `nq` q primes with `dnum`
+/// digits and `k` special primes, in limb operations: the ModUp's NTTs (one inverse per q
+/// limb, one forward per digit and limb it lacks), the ModDown of both parts (`k` inverse,
+/// `nq` forward each), and the multiply-accumulate with the key (two parts, `dnum` digits of
+/// `nq + k` limbs), counted as a quarter of an NTT each.
+pub fn keyswitch_cost(nq: usize, dnum: usize, k: usize) -> usize {
+    let alpha = nq.div_ceil(dnum).max(1);
+    let mod_up: usize = (0..nq.div_ceil(alpha))
+        .map(|d| nq + k - ((d + 1) * alpha).min(nq).saturating_sub(d * alpha))
+        .sum::<usize>()
+        + nq;
+    let mod_down = 2 * (k + nq);
+    let mac = 2 * dnum * (nq + k);
+    4 * (mod_up + mod_down) + mac
 }
 
 /// The largest `g <= MAX_BATCH_PACK` with `samples <= N/(2g)`, when above 1 and `plan` is an

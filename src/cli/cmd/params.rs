@@ -125,8 +125,8 @@ pub fn select(args: &SelectArgs, ui: &Ui) -> Result<()> {
     let req = SelectRequest {
         precision_bits: args.precision,
         security: args.security,
-        // the layout keygen takes by default (the compiler's pre-rotation choice), so the
-        // report's key and query sizes are those of the files keygen writes
+        // keygen's default layout (the compiler's pre-rotation choice), so that the report's
+        // key and query sizes are those keygen produces
         options: hepeft::plan::PlanOptions {
             pre_rotate: hepeft::plan::PRE_ROTATE_AUTO,
             ..plan_options(mode)
