@@ -4,7 +4,7 @@
 
 use super::keys::SwitchingKey;
 use super::params::CkksParams;
-use crate::math::dot::{dot_accumulate_table, weighted_accumulate, DotModulus};
+use crate::math::dot::{dot_accumulate_table, weighted_accumulate, weighted_ifma, DotModulus};
 use crate::math::poly::{Coeff, Eval, RnsPoly};
 use crate::math::{scratch, simd};
 use rayon::prelude::*;
@@ -201,7 +201,8 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
         })
         .collect();
     let src: Vec<&[u64]> = p_coeff.iter().map(|v| v.as_slice()).collect();
-    let mut out = x.at_level(level);
+    // every limb is written below from x's ciphertext limbs and the conversion
+    let mut out = RnsPoly::<Eval>::zero(ring, level, false);
     let mut conv = scratch::dirty((level + 1) * n);
     {
         let mut outs: Vec<&mut [u64]> = conv.chunks_exact_mut(n).collect();
@@ -214,12 +215,17 @@ pub(crate) fn mod_down(params: &CkksParams, x: &RnsPoly<Eval>) -> RnsPoly<Eval> 
         // h - [x + h]_P on every coefficient, then to the evaluation domain
         simd::rsub_in_place(c, m.value(), half_p.0[i]);
         t.forward(c);
-        // (o + c)·P^-1 = o·P^-1 + c·P^-1, vectorized with one reduction
+        // (x_i + c)·P^-1 = x_i·P^-1 + c·P^-1 into the zeroed o, with one reduction
         let w = p_inv[i];
-        let mut r = scratch::zeroed(o.len());
-        weighted_accumulate(&DotModulus::new(m), &mut r, &[o, c], &[w, w], m.value());
-        o.copy_from_slice(&r);
-        scratch::recycle(r);
+        let xi = &x.limb(i)[..o.len()];
+        if weighted_ifma(m.value(), m.value()) {
+            weighted_accumulate(&DotModulus::new(m), o, &[xi, c], &[w, w], m.value());
+        } else {
+            let ws = m.shoup(w);
+            for ((y, &a), &z) in o.iter_mut().zip(xi).zip(c.iter()) {
+                *y = m.mul_shoup(m.add(a, z), w, ws);
+            }
+        }
     };
     let words = out.as_words_mut();
     if crate::math::par::worth_parallel((level + 1) * n) {
@@ -263,7 +269,7 @@ pub(crate) fn switch_key(
 /// `P·x` are zero), where `φ` is the evaluation-domain permutation `perm` (or the identity)
 /// and `x` holds at least `acc`'s ciphertext limbs. This lifts a ciphertext part from `Q_l`
 /// into `Q_l·P` at scale `P`, the form key-switch products take before ModDown.
-/// Cost: `(l+1)·N` lazily reduced products (vectorized), no NTT.
+/// Cost: `(l+1)·N` products (the IFMA kernel where it runs, else scalar Shoup), no NTT.
 pub(crate) fn add_p_times(
     params: &CkksParams,
     acc: &mut RnsPoly<Eval>,
@@ -277,6 +283,23 @@ pub(crate) fn add_p_times(
         let m = *ring.table(level, i).modulus();
         let src = x.limb(i);
         let dst = acc.limb_mut(i);
+        if !weighted_ifma(m.value(), m.value()) {
+            // one term: the scalar Shoup loop beats the AVX2 kernel
+            let ws = m.shoup(w);
+            match perm {
+                Some(p) => {
+                    for (y, &k) in dst.iter_mut().zip(p) {
+                        *y = m.add(*y, m.mul_shoup(src[k as usize], w, ws));
+                    }
+                }
+                None => {
+                    for (y, &v) in dst.iter_mut().zip(src) {
+                        *y = m.add(*y, m.mul_shoup(v, w, ws));
+                    }
+                }
+            }
+            continue;
+        }
         let dm = DotModulus::new(&m);
         match perm {
             Some(p) => {

@@ -155,6 +155,19 @@ pub fn weighted_accumulate(m: &DotModulus, out: &mut [u64], s: &[&[u64]], w: &[u
     }
 }
 
+/// Whether [`weighted_accumulate`] runs its IFMA kernel for the prime `p` and terms below
+/// `s_bound` on this CPU and build. With one or two terms (a scaled copy, a scaled sum) only
+/// that kernel beats a scalar Shoup loop; the AVX2 kernel pays from about four terms on (a
+/// basis conversion) because it builds each 64-bit product from four 32-bit ones.
+pub fn weighted_ifma(p: u64, s_bound: u64) -> bool {
+    #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
+    if p <= (1 << 50) && s_bound <= (1 << 50) {
+        return ifma::Ifma::try_new().is_some();
+    }
+    let _ = (p, s_bound);
+    false
+}
+
 fn weighted_chunk(m: &DotModulus, out: &mut [u64], s: &[&[u64]], w: &[u64], s_bound: u64) {
     #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
     if m.p <= (1 << 50) && s_bound <= (1 << 50) {

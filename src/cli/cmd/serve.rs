@@ -84,7 +84,8 @@ pub fn run(args: &ServeArgs, ui: &Ui) -> Result<()> {
     for w in &resolved.warnings {
         ui.note(w);
     }
-    let cfg = server_config(args, auth, rate_limit, options, resolved.config)?;
+    // the compiled options: the input layout the compiler chose when none was given
+    let cfg = server_config(args, auth, rate_limit, plan.options(), resolved.config)?;
     if args.flooding.no_flooding {
         ui.note(crate::cli::args::FloodingArgs::WARNING);
     }
