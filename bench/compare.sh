@@ -20,4 +20,6 @@ cargo bench ${HEPEFT_CARGO_FLAGS:-} --bench ckks -- --noplot >"$out/hepeft-crite
 echo "== SEAL (bench/seal/run.sh)" >&2
 bash "$here/seal/run.sh" >"$out/seal.json"
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-python3 "$here/compare_table.py" "$repo/target/criterion" "$out/seal.json" | tee "$out/table.md"
+# criterion writes under cargo's target directory, which CARGO_TARGET_DIR may move
+target="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+python3 "$here/compare_table.py" "$target/criterion" "$out/seal.json" | tee "$out/table.md"
