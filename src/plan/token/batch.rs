@@ -65,7 +65,7 @@ use crate::model::token::{LinearAttention, Pooling, TokenAdapter, TokenOp};
 use crate::{Error, Result};
 
 use super::layout::sum_steps;
-use super::run::{last_uses, Run, Shape};
+use super::run::{evaluate_nodes, Run, Shape};
 use super::{Layout, TokenPlan};
 
 /// A token plan for `B` samples per query (see the module documentation of
@@ -462,59 +462,13 @@ impl TokenBatchPlan {
             delta: ev.params().default_scale(),
         };
         let b = Batch { bp: self, run };
-        // each node's value is freed after its last use (a MiniLM-sized block holds dozens of
-        // 32-ciphertext values: tens of GB at N = 2^16 if all were kept)
-        let last_use = last_uses(adapter);
-        let mut values: Vec<Vec<Ciphertext>> = Vec::with_capacity(adapter.nodes().len());
-        for (j, node) in adapter.nodes().iter().enumerate() {
-            let args: Vec<&[Ciphertext]> = node
-                .inputs
-                .iter()
-                .map(|r| match r {
-                    NodeRef::Input(i) => inputs[*i].as_slice(),
-                    NodeRef::Node(k) => values[*k].as_slice(),
-                })
-                .collect();
-            let (lin, rin) = match node.inputs.first() {
-                Some(NodeRef::Node(k)) => (self.plan.layouts[*k], self.plan.rows[*k]),
-                _ => (Layout::Packed, self.plan.tokens),
-            };
-            let shape = Shape {
-                lin,
-                rin,
-                lout: self.plan.layouts[j],
-                wout: node.shape.1,
-            };
-            let out = b
-                .node(&node.op, &args, shape)
-                .map_err(|e| Error::InvalidValue {
-                    context: format!("encrypted token node {} (batch)", node.name),
-                    reason: e.to_string(),
-                })?;
-            if let Some(c) = out.first() {
-                if c.level() != self.plan.levels[j] {
-                    return Err(Error::InvalidValue {
-                        context: format!("encrypted token node {} (batch)", node.name),
-                        reason: format!(
-                            "ended at level {}, the schedule says {}",
-                            c.level(),
-                            self.plan.levels[j]
-                        ),
-                    });
-                }
-            }
-            values.push(out);
-            for r in &node.inputs {
-                if let NodeRef::Node(k) = r {
-                    if last_use[*k] == j {
-                        values[*k] = Vec::new();
-                    }
-                }
-            }
-        }
-        values
-            .pop()
-            .ok_or_else(|| Error::model("token adapter has no nodes"))
+        evaluate_nodes(
+            &self.plan,
+            adapter,
+            inputs,
+            " (batch)",
+            |op, args, shape| b.node(op, args, shape),
+        )
     }
 }
 

@@ -52,60 +52,77 @@ impl TokenPlan {
             encoder,
             delta: ev.params().default_scale(),
         };
-        // each node's value is freed after its last use (a MiniLM-sized block holds dozens of
-        // 32-ciphertext values: tens of GB at N = 2^16 if all were kept)
-        let last_use = last_uses(adapter);
-        let mut values: Vec<Vec<Ciphertext>> = Vec::with_capacity(adapter.nodes().len());
-        for (j, node) in adapter.nodes().iter().enumerate() {
-            let args: Vec<&[Ciphertext]> = node
-                .inputs
-                .iter()
-                .map(|r| match r {
-                    NodeRef::Input(i) => inputs[*i].as_slice(),
-                    NodeRef::Node(k) => values[*k].as_slice(),
-                })
-                .collect();
-            let (lin, rin) = match node.inputs.first() {
-                Some(NodeRef::Node(k)) => (self.layouts[*k], self.rows[*k]),
-                _ => (Layout::Packed, self.tokens),
-            };
-            let shape = Shape {
-                lin,
-                rin,
-                lout: self.layouts[j],
-                wout: node.shape.1,
-            };
-            let out = run
-                .node(&node.op, &args, shape)
-                .map_err(|e| Error::InvalidValue {
-                    context: format!("encrypted token node {}", node.name),
-                    reason: e.to_string(),
-                })?;
-            if let Some(c) = out.first() {
-                if c.level() != self.levels[j] {
-                    return Err(Error::InvalidValue {
-                        context: format!("encrypted token node {}", node.name),
-                        reason: format!(
-                            "ended at level {}, the schedule says {}",
-                            c.level(),
-                            self.levels[j]
-                        ),
-                    });
-                }
+        evaluate_nodes(self, adapter, inputs, "", |op, args, shape| {
+            run.node(op, args, shape)
+        })
+    }
+}
+
+/// Runs `adapter`'s nodes in order with `node` (the latency or the batch evaluation of one
+/// node), checking each output's level against `plan`'s schedule and freeing each node's
+/// value after its last use (a MiniLM-sized block holds dozens of 32-ciphertext values: tens
+/// of GB at N = 2^16 if all were kept). `what` qualifies error contexts. Returns the last
+/// node's value.
+///
+/// # Errors
+/// The first node error, or a level off the schedule.
+pub(super) fn evaluate_nodes(
+    plan: &TokenPlan,
+    adapter: &TokenAdapter,
+    inputs: &[Vec<Ciphertext>],
+    what: &str,
+    node_fn: impl Fn(&TokenOp, &[&[Ciphertext]], Shape) -> Result<Vec<Ciphertext>>,
+) -> Result<Vec<Ciphertext>> {
+    let last_use = last_uses(adapter);
+    let mut values: Vec<Vec<Ciphertext>> = Vec::with_capacity(adapter.nodes().len());
+    for (j, node) in adapter.nodes().iter().enumerate() {
+        let args: Vec<&[Ciphertext]> = node
+            .inputs
+            .iter()
+            .map(|r| match r {
+                NodeRef::Input(i) => inputs[*i].as_slice(),
+                NodeRef::Node(k) => values[*k].as_slice(),
+            })
+            .collect();
+        let (lin, rin) = match node.inputs.first() {
+            Some(NodeRef::Node(k)) => (plan.layouts[*k], plan.rows[*k]),
+            _ => (Layout::Packed, plan.tokens),
+        };
+        let shape = Shape {
+            lin,
+            rin,
+            lout: plan.layouts[j],
+            wout: node.shape.1,
+        };
+        let context = || format!("encrypted token node {}{what}", node.name);
+        let out = node_fn(&node.op, &args, shape).map_err(|e| Error::InvalidValue {
+            context: context(),
+            reason: e.to_string(),
+        })?;
+        if let Some(c) = out.first() {
+            if c.level() != plan.levels[j] {
+                return Err(Error::InvalidValue {
+                    context: context(),
+                    reason: format!(
+                        "ended at level {}, the schedule says {}",
+                        c.level(),
+                        plan.levels[j]
+                    ),
+                });
             }
-            values.push(out);
-            for r in &node.inputs {
-                if let NodeRef::Node(k) = r {
-                    if last_use[*k] == j {
-                        values[*k] = Vec::new();
-                    }
+        }
+        values.push(out);
+        for r in &node.inputs {
+            if let NodeRef::Node(k) = r {
+                if last_use[*k] == j {
+                    values[*k] = Vec::new();
                 }
             }
         }
-        values
-            .pop()
-            .ok_or_else(|| Error::model("token adapter has no nodes"))
     }
+    values
+        .pop()
+        .ok_or_else(|| Error::model("token adapter has no nodes"))
 }
 
 /// The index of the last node reading each node's value (its own index when none does).
