@@ -28,7 +28,10 @@ pub const CHUNK: usize = 8;
 
 /// The constants of one prime for [`dot_accumulate`].
 #[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(feature = "avx512"), allow(dead_code))]
+#[cfg_attr(
+    any(not(feature = "avx512"), not(target_arch = "x86_64")),
+    allow(dead_code)
+)]
 pub struct DotModulus {
     p: u64,
     /// `2^52 mod p` and its Shoup companion `floor(r·2^52/p)`; `floor(2^52/p)` (IFMA).
