@@ -70,6 +70,23 @@ impl LinearAttention {
         self.qkv.ncols()
     }
 
+    /// Rows `from..from + r` of `qkv` and of its bias (zeros without one), times `f`: the
+    /// `q`, `k` or `v` block for `from` = 0, `r` or `2r`. Cost: one `r x r` copy.
+    pub fn qkv_rows(&self, from: usize, f: f64) -> (Array2<f64>, Array1<f64>) {
+        let r = self.width();
+        let w = self
+            .qkv
+            .slice_axis(Axis(0), Slice::from(from..from + r))
+            .mapv(|v| v * f);
+        let b = match &self.qkv_bias {
+            Some(b) => b
+                .slice_axis(Axis(0), Slice::from(from..from + r))
+                .mapv(|v| v * f),
+            None => Array1::zeros(r),
+        };
+        (w, b)
+    }
+
     /// Width of one head, `r / heads`.
     pub fn head_dim(&self) -> usize {
         self.width() / self.heads.max(1)

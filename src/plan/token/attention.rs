@@ -1,7 +1,6 @@
 //! Linear attention with a learned token mixing, evaluated by associativity (see the module
 //! documentation of [`super`]).
 
-use ndarray::{Array1, Array2, Axis, Slice};
 use rayon::prelude::*;
 
 use crate::ckks::lintrans::baby_step_for;
@@ -76,22 +75,9 @@ impl Run<'_> {
             lout: Layout::Cols,
             wout: r,
         };
-        let rows_of = |from: usize, f: f64| -> (Array2<f64>, Array1<f64>) {
-            let w = at
-                .qkv
-                .slice_axis(Axis(0), Slice::from(from..from + r))
-                .mapv(|v| v * f);
-            let b = match &at.qkv_bias {
-                Some(b) => b
-                    .slice_axis(Axis(0), Slice::from(from..from + r))
-                    .mapv(|v| v * f),
-                None => Array1::zeros(r),
-            };
-            (w, b)
-        };
         // K and V in columns at (l, delta)
-        let (kw, kb) = rows_of(r, 1.0);
-        let (vw, vb) = rows_of(2 * r, 1.0);
+        let (kw, kb) = at.qkv_rows(r, 1.0);
+        let (vw, vb) = at.qkv_rows(2 * r, 1.0);
         let k_cols = self.linear(&x, &kw, Some(&kb), delta, to_cols)?;
         let v_cols = self.linear(&x, &vw, Some(&vb), delta, to_cols)?;
         // U = M^T V on the token axis: y[t] = sum_j M[j, t] v[j], diagonal k: A[t, t + k]
@@ -142,7 +128,7 @@ impl Run<'_> {
             / self.q(l - 1)?;
         // Q at level l with the scale that makes Q * G land on delta after one rescale
         let s_q = delta * self.q(l - 2)? / s_g;
-        let (qw, qb) = rows_of(0, at.scale);
+        let (qw, qb) = at.qkv_rows(0, at.scale);
         let q_cols: Vec<Ciphertext> = self
             .linear(&x, &qw, Some(&qb), s_q, to_cols)?
             .iter()

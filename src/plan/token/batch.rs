@@ -51,7 +51,7 @@
 
 use std::collections::BTreeSet;
 
-use ndarray::{Array1, Array2, Axis, Slice};
+use ndarray::{Array1, Array2};
 use rand::{CryptoRng, RngCore};
 use rayon::prelude::*;
 
@@ -65,7 +65,7 @@ use crate::model::token::{LinearAttention, Pooling, TokenAdapter, TokenOp};
 use crate::{Error, Result};
 
 use super::layout::sum_steps;
-use super::run::{evaluate_nodes, Run, Shape};
+use super::run::{check_input_counts, evaluate_nodes, Run, Shape};
 use super::{Layout, TokenPlan};
 
 /// A token plan for `B` samples per query (see the module documentation of
@@ -438,23 +438,7 @@ impl TokenBatchPlan {
         encoder: &Encoder,
         inputs: &[Vec<Ciphertext>],
     ) -> Result<Vec<Ciphertext>> {
-        if inputs.len() != adapter.inputs().len() {
-            return Err(Error::dims(
-                "token adapter inputs",
-                adapter.inputs().len(),
-                inputs.len(),
-            ));
-        }
-        for (spec, cts) in adapter.inputs().iter().zip(inputs) {
-            let n = spec.dim.div_ceil(self.reps);
-            if cts.len() != n {
-                return Err(Error::dims(
-                    format!("batch ciphertexts of input {}", spec.name),
-                    n,
-                    cts.len(),
-                ));
-            }
-        }
+        check_input_counts(adapter, inputs, "batch", |dim| dim.div_ceil(self.reps))?;
         let run = Run {
             plan: &self.plan,
             ev,
@@ -798,19 +782,6 @@ impl Batch<'_> {
         };
         let w = |row: usize, i: usize| at.qkv[[row, i]];
         let bias = |row: usize| at.qkv_bias.as_ref().map_or(0.0, |b| b[row]);
-        let rows_of = |from: usize, f: f64| -> (Array2<f64>, Array1<f64>) {
-            let w = at
-                .qkv
-                .slice_axis(Axis(0), Slice::from(from..from + r))
-                .mapv(|v| v * f);
-            let b = match &at.qkv_bias {
-                Some(b) => b
-                    .slice_axis(Axis(0), Slice::from(from..from + r))
-                    .mapv(|v| v * f),
-                None => Array1::zeros(r),
-            };
-            (w, b)
-        };
         // `sum_i x_i ⊙ P_i + B` with head column `rows(i)` of the qkv weights in column
         // block `i` (zero where `None`), landing at `target` one level down
         let combo = |rows: &dyn Fn(usize) -> Option<usize>, target: f64| {
@@ -892,7 +863,7 @@ impl Batch<'_> {
         };
         drop(vs);
         // K and Q in replicated columns (constant products)
-        let (kw, kb) = rows_of(r, 1.0);
+        let (kw, kb) = at.qkv_rows(r, 1.0);
         let ks: Vec<Ciphertext> = run
             .linear(&x, &kw, Some(&kb), delta, to_cols)?
             .iter()
@@ -905,7 +876,7 @@ impl Batch<'_> {
             .ok_or_else(|| Error::model("attention without columns"))?
             / run.q(l - 1)?;
         let s_q = delta * run.q(l - 2)? / s_g;
-        let (qw, qb) = rows_of(0, at.scale);
+        let (qw, qb) = at.qkv_rows(0, at.scale);
         let qs: Vec<Ciphertext> = run
             .linear(&x, &qw, Some(&qb), s_q, to_cols)?
             .iter()

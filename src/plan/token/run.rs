@@ -29,23 +29,9 @@ impl TokenPlan {
         encoder: &Encoder,
         inputs: &[Vec<Ciphertext>],
     ) -> Result<Vec<Ciphertext>> {
-        if inputs.len() != adapter.inputs().len() {
-            return Err(Error::dims(
-                "token adapter inputs",
-                adapter.inputs().len(),
-                inputs.len(),
-            ));
-        }
-        for (spec, cts) in adapter.inputs().iter().zip(inputs) {
-            let n = self.ciphertexts_for(Layout::Packed, spec.dim);
-            if cts.len() != n {
-                return Err(Error::dims(
-                    format!("packed ciphertexts of input {}", spec.name),
-                    n,
-                    cts.len(),
-                ));
-            }
-        }
+        check_input_counts(adapter, inputs, "packed", |dim| {
+            self.ciphertexts_for(Layout::Packed, dim)
+        })?;
         let run = Run {
             plan: self,
             ev,
@@ -56,6 +42,37 @@ impl TokenPlan {
             run.node(op, args, shape)
         })
     }
+}
+
+/// Checks that `inputs` holds one ciphertext list per adapter input, of `count(dim)`
+/// ciphertexts each (`layout` names the layout in the error).
+///
+/// # Errors
+/// [`Error::DimensionMismatch`] naming the input and both counts.
+pub(super) fn check_input_counts(
+    adapter: &TokenAdapter,
+    inputs: &[Vec<Ciphertext>],
+    layout: &str,
+    count: impl Fn(usize) -> usize,
+) -> Result<()> {
+    if inputs.len() != adapter.inputs().len() {
+        return Err(Error::dims(
+            "token adapter inputs",
+            adapter.inputs().len(),
+            inputs.len(),
+        ));
+    }
+    for (spec, cts) in adapter.inputs().iter().zip(inputs) {
+        let n = count(spec.dim);
+        if cts.len() != n {
+            return Err(Error::dims(
+                format!("{layout} ciphertexts of input {}", spec.name),
+                n,
+                cts.len(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `adapter`'s nodes in order with `node` (the latency or the batch evaluation of one
